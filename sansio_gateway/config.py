@@ -1,0 +1,218 @@
+"""The operator's configuration: pydantic models for the TOML file.
+
+Theory of operation: an adapter reads the file (I/O) and the environment and
+hands both to :func:`parse_config`, which returns a validated, immutable
+:class:`GatewayConfig` or raises :class:`ConfigError` whose message names the
+file, the key (``backends[0].url``) and what was expected.  Nothing here
+reads the environment itself: secrets referenced by ``*_env`` keys are
+resolved from the mapping passed in.
+
+The keys are the operator's contract (DESIGN.md, "The operator's contract"):
+extend them, never rename them.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "AuthConfig",
+    "AuthKey",
+    "BackendConfig",
+    "ConfigError",
+    "GatewayConfig",
+    "LimitsConfig",
+    "LimitValues",
+    "ModelConfig",
+    "ServerConfig",
+    "StoreConfig",
+    "default_config",
+    "parse_config",
+]
+
+DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, already phrased for the operator."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are almost always typos ("max_body_byte"); say so.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    max_header_bytes: int = Field(default=64 * 1024, gt=0)
+    read_timeout: float = Field(default=30.0, gt=0)
+    keepalive_timeout: float = Field(default=75.0, gt=0)
+    shutdown_grace: float = Field(default=30.0, ge=0)
+    runtime: Literal["asyncio", "trio"] = "asyncio"
+    # Field name for Ollama's `thinking` on /v1: most clients read
+    # `reasoning_content` (reference section 12.2); Ollama itself says `reasoning`.
+    reasoning_field: str = "reasoning_content"
+    # Written upstream as the output cap when a client sends none, so the
+    # token estimate is a real upper bound (rate-limiting.md, "Estimate").
+    default_max_tokens: int | None = Field(default=None, gt=0)
+    discovery_ttl: float = Field(default=60.0, gt=0)
+
+
+class BackendConfig(_Strict):
+    name: str = Field(min_length=1)
+    kind: str = "ollama"
+    url: str
+    api_key_env: str | None = None
+    api_key: str | None = Field(default=None, exclude=True, repr=False)
+    connect_timeout: float = Field(default=5.0, gt=0)
+    first_byte_timeout: float = Field(default=300.0, gt=0)
+    idle_timeout: float = Field(default=60.0, gt=0)
+    total_timeout: float = Field(default=1800.0, gt=0)
+    discover: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class ModelConfig(_Strict):
+    name: str = Field(min_length=1)
+    backend: str
+    target: str | None = None
+    fallbacks: tuple[str, ...] = ()
+
+    @property
+    def upstream_name(self) -> str:
+        return self.target or self.name
+
+
+class AuthKey(_Strict):
+    id: str
+    user: str
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    key_env: str | None = None
+    models: tuple[str, ...] = ("*",)
+    admin: bool = False
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> AuthKey:
+        if (self.sha256 is None) == (self.key_env is None):
+            raise ValueError("give exactly one of sha256 or key_env")
+        return self
+
+
+class AuthConfig(_Strict):
+    keys: tuple[AuthKey, ...] = ()
+
+
+class LimitValues(_Strict):
+    requests_per_minute: int | None = Field(default=None, gt=0)
+    tokens_per_minute: int | None = Field(default=None, gt=0)
+    tokens_per_day: int | None = Field(default=None, gt=0)
+    concurrent_requests: int | None = Field(default=None, gt=0)
+
+
+class LimitsConfig(LimitValues):
+    users: dict[str, LimitValues] = Field(default_factory=dict)
+    models: dict[str, LimitValues] = Field(default_factory=dict)
+
+
+class StoreConfig(_Strict):
+    url: str = "memory://"
+    on_error: Literal["open", "closed", "local"] = "local"
+    usage: str = "sqlite:///./sansio-gateway-usage.db"
+
+
+class GatewayConfig(_Strict):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    backends: tuple[BackendConfig, ...] = ()
+    models: tuple[ModelConfig, ...] = ()
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> GatewayConfig:
+        names = [b.name for b in self.backends]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"backend names must be unique; repeated: {', '.join(dupes)}")
+        for i, model in enumerate(self.models):
+            if model.backend not in names:
+                raise ValueError(
+                    f"models[{i}].backend = {model.backend!r} names no backend"
+                    f" (known: {', '.join(names) or 'none'})"
+                )
+        return self
+
+    def backend(self, name: str) -> BackendConfig:
+        for backend in self.backends:
+            if backend.name == name:
+                return backend
+        raise KeyError(name)
+
+
+def default_config(env: Mapping[str, str]) -> GatewayConfig:
+    """The no-config setup: one Ollama at ``$OLLAMA_HOST`` or the default."""
+    url = env.get("OLLAMA_HOST") or DEFAULT_OLLAMA_URL
+    if "://" not in url:
+        # Ollama accepts OLLAMA_HOST=host:port without a scheme.
+        url = f"http://{url}"
+    return GatewayConfig(backends=(BackendConfig(name="ollama", kind="ollama", url=url),))
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out or "(top level)"
+
+
+def _explain(error: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for item in error.errors():
+        where = _location(tuple(item["loc"]))
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{source}: {where}: {msg}")
+    return ConfigError("\n".join(lines))
+
+
+def _resolve_secrets(data: dict[str, Any], env: Mapping[str, str], source: str) -> None:
+    for i, backend in enumerate(data.get("backends") or []):
+        if isinstance(backend, dict) and backend.get("api_key_env"):
+            name = backend["api_key_env"]
+            if name not in env:
+                raise ConfigError(
+                    f"{source}: backends[{i}].api_key_env: environment variable {name} is not set"
+                )
+            backend["api_key"] = env[name]
+
+
+def parse_config(text: str, *, source: str, env: Mapping[str, str]) -> GatewayConfig:
+    """Parse TOML text into a validated config; ``source`` names the file in errors."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    _resolve_secrets(data, env, source)
+    try:
+        config = GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _explain(exc, source) from None
+    if not config.backends:
+        config = config.model_copy(update={"backends": default_config(env).backends})
+    return config
