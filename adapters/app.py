@@ -1,0 +1,158 @@
+"""Wiring: a Gateway, its upstream client, discovery, and the listening server.
+
+``GatewayApp.serve`` runs until cancelled.  It reports the bound address
+through anyio's ``task_status`` (so tests can bind port 0 and learn the
+port), then serves connections; backend discovery runs alongside and is
+refreshed every ``server.discovery_ttl`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.abc
+import httpcore
+
+from sansio_gateway.actions import UsageRecord
+from sansio_gateway.config import GatewayConfig
+from sansio_gateway.gateway import Gateway
+
+from .server import GatewayServer, ServerLimits
+from .upstream import UpstreamClient, map_upstream_exception
+
+__all__ = ["GatewayApp", "MemoryLedger"]
+
+log = logging.getLogger("sansio_gateway")
+
+
+@dataclass
+class MemoryLedger:
+    """Usage records kept in memory (bounded); the default sink in tests."""
+
+    maxlen: int = 100_000
+    records: deque[UsageRecord] = field(default_factory=deque)
+
+    def __call__(self, record: UsageRecord) -> None:
+        if len(self.records) >= self.maxlen:
+            self.records.popleft()
+        self.records.append(record)
+
+
+class GatewayApp:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        usage_sink: Callable[[UsageRecord], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.gateway = Gateway(config)
+        self.upstream = UpstreamClient()
+        self.clock = clock
+        self.usage_sink = usage_sink or MemoryLedger()
+        server = config.server
+        self.server = GatewayServer(
+            gateway=self.gateway,
+            upstream=self.upstream,
+            usage_sink=self.usage_sink,
+            limits=ServerLimits(
+                max_body_bytes=server.max_body_bytes,
+                max_header_bytes=server.max_header_bytes,
+                read_timeout=server.read_timeout,
+                keepalive_timeout=server.keepalive_timeout,
+            ),
+            clock=clock,
+        )
+
+    # ---- discovery -------------------------------------------------------
+
+    async def discover(self, name: str) -> None:
+        backend = self.config.backend(name)
+        url = backend.url + self.gateway.discovery_path(name)
+        headers = [(k, v) for k, v in self.gateway.upstream_headers(name, "discovery")]
+        try:
+            with anyio.fail_after(backend.connect_timeout + 10):
+                response = await self.upstream.pool.request("GET", url, headers=headers)
+            if response.status != 200:
+                raise ValueError(f"HTTP {response.status} from {url}")
+            models = self.gateway.parse_discovery(name, response.content)
+        except (
+            ValueError,
+            TimeoutError,
+            httpcore.TimeoutException,
+            httpcore.NetworkError,
+            httpcore.ProtocolError,
+            OSError,
+        ) as exc:
+            error = exc if isinstance(exc, ValueError) else map_upstream_exception(exc, name)
+            self.gateway.record_discovery_failure(name, str(error), self.clock())
+            log.warning("backend %s (%s): discovery failed: %s", name, backend.url, error)
+            return
+        self.gateway.record_discovery(name, models, self.clock())
+
+    async def discover_all(self) -> None:
+        async with anyio.create_task_group() as tg:
+            for backend in self.config.backends:
+                if backend.discover:
+                    tg.start_soon(self.discover, backend.name)
+        for name, owners in self.gateway.catalogue.clashes():
+            log.warning(
+                "model %s is offered by %s; %s wins (config order)",
+                name,
+                ", ".join(owners),
+                owners[0],
+            )
+
+    async def _rediscover_forever(self) -> None:
+        while True:
+            await anyio.sleep(self.config.server.discovery_ttl)
+            await self.discover_all()
+
+    # ---- serving ---------------------------------------------------------
+
+    async def serve(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        task_status: anyio.abc.TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        host = host or self.config.server.host
+        port = self.config.server.port if port is None else port
+        await self.discover_all()
+        listener = await anyio.create_tcp_listener(
+            local_host=host, local_port=port, reuse_port=False
+        )
+        bound = listener.extra(anyio.abc.SocketAttribute.local_address)
+        address = (str(bound[0]), int(bound[1]))
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._rediscover_forever)
+                task_status.started(address)
+                await listener.serve(self.server.handle_connection)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await listener.aclose()
+                await self.upstream.aclose()
+
+    def describe(self) -> list[str]:
+        """Lines for the operator: backends and what was found on them."""
+        lines = []
+        for backend in self.config.backends:
+            status = self.gateway.backend_status.get(backend.name)
+            if status is None:
+                state = "discovery off"
+            elif status.up:
+                state = f"{status.models} models"
+            else:
+                state = f"UNREACHABLE ({status.error})"
+            lines.append(f"backend {backend.name} [{backend.kind}] {backend.url}: {state}")
+        for model, owner, _ in self.gateway.catalogue.models():
+            lines.append(f"  model {model} -> {owner}")
+        return lines

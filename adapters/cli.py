@@ -1,0 +1,130 @@
+"""``sansio-gateway`` command line: serve, check-config, new-key.
+
+The operator's contract (DESIGN.md): extend these commands and flags, never
+rename them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import sys
+from functools import partial
+from pathlib import Path
+
+import anyio
+
+from sansio_gateway.config import ConfigError, GatewayConfig, default_config, parse_config
+
+from .app import GatewayApp
+
+__all__ = ["load_config", "main"]
+
+
+def load_config(path: str | None) -> GatewayConfig:
+    """The config from ``path``, or the no-config defaults."""
+    if path is None:
+        return default_config(os.environ)
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_config(text, source=path, env=os.environ)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    server = config.server
+    updates = {}
+    if args.host:
+        updates["host"] = args.host
+    if args.port is not None:
+        updates["port"] = args.port
+    if args.runtime:
+        updates["runtime"] = args.runtime
+    if updates:
+        config = config.model_copy(update={"server": server.model_copy(update=updates)})
+    app = GatewayApp(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        anyio.run(partial(_serve, app), backend=config.server.runtime)
+    return 0
+
+
+async def _serve(app: GatewayApp) -> None:
+    async with anyio.create_task_group() as tg:
+        host, port = await tg.start(app.serve)
+        for line in app.describe():
+            print(line, flush=True)
+        print(
+            f"sansio-gateway listening on http://{host}:{port} ({app.config.server.runtime})",
+            flush=True,
+        )
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.file)
+    print(
+        f"{args.file}: OK ({len(config.backends)} backends, {len(config.models)} models,"
+        f" {len(config.auth.keys)} keys)"
+    )
+    return 0
+
+
+def _cmd_new_key(args: argparse.Namespace) -> int:
+    key = "sk-gw-" + secrets.token_urlsafe(32)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    print(key)
+    print()
+    print("Give the key above to its user; it is not stored anywhere.")
+    print("Paste this into the config:")
+    print()
+    print("[[auth.keys]]")
+    print(f'id     = "{args.id}"')
+    print(f'user   = "{args.user}"')
+    print(f'sha256 = "{digest}"')
+    print('models = ["*"]')
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sansio-gateway", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="TOML config file (default: one local Ollama)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--runtime", choices=["asyncio", "trio"], help="event loop (default asyncio)"
+    )
+    serve.set_defaults(func=_cmd_serve)
+
+    check = sub.add_parser("check-config", help="validate a config file")
+    check.add_argument("file")
+    check.set_defaults(func=_cmd_check_config)
+
+    new_key = sub.add_parser("new-key", help="make an API key and its config entry")
+    new_key.add_argument("--id", default="my-key")
+    new_key.add_argument("--user", default="me")
+    new_key.set_defaults(func=_cmd_new_key)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,438 @@
+"""The HTTP/1.1 server: anyio + h11, driving one Exchange per request.
+
+A shell in the sans-IO sense: it reads bytes, feeds h11, hands whole
+requests to the core, and executes the actions the Exchange returns.  The
+only decisions made here are transport ones: size limits on heads and
+bodies, read timeouts, keep-alive, and noticing that a client went away.
+
+While a request waits on its backend, a watcher reads the client socket:
+EOF means the client disconnected, which is reported to the Exchange (it
+answers ``CancelUpstream``, and the upstream task is cancelled).  Bytes that
+arrive meanwhile (a pipelined request) are handed to h11, which buffers
+them for the next cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+import anyio
+import anyio.abc
+import h11
+
+from sansio_gateway.actions import (
+    Action,
+    CancelUpstream,
+    ClientDisconnected,
+    EndResponse,
+    RecordUsage,
+    Result,
+    SendBody,
+    SendUpstream,
+    StartResponse,
+    UsageRecord,
+)
+from sansio_gateway.errors import GatewayError, InternalError, InvalidRequest, PayloadTooLarge
+from sansio_gateway.exchange import Exchange
+from sansio_gateway.gateway import Gateway
+from sansio_gateway.http import IncomingRequest
+from sansio_gateway.rendering import error_response
+from sansio_gateway.routing import surface_of
+
+from .upstream import UpstreamClient
+
+__all__ = ["GatewayServer", "ServerLimits"]
+
+log = logging.getLogger("sansio_gateway.server")
+
+READ_SIZE = 65536
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerLimits:
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    read_timeout: float = 30.0
+    keepalive_timeout: float = 75.0
+
+
+class _ClientGone(Exception):
+    """The client connection is unusable (closed or reset)."""
+
+
+class _HttpFailure(Exception):
+    def __init__(self, error: GatewayError, *, path: str = "") -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.path = path
+
+
+@dataclass
+class _Connection:
+    stream: anyio.abc.ByteStream
+    h11: h11.Connection
+    peer: str | None = None
+    closed: bool = False
+    eof: bool = False
+
+
+UsageSink = Callable[[UsageRecord], None]
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class GatewayServer:
+    gateway: Gateway
+    upstream: UpstreamClient
+    usage_sink: UsageSink
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    clock: Callable[[], float] = time.time
+    active: int = 0
+
+    # ---- connection loop -------------------------------------------------
+
+    async def handle_connection(self, stream: anyio.abc.ByteStream) -> None:
+        conn = _Connection(
+            stream=stream,
+            h11=h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes),
+        )
+        try:
+            while not conn.closed:
+                request = await self._read_request(conn)
+                if request is None:
+                    break
+                await self._serve(conn, request)
+                if not self._next_cycle(conn):
+                    break
+        except _ClientGone:
+            pass
+        except Exception:
+            # A bug must cost one connection, never the server.
+            log.exception("connection handler failed")
+        finally:
+            with anyio.CancelScope(shield=True):
+                if not conn.eof:
+                    await self._linger(conn)
+                await stream.aclose()
+
+    async def _linger(self, conn: _Connection) -> None:
+        """Half-close, then read and discard what the client still sends.
+
+        Closing a socket with unread input makes the kernel send RST, and
+        the client may lose the response we just wrote (typically a 413
+        sent before the body was read).
+        """
+        try:
+            await conn.stream.send_eof()
+            with anyio.move_on_after(LINGER_SECONDS):
+                seen = 0
+                while seen < LINGER_BYTES:
+                    seen += len(await conn.stream.receive(READ_SIZE))
+        except (
+            anyio.EndOfStream,
+            anyio.BrokenResourceError,
+            anyio.ClosedResourceError,
+            OSError,
+            AttributeError,
+        ):
+            pass
+
+    def _next_cycle(self, conn: _Connection) -> bool:
+        if (
+            conn.closed
+            or conn.h11.our_state is not h11.DONE
+            or conn.h11.their_state is not h11.DONE
+        ):
+            return False
+        conn.h11.start_next_cycle()
+        return True
+
+    # ---- reading requests -----------------------------------------------
+
+    async def _receive_into(self, conn: _Connection) -> None:
+        try:
+            data = await conn.stream.receive(READ_SIZE)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            data = b""
+        except OSError:
+            raise _ClientGone() from None
+        if not data:
+            conn.eof = True
+        conn.h11.receive_data(data)
+
+    async def _next_event(
+        self, conn: _Connection
+    ) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+        while True:
+            event = conn.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            if conn.eof:
+                raise _ClientGone()
+            await self._receive_into(conn)
+
+    async def _read_request(self, conn: _Connection) -> IncomingRequest | None:
+        try:
+            return await self._read_request_inner(conn)
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint
+            message = "Request header fields too large" if status == 431 else f"Bad request: {exc}"
+            await self._send_error_raw(conn, InvalidRequest(message, status_code=status), "")
+            return None
+        except _HttpFailure as failure:
+            await self._send_error_raw(conn, failure.error, failure.path)
+            return None
+
+    async def _read_request_inner(self, conn: _Connection) -> IncomingRequest | None:
+        # Idle keep-alive connections get the keep-alive timeout; once the
+        # first byte of a request is in, the whole request must arrive
+        # within read_timeout (slowloris protection).
+        with anyio.move_on_after(self.limits.keepalive_timeout) as idle:
+            while conn.h11.their_state is h11.IDLE and not conn.h11.trailing_data[0]:
+                if conn.eof:
+                    return None
+                await self._receive_into(conn)
+        if idle.cancelled_caught:
+            return None
+        with anyio.move_on_after(self.limits.read_timeout) as scope:
+            request = await self._read_head_and_body(conn)
+        if scope.cancelled_caught:
+            await self._send_error_raw(
+                conn, InvalidRequest("Timed out reading the request", status_code=408), ""
+            )
+            return None
+        return request
+
+    async def _read_head_and_body(self, conn: _Connection) -> IncomingRequest | None:
+        event = await self._next_event(conn)
+        if isinstance(event, h11.ConnectionClosed):
+            return None
+        if not isinstance(event, h11.Request):
+            raise _ClientGone()
+        target = event.target.decode("ascii", "replace")
+        # h11 bounds only an *incomplete* head; one that arrives whole in a
+        # single read is checked here.
+        if sum(len(k) + len(v) + 4 for k, v in event.headers) > self.limits.max_header_bytes:
+            raise _HttpFailure(
+                InvalidRequest("Request header fields too large", status_code=431),
+                path=target.partition("?")[0],
+            )
+        path, _, query = target.partition("?")
+        length = _content_length(event.headers)
+        if length is not None and length > self.limits.max_body_bytes:
+            raise _HttpFailure(self._too_large(), path=path)
+        if conn.h11.client_is_waiting_for_100_continue:
+            await self._send(conn, h11.InformationalResponse(status_code=100, headers=[]))
+        body = await self._read_body(conn, path)
+        return IncomingRequest(
+            method=event.method.decode("ascii", "replace"),
+            path=path,
+            query=query,
+            headers=tuple((k, v) for k, v in event.headers),
+            body=body,
+            client=conn.peer,
+        )
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"Request body too large: the limit is {self.limits.max_body_bytes} bytes"
+        )
+
+    async def _read_body(self, conn: _Connection, path: str) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            event = await self._next_event(conn)
+            if isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > self.limits.max_body_bytes:
+                    raise _HttpFailure(self._too_large(), path=path)
+                parts.append(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return b"".join(parts)
+            else:
+                raise _ClientGone()
+
+    # ---- writing ---------------------------------------------------------
+
+    async def _send(self, conn: _Connection, event: h11.Event) -> None:
+        data = conn.h11.send(event)
+        if data:
+            try:
+                await conn.stream.send(data)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                conn.closed = True
+                raise _ClientGone() from None
+
+    async def _send_error_raw(self, conn: _Connection, err: GatewayError, path: str) -> None:
+        """An error found by the transport itself; the connection closes after."""
+        status, headers, body = error_response(surface_of(path), err)
+        if conn.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            conn.closed = True
+            return
+        all_headers = [
+            *headers,
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        try:
+            await self._send(
+                conn, h11.Response(status_code=status, headers=all_headers, reason=_reason(status))
+            )
+            await self._send(conn, h11.Data(data=body))
+            await self._send(conn, h11.EndOfMessage())
+        except (_ClientGone, h11.LocalProtocolError):
+            pass
+        conn.closed = True
+
+    # ---- serving one request -------------------------------------------
+
+    async def _serve(self, conn: _Connection, request: IncomingRequest) -> None:
+        exchange = self.gateway.exchange(new_request_id())
+        self.active += 1
+        try:
+            try:
+                actions = exchange.start(request, self.clock())
+            except Exception:
+                log.exception("exchange.start failed")
+                await self._send_error_raw(conn, InternalError("internal error"), request.path)
+                return
+            await self._execute(conn, exchange, actions)
+        finally:
+            self.active -= 1
+
+    async def _execute(self, conn: _Connection, exchange: Exchange, actions: list[Action]) -> None:
+        upstream: SendUpstream | None = None
+        for action in actions:
+            if isinstance(action, SendUpstream):
+                upstream = action
+            else:
+                await self._apply(conn, action)
+        if upstream is not None:
+            await self._run_upstream(conn, exchange, upstream)
+
+    async def _apply(self, conn: _Connection, action: Action) -> None:
+        if isinstance(action, StartResponse):
+            await self._send(
+                conn,
+                h11.Response(
+                    status_code=action.status,
+                    headers=list(action.headers),
+                    reason=_reason(action.status),
+                ),
+            )
+        elif isinstance(action, SendBody):
+            await self._send(conn, h11.Data(data=action.data))
+        elif isinstance(action, EndResponse):
+            await self._send(conn, h11.EndOfMessage())
+            if not action.keep_alive:
+                conn.closed = True
+        elif isinstance(action, RecordUsage):
+            self._record(action.record)
+        elif isinstance(action, CancelUpstream):
+            pass  # handled by the caller that owns the upstream task
+
+    def _record(self, record: UsageRecord) -> None:
+        try:
+            self.usage_sink(record)
+        except Exception:  # the ledger must never take a response down with it
+            log.exception("usage sink failed for request %s", record.request_id)
+
+    async def _run_upstream(
+        self, conn: _Connection, exchange: Exchange, action: SendUpstream
+    ) -> None:
+        backend = self.gateway.config.backend(action.backend)
+        state = _UpstreamRun(self, conn, exchange)
+        async with anyio.create_task_group() as tg:
+            state.scope = tg.cancel_scope
+            tg.start_soon(state.watch_client)
+            await self.upstream.request(action, backend, state.deliver)
+            tg.cancel_scope.cancel()
+        if state.client_gone:
+            conn.closed = True
+
+
+class _UpstreamRun:
+    """Feeds upstream results and a client disconnect into one Exchange."""
+
+    def __init__(self, server: GatewayServer, conn: _Connection, exchange: Exchange) -> None:
+        self.server = server
+        self.conn = conn
+        self.exchange = exchange
+        self.scope: anyio.CancelScope | None = None
+        self.client_gone = False
+        self.lock = anyio.Lock()
+
+    async def deliver(self, result: Result) -> bool:
+        async with self.lock:
+            return await self._deliver(result)
+
+    async def _deliver(self, result: Result) -> bool:
+        server = self.server
+        try:
+            actions = self.exchange.handle(result, server.clock())
+        except Exception:
+            log.exception("exchange failed on %s", type(result).__name__)
+            raise
+        try:
+            for action in actions:
+                if isinstance(action, CancelUpstream):
+                    self._cancel()
+                else:
+                    await server._apply(self.conn, action)
+        except _ClientGone:
+            return await self._client_went_away()
+        return self.exchange.state.name != "DONE"
+
+    async def _client_went_away(self) -> bool:
+        if not self.client_gone:
+            self.client_gone = True
+            for action in self.exchange.handle(ClientDisconnected(), self.server.clock()):
+                if isinstance(action, RecordUsage):
+                    self.server._record(action.record)
+        self._cancel()
+        return False
+
+    def _cancel(self) -> None:
+        self.client_gone = self.client_gone or self.exchange.status == 499
+        if self.scope is not None:
+            self.scope.cancel()
+
+    async def watch_client(self) -> None:
+        conn = self.conn
+        while not conn.eof:
+            try:
+                await self.server._receive_into(conn)
+            except _ClientGone:
+                break
+        with anyio.CancelScope(shield=True):
+            async with self.lock:
+                if self.exchange.state.name != "DONE":
+                    await self._client_went_away()
+
+
+def _content_length(headers: Sequence[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""

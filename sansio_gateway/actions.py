@@ -1,0 +1,142 @@
+"""What the core asks adapters to do, and what adapters report back.
+
+Naming follows STYLE.md: actions are imperatives (``SendUpstream``,
+``StartResponse``), results are facts in the past tense
+(``UpstreamChunkReceived``, ``ClientDisconnected``).  All are immutable
+values; the Exchange returns lists of actions and accepts one result at a
+time, so there is never a hidden queue to drain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import GatewayError
+from .http import Headers
+
+__all__ = [
+    "Action",
+    "CancelUpstream",
+    "ClientDisconnected",
+    "EndResponse",
+    "RecordUsage",
+    "Result",
+    "SendBody",
+    "SendUpstream",
+    "StartResponse",
+    "UpstreamChunkReceived",
+    "UpstreamClosed",
+    "UpstreamFailed",
+    "UpstreamResponseStarted",
+    "UsageRecord",
+]
+
+
+# ---- actions -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendUpstream:
+    """Open a request to ``backend`` and report its response as results.
+
+    ``url`` is absolute.  The adapter applies the backend's timeouts and
+    reports a failure as ``UpstreamFailed`` with an ``UpstreamError``.
+    """
+
+    backend: str
+    method: str
+    url: str
+    headers: Headers
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartResponse:
+    status: int
+    headers: Headers
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendBody:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndResponse:
+    """The response is complete.  ``keep_alive`` False asks the adapter to
+    close the connection afterwards."""
+
+    keep_alive: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelUpstream:
+    """Abort the in-flight upstream request (the client went away)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UsageRecord:
+    request_id: str
+    time: float
+    key_id: str | None
+    user: str | None
+    model: str
+    resolved_model: str
+    backend: str
+    surface: str
+    route: str
+    prompt_tokens: int
+    completion_tokens: int
+    status: int
+    latency: float
+    ttft: float | None
+    outcome: str  # "ok", "upstream_error", "client_disconnected", "failed_mid_stream"
+    usage_reported: bool  # False when counts are estimates (the backend never said)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordUsage:
+    record: UsageRecord
+
+
+Action = SendUpstream | StartResponse | SendBody | EndResponse | CancelUpstream | RecordUsage
+
+
+# ---- results -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamResponseStarted:
+    status: int
+    headers: Headers
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamChunkReceived:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamClosed:
+    """The upstream body ended normally."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamFailed:
+    """The upstream request failed: connect error, timeout, reset."""
+
+    error: GatewayError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientDisconnected:
+    """The client closed its connection before the response was complete."""
+
+
+Result = (
+    UpstreamResponseStarted
+    | UpstreamChunkReceived
+    | UpstreamClosed
+    | UpstreamFailed
+    | ClientDisconnected
+)

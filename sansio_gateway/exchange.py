@@ -1,0 +1,347 @@
+"""The Exchange: one object per client request, walking the whole flow.
+
+Theory of operation (cf. h11's ``Connection``): an adapter creates an
+Exchange with a fresh request id, calls :meth:`Exchange.start` with the
+parsed request and the current time, and executes the actions it gets back.
+Whenever something happens -- the upstream answered, sent bytes, closed,
+failed, or the client went away -- the adapter reports it with
+:meth:`Exchange.handle` and executes the returned actions in order.
+
+States and the results each accepts are one table, ``_TRANSITIONS``; a pair
+missing from it is an adapter bug and raises :class:`ExchangeStateError`.
+Client and upstream faults never raise: they come back as rendered error
+responses (or in-band stream errors) in the caller's wire format.
+
+Invariants the Exchange keeps, whatever the path:
+
+* exactly one ``StartResponse`` and one ``EndResponse`` per request (unless
+  the client disconnected, in which case nothing more is sent to it);
+* a request that reached a backend produces exactly one ``RecordUsage``;
+* once DONE, further upstream results are ignored (the response may end
+  at Ollama's ``done`` line before the upstream socket closes).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .actions import (
+    Action,
+    CancelUpstream,
+    ClientDisconnected,
+    EndResponse,
+    RecordUsage,
+    Result,
+    SendBody,
+    SendUpstream,
+    StartResponse,
+    UpstreamChunkReceived,
+    UpstreamClosed,
+    UpstreamFailed,
+    UpstreamResponseStarted,
+    UsageRecord,
+)
+from .errors import GatewayError, NotFound, UpstreamError, error_from_upstream
+from .flows.base import Flow, LocalAnswer, UpstreamCall
+from .http import Headers, IncomingRequest, Surface
+from .rendering import error_response, request_id_from
+from .routing import surface_of
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+__all__ = ["Exchange", "ExchangeState", "ExchangeStateError"]
+
+# A non-stream upstream answer (or error body) larger than this is refused:
+# every buffer has a limit.
+MAX_UPSTREAM_BODY = 64 * 1024 * 1024
+
+
+class ExchangeStateError(RuntimeError):
+    """The adapter reported a result the Exchange cannot accept now."""
+
+
+class ExchangeState(enum.Enum):
+    IDLE = "idle"
+    AWAITING_UPSTREAM = "awaiting_upstream"  # SendUpstream issued, no head yet
+    BUFFERING = "buffering"  # non-stream answer being collected
+    BUFFERING_ERROR = "buffering_error"  # upstream error body being collected
+    STREAMING = "streaming"  # client response started, translating chunks
+    DONE = "done"
+
+
+class Exchange:
+    """One client request.  Not thread-safe; one task drives it."""
+
+    def __init__(self, gateway: Gateway, *, request_id: str) -> None:
+        self.gateway = gateway
+        self.request_id = request_id
+        self.state = ExchangeState.IDLE
+        self.flow: Flow | None = None
+        self.surface = Surface.GATEWAY
+        self.status = 0
+        self.backend = ""
+        self.resolved_model = ""
+        self.started_at = 0.0
+        self.first_byte_at: float | None = None
+        self._buffer = bytearray()
+        self._upstream_status = 0
+        self._reached_backend = False
+        self._client_gone = False
+        self._response_started = False
+
+    # ---- public API ------------------------------------------------------
+
+    def start(self, request: IncomingRequest, now: float) -> list[Action]:
+        """Begin handling ``request``; returns the first actions."""
+        if self.state is not ExchangeState.IDLE:
+            raise ExchangeStateError("start() called twice")
+        self.started_at = now
+        self.request_id = request_id_from(request.headers, self.request_id)
+        try:
+            return self._start(request, now)
+        except GatewayError as err:
+            return self._fail_before_response(err, now)
+
+    def handle(self, result: Result, now: float) -> list[Action]:
+        """Feed one result; returns the actions it calls for."""
+        handler = _TRANSITIONS.get((self.state, type(result)))
+        if handler is None:
+            raise ExchangeStateError(
+                f"{type(result).__name__} not valid in state {self.state.name}"
+            )
+        try:
+            return handler(self, result, now)
+        except GatewayError as err:
+            return self._fail(err, now)
+
+    @property
+    def response_headers_extra(self) -> Headers:
+        return ((b"x-request-id", self.request_id.encode("ascii")),)
+
+    # ---- start -----------------------------------------------------------
+
+    def _start(self, request: IncomingRequest, now: float) -> list[Action]:
+        gateway = self.gateway
+        self.surface = surface_of(request.path)
+        factory = gateway.router.match(request.method, request.path)
+        flow = factory(gateway, request, self.request_id, now)
+        self.flow = flow
+        route = backend = None
+        model = flow.model
+        if model is not None:
+            route = gateway.catalogue.resolve(model)
+            if route is None:
+                raise NotFound(
+                    f"The model `{model}` does not exist or you do not have access to it.",
+                    code="model_not_found",
+                    param="model",
+                )
+            backend = gateway.config.backend(route.backend)
+            self.backend = route.backend
+            self.resolved_model = route.target
+        plan = flow.plan(route, backend)
+        if isinstance(plan, LocalAnswer):
+            self.state = ExchangeState.DONE
+            self.status = plan.status
+            return self._whole_response(plan.status, plan.headers, plan.body)
+        assert backend is not None
+        return self._send_upstream(plan, backend.url)
+
+    def _send_upstream(self, call: UpstreamCall, base_url: str) -> list[Action]:
+        self.state = ExchangeState.AWAITING_UPSTREAM
+        self._reached_backend = True
+        self._stream = call.stream
+        headers = self.gateway.upstream_headers(self.backend, self.request_id)
+        return [
+            SendUpstream(
+                backend=self.backend,
+                method=call.method,
+                url=base_url + call.path,
+                headers=headers,
+                body=call.body,
+            )
+        ]
+
+    # ---- transitions -----------------------------------------------------
+
+    def _on_head(self, result: UpstreamResponseStarted, now: float) -> list[Action]:
+        self._upstream_status = result.status
+        if result.status >= 400:
+            self.state = ExchangeState.BUFFERING_ERROR
+            return []
+        if not self._stream:
+            self.state = ExchangeState.BUFFERING
+            return []
+        assert self.flow is not None
+        self.state = ExchangeState.STREAMING
+        self.status = 200
+        self._response_started = True
+        return [StartResponse(status=200, headers=self._headers(self.flow.stream_headers()))]
+
+    def _on_buffer_chunk(self, result: UpstreamChunkReceived, now: float) -> list[Action]:
+        if len(self._buffer) + len(result.data) > MAX_UPSTREAM_BODY:
+            return [CancelUpstream(), *self._fail(UpstreamError("upstream answer too large"), now)]
+        self._buffer += result.data
+        return []
+
+    def _on_buffer_closed(self, result: UpstreamClosed, now: float) -> list[Action]:
+        assert self.flow is not None
+        body = self.flow.complete(bytes(self._buffer))
+        self.state = ExchangeState.DONE
+        self.status = 200
+        self.first_byte_at = now
+        return [*self._whole_response(200, self.flow_json_headers(), body), self._record(now, "ok")]
+
+    def _on_error_closed(self, result: UpstreamClosed, now: float) -> list[Action]:
+        model = self.flow.model if self.flow else None
+        err = error_from_upstream(self._upstream_status, bytes(self._buffer), model=model)
+        return self._fail(err, now, outcome="upstream_error")
+
+    def _on_stream_chunk(self, result: UpstreamChunkReceived, now: float) -> list[Action]:
+        assert self.flow is not None
+        out = self.flow.feed(result.data)
+        actions: list[Action] = []
+        if out:
+            if self.first_byte_at is None:
+                self.first_byte_at = now
+            actions.append(SendBody(data=out))
+        if self.flow.stream_done:
+            actions += self._end_stream(now)
+        return actions
+
+    def _on_stream_closed(self, result: UpstreamClosed, now: float) -> list[Action]:
+        assert self.flow is not None
+        out = self.flow.finish()
+        actions: list[Action] = [SendBody(data=out)] if out else []
+        return actions + self._end_stream(now)
+
+    def _on_stream_failed(self, result: UpstreamFailed, now: float) -> list[Action]:
+        assert self.flow is not None
+        out = self.flow.fail(result.error)
+        self.status = result.error.status_code
+        actions: list[Action] = [SendBody(data=out)] if out else []
+        self.state = ExchangeState.DONE
+        return [*actions, EndResponse(keep_alive=False), self._record(now, "failed_mid_stream")]
+
+    def _on_upstream_failed(self, result: UpstreamFailed, now: float) -> list[Action]:
+        return self._fail(result.error, now, outcome="upstream_error")
+
+    def _on_client_gone(self, result: ClientDisconnected, now: float) -> list[Action]:
+        self._client_gone = True
+        self.state = ExchangeState.DONE
+        self.status = 499
+        return [CancelUpstream(), self._record(now, "client_disconnected")]
+
+    def _on_client_gone_idle(self, result: ClientDisconnected, now: float) -> list[Action]:
+        self._client_gone = True
+        return []
+
+    def _ignore(self, result: Result, now: float) -> list[Action]:
+        return []
+
+    # ---- helpers ---------------------------------------------------------
+
+    def _end_stream(self, now: float) -> list[Action]:
+        assert self.flow is not None
+        self.state = ExchangeState.DONE
+        outcome = "ok" if self.flow.usage is not None else "failed_mid_stream"
+        return [EndResponse(), self._record(now, outcome)]
+
+    def flow_json_headers(self) -> Headers:
+        return ((b"content-type", b"application/json"),)
+
+    def _headers(self, headers: Headers) -> Headers:
+        return headers + self.response_headers_extra
+
+    def _whole_response(self, status: int, headers: Headers, body: bytes) -> list[Action]:
+        self._response_started = True
+        return [
+            StartResponse(
+                status=status,
+                headers=(*self._headers(headers), (b"content-length", str(len(body)).encode())),
+            ),
+            SendBody(data=body),
+            EndResponse(),
+        ]
+
+    def _fail_before_response(self, err: GatewayError, now: float) -> list[Action]:
+        self.state = ExchangeState.DONE
+        self.status = err.status_code
+        status, headers, body = error_response(self.surface, err)
+        return self._whole_response(status, headers, body)
+
+    def _fail(
+        self, err: GatewayError, now: float, *, outcome: str = "upstream_error"
+    ) -> list[Action]:
+        """Report ``err`` in the right form for where the response stands."""
+        if self.state is ExchangeState.DONE:
+            return []
+        if self._response_started:
+            assert self.flow is not None
+            out = self.flow.fail(err)
+            self.state = ExchangeState.DONE
+            self.status = err.status_code
+            actions: list[Action] = [SendBody(data=out)] if out else []
+            return [*actions, EndResponse(keep_alive=False), self._record(now, "failed_mid_stream")]
+        actions = self._fail_before_response(err, now)
+        if self._reached_backend:
+            actions.append(self._record(now, outcome))
+        return actions
+
+    def _record(self, now: float, outcome: str) -> RecordUsage:
+        assert self.flow is not None
+        usage = self.flow.usage
+        reported = usage is not None
+        if usage is None:
+            usage = self.flow.estimate_usage()
+        ttft = None if self.first_byte_at is None else self.first_byte_at - self.started_at
+        return RecordUsage(
+            record=UsageRecord(
+                request_id=self.request_id,
+                time=self.started_at,
+                key_id=None,
+                user=None,
+                model=self.flow.model or "",
+                resolved_model=self.resolved_model,
+                backend=self.backend,
+                surface=self.surface.value,
+                route=self.flow.route_name,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                status=self.status,
+                latency=now - self.started_at,
+                ttft=ttft,
+                outcome=outcome,
+                usage_reported=reported,
+            )
+        )
+
+
+_Handler = Callable[[Exchange, "Result", float], list[Action]]
+_S = ExchangeState
+_TRANSITIONS: dict[tuple[ExchangeState, type], _Handler] = {
+    (_S.AWAITING_UPSTREAM, UpstreamResponseStarted): Exchange._on_head,  # type: ignore[dict-item]
+    (_S.AWAITING_UPSTREAM, UpstreamFailed): Exchange._on_upstream_failed,  # type: ignore[dict-item]
+    (_S.AWAITING_UPSTREAM, ClientDisconnected): Exchange._on_client_gone,  # type: ignore[dict-item]
+    (_S.BUFFERING, UpstreamChunkReceived): Exchange._on_buffer_chunk,  # type: ignore[dict-item]
+    (_S.BUFFERING, UpstreamClosed): Exchange._on_buffer_closed,  # type: ignore[dict-item]
+    (_S.BUFFERING, UpstreamFailed): Exchange._on_upstream_failed,  # type: ignore[dict-item]
+    (_S.BUFFERING, ClientDisconnected): Exchange._on_client_gone,  # type: ignore[dict-item]
+    (_S.BUFFERING_ERROR, UpstreamChunkReceived): Exchange._on_buffer_chunk,  # type: ignore[dict-item]
+    (_S.BUFFERING_ERROR, UpstreamClosed): Exchange._on_error_closed,  # type: ignore[dict-item]
+    (_S.BUFFERING_ERROR, UpstreamFailed): Exchange._on_upstream_failed,  # type: ignore[dict-item]
+    (_S.BUFFERING_ERROR, ClientDisconnected): Exchange._on_client_gone,  # type: ignore[dict-item]
+    (_S.STREAMING, UpstreamChunkReceived): Exchange._on_stream_chunk,  # type: ignore[dict-item]
+    (_S.STREAMING, UpstreamClosed): Exchange._on_stream_closed,  # type: ignore[dict-item]
+    (_S.STREAMING, UpstreamFailed): Exchange._on_stream_failed,  # type: ignore[dict-item]
+    (_S.STREAMING, ClientDisconnected): Exchange._on_client_gone,  # type: ignore[dict-item]
+    (_S.IDLE, ClientDisconnected): Exchange._on_client_gone_idle,  # type: ignore[dict-item]
+    (_S.DONE, UpstreamResponseStarted): Exchange._ignore,
+    (_S.DONE, UpstreamChunkReceived): Exchange._ignore,
+    (_S.DONE, UpstreamClosed): Exchange._ignore,
+    (_S.DONE, UpstreamFailed): Exchange._ignore,
+    (_S.DONE, ClientDisconnected): Exchange._ignore,
+}

@@ -1,0 +1,1 @@
+"""Route-specific flows: one per (surface, endpoint), driven by the Exchange."""

@@ -1,0 +1,166 @@
+"""Flows answered by the gateway itself: model lists, health, readiness, status.
+
+They never reach a backend, so they use :class:`LocalFlow`, whose stream and
+usage hooks are unreachable by construction (``plan`` always returns a
+:class:`LocalAnswer`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+import orjson
+
+from ..catalogue import Route
+from ..config import BackendConfig
+from ..errors import GatewayError, NotFound
+from ..http import Headers, IncomingRequest, Surface
+from ..usage import TokenUsage
+from .base import JSON_HEADERS, LocalAnswer, UpstreamCall
+
+if TYPE_CHECKING:
+    from ..gateway import Gateway
+    from ..routing import Router
+
+__all__ = ["LocalFlow", "install_local_routes"]
+
+
+class LocalFlow:
+    """A flow whose answer is computed in the core from the Gateway's state."""
+
+    surface = Surface.GATEWAY
+    route_name = "local"
+    model: str | None = None
+    stream_done = True
+    usage: TokenUsage | None = None
+
+    def __init__(self, gateway: Gateway, request: IncomingRequest, now: float) -> None:
+        self.gateway = gateway
+        self.request = request
+        self.now = now
+
+    def answer(self) -> LocalAnswer:
+        raise NotImplementedError
+
+    def plan(
+        self, route: Route | None, backend: BackendConfig | None
+    ) -> UpstreamCall | LocalAnswer:
+        return self.answer()
+
+    def stream_headers(self) -> Headers:
+        return JSON_HEADERS
+
+    def feed(self, data: bytes) -> bytes:
+        return b""
+
+    def finish(self) -> bytes:
+        return b""
+
+    def fail(self, error: GatewayError) -> bytes:
+        return b""
+
+    def complete(self, body: bytes) -> bytes:
+        return body
+
+    def estimate_usage(self) -> TokenUsage:
+        return TokenUsage()
+
+
+def _json(body: object, status: int = 200) -> LocalAnswer:
+    return LocalAnswer(status=status, headers=JSON_HEADERS, body=orjson.dumps(body))
+
+
+def _model_object(name: str, created: int, owned_by: str) -> dict[str, object]:
+    return {"id": name, "object": "model", "created": created, "owned_by": owned_by}
+
+
+class OpenAIModelList(LocalFlow):
+    surface = Surface.OPENAI
+    route_name = "models.list"
+
+    def answer(self) -> LocalAnswer:
+        data = [
+            _model_object(name, info.created if info else 0, info.owned_by if info else backend)
+            for name, backend, info in self.gateway.catalogue.models()
+        ]
+        # Always an array, never null (Ollama sends null when empty: pitfall 18).
+        return _json({"object": "list", "data": data})
+
+
+class OpenAIModelRetrieve(LocalFlow):
+    surface = Surface.OPENAI
+    route_name = "models.retrieve"
+
+    def answer(self) -> LocalAnswer:
+        # Ids contain "/" and ":" (hf.co/user/model:Q4); take the whole rest
+        # of the path, percent-decoded, rather than one segment (pitfall 14).
+        name = unquote(self.request.path[len("/v1/models/") :])
+        for known, backend, info in self.gateway.catalogue.models():
+            if known == name:
+                created = info.created if info else 0
+                return _json(_model_object(name, created, info.owned_by if info else backend))
+        raise NotFound(
+            f"The model `{name}` does not exist or you do not have access to it.",
+            code="model_not_found",
+            param="model",
+        )
+
+
+class Health(LocalFlow):
+    route_name = "health"
+
+    def answer(self) -> LocalAnswer:
+        return _json({"status": "ok"})
+
+
+class Ready(LocalFlow):
+    route_name = "ready"
+
+    def answer(self) -> LocalAnswer:
+        up = [s.name for s in self.gateway.backend_status.values() if s.up]
+        if up:
+            return _json({"status": "ready", "backends_up": up})
+        return _json({"status": "unavailable", "backends_up": []}, status=503)
+
+
+class Status(LocalFlow):
+    route_name = "status"
+
+    def answer(self) -> LocalAnswer:
+        gateway = self.gateway
+        backends = []
+        for backend in gateway.config.backends:
+            status = gateway.backend_status.get(backend.name)
+            backends.append(
+                {
+                    "name": backend.name,
+                    "kind": backend.kind,
+                    "url": backend.url,
+                    "up": status.up if status else None,
+                    "checked_at": status.checked_at if status else None,
+                    "last_error": status.error if status else None,
+                    "models": status.models if status else 0,
+                }
+            )
+        models = [
+            {"name": name, "backend": backend} for name, backend, _ in gateway.catalogue.models()
+        ]
+        return _json({"backends": backends, "models": models})
+
+
+def _factory(cls: type[LocalFlow]):  # type: ignore[no-untyped-def]
+    def create(
+        gateway: Gateway, request: IncomingRequest, request_id: str, now: float
+    ) -> LocalFlow:
+        return cls(gateway, request, now)
+
+    return create
+
+
+def install_local_routes(router: Router) -> None:
+    router.add("GET", "/v1/models", _factory(OpenAIModelList))
+    router.add("GET", "/v1/models/*", _factory(OpenAIModelRetrieve))
+    router.add("GET", "/health", _factory(Health))
+    router.add("GET", "/ready", _factory(Ready))
+    router.add("GET", "/status", _factory(Status))

@@ -1,0 +1,88 @@
+"""The Gateway: configuration, catalogue and routes, shared by every Exchange.
+
+Theory of operation: an adapter builds one :class:`Gateway` from a config at
+startup and asks it for an :class:`~sansio_gateway.exchange.Exchange` per
+request.  Long-lived, changing knowledge -- discovered models, backend
+health -- is held here as immutable snapshots that the adapter replaces
+(``record_discovery``); Exchanges read whatever snapshot is current when
+they start.  There are no module-level singletons: two Gateways in one
+process share nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .catalogue import Catalogue, DiscoveredModel
+from .config import GatewayConfig
+from .exchange import Exchange
+from .flows.local import install_local_routes
+from .flows.openai_chat import OpenAIChatFlow
+from .http import Headers
+from .routing import Router
+
+__all__ = ["BackendStatus", "Gateway", "default_router"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackendStatus:
+    name: str
+    up: bool
+    checked_at: float
+    error: str | None = None
+    models: int = 0
+
+
+def default_router() -> Router:
+    router = Router()
+    router.add("POST", "/v1/chat/completions", OpenAIChatFlow.create)
+    install_local_routes(router)
+    return router
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, *, router: Router | None = None) -> None:
+        self.config = config
+        self.catalogue = Catalogue(config)
+        self.router = router or default_router()
+        self.backend_status: dict[str, BackendStatus] = {}
+        self._upstream_headers = {b.name: self._static_headers(b.api_key) for b in config.backends}
+
+    @staticmethod
+    def _static_headers(api_key: str | None) -> Headers:
+        headers: Headers = (
+            (b"content-type", b"application/json"),
+            (b"accept", b"application/json, application/x-ndjson, text/event-stream"),
+            (b"user-agent", b"sansio-gateway"),
+        )
+        if api_key:
+            headers += ((b"authorization", b"Bearer " + api_key.encode()),)
+        return headers
+
+    def exchange(self, request_id: str) -> Exchange:
+        return Exchange(self, request_id=request_id)
+
+    def upstream_headers(self, backend: str, request_id: str) -> Headers:
+        return self._upstream_headers[backend] + ((b"x-request-id", request_id.encode("ascii")),)
+
+    def record_discovery(self, backend: str, models: list[DiscoveredModel], now: float) -> None:
+        """A discovery of ``backend`` succeeded at ``now``."""
+        self.catalogue = self.catalogue.with_discovery(backend, models, now)
+        self.backend_status[backend] = BackendStatus(
+            name=backend, up=True, checked_at=now, models=len(models)
+        )
+
+    def record_discovery_failure(self, backend: str, error: str, now: float) -> None:
+        self.backend_status[backend] = BackendStatus(
+            name=backend, up=False, checked_at=now, error=error
+        )
+
+    def discovery_path(self, backend: str) -> str:
+        kind = self.config.backend(backend).kind
+        return "/api/tags" if kind == "ollama" else "/models"
+
+    def parse_discovery(self, backend: str, body: bytes) -> list[DiscoveredModel]:
+        from .catalogue import parse_ollama_tags, parse_openai_models
+
+        kind = self.config.backend(backend).kind
+        return parse_ollama_tags(body) if kind == "ollama" else parse_openai_models(body)

@@ -1,0 +1,40 @@
+"""Errors and ids rendered for the client, per surface.
+
+``error_response`` is the one place that decides how a failure looks on the
+wire: OpenAI's four-key envelope on ``/v1`` (and gateway endpoints), Ollama's
+``{"error": "..."}`` on ``/api``.
+"""
+
+from __future__ import annotations
+
+from .errors import GatewayError, MethodNotAllowed, render_ollama_error, render_openai_error
+from .http import Headers, Surface, header_value
+
+__all__ = ["error_response", "request_id_from"]
+
+_JSON: Headers = ((b"content-type", b"application/json"),)
+_MAX_REQUEST_ID = 128
+
+
+def error_response(surface: Surface, err: GatewayError) -> tuple[int, Headers, bytes]:
+    body = render_ollama_error(err) if surface is Surface.OLLAMA else render_openai_error(err)
+    headers = _JSON
+    if isinstance(err, MethodNotAllowed):
+        headers = (*headers, (b"allow", err.allow.encode("ascii")))
+    return err.status_code, headers, body
+
+
+def _is_safe_id(value: bytes) -> bool:
+    # Echoed into response headers and upstream requests: only visible ASCII
+    # without separators that could smuggle a header.
+    return 0 < len(value) <= _MAX_REQUEST_ID and all(
+        0x21 <= byte <= 0x7E and byte not in b'",;\\' for byte in value
+    )
+
+
+def request_id_from(headers: Headers, generated: str) -> str:
+    """The client's ``x-request-id`` when it is safe to echo, else ``generated``."""
+    value = header_value(headers, b"x-request-id")
+    if value is not None and _is_safe_id(value):
+        return value.decode("ascii")
+    return generated

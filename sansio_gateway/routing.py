@@ -1,0 +1,70 @@
+"""Path-based routing: one table from (method, path) to a flow factory.
+
+``/v1/...`` (OpenAI), ``/api/...`` (Ollama) and the gateway's own endpoints
+live side by side on one port.  An unknown path is a 404 and a known path
+with the wrong method a 405, both rendered in the surface's error form by
+the Exchange (which learns the surface from :func:`surface_of` first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .errors import MethodNotAllowed, NotFound
+from .flows.base import Flow
+from .http import IncomingRequest, Surface
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+__all__ = ["FlowFactory", "Router", "surface_of"]
+
+FlowFactory = Callable[["Gateway", IncomingRequest, str, float], Flow]
+
+
+def surface_of(path: str) -> Surface:
+    if path.startswith("/api/") or path == "/api":
+        return Surface.OLLAMA
+    if path.startswith("/v1/") or path == "/v1":
+        return Surface.OPENAI
+    return Surface.GATEWAY
+
+
+@dataclass(slots=True)
+class Router:
+    """Exact paths, plus prefixes for routes with a path parameter that may
+    itself contain ``/`` (model ids such as ``hf.co/user/model:tag``)."""
+
+    exact: dict[str, dict[str, FlowFactory]] = field(default_factory=dict)
+    prefixes: list[tuple[str, dict[str, FlowFactory]]] = field(default_factory=list)
+
+    def add(self, method: str, path: str, factory: FlowFactory) -> None:
+        if path.endswith("/*"):
+            prefix = path[:-1]
+            for known, methods in self.prefixes:
+                if known == prefix:
+                    methods[method] = factory
+                    return
+            self.prefixes.append((prefix, {method: factory}))
+            # Longest prefix first, so specific routes win.
+            self.prefixes.sort(key=lambda item: -len(item[0]))
+        else:
+            self.exact.setdefault(path, {})[method] = factory
+
+    def match(self, method: str, path: str) -> FlowFactory:
+        methods = self.exact.get(path)
+        if methods is None:
+            for prefix, candidates in self.prefixes:
+                if path.startswith(prefix) and len(path) > len(prefix):
+                    methods = candidates
+                    break
+        if methods is None:
+            raise NotFound(f"Invalid URL ({method} {path})", code="unknown_url")
+        factory = methods.get(method) or (methods.get("GET") if method == "HEAD" else None)
+        if factory is None:
+            raise MethodNotAllowed(
+                f"Method {method} is not allowed for {path}", allow=", ".join(sorted(methods))
+            )
+        return factory

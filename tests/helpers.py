@@ -1,0 +1,150 @@
+"""Shared test drivers.
+
+* :class:`ExchangeDriver` runs an Exchange against scripted upstream results,
+  with no sockets (cf. h11's ``ConnectionPair``), and collects what a client
+  would receive.
+* :func:`running_gateway` serves a real GatewayApp on a loopback port in a
+  background thread (asyncio or trio), for integration tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio.from_thread
+import orjson
+
+from adapters.app import GatewayApp, MemoryLedger
+from sansio_gateway.actions import (
+    Action,
+    CancelUpstream,
+    EndResponse,
+    RecordUsage,
+    Result,
+    SendBody,
+    SendUpstream,
+    StartResponse,
+    UsageRecord,
+)
+from sansio_gateway.config import GatewayConfig, parse_config
+from sansio_gateway.exchange import Exchange
+from sansio_gateway.gateway import Gateway
+from sansio_gateway.http import IncomingRequest
+
+NOW = 1_764_000_000.0
+
+
+def make_config(toml: str = "", **env: str) -> GatewayConfig:
+    return parse_config(toml, source="test.toml", env=env)
+
+
+@dataclass
+class Collected:
+    """What the client saw, plus what the core asked of the adapter."""
+
+    status: int | None = None
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+    body: bytes = b""
+    ended: bool = False
+    keep_alive: bool = True
+    upstream: list[SendUpstream] = field(default_factory=list)
+    usage: list[UsageRecord] = field(default_factory=list)
+    cancelled: bool = False
+    actions: list[Action] = field(default_factory=list)
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+    def sse_payloads(self) -> list[Any]:
+        out: list[Any] = []
+        for block in self.body.split(b"\n\n"):
+            if not block:
+                continue
+            assert block.startswith(b"data: "), block
+            data = block[len(b"data: ") :]
+            out.append("[DONE]" if data == b"[DONE]" else orjson.loads(data))
+        return out
+
+
+class ExchangeDriver:
+    def __init__(self, gateway: Gateway, *, request_id: str = "req1") -> None:
+        self.exchange: Exchange = gateway.exchange(request_id)
+        self.seen = Collected()
+
+    def _take(self, actions: list[Action]) -> list[Action]:
+        seen = self.seen
+        for action in actions:
+            seen.actions.append(action)
+            if isinstance(action, StartResponse):
+                assert seen.status is None, "two StartResponse actions"
+                seen.status = action.status
+                seen.headers = dict(action.headers)
+            elif isinstance(action, SendBody):
+                assert seen.status is not None and not seen.ended
+                seen.body += action.data
+            elif isinstance(action, EndResponse):
+                assert not seen.ended, "two EndResponse actions"
+                seen.ended = True
+                seen.keep_alive = action.keep_alive
+            elif isinstance(action, SendUpstream):
+                seen.upstream.append(action)
+            elif isinstance(action, RecordUsage):
+                seen.usage.append(action.record)
+            elif isinstance(action, CancelUpstream):
+                seen.cancelled = True
+        return actions
+
+    def start(
+        self,
+        method: str,
+        path: str,
+        body: bytes | dict[str, Any] = b"",
+        now: float = NOW,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> list[Action]:
+        raw = body if isinstance(body, bytes) else orjson.dumps(body)
+        request = IncomingRequest(method=method, path=path, body=raw, headers=headers)
+        return self._take(self.exchange.start(request, now))
+
+    def handle(self, result: Result, now: float = NOW + 1) -> list[Action]:
+        return self._take(self.exchange.handle(result, now))
+
+
+@dataclass
+class RunningGateway:
+    app: GatewayApp
+    url: str
+    ledger: MemoryLedger
+
+
+@contextlib.contextmanager
+def running_gateway(config: GatewayConfig, *, runtime: str = "asyncio") -> Iterator[RunningGateway]:
+    ledger = MemoryLedger()
+    app = GatewayApp(config, usage_sink=ledger)
+    with anyio.from_thread.start_blocking_portal(backend=runtime) as portal:
+        future, (host, port) = portal.start_task(app.serve, "127.0.0.1", 0)
+        try:
+            yield RunningGateway(app=app, url=f"http://{host}:{port}", ledger=ledger)
+        finally:
+            portal.call(_noop)
+            future.cancel()
+            with contextlib.suppress(BaseException):
+                future.result(timeout=10)
+
+
+async def _noop() -> None:
+    return None
+
+
+def wait_for(predicate: Any, *, timeout: float = 10.0) -> None:
+    """Poll ``predicate`` until true (tests never sleep to wait)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.002)
