@@ -10,37 +10,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import anyio
 import anyio.abc
 import httpcore
 
-from sansio_gateway.actions import UsageRecord
 from sansio_gateway.config import GatewayConfig
 from sansio_gateway.gateway import Gateway
 
+from .ledger import UsageLedger, open_ledger
 from .server import GatewayServer, ServerLimits
 from .upstream import UpstreamClient, map_upstream_exception
 
-__all__ = ["GatewayApp", "MemoryLedger"]
+__all__ = ["GatewayApp"]
 
 log = logging.getLogger("sansio_gateway")
-
-
-@dataclass
-class MemoryLedger:
-    """Usage records kept in memory (bounded); the default sink in tests."""
-
-    maxlen: int = 100_000
-    records: deque[UsageRecord] = field(default_factory=deque)
-
-    def __call__(self, record: UsageRecord) -> None:
-        if len(self.records) >= self.maxlen:
-            self.records.popleft()
-        self.records.append(record)
 
 
 class GatewayApp:
@@ -48,19 +33,19 @@ class GatewayApp:
         self,
         config: GatewayConfig,
         *,
-        usage_sink: Callable[[UsageRecord], None] | None = None,
+        ledger: UsageLedger | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.gateway = Gateway(config)
         self.upstream = UpstreamClient()
         self.clock = clock
-        self.usage_sink = usage_sink or MemoryLedger()
+        self.ledger = ledger if ledger is not None else open_ledger(config.store.usage)
         server = config.server
         self.server = GatewayServer(
             gateway=self.gateway,
             upstream=self.upstream,
-            usage_sink=self.usage_sink,
+            ledger=self.ledger,
             limits=ServerLimits(
                 max_body_bytes=server.max_body_bytes,
                 max_header_bytes=server.max_header_bytes,
@@ -134,12 +119,14 @@ class GatewayApp:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._rediscover_forever)
+                tg.start_soon(self.ledger.run)
                 task_status.started(address)
                 await listener.serve(self.server.handle_connection)
         finally:
             with anyio.CancelScope(shield=True):
                 await listener.aclose()
                 await self.upstream.aclose()
+                await self.ledger.aclose()
 
     def describe(self) -> list[str]:
         """Lines for the operator: backends and what was found on them."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import secrets
@@ -19,8 +20,11 @@ from pathlib import Path
 import anyio
 
 from sansio_gateway.config import ConfigError, GatewayConfig, default_config, parse_config
+from sansio_gateway.errors import GatewayError
+from sansio_gateway.usage_query import UsageQuery, parse_time, render_rows
 
 from .app import GatewayApp
+from .ledger import SQLiteLedger
 
 __all__ = ["load_config", "main"]
 
@@ -91,6 +95,41 @@ def _cmd_new_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_usage(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    url = config.store.usage
+    if not url.startswith("sqlite:///"):
+        print(f"usage: the ledger at {url} is read through GET /admin/usage", file=sys.stderr)
+        return 2
+    path = Path(url[len("sqlite:///") :])
+    if not path.exists():
+        print(f"no usage recorded yet ({path} does not exist)")
+        return 0
+    try:
+        query = UsageQuery(
+            user=args.user,
+            model=args.model,
+            since=parse_time(args.since, param="--since") if args.since else None,
+            until=parse_time(args.until, param="--until", end_of_day=True) if args.until else None,
+        )
+    except GatewayError as exc:
+        print(f"usage: {exc.message}", file=sys.stderr)
+        return 2
+    rows = SQLiteLedger(path).query_sync(query)
+    if args.json:
+        print(json.dumps(render_rows(query, rows)["data"], indent=2))
+        return 0
+    print(
+        f"{'day':<10}  {'user':<16} {'model':<28} {'requests':>8} {'prompt':>10} {'completion':>10}"
+    )
+    for row in rows:
+        print(
+            f"{row.day:<10}  {row.user:<16} {row.model:<28} {row.requests:>8}"
+            f" {row.prompt_tokens:>10} {row.completion_tokens:>10}"
+        )
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sansio-gateway", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
@@ -108,6 +147,15 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("file")
     check.set_defaults(func=_cmd_check_config)
+
+    usage = sub.add_parser("usage", help="show recorded usage per user, model and day")
+    usage.add_argument("--config", help="TOML config file (its [store] usage ledger)")
+    usage.add_argument("--user")
+    usage.add_argument("--model")
+    usage.add_argument("--since", help="YYYY-MM-DD, ISO 8601 time, or unix seconds")
+    usage.add_argument("--until", help="exclusive; a bare date means the end of that day")
+    usage.add_argument("--json", action="store_true", help="print JSON rows")
+    usage.set_defaults(func=_cmd_usage)
 
     new_key = sub.add_parser("new-key", help="make an API key and its config entry")
     new_key.add_argument("--id", default="my-key")

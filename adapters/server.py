@@ -30,11 +30,13 @@ from sansio_gateway.actions import (
     CancelUpstream,
     ClientDisconnected,
     EndResponse,
+    QueryUsage,
     RecordUsage,
     Result,
     SendBody,
     SendUpstream,
     StartResponse,
+    UsageQueried,
     UsageRecord,
 )
 from sansio_gateway.errors import GatewayError, InternalError, InvalidRequest, PayloadTooLarge
@@ -44,6 +46,7 @@ from sansio_gateway.http import IncomingRequest
 from sansio_gateway.rendering import error_response
 from sansio_gateway.routing import surface_of
 
+from .ledger import UsageLedger
 from .upstream import UpstreamClient
 
 __all__ = ["GatewayServer", "ServerLimits"]
@@ -83,9 +86,6 @@ class _Connection:
     eof: bool = False
 
 
-UsageSink = Callable[[UsageRecord], None]
-
-
 def new_request_id() -> str:
     return uuid.uuid4().hex
 
@@ -94,7 +94,7 @@ def new_request_id() -> str:
 class GatewayServer:
     gateway: Gateway
     upstream: UpstreamClient
-    usage_sink: UsageSink
+    ledger: UsageLedger
     limits: ServerLimits = field(default_factory=ServerLimits)
     clock: Callable[[], float] = time.time
     active: int = 0
@@ -312,14 +312,16 @@ class GatewayServer:
             self.active -= 1
 
     async def _execute(self, conn: _Connection, exchange: Exchange, actions: list[Action]) -> None:
-        upstream: SendUpstream | None = None
         for action in actions:
             if isinstance(action, SendUpstream):
-                upstream = action
+                await self._run_upstream(conn, exchange, action)
+            elif isinstance(action, QueryUsage):
+                rows = await self.ledger.query(action.query)
+                await self._execute(
+                    conn, exchange, exchange.handle(UsageQueried(rows=rows), self.clock())
+                )
             else:
                 await self._apply(conn, action)
-        if upstream is not None:
-            await self._run_upstream(conn, exchange, upstream)
 
     async def _apply(self, conn: _Connection, action: Action) -> None:
         if isinstance(action, StartResponse):
@@ -344,7 +346,7 @@ class GatewayServer:
 
     def _record(self, record: UsageRecord) -> None:
         try:
-            self.usage_sink(record)
+            self.ledger.record(record)
         except Exception:  # the ledger must never take a response down with it
             log.exception("usage sink failed for request %s", record.request_id)
 

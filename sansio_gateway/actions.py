@@ -13,12 +13,14 @@ from dataclasses import dataclass
 
 from .errors import GatewayError
 from .http import Headers
+from .usage_query import UsageQuery, UsageRow
 
 __all__ = [
     "Action",
     "CancelUpstream",
     "ClientDisconnected",
     "EndResponse",
+    "QueryUsage",
     "RecordUsage",
     "Result",
     "SendBody",
@@ -28,6 +30,7 @@ __all__ = [
     "UpstreamClosed",
     "UpstreamFailed",
     "UpstreamResponseStarted",
+    "UsageQueried",
     "UsageRecord",
 ]
 
@@ -99,7 +102,22 @@ class RecordUsage:
     record: UsageRecord
 
 
-Action = SendUpstream | StartResponse | SendBody | EndResponse | CancelUpstream | RecordUsage
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueryUsage:
+    """Run ``query`` against the usage ledger; answer with ``UsageQueried``."""
+
+    query: UsageQuery
+
+
+Action = (
+    SendUpstream
+    | StartResponse
+    | SendBody
+    | EndResponse
+    | CancelUpstream
+    | RecordUsage
+    | QueryUsage
+)
 
 
 # ---- results -------------------------------------------------------------
@@ -133,10 +151,16 @@ class ClientDisconnected:
     """The client closed its connection before the response was complete."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UsageQueried:
+    rows: list[UsageRow]
+
+
 Result = (
     UpstreamResponseStarted
     | UpstreamChunkReceived
     | UpstreamClosed
     | UpstreamFailed
     | ClientDisconnected
+    | UsageQueried
 )

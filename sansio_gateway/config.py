@@ -13,6 +13,7 @@ extend them, never rename them.
 
 from __future__ import annotations
 
+import hashlib
 import tomllib
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -191,7 +192,27 @@ def _explain(error: ValidationError, source: str) -> ConfigError:
     return ConfigError("\n".join(lines))
 
 
+def _resolve_key_envs(data: dict[str, Any], env: Mapping[str, str], source: str) -> None:
+    """``key_env`` keys are hashed now, so the key itself is never kept."""
+    auth = data.get("auth")
+    keys = auth.get("keys") if isinstance(auth, dict) else None
+    for i, entry in enumerate(keys if isinstance(keys, list) else []):
+        if isinstance(entry, dict) and isinstance(entry.get("key_env"), str):
+            if "sha256" in entry:
+                raise ConfigError(
+                    f"{source}: auth.keys[{i}]: give exactly one of sha256 or key_env"
+                )
+            name = entry.pop("key_env")
+            secret = env.get(name)
+            if not secret:
+                raise ConfigError(
+                    f"{source}: auth.keys[{i}].key_env: environment variable {name} is not set"
+                )
+            entry["sha256"] = hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
 def _resolve_secrets(data: dict[str, Any], env: Mapping[str, str], source: str) -> None:
+    _resolve_key_envs(data, env, source)
     for i, backend in enumerate(data.get("backends") or []):
         if isinstance(backend, dict) and backend.get("api_key_env"):
             name = backend["api_key_env"]

@@ -25,13 +25,16 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from .actions import (
     Action,
     CancelUpstream,
     ClientDisconnected,
     EndResponse,
+    QueryUsage,
     RecordUsage,
     Result,
     SendBody,
@@ -41,13 +44,16 @@ from .actions import (
     UpstreamClosed,
     UpstreamFailed,
     UpstreamResponseStarted,
+    UsageQueried,
     UsageRecord,
 )
+from .auth import ANONYMOUS, Forbidden, Identity
 from .errors import GatewayError, NotFound, UpstreamError, error_from_upstream
-from .flows.base import Flow, LocalAnswer, UpstreamCall
+from .flows.base import Flow, LedgerQuery, LocalAnswer, UpstreamCall
 from .http import Headers, IncomingRequest, Surface
 from .rendering import error_response, request_id_from
-from .routing import surface_of
+from .routing import Access, surface_of
+from .usage_query import UsageQuery, render_rows
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -66,6 +72,7 @@ class ExchangeStateError(RuntimeError):
 class ExchangeState(enum.Enum):
     IDLE = "idle"
     AWAITING_UPSTREAM = "awaiting_upstream"  # SendUpstream issued, no head yet
+    AWAITING_LEDGER = "awaiting_ledger"  # QueryUsage issued
     BUFFERING = "buffering"  # non-stream answer being collected
     BUFFERING_ERROR = "buffering_error"  # upstream error body being collected
     STREAMING = "streaming"  # client response started, translating chunks
@@ -80,6 +87,7 @@ class Exchange:
         self.request_id = request_id
         self.state = ExchangeState.IDLE
         self.flow: Flow | None = None
+        self.identity: Identity = ANONYMOUS
         self.surface = Surface.GATEWAY
         self.status = 0
         self.backend = ""
@@ -91,6 +99,7 @@ class Exchange:
         self._reached_backend = False
         self._client_gone = False
         self._response_started = False
+        self._ledger_query = UsageQuery()
 
     # ---- public API ------------------------------------------------------
 
@@ -126,14 +135,22 @@ class Exchange:
     def _start(self, request: IncomingRequest, now: float) -> list[Action]:
         gateway = self.gateway
         self.surface = surface_of(request.path)
-        factory = gateway.router.match(request.method, request.path)
-        flow = factory(gateway, request, self.request_id, now)
+        entry = gateway.router.match(request.method, request.path)
+        if entry.access is not Access.PUBLIC:
+            # Before the body is parsed: an unauthenticated caller learns
+            # nothing about what the gateway would accept.
+            self.identity = gateway.authenticator.authenticate(request.headers)
+            if entry.access is Access.ADMIN and not self.identity.admin:
+                raise Forbidden("This endpoint needs an admin key.")
+        flow = entry.factory(gateway, request, self.request_id, now)
         self.flow = flow
         route = backend = None
         model = flow.model
         if model is not None:
-            route = gateway.catalogue.resolve(model)
+            route = gateway.catalogue.resolve(model) if self.identity.may_use(model) else None
             if route is None:
+                # Hidden and missing models look the same, so a key's
+                # allow-list does not reveal what else exists.
                 raise NotFound(
                     f"The model `{model}` does not exist or you do not have access to it.",
                     code="model_not_found",
@@ -143,6 +160,10 @@ class Exchange:
             self.backend = route.backend
             self.resolved_model = route.target
         plan = flow.plan(route, backend)
+        if isinstance(plan, LedgerQuery):
+            self.state = ExchangeState.AWAITING_LEDGER
+            self._ledger_query = plan.query
+            return [QueryUsage(query=plan.query)]
         if isinstance(plan, LocalAnswer):
             self.state = ExchangeState.DONE
             self.status = plan.status
@@ -235,6 +256,16 @@ class Exchange:
         self.status = 499
         return [CancelUpstream(), self._record(now, "client_disconnected")]
 
+    def _on_ledger_rows(self, result: UsageQueried, now: float) -> list[Action]:
+        self.state = ExchangeState.DONE
+        self.status = 200
+        body = orjson.dumps(render_rows(self._ledger_query, result.rows))
+        return self._whole_response(200, self.flow_json_headers(), body)
+
+    def _on_ledger_client_gone(self, result: ClientDisconnected, now: float) -> list[Action]:
+        self.state = ExchangeState.DONE
+        return []
+
     def _on_client_gone_idle(self, result: ClientDisconnected, now: float) -> list[Action]:
         self._client_gone = True
         return []
@@ -302,8 +333,8 @@ class Exchange:
             record=UsageRecord(
                 request_id=self.request_id,
                 time=self.started_at,
-                key_id=None,
-                user=None,
+                key_id=self.identity.key_id,
+                user=self.identity.user,
                 model=self.flow.model or "",
                 resolved_model=self.resolved_model,
                 backend=self.backend,
@@ -320,28 +351,33 @@ class Exchange:
         )
 
 
-_Handler = Callable[[Exchange, "Result", float], list[Action]]
+# Handlers take the specific result type their row names; Any keeps the
+# table declarative without a cast per entry.
+_Handler = Callable[[Exchange, Any, float], list[Action]]
 _S = ExchangeState
 _TRANSITIONS: dict[tuple[ExchangeState, type], _Handler] = {
-    (_S.AWAITING_UPSTREAM, UpstreamResponseStarted): Exchange._on_head,  # type: ignore[dict-item]
-    (_S.AWAITING_UPSTREAM, UpstreamFailed): Exchange._on_upstream_failed,  # type: ignore[dict-item]
-    (_S.AWAITING_UPSTREAM, ClientDisconnected): Exchange._on_client_gone,  # type: ignore[dict-item]
-    (_S.BUFFERING, UpstreamChunkReceived): Exchange._on_buffer_chunk,  # type: ignore[dict-item]
-    (_S.BUFFERING, UpstreamClosed): Exchange._on_buffer_closed,  # type: ignore[dict-item]
-    (_S.BUFFERING, UpstreamFailed): Exchange._on_upstream_failed,  # type: ignore[dict-item]
-    (_S.BUFFERING, ClientDisconnected): Exchange._on_client_gone,  # type: ignore[dict-item]
-    (_S.BUFFERING_ERROR, UpstreamChunkReceived): Exchange._on_buffer_chunk,  # type: ignore[dict-item]
-    (_S.BUFFERING_ERROR, UpstreamClosed): Exchange._on_error_closed,  # type: ignore[dict-item]
-    (_S.BUFFERING_ERROR, UpstreamFailed): Exchange._on_upstream_failed,  # type: ignore[dict-item]
-    (_S.BUFFERING_ERROR, ClientDisconnected): Exchange._on_client_gone,  # type: ignore[dict-item]
-    (_S.STREAMING, UpstreamChunkReceived): Exchange._on_stream_chunk,  # type: ignore[dict-item]
-    (_S.STREAMING, UpstreamClosed): Exchange._on_stream_closed,  # type: ignore[dict-item]
-    (_S.STREAMING, UpstreamFailed): Exchange._on_stream_failed,  # type: ignore[dict-item]
-    (_S.STREAMING, ClientDisconnected): Exchange._on_client_gone,  # type: ignore[dict-item]
-    (_S.IDLE, ClientDisconnected): Exchange._on_client_gone_idle,  # type: ignore[dict-item]
+    (_S.AWAITING_UPSTREAM, UpstreamResponseStarted): Exchange._on_head,
+    (_S.AWAITING_UPSTREAM, UpstreamFailed): Exchange._on_upstream_failed,
+    (_S.AWAITING_UPSTREAM, ClientDisconnected): Exchange._on_client_gone,
+    (_S.BUFFERING, UpstreamChunkReceived): Exchange._on_buffer_chunk,
+    (_S.BUFFERING, UpstreamClosed): Exchange._on_buffer_closed,
+    (_S.BUFFERING, UpstreamFailed): Exchange._on_upstream_failed,
+    (_S.BUFFERING, ClientDisconnected): Exchange._on_client_gone,
+    (_S.BUFFERING_ERROR, UpstreamChunkReceived): Exchange._on_buffer_chunk,
+    (_S.BUFFERING_ERROR, UpstreamClosed): Exchange._on_error_closed,
+    (_S.BUFFERING_ERROR, UpstreamFailed): Exchange._on_upstream_failed,
+    (_S.BUFFERING_ERROR, ClientDisconnected): Exchange._on_client_gone,
+    (_S.STREAMING, UpstreamChunkReceived): Exchange._on_stream_chunk,
+    (_S.STREAMING, UpstreamClosed): Exchange._on_stream_closed,
+    (_S.STREAMING, UpstreamFailed): Exchange._on_stream_failed,
+    (_S.STREAMING, ClientDisconnected): Exchange._on_client_gone,
+    (_S.AWAITING_LEDGER, UsageQueried): Exchange._on_ledger_rows,
+    (_S.AWAITING_LEDGER, ClientDisconnected): Exchange._on_ledger_client_gone,
+    (_S.IDLE, ClientDisconnected): Exchange._on_client_gone_idle,
     (_S.DONE, UpstreamResponseStarted): Exchange._ignore,
     (_S.DONE, UpstreamChunkReceived): Exchange._ignore,
     (_S.DONE, UpstreamClosed): Exchange._ignore,
     (_S.DONE, UpstreamFailed): Exchange._ignore,
     (_S.DONE, ClientDisconnected): Exchange._ignore,
+    (_S.DONE, UsageQueried): Exchange._ignore,
 }

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .catalogue import Catalogue, DiscoveredModel
+from .auth import Authenticator
+from .catalogue import Catalogue, DiscoveredModel, parse_ollama_tags, parse_openai_models
 from .config import GatewayConfig
 from .exchange import Exchange
 from .flows.local import install_local_routes
@@ -45,6 +46,7 @@ class Gateway:
         self.config = config
         self.catalogue = Catalogue(config)
         self.router = router or default_router()
+        self.authenticator = Authenticator(config.auth)
         self.backend_status: dict[str, BackendStatus] = {}
         self._upstream_headers = {b.name: self._static_headers(b.api_key) for b in config.backends}
 
@@ -82,7 +84,5 @@ class Gateway:
         return "/api/tags" if kind == "ollama" else "/models"
 
     def parse_discovery(self, backend: str, body: bytes) -> list[DiscoveredModel]:
-        from .catalogue import parse_ollama_tags, parse_openai_models
-
         kind = self.config.backend(backend).kind
         return parse_ollama_tags(body) if kind == "ollama" else parse_openai_models(body)

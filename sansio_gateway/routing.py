@@ -8,6 +8,7 @@ the Exchange (which learns the surface from :func:`surface_of` first).
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -19,9 +20,21 @@ from .http import IncomingRequest, Surface
 if TYPE_CHECKING:
     from .gateway import Gateway
 
-__all__ = ["FlowFactory", "Router", "surface_of"]
+__all__ = ["Access", "FlowFactory", "RouteEntry", "Router", "surface_of"]
 
 FlowFactory = Callable[["Gateway", IncomingRequest, str, float], Flow]
+
+
+class Access(enum.Enum):
+    PUBLIC = "public"  # health probes
+    KEY = "key"  # any valid key (or anonymous when no keys are configured)
+    ADMIN = "admin"  # an admin key
+
+
+@dataclass(frozen=True, slots=True)
+class RouteEntry:
+    factory: FlowFactory
+    access: Access
 
 
 def surface_of(path: str) -> Surface:
@@ -37,23 +50,26 @@ class Router:
     """Exact paths, plus prefixes for routes with a path parameter that may
     itself contain ``/`` (model ids such as ``hf.co/user/model:tag``)."""
 
-    exact: dict[str, dict[str, FlowFactory]] = field(default_factory=dict)
-    prefixes: list[tuple[str, dict[str, FlowFactory]]] = field(default_factory=list)
+    exact: dict[str, dict[str, RouteEntry]] = field(default_factory=dict)
+    prefixes: list[tuple[str, dict[str, RouteEntry]]] = field(default_factory=list)
 
-    def add(self, method: str, path: str, factory: FlowFactory) -> None:
+    def add(
+        self, method: str, path: str, factory: FlowFactory, *, access: Access = Access.KEY
+    ) -> None:
+        entry = RouteEntry(factory, access)
         if path.endswith("/*"):
             prefix = path[:-1]
             for known, methods in self.prefixes:
                 if known == prefix:
-                    methods[method] = factory
+                    methods[method] = entry
                     return
-            self.prefixes.append((prefix, {method: factory}))
+            self.prefixes.append((prefix, {method: entry}))
             # Longest prefix first, so specific routes win.
             self.prefixes.sort(key=lambda item: -len(item[0]))
         else:
-            self.exact.setdefault(path, {})[method] = factory
+            self.exact.setdefault(path, {})[method] = entry
 
-    def match(self, method: str, path: str) -> FlowFactory:
+    def match(self, method: str, path: str) -> RouteEntry:
         methods = self.exact.get(path)
         if methods is None:
             for prefix, candidates in self.prefixes:
@@ -62,9 +78,9 @@ class Router:
                     break
         if methods is None:
             raise NotFound(f"Invalid URL ({method} {path})", code="unknown_url")
-        factory = methods.get(method) or (methods.get("GET") if method == "HEAD" else None)
-        if factory is None:
+        entry = methods.get(method) or (methods.get("GET") if method == "HEAD" else None)
+        if entry is None:
             raise MethodNotAllowed(
                 f"Method {method} is not allowed for {path}", allow=", ".join(sorted(methods))
             )
-        return factory
+        return entry

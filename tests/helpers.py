@@ -17,7 +17,8 @@ from typing import Any
 import anyio.from_thread
 import orjson
 
-from adapters.app import GatewayApp, MemoryLedger
+from adapters.app import GatewayApp
+from adapters.ledger import MemoryLedger
 from sansio_gateway.actions import (
     Action,
     CancelUpstream,
@@ -123,7 +124,7 @@ class RunningGateway:
 @contextlib.contextmanager
 def running_gateway(config: GatewayConfig, *, runtime: str = "asyncio") -> Iterator[RunningGateway]:
     ledger = MemoryLedger()
-    app = GatewayApp(config, usage_sink=ledger)
+    app = GatewayApp(config, ledger=ledger)
     with anyio.from_thread.start_blocking_portal(backend=runtime) as portal:
         future, (host, port) = portal.start_task(app.serve, "127.0.0.1", 0)
         try:

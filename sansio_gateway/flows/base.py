@@ -20,8 +20,17 @@ from ..config import BackendConfig
 from ..errors import GatewayError
 from ..http import Headers, Surface
 from ..usage import TokenUsage
+from ..usage_query import UsageQuery
 
-__all__ = ["JSON_HEADERS", "NDJSON_HEADERS", "SSE_HEADERS", "Flow", "LocalAnswer", "UpstreamCall"]
+__all__ = [
+    "JSON_HEADERS",
+    "NDJSON_HEADERS",
+    "SSE_HEADERS",
+    "Flow",
+    "LedgerQuery",
+    "LocalAnswer",
+    "UpstreamCall",
+]
 
 JSON_HEADERS: Headers = ((b"content-type", b"application/json"),)
 SSE_HEADERS: Headers = (
@@ -37,6 +46,13 @@ class UpstreamCall:
     path: str  # appended to the backend's base URL
     body: bytes
     stream: bool  # the upstream answer is a stream to translate chunk by chunk
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LedgerQuery:
+    """The answer comes from the usage ledger, which the adapter reads."""
+
+    query: UsageQuery
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

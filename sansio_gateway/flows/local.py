@@ -17,11 +17,14 @@ from ..config import BackendConfig
 from ..errors import GatewayError, NotFound
 from ..http import Headers, IncomingRequest, Surface
 from ..usage import TokenUsage
-from .base import JSON_HEADERS, LocalAnswer, UpstreamCall
+from ..usage_query import parse_usage_query
+from .base import JSON_HEADERS, LedgerQuery, LocalAnswer, UpstreamCall
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
     from ..routing import Router
+
+from ..routing import Access
 
 __all__ = ["LocalFlow", "install_local_routes"]
 
@@ -45,7 +48,7 @@ class LocalFlow:
 
     def plan(
         self, route: Route | None, backend: BackendConfig | None
-    ) -> UpstreamCall | LocalAnswer:
+    ) -> UpstreamCall | LocalAnswer | LedgerQuery:
         return self.answer()
 
     def stream_headers(self) -> Headers:
@@ -149,6 +152,15 @@ class Status(LocalFlow):
         return _json({"backends": backends, "models": models})
 
 
+class AdminUsage(LocalFlow):
+    route_name = "admin.usage"
+
+    def plan(
+        self, route: Route | None, backend: BackendConfig | None
+    ) -> UpstreamCall | LocalAnswer | LedgerQuery:
+        return LedgerQuery(query=parse_usage_query(self.request.query))
+
+
 def _factory(cls: type[LocalFlow]):  # type: ignore[no-untyped-def]
     def create(
         gateway: Gateway, request: IncomingRequest, request_id: str, now: float
@@ -161,6 +173,7 @@ def _factory(cls: type[LocalFlow]):  # type: ignore[no-untyped-def]
 def install_local_routes(router: Router) -> None:
     router.add("GET", "/v1/models", _factory(OpenAIModelList))
     router.add("GET", "/v1/models/*", _factory(OpenAIModelRetrieve))
-    router.add("GET", "/health", _factory(Health))
-    router.add("GET", "/ready", _factory(Ready))
+    router.add("GET", "/health", _factory(Health), access=Access.PUBLIC)
+    router.add("GET", "/ready", _factory(Ready), access=Access.PUBLIC)
     router.add("GET", "/status", _factory(Status))
+    router.add("GET", "/admin/usage", _factory(AdminUsage), access=Access.ADMIN)
