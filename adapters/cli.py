@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import sys
 from functools import partial
 from pathlib import Path
@@ -68,6 +69,12 @@ async def _serve(app: GatewayApp) -> None:
             f"sansio-gateway listening on http://{host}:{port} ({app.config.server.runtime})",
             flush=True,
         )
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                print(f"{signal.Signals(signum).name}: shutting down", flush=True)
+                break
+        # Cancelling serve() closes the listener and flushes the usage ledger.
+        tg.cancel_scope.cancel()
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
