@@ -19,6 +19,8 @@ from .config import GatewayConfig
 from .exchange import Exchange
 from .flows.local import install_local_routes
 from .flows.openai_chat import OpenAIChatFlow
+from .flows.openai_completions import OpenAICompletionsFlow
+from .flows.openai_embeddings import OpenAIEmbeddingsFlow
 from .http import Headers
 from .routing import Router
 
@@ -37,6 +39,8 @@ class BackendStatus:
 def default_router() -> Router:
     router = Router()
     router.add("POST", "/v1/chat/completions", OpenAIChatFlow.create)
+    router.add("POST", "/v1/completions", OpenAICompletionsFlow.create)
+    router.add("POST", "/v1/embeddings", OpenAIEmbeddingsFlow.create)
     install_local_routes(router)
     return router
 

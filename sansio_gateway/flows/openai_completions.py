@@ -1,0 +1,168 @@
+"""``POST /v1/completions`` served from an Ollama backend (``/api/generate``).
+
+Built like :class:`~sansio_gateway.flows.openai_chat.OpenAIChatFlow`: the
+request is parsed and validated when the flow is created (a bad request
+never reaches a backend), the native body is built once the model is
+resolved, and the answer is translated whole (one native JSON object -> one
+``text_completion``) or as a stream (``framing.NDJSONDecoder`` ->
+``OllamaCompletionStream`` -> ``encode_sse_json``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ..catalogue import Route
+from ..config import BackendConfig
+from ..errors import GatewayError, InvalidRequest, UpstreamError
+from ..framing import SSE_DONE, FramingError, NDJSONDecoder, encode_sse_json
+from ..http import Headers, IncomingRequest, Surface
+from ..ollama_chat_response import usage_from_ollama
+from ..openai_completions import (
+    CompletionRequest,
+    OllamaCompletionStream,
+    completion_request_to_ollama,
+    ollama_generate_to_completion,
+    parse_completion_request,
+)
+from ..usage import TokenUsage
+from .base import SSE_HEADERS, LocalAnswer, UpstreamCall
+
+if TYPE_CHECKING:
+    from ..gateway import Gateway
+
+__all__ = ["OpenAICompletionsFlow"]
+
+
+class OpenAICompletionsFlow:
+    surface = Surface.OPENAI
+    route_name = "completions"
+
+    def __init__(self, gateway: Gateway, body: bytes, request_id: str, now: float) -> None:
+        self.gateway = gateway
+        self.request: CompletionRequest = parse_completion_request(body)
+        # Unique per request (Ollama's are cmpl-<0..998>: pitfall 19).
+        self.completion_id = f"cmpl-{request_id}"
+        self.created = int(now)
+        self._prompt_bytes = len(body)
+        self._stream: OllamaCompletionStream | None = None
+        self._decoder: NDJSONDecoder | None = None
+        self._usage: TokenUsage | None = None
+        self._chunks_out = 0
+
+    @classmethod
+    def create(
+        cls, gateway: Gateway, request: IncomingRequest, request_id: str, now: float
+    ) -> OpenAICompletionsFlow:
+        return cls(gateway, request.body, request_id, now)
+
+    @property
+    def model(self) -> str:
+        return self.request.model
+
+    # ---- planning ---------------------------------------------------------
+
+    def plan(
+        self, route: Route | None, backend: BackendConfig | None
+    ) -> UpstreamCall | LocalAnswer:
+        assert route is not None and backend is not None
+        if backend.kind != "ollama":
+            raise InvalidRequest(
+                f"backend {backend.name!r} of kind {backend.kind!r} cannot serve completions yet"
+            )
+        native = completion_request_to_ollama(
+            self.request,
+            model=route.target,
+            default_max_tokens=self.gateway.config.server.default_max_tokens,
+        )
+        if self.request.stream:
+            self._decoder = NDJSONDecoder()
+            self._stream = OllamaCompletionStream(
+                completion_id=self.completion_id,
+                created=self.created,
+                model=self.request.model,
+                include_usage=self.request.include_usage,
+            )
+        return UpstreamCall(
+            method="POST",
+            path="/api/generate",
+            body=orjson.dumps(native),
+            stream=self.request.stream,
+        )
+
+    # ---- streamed answers -----------------------------------------------
+
+    def stream_headers(self) -> Headers:
+        return SSE_HEADERS
+
+    def _encode(self, payloads: list[dict[str, Any]]) -> bytes:
+        assert self._stream is not None
+        out = b"".join([encode_sse_json(p) for p in payloads])
+        self._chunks_out += len(payloads)
+        if self._stream.done and not self._stream.failed:
+            out += SSE_DONE
+        return out
+
+    def feed(self, data: bytes) -> bytes:
+        assert self._stream is not None and self._decoder is not None
+        try:
+            lines = self._decoder.feed(data)
+        except FramingError as exc:
+            return self.fail(UpstreamError(f"malformed stream from backend: {exc.reason}"))
+        stream = self._stream
+        payloads: list[dict[str, Any]] = []
+        for line in lines:
+            payloads += stream.feed(line)
+        return self._encode(payloads) if payloads else b""
+
+    def finish(self) -> bytes:
+        assert self._stream is not None and self._decoder is not None
+        payloads: list[dict[str, Any]] = []
+        try:
+            for line in self._decoder.feed_eof():
+                payloads += self._stream.feed(line)
+        except FramingError as exc:
+            return self.fail(UpstreamError(f"malformed stream from backend: {exc.reason}"))
+        payloads += self._stream.finish()
+        return self._encode(payloads) if payloads else b""
+
+    def fail(self, error: GatewayError) -> bytes:
+        assert self._stream is not None
+        return self._encode(self._stream.fail(error))
+
+    @property
+    def stream_done(self) -> bool:
+        stream = self._stream
+        return stream is not None and (stream.done or stream.failed)
+
+    # ---- whole answers ---------------------------------------------------
+
+    def complete(self, body: bytes) -> bytes:
+        try:
+            native = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise UpstreamError("backend sent a response that is not JSON") from None
+        if not isinstance(native, dict):
+            raise UpstreamError("backend sent an unexpected response")
+        self._usage = usage_from_ollama(native)
+        completion = ollama_generate_to_completion(
+            native, completion_id=self.completion_id, created=self.created, model=self.request.model
+        )
+        return orjson.dumps(completion)
+
+    # ---- accounting ------------------------------------------------------
+
+    @property
+    def usage(self) -> TokenUsage | None:
+        if self._stream is not None:
+            return self._stream.usage
+        return self._usage
+
+    def estimate_usage(self) -> TokenUsage:
+        # As for chat: a token is rarely shorter than 4 bytes of JSON, and
+        # each streamed chunk carries at least one token.
+        return TokenUsage(
+            prompt_tokens=self._prompt_bytes // 4 + 1, completion_tokens=self._chunks_out
+        )
