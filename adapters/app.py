@@ -9,6 +9,7 @@ refreshed every ``server.discovery_ttl`` seconds.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 
@@ -37,7 +38,7 @@ class GatewayApp:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
-        self.gateway = Gateway(config)
+        self.gateway = Gateway(config, random=random.random)
         self.upstream = UpstreamClient()
         self.clock = clock
         self.ledger = ledger if ledger is not None else open_ledger(config.store.usage)

@@ -40,7 +40,7 @@ from sansio_gateway.actions import (
     UsageRecord,
 )
 from sansio_gateway.errors import GatewayError, InternalError, InvalidRequest, PayloadTooLarge
-from sansio_gateway.exchange import Exchange
+from sansio_gateway.exchange import Exchange, ExchangeState
 from sansio_gateway.gateway import Gateway
 from sansio_gateway.http import IncomingRequest
 from sansio_gateway.rendering import error_response
@@ -353,12 +353,20 @@ class GatewayServer:
     async def _run_upstream(
         self, conn: _Connection, exchange: Exchange, action: SendUpstream
     ) -> None:
-        backend = self.gateway.config.backend(action.backend)
         state = _UpstreamRun(self, conn, exchange)
+        call: SendUpstream | None = action
         async with anyio.create_task_group() as tg:
             state.scope = tg.cancel_scope
             tg.start_soon(state.watch_client)
-            await self.upstream.request(action, backend, state.deliver)
+            # The Exchange may answer a failed attempt with another
+            # SendUpstream (a retry after a backoff, or a fallback target).
+            while call is not None:
+                state.next_call = None
+                if call.delay > 0:
+                    await anyio.sleep(call.delay)
+                backend = self.gateway.config.backend(call.backend)
+                await self.upstream.request(call, backend, state.deliver)
+                call = state.next_call
             tg.cancel_scope.cancel()
         if state.client_gone:
             conn.closed = True
@@ -374,6 +382,7 @@ class _UpstreamRun:
         self.scope: anyio.CancelScope | None = None
         self.client_gone = False
         self.lock = anyio.Lock()
+        self.next_call: SendUpstream | None = None
 
     async def deliver(self, result: Result) -> bool:
         async with self.lock:
@@ -390,11 +399,13 @@ class _UpstreamRun:
             for action in actions:
                 if isinstance(action, CancelUpstream):
                     self._cancel()
+                elif isinstance(action, SendUpstream):
+                    self.next_call = action
                 else:
                     await server._apply(self.conn, action)
         except _ClientGone:
             return await self._client_went_away()
-        return self.exchange.state.name != "DONE"
+        return self.next_call is None and self.exchange.state is not ExchangeState.DONE
 
     async def _client_went_away(self) -> bool:
         if not self.client_gone:
@@ -419,7 +430,7 @@ class _UpstreamRun:
                 break
         with anyio.CancelScope(shield=True):
             async with self.lock:
-                if self.exchange.state.name != "DONE":
+                if self.exchange.state is not ExchangeState.DONE:
                     await self._client_went_away()
 
 

@@ -51,6 +51,7 @@ class SendUpstream:
     url: str
     headers: Headers
     body: bytes
+    delay: float = 0.0  # seconds to wait first (retry backoff)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,6 +96,7 @@ class UsageRecord:
     ttft: float | None
     outcome: str  # "ok", "upstream_error", "client_disconnected", "failed_mid_stream"
     usage_reported: bool  # False when counts are estimates (the backend never said)
+    attempts: int = 1  # upstream attempts made (retries and fallbacks included)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

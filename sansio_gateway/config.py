@@ -63,10 +63,11 @@ class ServerConfig(_Strict):
     # token estimate is a real upper bound (rate-limiting.md, "Estimate").
     default_max_tokens: int | None = Field(default=None, gt=0)
     discovery_ttl: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=4, ge=1)  # upstream attempts per request, all targets
 
 
 class BackendConfig(_Strict):
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, pattern=r"^[^:\s]+$")
     kind: str = "ollama"
     url: str
     api_key_env: str | None = None
@@ -76,6 +77,8 @@ class BackendConfig(_Strict):
     idle_timeout: float = Field(default=60.0, gt=0)
     total_timeout: float = Field(default=1800.0, gt=0)
     discover: bool = True
+    max_retries: int = Field(default=2, ge=0)  # per request, before the first byte only
+    retry_backoff: float = Field(default=0.25, ge=0)  # seconds; doubles per retry, jittered
 
     @field_validator("url")
     @classmethod
@@ -147,12 +150,19 @@ class GatewayConfig(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"backend names must be unique; repeated: {', '.join(dupes)}")
+        known = ", ".join(names) or "none"
         for i, model in enumerate(self.models):
             if model.backend not in names:
                 raise ValueError(
-                    f"models[{i}].backend = {model.backend!r} names no backend"
-                    f" (known: {', '.join(names) or 'none'})"
+                    f"models[{i}].backend = {model.backend!r} names no backend (known: {known})"
                 )
+            for j, spec in enumerate(model.fallbacks):
+                backend = spec.partition(":")[0]
+                if backend not in names:
+                    raise ValueError(
+                        f"models[{i}].fallbacks[{j}] = {spec!r}: expected 'backend:model'"
+                        f" with a configured backend (known: {known})"
+                    )
         return self
 
     def backend(self, name: str) -> BackendConfig:

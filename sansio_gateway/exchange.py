@@ -48,10 +48,12 @@ from .actions import (
     UsageRecord,
 )
 from .auth import ANONYMOUS, Forbidden, Identity
-from .errors import GatewayError, NotFound, UpstreamError, error_from_upstream
+from .catalogue import Route
+from .errors import GatewayError, InternalError, NotFound, UpstreamError, error_from_upstream
 from .flows.base import Flow, LedgerQuery, LocalAnswer, UpstreamCall
-from .http import Headers, IncomingRequest, Surface
+from .http import Headers, IncomingRequest, Surface, header_value
 from .rendering import error_response, request_id_from
+from .retry import next_step, parse_retry_after, targets_for
 from .routing import Access, surface_of
 from .usage_query import UsageQuery, render_rows
 
@@ -100,6 +102,12 @@ class Exchange:
         self._client_gone = False
         self._response_started = False
         self._ledger_query = UsageQuery()
+        self._targets: list[Route] = []
+        self._target_index = 0
+        self._retries_on_target = 0
+        self._attempts = 0
+        self._retry_after: float | None = None
+        self._stream = False
 
     # ---- public API ------------------------------------------------------
 
@@ -156,9 +164,8 @@ class Exchange:
                     code="model_not_found",
                     param="model",
                 )
-            backend = gateway.config.backend(route.backend)
-            self.backend = route.backend
-            self.resolved_model = route.target
+            self._targets = targets_for(route)
+            return self._attempt(0.0)
         plan = flow.plan(route, backend)
         if isinstance(plan, LedgerQuery):
             self.state = ExchangeState.AWAITING_LEDGER
@@ -168,23 +175,66 @@ class Exchange:
             self.state = ExchangeState.DONE
             self.status = plan.status
             return self._whole_response(plan.status, plan.headers, plan.body)
-        assert backend is not None
-        return self._send_upstream(plan, backend.url)
+        raise InternalError(f"{flow.route_name}: a model-less flow asked for an upstream")
 
-    def _send_upstream(self, call: UpstreamCall, base_url: str) -> list[Action]:
+    # ---- attempts, retries and fallbacks ---------------------------------
+
+    def _attempt(self, delay: float) -> list[Action]:
+        """Plan the current target and ask for it to be sent."""
+        assert self.flow is not None
+        route = self._targets[self._target_index]
+        backend = self.gateway.config.backend(route.backend)
+        self.backend = route.backend
+        self.resolved_model = route.target
+        plan = self.flow.plan(route, backend)
+        if not isinstance(plan, UpstreamCall):
+            self.state = ExchangeState.DONE
+            if isinstance(plan, LocalAnswer):
+                self.status = plan.status
+                return self._whole_response(plan.status, plan.headers, plan.body)
+            raise InternalError(f"{self.flow.route_name}: unexpected plan for a model route")
         self.state = ExchangeState.AWAITING_UPSTREAM
         self._reached_backend = True
-        self._stream = call.stream
+        self._stream = plan.stream
+        self._attempts += 1
+        self._buffer = bytearray()
         headers = self.gateway.upstream_headers(self.backend, self.request_id)
         return [
             SendUpstream(
                 backend=self.backend,
-                method=call.method,
-                url=base_url + call.path,
+                method=plan.method,
+                url=backend.url + plan.path,
                 headers=headers,
-                body=call.body,
+                body=plan.body,
+                delay=delay,
             )
         ]
+
+    def _try_again(self, *, status: int | None, error: GatewayError | None) -> list[Action] | None:
+        """Another attempt, if the policy allows one (nothing was sent yet)."""
+        if self._response_started or not self._targets:
+            return None
+        backend = self.gateway.config.backend(self.backend)
+        step = next_step(
+            status=status,
+            error=error,
+            retries_on_target=self._retries_on_target,
+            max_retries=backend.max_retries,
+            attempts=self._attempts,
+            max_attempts=self.gateway.config.server.max_attempts,
+            has_next_target=self._target_index + 1 < len(self._targets),
+            backoff_base=backend.retry_backoff,
+            rand=self.gateway.random(),
+            retry_after=self._retry_after,
+        )
+        if step.kind == "retry":
+            self._retries_on_target += 1
+            return self._attempt(step.delay)
+        if step.kind == "fallback":
+            self._target_index += 1
+            self._retries_on_target = 0
+            return self._attempt(0.0)
+        return None
 
     # ---- transitions -----------------------------------------------------
 
@@ -192,6 +242,7 @@ class Exchange:
         self._upstream_status = result.status
         if result.status >= 400:
             self.state = ExchangeState.BUFFERING_ERROR
+            self._retry_after = parse_retry_after(header_value(result.headers, b"retry-after"))
             return []
         if not self._stream:
             self.state = ExchangeState.BUFFERING
@@ -217,6 +268,9 @@ class Exchange:
         return [*self._whole_response(200, self.flow_json_headers(), body), self._record(now, "ok")]
 
     def _on_error_closed(self, result: UpstreamClosed, now: float) -> list[Action]:
+        again = self._try_again(status=self._upstream_status, error=None)
+        if again is not None:
+            return again
         model = self.flow.model if self.flow else None
         err = error_from_upstream(self._upstream_status, bytes(self._buffer), model=model)
         return self._fail(err, now, outcome="upstream_error")
@@ -248,6 +302,10 @@ class Exchange:
         return [*actions, EndResponse(keep_alive=False), self._record(now, "failed_mid_stream")]
 
     def _on_upstream_failed(self, result: UpstreamFailed, now: float) -> list[Action]:
+        self._retry_after = None
+        again = self._try_again(status=None, error=result.error)
+        if again is not None:
+            return again
         return self._fail(result.error, now, outcome="upstream_error")
 
     def _on_client_gone(self, result: ClientDisconnected, now: float) -> list[Action]:
@@ -347,6 +405,7 @@ class Exchange:
                 ttft=ttft,
                 outcome=outcome,
                 usage_reported=reported,
+                attempts=self._attempts,
             )
         )
 

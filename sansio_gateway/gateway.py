@@ -11,6 +11,7 @@ process share nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .auth import Authenticator
@@ -46,11 +47,20 @@ def default_router() -> Router:
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, *, router: Router | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        router: Router | None = None,
+        random: Callable[[], float] | None = None,
+    ) -> None:
         self.config = config
         self.catalogue = Catalogue(config)
         self.router = router or default_router()
         self.authenticator = Authenticator(config.auth)
+        # A uniform [0, 1) source for retry jitter, injected by the adapter;
+        # the default (no jitter: the midpoint) keeps tests deterministic.
+        self.random: Callable[[], float] = random or (lambda: 0.5)
         self.backend_status: dict[str, BackendStatus] = {}
         self._upstream_headers = {b.name: self._static_headers(b.api_key) for b in config.backends}
 

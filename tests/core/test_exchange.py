@@ -211,11 +211,11 @@ def test_upstream_500_surfaces_as_500_api_error() -> None:
 def test_upstream_non_json_error_body_is_kept_as_the_message() -> None:
     d = ExchangeDriver(gateway())
     d.start("POST", CHAT, chat())
-    d.handle(UpstreamResponseStarted(status=503, headers=()))
-    d.handle(UpstreamChunkReceived(data=b"server busy"))
+    d.handle(UpstreamResponseStarted(status=500, headers=()))
+    d.handle(UpstreamChunkReceived(data=b"server exploded"))
     d.handle(UpstreamClosed())
-    assert d.seen.status == 503
-    assert d.seen.json()["error"]["message"] == "server busy"
+    assert d.seen.status == 500
+    assert d.seen.json()["error"]["message"] == "server exploded"
 
 
 def test_upstream_unreachable_is_502() -> None:
@@ -408,3 +408,115 @@ def test_aliases_rewrite_the_model_both_ways() -> None:
     d.handle(UpstreamClosed())
     assert d.seen.json()["model"] == "gpt-4o-mini"
     assert d.seen.usage[0].resolved_model == "llama3.2:1b"
+
+
+# ---- retries and fallbacks ------------------------------------------------
+
+FALLBACK_CONFIG = """
+[[backends]]
+name = "a"
+url = "http://a.invalid:1"
+retry_backoff = 0.5
+[[backends]]
+name = "b"
+url = "http://b.invalid:2"
+[[models]]
+name = "m"
+backend = "a"
+target = "llama3.2:1b"
+fallbacks = ["b:llama3.2:3b"]
+"""
+
+
+def fallback_gateway() -> Gateway:
+    gw = Gateway(make_config(FALLBACK_CONFIG))
+    gw.record_discovery("a", [], NOW)
+    gw.record_discovery("b", [], NOW)
+    return gw
+
+
+def fail_with(d: ExchangeDriver, status: int, body: bytes = b'{"error":"busy"}') -> None:
+    d.handle(UpstreamResponseStarted(status=status, headers=((b"retry-after", b"3"),)))
+    d.handle(UpstreamChunkReceived(data=body))
+    d.handle(UpstreamClosed())
+
+
+def test_503_twice_then_success_is_retried_with_backoff() -> None:
+    d = ExchangeDriver(gateway())
+    d.start("POST", CHAT, chat())
+    fail_with(d, 503)
+    fail_with(d, 503)
+    assert len(d.seen.upstream) == 3 and d.seen.status is None
+    # Retry-After 3 s beats the jittered 0.125 s / 0.25 s backoff.
+    assert [u.delay for u in d.seen.upstream] == [0.0, 3.0, 3.0]
+    d.handle(UpstreamResponseStarted(status=200, headers=()))
+    d.handle(UpstreamChunkReceived(data=orjson.dumps(NON_STREAM)))
+    d.handle(UpstreamClosed())
+    assert d.seen.status == 200
+    [record] = d.seen.usage
+    assert record.attempts == 3 and record.outcome == "ok"
+
+
+def test_backoff_without_retry_after_is_jittered_exponential() -> None:
+    d = ExchangeDriver(gateway())
+    d.start("POST", CHAT, chat())
+    d.handle(UpstreamFailed(error=UpstreamError("refused", code="upstream_unreachable")))
+    d.handle(UpstreamFailed(error=UpstreamError("refused", code="upstream_unreachable")))
+    # default backoff 0.25 s, doubling, times the injected random 0.5
+    assert [u.delay for u in d.seen.upstream] == [0.0, 0.125, 0.25]
+    d.handle(UpstreamFailed(error=UpstreamError("refused", code="upstream_unreachable")))
+    assert d.seen.status == 502 and len(d.seen.upstream) == 3
+
+
+def test_fallback_serves_when_the_primary_is_down() -> None:
+    d = ExchangeDriver(fallback_gateway())
+    d.start("POST", CHAT, chat(model="m"))
+    for _ in range(3):
+        d.handle(UpstreamFailed(error=UpstreamError("refused", code="upstream_unreachable")))
+    urls = [u.url for u in d.seen.upstream]
+    assert urls[:3] == ["http://a.invalid:1/api/chat"] * 3
+    assert urls[3] == "http://b.invalid:2/api/chat"
+    assert orjson.loads(d.seen.upstream[3].body)["model"] == "llama3.2:3b"
+    d.handle(UpstreamResponseStarted(status=200, headers=()))
+    d.handle(UpstreamChunkReceived(data=orjson.dumps(NON_STREAM)))
+    d.handle(UpstreamClosed())
+    assert d.seen.json()["model"] == "m"
+    record = d.seen.usage[0]
+    assert (record.backend, record.resolved_model, record.attempts) == ("b", "llama3.2:3b", 4)
+
+
+def test_500_and_timeouts_go_straight_to_the_fallback() -> None:
+    d = ExchangeDriver(fallback_gateway())
+    d.start("POST", CHAT, chat(model="m"))
+    fail_with(d, 500)
+    assert d.seen.upstream[-1].url.startswith("http://b.invalid")
+    d.handle(UpstreamFailed(error=UpstreamTimeout("slow")))
+    assert d.seen.status == 504
+
+
+def test_client_errors_are_never_retried() -> None:
+    d = ExchangeDriver(fallback_gateway())
+    d.start("POST", CHAT, chat(model="m"))
+    fail_with(d, 400, b'{"error":"bad"}')
+    assert len(d.seen.upstream) == 1 and d.seen.status == 400
+
+
+def test_the_attempt_budget_caps_everything() -> None:
+    gw = Gateway(make_config(FALLBACK_CONFIG.replace('retry_backoff = 0.5', 'retry_backoff = 0.5\nmax_retries = 9')))
+    gw.record_discovery("a", [], NOW)
+    d = ExchangeDriver(gw)
+    d.start("POST", CHAT, chat(model="m"))
+    for _ in range(10):
+        if d.seen.status is not None:
+            break
+        fail_with(d, 503)
+    assert len(d.seen.upstream) == 4  # server.max_attempts
+    assert d.seen.status == 503
+
+
+def test_no_retry_once_the_stream_started() -> None:
+    d = ExchangeDriver(gateway())
+    d.start("POST", CHAT, chat(stream=True))
+    d.handle(OK_HEAD)
+    d.handle(UpstreamFailed(error=UpstreamError("lost", code="upstream_unreachable")))
+    assert len(d.seen.upstream) == 1 and d.seen.ended

@@ -101,6 +101,8 @@ class ScriptedReply:
     thinking_chunks: list[str] | None = None
     error_status: int | None = None
     error_message: str = "something went wrong"
+    error_times: int | None = None  # answer error_status this many times, then succeed
+    errors_sent: int = 0  # how many error answers this reply has given
     error_after_chunks: int | None = None
     die_after_chunks: int | None = None
     delay_first_byte: float = 0.0
@@ -1102,7 +1104,10 @@ class OllamaEmulator:
     ) -> _Plan:
         reply = model.reply
         self._loaded[model_key(model.name)] = model
-        if reply.error_status is not None:
+        if reply.error_status is not None and (
+            reply.error_times is None or reply.errors_sent < reply.error_times
+        ):
+            reply.errors_sent += 1
             return _error_plan(reply.error_status, reply.error_message, reply.delay_first_byte)
         turn = _take_turn(
             reply, think=think, num_predict=_num_predict(request), new_id=self._new_call_id

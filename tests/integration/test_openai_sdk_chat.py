@@ -227,3 +227,14 @@ def test_client_disconnect_mid_stream_cancels_upstream(
     wait_for(lambda: emulator.disconnects > disconnects)
     wait_for(lambda: len(gateway.ledger.records) > before)
     assert gateway.ledger.records[-1].outcome == "client_disconnected"
+
+
+def test_503_twice_then_success_is_retried_invisibly(
+    client: openai.OpenAI, emulator: OllamaEmulator, gateway: RunningGateway
+) -> None:
+    reply = ScriptedReply(error_status=503, error_message="server busy", error_times=2)
+    emulator.set_reply(MODEL, reply)
+    completion = client.chat.completions.create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+    assert completion.choices[0].message.content
+    assert reply.errors_sent == 2
+    wait_for(lambda: gateway.ledger.records[-1].attempts == 3)
