@@ -21,6 +21,7 @@ from sansio_gateway.config import GatewayConfig
 from sansio_gateway.gateway import Gateway
 
 from .ledger import UsageLedger, open_ledger
+from .metrics import GatewayMetrics
 from .server import GatewayServer, ServerLimits
 from .upstream import UpstreamClient, map_upstream_exception
 
@@ -43,7 +44,9 @@ class GatewayApp:
         self.clock = clock
         self.ledger = ledger if ledger is not None else open_ledger(config.store.usage)
         server = config.server
+        self.metrics = GatewayMetrics()
         self.server = GatewayServer(
+            metrics=self.metrics,
             gateway=self.gateway,
             upstream=self.upstream,
             ledger=self.ledger,

@@ -29,13 +29,17 @@ from sansio_gateway.actions import (
     Action,
     CancelUpstream,
     ClientDisconnected,
+    CollectMetrics,
     EndResponse,
+    MetricsCollected,
     QueryUsage,
     RecordUsage,
     Result,
     SendBody,
     SendUpstream,
     StartResponse,
+    UpstreamFailed,
+    UpstreamResponseStarted,
     UsageQueried,
     UsageRecord,
 )
@@ -47,6 +51,7 @@ from sansio_gateway.rendering import error_response
 from sansio_gateway.routing import surface_of
 
 from .ledger import UsageLedger
+from .metrics import GatewayMetrics, log_request
 from .upstream import UpstreamClient
 
 __all__ = ["GatewayServer", "ServerLimits"]
@@ -95,6 +100,7 @@ class GatewayServer:
     gateway: Gateway
     upstream: UpstreamClient
     ledger: UsageLedger
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     limits: ServerLimits = field(default_factory=ServerLimits)
     clock: Callable[[], float] = time.time
     active: int = 0
@@ -300,6 +306,7 @@ class GatewayServer:
     async def _serve(self, conn: _Connection, request: IncomingRequest) -> None:
         exchange = self.gateway.exchange(new_request_id())
         self.active += 1
+        self.metrics.in_flight.inc()
         try:
             try:
                 actions = exchange.start(request, self.clock())
@@ -310,11 +317,19 @@ class GatewayServer:
             await self._execute(conn, exchange, actions)
         finally:
             self.active -= 1
+            self.metrics.in_flight.dec()
+            summary = exchange.summary(self.clock())
+            self.metrics.observe(summary)
+            log_request(summary)
 
     async def _execute(self, conn: _Connection, exchange: Exchange, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, SendUpstream):
                 await self._run_upstream(conn, exchange, action)
+            elif isinstance(action, CollectMetrics):
+                body, content_type = self.metrics.render()
+                result = MetricsCollected(body=body, content_type=content_type)
+                await self._execute(conn, exchange, exchange.handle(result, self.clock()))
             elif isinstance(action, QueryUsage):
                 rows = await self.ledger.query(action.query)
                 await self._execute(
@@ -390,6 +405,14 @@ class _UpstreamRun:
 
     async def _deliver(self, result: Result) -> bool:
         server = self.server
+        if isinstance(result, UpstreamFailed):
+            server.metrics.upstream_errors.labels(
+                self.exchange.backend, result.error.code or "error"
+            ).inc()
+        elif isinstance(result, UpstreamResponseStarted) and result.status >= 400:
+            server.metrics.upstream_errors.labels(
+                self.exchange.backend, f"http_{result.status}"
+            ).inc()
         try:
             actions = self.exchange.handle(result, server.clock())
         except Exception:

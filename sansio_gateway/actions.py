@@ -19,7 +19,9 @@ __all__ = [
     "Action",
     "CancelUpstream",
     "ClientDisconnected",
+    "CollectMetrics",
     "EndResponse",
+    "MetricsCollected",
     "QueryUsage",
     "RecordUsage",
     "Result",
@@ -111,6 +113,11 @@ class QueryUsage:
     query: UsageQuery
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CollectMetrics:
+    """Render the metrics exposition; answer with ``MetricsCollected``."""
+
+
 Action = (
     SendUpstream
     | StartResponse
@@ -119,6 +126,7 @@ Action = (
     | CancelUpstream
     | RecordUsage
     | QueryUsage
+    | CollectMetrics
 )
 
 
@@ -158,6 +166,12 @@ class UsageQueried:
     rows: list[UsageRow]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsCollected:
+    body: bytes
+    content_type: bytes
+
+
 Result = (
     UpstreamResponseStarted
     | UpstreamChunkReceived
@@ -165,4 +179,5 @@ Result = (
     | UpstreamFailed
     | ClientDisconnected
     | UsageQueried
+    | MetricsCollected
 )

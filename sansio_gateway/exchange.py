@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -33,7 +34,9 @@ from .actions import (
     Action,
     CancelUpstream,
     ClientDisconnected,
+    CollectMetrics,
     EndResponse,
+    MetricsCollected,
     QueryUsage,
     RecordUsage,
     Result,
@@ -50,7 +53,7 @@ from .actions import (
 from .auth import ANONYMOUS, Forbidden, Identity
 from .catalogue import Route
 from .errors import GatewayError, InternalError, NotFound, UpstreamError, error_from_upstream
-from .flows.base import Flow, LedgerQuery, LocalAnswer, UpstreamCall
+from .flows.base import Flow, LedgerQuery, LocalAnswer, MetricsScrape, UpstreamCall
 from .http import Headers, IncomingRequest, Surface, header_value
 from .rendering import error_response, request_id_from
 from .retry import next_step, parse_retry_after, targets_for
@@ -60,11 +63,30 @@ from .usage_query import UsageQuery, render_rows
 if TYPE_CHECKING:
     from .gateway import Gateway
 
-__all__ = ["Exchange", "ExchangeState", "ExchangeStateError"]
+__all__ = ["Exchange", "ExchangeState", "ExchangeStateError", "RequestSummary"]
 
 # A non-stream upstream answer (or error body) larger than this is refused:
 # every buffer has a limit.
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestSummary:
+    request_id: str
+    surface: str
+    route: str
+    key_id: str | None
+    user: str
+    model: str
+    backend: str
+    resolved_model: str
+    status: int
+    prompt_tokens: int
+    completion_tokens: int
+    latency: float
+    ttft: float | None
+    retries: int
+    client_disconnected: bool
 
 
 class ExchangeStateError(RuntimeError):
@@ -74,7 +96,7 @@ class ExchangeStateError(RuntimeError):
 class ExchangeState(enum.Enum):
     IDLE = "idle"
     AWAITING_UPSTREAM = "awaiting_upstream"  # SendUpstream issued, no head yet
-    AWAITING_LEDGER = "awaiting_ledger"  # QueryUsage issued
+    AWAITING_ADAPTER = "awaiting_adapter"  # QueryUsage / CollectMetrics issued
     BUFFERING = "buffering"  # non-stream answer being collected
     BUFFERING_ERROR = "buffering_error"  # upstream error body being collected
     STREAMING = "streaming"  # client response started, translating chunks
@@ -134,6 +156,33 @@ class Exchange:
         except GatewayError as err:
             return self._fail(err, now)
 
+    def summary(self, now: float) -> RequestSummary:
+        """What happened, for the one log line and the metrics of a request.
+
+        Holds no prompt text and no key, by construction.
+        """
+        flow = self.flow
+        usage = flow.usage if flow is not None else None
+        if usage is None and flow is not None and self._reached_backend:
+            usage = flow.estimate_usage()
+        return RequestSummary(
+            request_id=self.request_id,
+            surface=self.surface.value,
+            route=flow.route_name if flow is not None else "unknown",
+            key_id=self.identity.key_id,
+            user=self.identity.user,
+            model=(flow.model if flow is not None else None) or "",
+            backend=self.backend,
+            resolved_model=self.resolved_model,
+            status=self.status or 0,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            latency=now - self.started_at,
+            ttft=None if self.first_byte_at is None else self.first_byte_at - self.started_at,
+            retries=max(0, self._attempts - 1),
+            client_disconnected=self._client_gone,
+        )
+
     @property
     def response_headers_extra(self) -> Headers:
         return ((b"x-request-id", self.request_id.encode("ascii")),)
@@ -168,9 +217,12 @@ class Exchange:
             return self._attempt(0.0)
         plan = flow.plan(route, backend)
         if isinstance(plan, LedgerQuery):
-            self.state = ExchangeState.AWAITING_LEDGER
+            self.state = ExchangeState.AWAITING_ADAPTER
             self._ledger_query = plan.query
             return [QueryUsage(query=plan.query)]
+        if isinstance(plan, MetricsScrape):
+            self.state = ExchangeState.AWAITING_ADAPTER
+            return [CollectMetrics()]
         if isinstance(plan, LocalAnswer):
             self.state = ExchangeState.DONE
             self.status = plan.status
@@ -320,6 +372,11 @@ class Exchange:
         body = orjson.dumps(render_rows(self._ledger_query, result.rows))
         return self._whole_response(200, self.flow_json_headers(), body)
 
+    def _on_metrics(self, result: MetricsCollected, now: float) -> list[Action]:
+        self.state = ExchangeState.DONE
+        self.status = 200
+        return self._whole_response(200, ((b"content-type", result.content_type),), result.body)
+
     def _on_ledger_client_gone(self, result: ClientDisconnected, now: float) -> list[Action]:
         self.state = ExchangeState.DONE
         return []
@@ -430,8 +487,9 @@ _TRANSITIONS: dict[tuple[ExchangeState, type], _Handler] = {
     (_S.STREAMING, UpstreamClosed): Exchange._on_stream_closed,
     (_S.STREAMING, UpstreamFailed): Exchange._on_stream_failed,
     (_S.STREAMING, ClientDisconnected): Exchange._on_client_gone,
-    (_S.AWAITING_LEDGER, UsageQueried): Exchange._on_ledger_rows,
-    (_S.AWAITING_LEDGER, ClientDisconnected): Exchange._on_ledger_client_gone,
+    (_S.AWAITING_ADAPTER, UsageQueried): Exchange._on_ledger_rows,
+    (_S.AWAITING_ADAPTER, MetricsCollected): Exchange._on_metrics,
+    (_S.AWAITING_ADAPTER, ClientDisconnected): Exchange._on_ledger_client_gone,
     (_S.IDLE, ClientDisconnected): Exchange._on_client_gone_idle,
     (_S.DONE, UpstreamResponseStarted): Exchange._ignore,
     (_S.DONE, UpstreamChunkReceived): Exchange._ignore,
@@ -439,4 +497,5 @@ _TRANSITIONS: dict[tuple[ExchangeState, type], _Handler] = {
     (_S.DONE, UpstreamFailed): Exchange._ignore,
     (_S.DONE, ClientDisconnected): Exchange._ignore,
     (_S.DONE, UsageQueried): Exchange._ignore,
+    (_S.DONE, MetricsCollected): Exchange._ignore,
 }

@@ -29,6 +29,7 @@ __all__ = [
     "Flow",
     "LedgerQuery",
     "LocalAnswer",
+    "MetricsScrape",
     "UpstreamCall",
 ]
 
@@ -53,6 +54,11 @@ class LedgerQuery:
     """The answer comes from the usage ledger, which the adapter reads."""
 
     query: UsageQuery
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsScrape:
+    """The answer is the adapter's metrics exposition."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -18,7 +18,7 @@ from ..errors import GatewayError, NotFound
 from ..http import Headers, IncomingRequest, Surface
 from ..usage import TokenUsage
 from ..usage_query import parse_usage_query
-from .base import JSON_HEADERS, LedgerQuery, LocalAnswer, UpstreamCall
+from .base import JSON_HEADERS, LedgerQuery, LocalAnswer, MetricsScrape, UpstreamCall
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
@@ -48,7 +48,7 @@ class LocalFlow:
 
     def plan(
         self, route: Route | None, backend: BackendConfig | None
-    ) -> UpstreamCall | LocalAnswer | LedgerQuery:
+    ) -> UpstreamCall | LocalAnswer | LedgerQuery | MetricsScrape:
         return self.answer()
 
     def stream_headers(self) -> Headers:
@@ -157,8 +157,17 @@ class AdminUsage(LocalFlow):
 
     def plan(
         self, route: Route | None, backend: BackendConfig | None
-    ) -> UpstreamCall | LocalAnswer | LedgerQuery:
+    ) -> UpstreamCall | LocalAnswer | LedgerQuery | MetricsScrape:
         return LedgerQuery(query=parse_usage_query(self.request.query))
+
+
+class Metrics(LocalFlow):
+    route_name = "metrics"
+
+    def plan(
+        self, route: Route | None, backend: BackendConfig | None
+    ) -> UpstreamCall | LocalAnswer | LedgerQuery | MetricsScrape:
+        return MetricsScrape()
 
 
 def _factory(cls: type[LocalFlow]):  # type: ignore[no-untyped-def]
@@ -177,3 +186,4 @@ def install_local_routes(router: Router) -> None:
     router.add("GET", "/ready", _factory(Ready), access=Access.PUBLIC)
     router.add("GET", "/status", _factory(Status))
     router.add("GET", "/admin/usage", _factory(AdminUsage), access=Access.ADMIN)
+    router.add("GET", "/metrics", _factory(Metrics), access=Access.PUBLIC)

@@ -1,0 +1,149 @@
+"""Prometheus metrics (prometheus-client) and the one JSON log line per request.
+
+Each ``GatewayMetrics`` owns its own ``CollectorRegistry`` -- no module-level
+singletons, so two gateways in one process (tests) do not share counters.
+
+With ``--workers N`` every worker process writes its samples to
+``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess mode) and a
+scrape of any worker aggregates all of them, so the figures are right no
+matter which worker answers.  Gauges then use the ``livesum`` mode.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prom_multiprocess
+
+from sansio_gateway.exchange import RequestSummary
+
+__all__ = ["GatewayMetrics", "log_request"]
+
+access_log = logging.getLogger("sansio_gateway.access")
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.multiprocess = multiprocess_dir() is not None
+        registry = CollectorRegistry()
+        self.registry = registry
+        # "livesum" adds the gauges of live workers; outside multiprocess
+        # mode the argument is ignored.
+        gauge_mode: dict[str, Any] = {"multiprocess_mode": "livesum"}
+        labels = ("surface", "route", "model", "backend", "status")
+        self.requests = Counter(
+            "gateway_requests_total", "Requests answered", labels, registry=registry
+        )
+        self.latency = Histogram(
+            "gateway_request_duration_seconds", "Time to the end of the response",
+            ("surface", "route", "model"), buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.ttft = Histogram(
+            "gateway_time_to_first_token_seconds", "Time to the first streamed bytes",
+            ("surface", "route", "model"), buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.tokens = Counter(
+            "gateway_tokens_total", "Tokens by kind (prompt or completion)",
+            ("model", "backend", "kind"), registry=registry,
+        )  # fmt: skip
+        self.retries = Counter(
+            "gateway_upstream_retries_total", "Upstream attempts beyond the first",
+            ("backend",), registry=registry,
+        )  # fmt: skip
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors_total", "Upstream failures by kind",
+            ("backend", "kind"), registry=registry,
+        )  # fmt: skip
+        self.limit_decisions = Counter(
+            "gateway_ratelimit_decisions_total", "Rate-limit decisions by limit and outcome",
+            ("limit", "outcome"), registry=registry,
+        )  # fmt: skip
+        self.in_flight = Gauge(
+            "gateway_requests_in_flight", "Requests being served", registry=registry, **gauge_mode
+        )
+        self.store_errors = Counter(
+            "gateway_store_errors_total", "Rate-limit store failures", ("store",),
+            registry=registry,
+        )  # fmt: skip
+        self.store_fallback = Gauge(
+            "gateway_store_fallback_mode", "1 while the limit store's failure policy is in force",
+            ("policy",), registry=registry, **gauge_mode,
+        )  # fmt: skip
+        self.breaker_state = Gauge(
+            "gateway_backend_circuit_state", "Circuit breaker: 0 closed, 1 half-open, 2 open",
+            ("backend",), registry=registry, **gauge_mode,
+        )  # fmt: skip
+        self.backend_up = Gauge(
+            "gateway_backend_up", "1 when the backend answered its last probe",
+            ("backend",), registry=registry, **gauge_mode,
+        )  # fmt: skip
+
+    def observe(self, summary: RequestSummary) -> None:
+        model = summary.model or "-"
+        backend = summary.backend or "-"
+        self.requests.labels(
+            summary.surface, summary.route, model, backend, str(summary.status)
+        ).inc()
+        self.latency.labels(summary.surface, summary.route, model).observe(summary.latency)
+        if summary.ttft is not None:
+            self.ttft.labels(summary.surface, summary.route, model).observe(summary.ttft)
+        if summary.backend:
+            if summary.prompt_tokens:
+                self.tokens.labels(model, backend, "prompt").inc(summary.prompt_tokens)
+            if summary.completion_tokens:
+                self.tokens.labels(model, backend, "completion").inc(summary.completion_tokens)
+            if summary.retries:
+                self.retries.labels(backend).inc(summary.retries)
+
+    def render(self) -> tuple[bytes, bytes]:
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            prom_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry), CONTENT_TYPE_LATEST.encode()
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST.encode()
+
+
+def log_request(summary: RequestSummary) -> None:
+    """One JSON line per request: ids, status, tokens, timings -- never
+    prompt text, never keys."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    access_log.info(
+        json.dumps(
+            {
+                "request_id": summary.request_id,
+                "key_id": summary.key_id,
+                "user": summary.user,
+                "surface": summary.surface,
+                "route": summary.route,
+                "model": summary.model,
+                "backend": summary.backend,
+                "resolved_model": summary.resolved_model,
+                "status": summary.status,
+                "prompt_tokens": summary.prompt_tokens,
+                "completion_tokens": summary.completion_tokens,
+                "latency_ms": round(summary.latency * 1000, 3),
+                "ttft_ms": None if summary.ttft is None else round(summary.ttft * 1000, 3),
+                "retries": summary.retries,
+                "client_disconnected": summary.client_disconnected,
+            },
+            separators=(",", ":"),
+        )
+    )
