@@ -19,6 +19,7 @@ from .catalogue import Catalogue, DiscoveredModel, parse_ollama_tags, parse_open
 from .config import GatewayConfig
 from .exchange import Exchange
 from .flows.local import install_local_routes
+from .flows.ollama_routes import install_ollama_routes
 from .flows.openai_chat import OpenAIChatFlow
 from .flows.openai_completions import OpenAICompletionsFlow
 from .flows.openai_embeddings import OpenAIEmbeddingsFlow
@@ -43,6 +44,7 @@ def default_router() -> Router:
     router.add("POST", "/v1/completions", OpenAICompletionsFlow.create)
     router.add("POST", "/v1/embeddings", OpenAIEmbeddingsFlow.create)
     install_local_routes(router)
+    install_ollama_routes(router)
     return router
 
 

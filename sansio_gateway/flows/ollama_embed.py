@@ -1,0 +1,83 @@
+"""``POST /api/embed`` and the legacy ``POST /api/embeddings`` served from an
+OpenAI-compatible backend.
+
+Theory of operation: one non-streaming flow for both endpoints (the
+request's ``legacy`` flag picks the answer's shape).  Nothing to embed --
+``input: ""``, ``[]`` or absent, or an empty ``prompt`` -- is answered
+locally as Ollama answers it (``embeddings: []`` / ``embedding: []``,
+reference section 10); anything else is one ``/embeddings`` call whose
+``data`` is put back in ``index`` order (:mod:`sansio_gateway.ollama_from_openai`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ..catalogue import Route
+from ..config import BackendConfig
+from ..errors import GatewayError
+from ..http import Headers, Surface
+from ..ollama_api_request import NativeEmbedRequest
+from ..ollama_from_openai import embeddings_to_ollama
+from ..openai_from_ollama import embed_to_openai
+from ..usage import TokenUsage
+from .base import JSON_HEADERS, LocalAnswer, UpstreamCall
+
+__all__ = ["OllamaEmbedFlow"]
+
+
+class OllamaEmbedFlow:
+    surface = Surface.OLLAMA
+    stream_done = True  # never streams: the stream hooks are unreachable
+
+    def __init__(self, request: NativeEmbedRequest, *, model: str, prompt_bytes: int) -> None:
+        self.request = request
+        self.route_name = "ollama.embeddings" if request.legacy else "ollama.embed"
+        self._model = model
+        self._prompt_bytes = prompt_bytes
+        self._usage: TokenUsage | None = None
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    def plan(
+        self, route: Route | None, backend: BackendConfig | None
+    ) -> UpstreamCall | LocalAnswer:
+        assert route is not None
+        if not self.request.inputs:
+            return LocalAnswer(status=200, headers=JSON_HEADERS, body=orjson.dumps(self._empty()))
+        path, body = embed_to_openai(self.request, model=route.target)
+        return UpstreamCall(method="POST", path=path, body=orjson.dumps(body), stream=False)
+
+    def _empty(self) -> dict[str, Any]:
+        if self.request.legacy:
+            return {"embedding": []}
+        return {"model": self.request.model, "embeddings": []}
+
+    def complete(self, body: bytes) -> bytes:
+        answer, self._usage = embeddings_to_ollama(
+            body, model=self.request.model, legacy=self.request.legacy
+        )
+        return orjson.dumps(answer)
+
+    def stream_headers(self) -> Headers:
+        return JSON_HEADERS
+
+    def feed(self, data: bytes) -> bytes:
+        return b""
+
+    def finish(self) -> bytes:
+        return b""
+
+    def fail(self, error: GatewayError) -> bytes:
+        return b""
+
+    @property
+    def usage(self) -> TokenUsage | None:
+        return self._usage
+
+    def estimate_usage(self) -> TokenUsage:
+        return TokenUsage(prompt_tokens=self._prompt_bytes // 4 + 1)

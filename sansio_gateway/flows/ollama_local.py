@@ -1,0 +1,226 @@
+"""Ollama API endpoints the gateway answers itself.
+
+Theory of operation: these flows never reach a backend (they build on
+:class:`~sansio_gateway.flows.local.LocalFlow`).  They present the merged
+model catalogue the way Ollama clients expect it (reference section 10 for
+the shapes ollama-python requires, section 11 for the decisions):
+
+* ``GET``/``HEAD /`` -> ``Ollama is running`` (health probes);
+* ``GET /api/version`` -> a dotted numeric version (Open WebUI parses it);
+* ``GET /api/tags`` -> every catalogue id as ``name`` and ``model``, tagged
+  ``<id>:latest`` when it has no tag, with ``size: 0``, ``digest: ""`` and a
+  ``details`` object (a discovered Ollama model keeps its own details);
+* ``GET /api/ps`` -> ``{"models": []}``: the gateway loads nothing;
+* ``POST /api/show`` for a model on an OpenAI-compatible backend -> what
+  the gateway knows: ``details``, ``model_info: {}`` (ollama-python requires
+  the key), guessed ``capabilities``, ``modified_at``;
+* model management (``pull``, ``push``, ``create``, ``copy``, ``delete``,
+  ``blobs``) -> 501: the gateway serves its backends' models and cannot
+  manage them -- except ``pull`` of a model the catalogue already lists,
+  which succeeds at once so that "pull before use" clients keep working.
+
+``HEAD`` answers carry no body (h11 refuses body bytes on a HEAD response).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ..catalogue import DiscoveredModel, Route
+from ..config import BackendConfig
+from ..errors import GatewayError
+from ..framing import encode_ndjson
+from ..http import Headers, Surface
+from ..ollama_api_request import load_object
+from ..ollama_from_openai import rfc3339
+from .base import JSON_HEADERS, NDJSON_HEADERS, LocalAnswer
+from .local import LocalFlow
+from .ollama_models import is_listed, listed_name
+
+__all__ = [
+    "OLLAMA_VERSION",
+    "HeadOnly",
+    "ModelManagement",
+    "NativeLocal",
+    "OllamaPs",
+    "OllamaPull",
+    "OllamaRoot",
+    "OllamaShow",
+    "OllamaTags",
+    "OllamaVersion",
+    "not_implemented",
+]
+
+# What /api/version reports: the Ollama API level the gateway speaks.
+OLLAMA_VERSION = "0.13.0"
+_TEXT_HEADERS: Headers = ((b"content-type", b"text/plain; charset=utf-8"),)
+_NO_DETAILS: dict[str, Any] = {
+    "parent_model": "",
+    "format": "",
+    "family": "",
+    "families": [],
+    "parameter_size": "",
+    "quantization_level": "",
+}
+
+
+def _json(body: object) -> LocalAnswer:
+    return LocalAnswer(status=200, headers=JSON_HEADERS, body=orjson.dumps(body))
+
+
+class NativeLocal(LocalFlow):
+    """A local flow on the Ollama surface: ``plan`` is always the answer."""
+
+    surface = Surface.OLLAMA
+
+    def plan(self, route: Route | None, backend: BackendConfig | None) -> LocalAnswer:
+        return self.answer()
+
+
+class OllamaRoot(NativeLocal):
+    surface = Surface.GATEWAY
+    route_name = "ollama.root"
+
+    def answer(self) -> LocalAnswer:
+        return LocalAnswer(status=200, headers=_TEXT_HEADERS, body=b"Ollama is running")
+
+
+class OllamaVersion(NativeLocal):
+    route_name = "ollama.version"
+
+    def answer(self) -> LocalAnswer:
+        return _json({"version": OLLAMA_VERSION})
+
+
+def _details(info: DiscoveredModel | None) -> dict[str, Any]:
+    return {**_NO_DETAILS, **(info.details if info else {})}
+
+
+class OllamaTags(NativeLocal):
+    route_name = "ollama.tags"
+
+    def answer(self) -> LocalAnswer:
+        models: dict[str, dict[str, Any]] = {}
+        for name, _backend, info in self.gateway.catalogue.models():
+            listed = listed_name(name)
+            models.setdefault(  # a name clash: the first (config order) wins
+                listed,
+                {
+                    "name": listed,
+                    "model": listed,
+                    "modified_at": rfc3339(info.created if info else 0),
+                    "size": 0,
+                    "digest": "",
+                    "details": _details(info),
+                },
+            )
+        return _json({"models": list(models.values())})
+
+
+class OllamaPs(NativeLocal):
+    route_name = "ollama.ps"
+
+    def answer(self) -> LocalAnswer:
+        return _json({"models": []})
+
+
+def _capabilities(name: str) -> list[str]:
+    # An OpenAI-compatible backend does not say what a model can do; the id
+    # is the only hint.  Tools are offered so that clients send them; the
+    # backend decides.
+    if "embed" in name.lower():
+        return ["embedding"]
+    return ["completion", "tools"]
+
+
+class OllamaShow(NativeLocal):
+    """``/api/show`` for a model on an OpenAI-compatible backend.  The route
+    sets ``model`` (the catalogue name), so the Exchange resolves it and
+    checks the caller's allow-list before ``plan`` (unknown: its 404)."""
+
+    route_name = "ollama.show"
+
+    def answer(self) -> LocalAnswer:
+        name = self.model or ""
+        info = next((i for n, _, i in self.gateway.catalogue.models() if n == name), None)
+        return _json(
+            {
+                "modelfile": "",
+                "parameters": "",
+                "template": "",
+                "details": _details(info),
+                "model_info": {},
+                "capabilities": _capabilities(name),
+                "modified_at": rfc3339(info.created if info else 0),
+            }
+        )
+
+
+def not_implemented(message: str) -> GatewayError:
+    return GatewayError(message, status_code=501, type="api_error", code="not_implemented")
+
+
+_VERBS = {
+    "/api/pull": "pull",
+    "/api/push": "push",
+    "/api/create": "create",
+    "/api/copy": "copy",
+    "/api/delete": "delete",
+}
+
+
+def _cannot(verb: str) -> GatewayError:
+    return not_implemented(
+        f"this server is a gateway (sansio-gateway) and cannot {verb} models: it serves "
+        "the models of its backends; manage them on the backend itself"
+    )
+
+
+class ModelManagement(NativeLocal):
+    """``push``, ``create``, ``copy``, ``delete``, ``blobs``: always 501."""
+
+    route_name = "ollama.manage"
+
+    def answer(self) -> LocalAnswer:
+        path = self.request.path
+        if self.request.method == "HEAD":
+            return LocalAnswer(status=501, headers=JSON_HEADERS, body=b"")
+        raise _cannot(_VERBS.get(path, "upload blobs for"))
+
+
+class OllamaPull(NativeLocal):
+    """``pull`` of a listed model succeeds at once; a name the gateway would
+    only route blindly (an undiscovered backend) is 501.  ``model`` is set
+    by the route, as for :class:`OllamaShow`: unknown or hidden is a 404."""
+
+    route_name = "ollama.pull"
+
+    def answer(self) -> LocalAnswer:
+        data = load_object(self.request.body, "api.PullRequest")
+        name = self.model or ""
+        if not is_listed(self.gateway.catalogue, name):
+            raise not_implemented(
+                f"model '{name}' is not served by any backend of this gateway, and the "
+                "gateway cannot pull models; pull it on a backend instead"
+            )
+        success = {"status": "success"}
+        if data.get("stream") is False:
+            return _json(success)
+        # Streamed progress ends with this very line (section 10).
+        return LocalAnswer(status=200, headers=NDJSON_HEADERS, body=encode_ndjson(success))
+
+
+class HeadOnly(NativeLocal):
+    """``HEAD``: the ``GET`` answer's status and headers, without a body."""
+
+    def __init__(self, inner: NativeLocal) -> None:
+        super().__init__(inner.gateway, inner.request, inner.now)
+        self.inner = inner
+        self.surface = inner.surface
+        self.route_name = inner.route_name
+
+    def answer(self) -> LocalAnswer:
+        full = self.inner.answer()
+        return LocalAnswer(status=full.status, headers=full.headers, body=b"")

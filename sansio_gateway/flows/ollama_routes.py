@@ -1,0 +1,162 @@
+"""The Ollama API routes (``/`` and ``/api/*``) and how each builds its flow.
+
+Theory of operation: a model-addressed route reads just enough of the body
+to learn the model (``model is required`` otherwise), maps a synthetic
+``:latest`` back to the catalogue name
+(:func:`~sansio_gateway.flows.ollama_models.catalogue_name`), and returns a
+:class:`~sansio_gateway.flows.ollama_dispatch.NativeDispatch`, which picks
+per attempt, by the backend's ``kind``:
+
+* ``"ollama"`` -> :class:`~sansio_gateway.flows.ollama_passthrough.OllamaPassthroughFlow`,
+  same format, only ``model`` rewritten;
+* ``"openai"`` -> full native validation, then the translating flow
+  (:mod:`~sansio_gateway.flows.ollama_chat`, :mod:`~sansio_gateway.flows.ollama_embed`,
+  or the local ``/api/show`` answer);
+* anything else -> 400: the gateway has no translator for it.
+
+Model-less routes are local (:mod:`sansio_gateway.flows.ollama_local`).
+:func:`install_ollama_routes` registers everything on a router; it is the
+only thing ``gateway.default_router`` needs to call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..http import IncomingRequest
+from ..ollama_api_request import (
+    parse_chat_request,
+    parse_embed_request,
+    parse_embeddings_request,
+    parse_generate_request,
+    parse_model_request,
+)
+from ..routing import Access
+from .base import Flow
+from .ollama_chat import OllamaChatFlow, OllamaGenerateFlow
+from .ollama_dispatch import NativeDispatch
+from .ollama_embed import OllamaEmbedFlow
+from .ollama_local import (
+    HeadOnly,
+    ModelManagement,
+    NativeLocal,
+    OllamaPs,
+    OllamaPull,
+    OllamaRoot,
+    OllamaShow,
+    OllamaTags,
+    OllamaVersion,
+)
+from .ollama_models import catalogue_name
+from .ollama_passthrough import OllamaPassthroughFlow
+
+if TYPE_CHECKING:
+    from ..gateway import Gateway
+    from ..routing import Router
+
+__all__ = ["install_ollama_routes"]
+
+_Factory = Callable[["Gateway", IncomingRequest, str, float], Flow]
+# (gateway, request, request id, now, catalogue model name) -> the translating flow
+_Translator = Callable[["Gateway", IncomingRequest, str, float, str], Flow]
+
+
+def _chat(gw: Gateway, request: IncomingRequest, rid: str, now: float, model: str) -> Flow:
+    native = parse_chat_request(request.body)
+    size = len(request.body)
+    return OllamaChatFlow(gw, native, model=model, request_id=rid, now=now, prompt_bytes=size)
+
+
+def _generate(gw: Gateway, request: IncomingRequest, rid: str, now: float, model: str) -> Flow:
+    native = parse_generate_request(request.body)
+    size = len(request.body)
+    return OllamaGenerateFlow(gw, native, model=model, request_id=rid, now=now, prompt_bytes=size)
+
+
+def _embed(gw: Gateway, request: IncomingRequest, rid: str, now: float, model: str) -> Flow:
+    legacy = request.path == "/api/embeddings"
+    native = (parse_embeddings_request if legacy else parse_embed_request)(request.body)
+    return OllamaEmbedFlow(native, model=model, prompt_bytes=len(request.body))
+
+
+def _show(gw: Gateway, request: IncomingRequest, rid: str, now: float, model: str) -> Flow:
+    flow = OllamaShow(gw, request, now)
+    flow.model = model
+    return flow
+
+
+def _native(route_name: str, struct: str, translator: _Translator, *, streams: bool) -> _Factory:
+    """A model-addressed route; ``streams``: whether the native answer
+    streams unless ``stream: false`` (chat and generate, section 9)."""
+
+    def create(gateway: Gateway, request: IncomingRequest, rid: str, now: float) -> Flow:
+        data, requested = parse_model_request(request.body, struct)
+        model = catalogue_name(gateway.catalogue, requested)
+
+        def passthrough() -> Flow:
+            return OllamaPassthroughFlow(
+                route_name=route_name,
+                path=request.path,
+                data=data,
+                requested=requested,
+                model=model,
+                stream=streams and data.get("stream") is not False,
+                prompt_bytes=len(request.body),
+            )
+
+        def translating() -> Flow:
+            return translator(gateway, request, rid, now, model)
+
+        return NativeDispatch(
+            route_name=route_name, model=model, translating=translating, passthrough=passthrough
+        )
+
+    return create
+
+
+def _pull(gateway: Gateway, request: IncomingRequest, rid: str, now: float) -> Flow:
+    _data, requested = parse_model_request(request.body, "PullRequest")
+    flow = OllamaPull(gateway, request, now)
+    flow.model = catalogue_name(gateway.catalogue, requested)
+    return flow
+
+
+def _local(cls: type[NativeLocal], *, head: bool = False) -> _Factory:
+    def create(gateway: Gateway, request: IncomingRequest, rid: str, now: float) -> Flow:
+        flow = cls(gateway, request, now)
+        return HeadOnly(flow) if head else flow
+
+    return create
+
+
+def install_ollama_routes(router: Router) -> None:
+    """Register ``/`` and every ``/api/*`` route (reference section 10).
+    ``/`` and ``/api/version`` are public, as health probes are."""
+    for path, cls, access in (
+        ("/", OllamaRoot, Access.PUBLIC),
+        ("/api/version", OllamaVersion, Access.PUBLIC),
+        ("/api/tags", OllamaTags, Access.KEY),
+        ("/api/ps", OllamaPs, Access.KEY),
+    ):
+        router.add("GET", path, _local(cls), access=access)
+        router.add("HEAD", path, _local(cls, head=True), access=access)
+    router.add("POST", "/api/chat", _native("ollama.chat", "ChatRequest", _chat, streams=True))
+    router.add(
+        "POST",
+        "/api/generate",
+        _native("ollama.generate", "GenerateRequest", _generate, streams=True),
+    )
+    router.add("POST", "/api/embed", _native("ollama.embed", "EmbedRequest", _embed, streams=False))
+    router.add(
+        "POST",
+        "/api/embeddings",
+        _native("ollama.embeddings", "EmbeddingRequest", _embed, streams=False),
+    )
+    router.add("POST", "/api/show", _native("ollama.show", "ShowRequest", _show, streams=False))
+    router.add("POST", "/api/pull", _pull)
+    for path in ("/api/push", "/api/create", "/api/copy"):
+        router.add("POST", path, _local(ModelManagement))
+    router.add("DELETE", "/api/delete", _local(ModelManagement))
+    router.add("POST", "/api/blobs/*", _local(ModelManagement))
+    router.add("HEAD", "/api/blobs/*", _local(ModelManagement))
