@@ -3,7 +3,8 @@
 ``GatewayApp.serve`` runs until cancelled.  It reports the bound address
 through anyio's ``task_status`` (so tests can bind port 0 and learn the
 port), then serves connections; backend discovery runs alongside and is
-refreshed every ``server.discovery_ttl`` seconds.
+refreshed every ``server.health_interval`` seconds (it doubles as the
+backends' health probe) and on demand when a client names an unknown model.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import anyio.abc
 import httpcore
 
 from sansio_gateway.config import GatewayConfig
+from sansio_gateway.errors import ServiceUnavailable
 from sansio_gateway.gateway import Gateway
 
 from .ledger import UsageLedger, open_ledger
@@ -30,15 +32,22 @@ __all__ = ["GatewayApp"]
 log = logging.getLogger("sansio_gateway")
 
 
+_BREAKER_GAUGE = {"closed": 0, "half_open": 1, "open": 2}
+
+
 class GatewayApp:
     def __init__(
         self,
         config: GatewayConfig,
         *,
         ledger: UsageLedger | None = None,
+        worker_count: int = 1,
+        reuse_port: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        self.worker_count = worker_count
+        self.reuse_port = reuse_port
         self.gateway = Gateway(config, random=random.random)
         self.upstream = UpstreamClient()
         self.clock = clock
@@ -57,7 +66,11 @@ class GatewayApp:
                 keepalive_timeout=server.keepalive_timeout,
             ),
             clock=clock,
+            refresh_catalogue=self.refresh_on_miss,
         )
+        self._refreshing: anyio.Event | None = None
+        self._accepting: anyio.CancelScope | None = None
+        self._drained = anyio.Event()
 
     # ---- discovery -------------------------------------------------------
 
@@ -65,6 +78,7 @@ class GatewayApp:
         backend = self.config.backend(name)
         url = backend.url + self.gateway.discovery_path(name)
         headers = [(k, v) for k, v in self.gateway.upstream_headers(name, "discovery")]
+        started = time.perf_counter()
         try:
             with anyio.fail_after(backend.connect_timeout + 10):
                 response = await self.upstream.pool.request("GET", url, headers=headers)
@@ -83,7 +97,8 @@ class GatewayApp:
             self.gateway.record_discovery_failure(name, str(error), self.clock())
             log.warning("backend %s (%s): discovery failed: %s", name, backend.url, error)
             return
-        self.gateway.record_discovery(name, models, self.clock())
+        latency = time.perf_counter() - started
+        self.gateway.record_discovery(name, models, self.clock(), latency=latency)
 
     async def discover_all(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -98,10 +113,29 @@ class GatewayApp:
                 owners[0],
             )
 
-    async def _rediscover_forever(self) -> None:
-        while True:
-            await anyio.sleep(self.config.server.discovery_ttl)
+    async def refresh_on_miss(self) -> None:
+        """Rediscover now; concurrent callers share one discovery run."""
+        if self._refreshing is not None:
+            await self._refreshing.wait()
+            return
+        self._refreshing = anyio.Event()
+        try:
             await self.discover_all()
+        finally:
+            self._refreshing.set()
+            self._refreshing = None
+
+    async def _probe_forever(self) -> None:
+        """Discovery doubles as the active health probe: it feeds /ready,
+        /status and the backends' circuit breakers."""
+        while True:
+            await anyio.sleep(self.config.server.health_interval)
+            await self.discover_all()
+            for backend in self.config.backends:
+                state = self.gateway.health.state(backend.name)
+                self.metrics.breaker_state.labels(backend.name).set(_BREAKER_GAUGE[state.value])
+                status = self.gateway.backend_status.get(backend.name)
+                self.metrics.backend_up.labels(backend.name).set(1 if status and status.up else 0)
 
     # ---- serving ---------------------------------------------------------
 
@@ -116,21 +150,48 @@ class GatewayApp:
         port = self.config.server.port if port is None else port
         await self.discover_all()
         listener = await anyio.create_tcp_listener(
-            local_host=host, local_port=port, reuse_port=False
+            local_host=host, local_port=port, reuse_port=self.reuse_port
         )
         bound = listener.extra(anyio.abc.SocketAttribute.local_address)
         address = (str(bound[0]), int(bound[1]))
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._rediscover_forever)
+                tg.start_soon(self._probe_forever)
                 tg.start_soon(self.ledger.run)
-                task_status.started(address)
-                await listener.serve(self.server.handle_connection)
+                # Connections live in their own task group, so closing the
+                # listener (shutdown) does not cancel requests in flight.
+                async with anyio.create_task_group() as connections:
+                    with anyio.CancelScope() as self._accepting:
+                        task_status.started(address)
+                        await listener.serve(self.server.handle_connection, task_group=connections)
+                    await self._drained.wait()
+                    connections.cancel_scope.cancel()
+                tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await listener.aclose()
                 await self.upstream.aclose()
                 await self.ledger.aclose()
+
+    async def shutdown(self, grace: float | None = None) -> int:
+        """Graceful shutdown: stop accepting, give requests in flight up to
+        ``grace`` seconds (``server.shutdown_grace``) to finish, then end the
+        rest with an error (an in-band error event for streams).  Their usage
+        is recorded either way; ``serve`` then flushes the ledger and returns.
+        Returns the number of requests that had to be cut short."""
+        grace = self.config.server.shutdown_grace if grace is None else grace
+        if self._accepting is not None:
+            self._accepting.cancel()
+        self.server.begin_drain()
+        with anyio.move_on_after(grace):
+            await self.server.wait_quiet()
+        cut = self.server.abort_in_flight(
+            ServiceUnavailable("The gateway is shutting down; retry the request.", code="shutdown")
+        )
+        with anyio.move_on_after(5):
+            await self.server.wait_quiet()
+        self._drained.set()
+        return cut
 
     def describe(self) -> list[str]:
         """Lines for the operator: backends and what was found on them."""

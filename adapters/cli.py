@@ -20,12 +20,14 @@ from pathlib import Path
 
 import anyio
 
+from sansio_gateway.auth import Authenticator, anonymous_bind_problem
 from sansio_gateway.config import ConfigError, GatewayConfig, default_config, parse_config
 from sansio_gateway.errors import GatewayError
 from sansio_gateway.usage_query import UsageQuery, parse_time, render_rows
 
 from .app import GatewayApp
 from .ledger import SQLiteLedger
+from .workers import run_workers
 
 __all__ = ["load_config", "main"]
 
@@ -54,7 +56,25 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         updates["runtime"] = args.runtime
     if updates:
         config = config.model_copy(update={"server": server.model_copy(update=updates)})
-    app = GatewayApp(config)
+    problem = anonymous_bind_problem(config.server.host, Authenticator(config.auth))
+    if problem and not args.allow_anonymous:
+        print(f"sansio-gateway: {problem}", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        child = ["--log-level", args.log_level, "serve",
+                 *(["--config", args.config] if args.config else []),
+                 "--host", config.server.host, "--runtime", config.server.runtime]  # fmt: skip
+        if args.allow_anonymous:
+            child.append("--allow-anonymous")
+        return run_workers(args.workers, child, config.server.host, config.server.port)
+    if args.worker_count > 1 and config.store.url.startswith("memory"):
+        logging.getLogger("sansio_gateway").warning(
+            "memory store with %d workers: each enforces 1/%d of every limit;"
+            " use a Redis store ([store] url) for exact shared limits",
+            args.worker_count,
+            args.worker_count,
+        )
+    app = GatewayApp(config, worker_count=args.worker_count, reuse_port=args.reuse_port)
     with contextlib.suppress(KeyboardInterrupt):
         anyio.run(partial(_serve, app), backend=config.server.runtime)
     return 0
@@ -73,8 +93,8 @@ async def _serve(app: GatewayApp) -> None:
             async for signum in signals:
                 print(f"{signal.Signals(signum).name}: shutting down", flush=True)
                 break
-        # Cancelling serve() closes the listener and flushes the usage ledger.
-        tg.cancel_scope.cancel()
+        cut = await app.shutdown()
+        print(f"stopped ({cut} requests cut short after the grace period)", flush=True)
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -149,6 +169,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--runtime", choices=["asyncio", "trio"], help="event loop (default asyncio)"
     )
+    serve.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    serve.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        help="serve without API keys on a non-loopback address",
+    )
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument("--worker-count", type=int, default=1, help=argparse.SUPPRESS)
     serve.set_defaults(func=_cmd_serve)
 
     check = sub.add_parser("check-config", help="validate a config file")

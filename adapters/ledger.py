@@ -143,6 +143,8 @@ class SQLiteLedger:
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
+        # Several workers may write at once; wait for the lock, don't fail.
+        self._conn.execute("PRAGMA busy_timeout=10000")
         self._conn.executescript(_SCHEMA)
 
     def record(self, record: UsageRecord) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
@@ -28,12 +28,14 @@ import h11
 from sansio_gateway.actions import (
     Action,
     CancelUpstream,
+    CatalogueRefreshed,
     ClientDisconnected,
     CollectMetrics,
     EndResponse,
     MetricsCollected,
     QueryUsage,
     RecordUsage,
+    RefreshCatalogue,
     Result,
     SendBody,
     SendUpstream,
@@ -101,6 +103,35 @@ class GatewayServer:
     upstream: UpstreamClient
     ledger: UsageLedger
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    refresh_catalogue: Callable[[], Awaitable[None]] | None = None
+    draining: bool = False
+    _idle_scopes: set[anyio.CancelScope] = field(default_factory=set)
+    _runs: set[_UpstreamRun] = field(default_factory=set)
+    _quiet: anyio.Event = field(default_factory=anyio.Event)
+
+    # ---- graceful shutdown ----------------------------------------------
+
+    def begin_drain(self) -> None:
+        """Stop reading new requests: idle keep-alive connections close now,
+        busy ones after their current response."""
+        self.draining = True
+        for scope in list(self._idle_scopes):
+            scope.cancel()
+        if self.active == 0:
+            self._quiet.set()
+
+    async def wait_quiet(self) -> None:
+        """Return once no request is being served (after ``begin_drain``)."""
+        await self._quiet.wait()
+
+    def abort_in_flight(self, error: GatewayError) -> int:
+        """End every request still waiting on a backend with ``error`` (an
+        in-band error event for streams); returns how many were ended."""
+        runs = list(self._runs)
+        for run in runs:
+            run.abort(error)
+        return len(runs)
+
     limits: ServerLimits = field(default_factory=ServerLimits)
     clock: Callable[[], float] = time.time
     active: int = 0
@@ -203,11 +234,17 @@ class GatewayServer:
         # Idle keep-alive connections get the keep-alive timeout; once the
         # first byte of a request is in, the whole request must arrive
         # within read_timeout (slowloris protection).
+        if self.draining:
+            return None
         with anyio.move_on_after(self.limits.keepalive_timeout) as idle:
-            while conn.h11.their_state is h11.IDLE and not conn.h11.trailing_data[0]:
-                if conn.eof:
-                    return None
-                await self._receive_into(conn)
+            self._idle_scopes.add(idle)  # a drain closes idle connections at once
+            try:
+                while conn.h11.their_state is h11.IDLE and not conn.h11.trailing_data[0]:
+                    if conn.eof:
+                        return None
+                    await self._receive_into(conn)
+            finally:
+                self._idle_scopes.discard(idle)
         if idle.cancelled_caught:
             return None
         with anyio.move_on_after(self.limits.read_timeout) as scope:
@@ -315,8 +352,12 @@ class GatewayServer:
                 await self._send_error_raw(conn, InternalError("internal error"), request.path)
                 return
             await self._execute(conn, exchange, actions)
+            if self.draining:
+                conn.closed = True
         finally:
             self.active -= 1
+            if self.draining and self.active == 0:
+                self._quiet.set()
             self.metrics.in_flight.dec()
             summary = exchange.summary(self.clock())
             self.metrics.observe(summary)
@@ -330,6 +371,12 @@ class GatewayServer:
                 body, content_type = self.metrics.render()
                 result = MetricsCollected(body=body, content_type=content_type)
                 await self._execute(conn, exchange, exchange.handle(result, self.clock()))
+            elif isinstance(action, RefreshCatalogue):
+                if self.refresh_catalogue is not None:
+                    await self.refresh_catalogue()
+                await self._execute(
+                    conn, exchange, exchange.handle(CatalogueRefreshed(), self.clock())
+                )
             elif isinstance(action, QueryUsage):
                 rows = await self.ledger.query(action.query)
                 await self._execute(
@@ -370,19 +417,27 @@ class GatewayServer:
     ) -> None:
         state = _UpstreamRun(self, conn, exchange)
         call: SendUpstream | None = action
-        async with anyio.create_task_group() as tg:
-            state.scope = tg.cancel_scope
-            tg.start_soon(state.watch_client)
-            # The Exchange may answer a failed attempt with another
-            # SendUpstream (a retry after a backoff, or a fallback target).
-            while call is not None:
-                state.next_call = None
-                if call.delay > 0:
-                    await anyio.sleep(call.delay)
-                backend = self.gateway.config.backend(call.backend)
-                await self.upstream.request(call, backend, state.deliver)
-                call = state.next_call
-            tg.cancel_scope.cancel()
+        self._runs.add(state)
+        try:
+            async with anyio.create_task_group() as tg:
+                state.scope = tg.cancel_scope
+                tg.start_soon(state.watch_client)
+                # The Exchange may answer a failed attempt with another
+                # SendUpstream (a retry after a backoff, or a fallback target).
+                while call is not None and state.abort_error is None:
+                    state.next_call = None
+                    with anyio.CancelScope() as state.upstream_scope:
+                        if call.delay > 0:
+                            await anyio.sleep(call.delay)
+                        backend = self.gateway.config.backend(call.backend)
+                        await self.upstream.request(call, backend, state.deliver)
+                    call = state.next_call
+                if state.abort_error is not None:
+                    with anyio.CancelScope(shield=True):
+                        await state.deliver(UpstreamFailed(error=state.abort_error))
+                tg.cancel_scope.cancel()
+        finally:
+            self._runs.discard(state)
         if state.client_gone:
             conn.closed = True
 
@@ -398,6 +453,13 @@ class _UpstreamRun:
         self.client_gone = False
         self.lock = anyio.Lock()
         self.next_call: SendUpstream | None = None
+        self.upstream_scope: anyio.CancelScope | None = None
+        self.abort_error: GatewayError | None = None
+
+    def abort(self, error: GatewayError) -> None:
+        self.abort_error = error
+        if self.upstream_scope is not None:
+            self.upstream_scope.cancel()
 
     async def deliver(self, result: Result) -> bool:
         async with self.lock:

@@ -18,12 +18,14 @@ from .usage_query import UsageQuery, UsageRow
 __all__ = [
     "Action",
     "CancelUpstream",
+    "CatalogueRefreshed",
     "ClientDisconnected",
     "CollectMetrics",
     "EndResponse",
     "MetricsCollected",
     "QueryUsage",
     "RecordUsage",
+    "RefreshCatalogue",
     "Result",
     "SendBody",
     "SendUpstream",
@@ -118,6 +120,11 @@ class CollectMetrics:
     """Render the metrics exposition; answer with ``MetricsCollected``."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RefreshCatalogue:
+    """Re-run model discovery now; answer with ``CatalogueRefreshed``."""
+
+
 Action = (
     SendUpstream
     | StartResponse
@@ -127,6 +134,7 @@ Action = (
     | RecordUsage
     | QueryUsage
     | CollectMetrics
+    | RefreshCatalogue
 )
 
 
@@ -172,6 +180,11 @@ class MetricsCollected:
     content_type: bytes
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CatalogueRefreshed:
+    """Discovery ran (successfully or not); the Gateway's catalogue is current."""
+
+
 Result = (
     UpstreamResponseStarted
     | UpstreamChunkReceived
@@ -180,4 +193,5 @@ Result = (
     | ClientDisconnected
     | UsageQueried
     | MetricsCollected
+    | CatalogueRefreshed
 )

@@ -16,13 +16,22 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import hmac
+import ipaddress
 from dataclasses import dataclass
 
 from .config import AuthConfig
 from .errors import GatewayError, Unauthorized
 from .http import Headers, header_value
 
-__all__ = ["ANONYMOUS", "Authenticator", "Forbidden", "Identity", "hash_key"]
+__all__ = [
+    "ANONYMOUS",
+    "Authenticator",
+    "Forbidden",
+    "Identity",
+    "anonymous_bind_problem",
+    "hash_key",
+    "is_loopback",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,3 +108,26 @@ class Authenticator:
         if found is None:
             raise Unauthorized("Incorrect API key provided.")
         return found
+
+
+def is_loopback(host: str) -> bool:
+    """True for loopback addresses and ``localhost``; False for anything that
+    other machines can reach, including the wildcard addresses."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a hostname: assume it is reachable from elsewhere
+
+
+def anonymous_bind_problem(host: str, authenticator: Authenticator) -> str | None:
+    """Why serving on ``host`` would be unsafe, or None: an open gateway
+    (no keys) must not listen where other machines can reach it."""
+    if authenticator.open and not is_loopback(host):
+        return (
+            f"refusing to listen on {host} with no API keys configured: anyone who can reach"
+            " it could use every model. Add [[auth.keys]] (sansio-gateway new-key), bind to"
+            " 127.0.0.1, or pass --allow-anonymous if that is really what you want."
+        )
+    return None

@@ -62,8 +62,12 @@ class ServerConfig(_Strict):
     # Written upstream as the output cap when a client sends none, so the
     # token estimate is a real upper bound (rate-limiting.md, "Estimate").
     default_max_tokens: int | None = Field(default=None, gt=0)
-    discovery_ttl: float = Field(default=60.0, gt=0)
+    # An unknown model triggers a fresh discovery at most this often.
+    discovery_ttl: float = Field(default=10.0, gt=0)
     max_attempts: int = Field(default=4, ge=1)  # upstream attempts per request, all targets
+    health_interval: float = Field(default=15.0, gt=0)  # seconds between backend probes
+    breaker_failures: int = Field(default=5, ge=1)  # consecutive failures that open a breaker
+    breaker_cooldown: float = Field(default=10.0, gt=0)  # seconds before a half-open probe
 
 
 class BackendConfig(_Strict):

@@ -33,12 +33,14 @@ import orjson
 from .actions import (
     Action,
     CancelUpstream,
+    CatalogueRefreshed,
     ClientDisconnected,
     CollectMetrics,
     EndResponse,
     MetricsCollected,
     QueryUsage,
     RecordUsage,
+    RefreshCatalogue,
     Result,
     SendBody,
     SendUpstream,
@@ -52,7 +54,14 @@ from .actions import (
 )
 from .auth import ANONYMOUS, Forbidden, Identity
 from .catalogue import Route
-from .errors import GatewayError, InternalError, NotFound, UpstreamError, error_from_upstream
+from .errors import (
+    GatewayError,
+    InternalError,
+    NotFound,
+    ServiceUnavailable,
+    UpstreamError,
+    error_from_upstream,
+)
 from .flows.base import Flow, LedgerQuery, LocalAnswer, MetricsScrape, UpstreamCall
 from .http import Headers, IncomingRequest, Surface, header_value
 from .rendering import error_response, request_id_from
@@ -123,6 +132,7 @@ class Exchange:
         self._reached_backend = False
         self._client_gone = False
         self._response_started = False
+        self._head_only = False
         self._ledger_query = UsageQuery()
         self._targets: list[Route] = []
         self._target_index = 0
@@ -138,6 +148,7 @@ class Exchange:
         if self.state is not ExchangeState.IDLE:
             raise ExchangeStateError("start() called twice")
         self.started_at = now
+        self._head_only = request.method == "HEAD"
         self.request_id = request_id_from(request.headers, self.request_id)
         try:
             return self._start(request, now)
@@ -204,17 +215,14 @@ class Exchange:
         route = backend = None
         model = flow.model
         if model is not None:
-            route = gateway.catalogue.resolve(model) if self.identity.may_use(model) else None
-            if route is None:
-                # Hidden and missing models look the same, so a key's
-                # allow-list does not reveal what else exists.
-                raise NotFound(
-                    f"The model `{model}` does not exist or you do not have access to it.",
-                    code="model_not_found",
-                    param="model",
-                )
-            self._targets = targets_for(route)
-            return self._attempt(0.0)
+            if not self.identity.may_use(model):
+                raise self._model_not_found(model)
+            route = gateway.catalogue.resolve(model)
+            if route is None and gateway.should_refresh_on_miss(now):
+                # Perhaps the model was pulled since the last discovery.
+                self.state = ExchangeState.AWAITING_ADAPTER
+                return [RefreshCatalogue()]
+            return self._route_to(route, model, now)
         plan = flow.plan(route, backend)
         if isinstance(plan, LedgerQuery):
             self.state = ExchangeState.AWAITING_ADAPTER
@@ -229,11 +237,49 @@ class Exchange:
             return self._whole_response(plan.status, plan.headers, plan.body)
         raise InternalError(f"{flow.route_name}: a model-less flow asked for an upstream")
 
+    def _model_not_found(self, model: str) -> NotFound:
+        # Hidden and missing models look the same, so a key's allow-list
+        # does not reveal what else exists; each surface in its own words.
+        if self.surface is Surface.OLLAMA:
+            message = f'model "{model}" not found, try pulling it first'
+        else:
+            message = f"The model `{model}` does not exist or you do not have access to it."
+        return NotFound(message, code="model_not_found", param="model")
+
+    def _route_to(self, route: Route | None, model: str, now: float) -> list[Action]:
+        if route is None:
+            raise self._model_not_found(model)
+        self._targets = targets_for(route)
+        return self._attempt(0.0, now)
+
+    def _on_catalogue_refreshed(self, result: CatalogueRefreshed, now: float) -> list[Action]:
+        assert self.flow is not None and self.flow.model is not None
+        model = self.flow.model
+        try:
+            return self._route_to(self.gateway.catalogue.resolve(model), model, now)
+        except GatewayError as err:
+            return self._fail_before_response(err, now)
+
     # ---- attempts, retries and fallbacks ---------------------------------
 
-    def _attempt(self, delay: float) -> list[Action]:
+    def _attempt(self, delay: float, now: float) -> list[Action]:
         """Plan the current target and ask for it to be sent."""
         assert self.flow is not None
+        health = self.gateway.health
+        # Backends whose breaker is open are skipped while another target remains.
+        while not health.may_send(self._targets[self._target_index].backend, now + delay):
+            if self._target_index + 1 >= len(self._targets):
+                name = self._targets[self._target_index].backend
+                self.backend = name
+                wait = health.retry_after(name, now)
+                raise ServiceUnavailable(
+                    f"Backend {name!r} is failing and was taken out of rotation;"
+                    f" retry in {wait:.0f}s.",
+                    code="backend_unavailable",
+                )
+            self._target_index += 1
+            self._retries_on_target = 0
+            delay = 0.0
         route = self._targets[self._target_index]
         backend = self.gateway.config.backend(route.backend)
         self.backend = route.backend
@@ -262,8 +308,16 @@ class Exchange:
             )
         ]
 
-    def _try_again(self, *, status: int | None, error: GatewayError | None) -> list[Action] | None:
+    def _try_again(
+        self, now: float, *, status: int | None, error: GatewayError | None
+    ) -> list[Action] | None:
         """Another attempt, if the policy allows one (nothing was sent yet)."""
+        # Only signs that the backend is unreachable or broken count against
+        # its breaker: transport failures, and 502/504 from a proxy in front
+        # of it.  A backend that answers 500 or 503 is alive -- those are
+        # about one request or a busy moment, and retries handle them.
+        failed_backend = error is not None or status in (502, 504)
+        self.gateway.health.record(self.backend, not failed_backend, now)
         if self._response_started or not self._targets:
             return None
         backend = self.gateway.config.backend(self.backend)
@@ -281,11 +335,11 @@ class Exchange:
         )
         if step.kind == "retry":
             self._retries_on_target += 1
-            return self._attempt(step.delay)
+            return self._attempt(step.delay, now)
         if step.kind == "fallback":
             self._target_index += 1
             self._retries_on_target = 0
-            return self._attempt(0.0)
+            return self._attempt(0.0, now)
         return None
 
     # ---- transitions -----------------------------------------------------
@@ -296,6 +350,7 @@ class Exchange:
             self.state = ExchangeState.BUFFERING_ERROR
             self._retry_after = parse_retry_after(header_value(result.headers, b"retry-after"))
             return []
+        self.gateway.health.record(self.backend, True, now)
         if not self._stream:
             self.state = ExchangeState.BUFFERING
             return []
@@ -320,7 +375,7 @@ class Exchange:
         return [*self._whole_response(200, self.flow_json_headers(), body), self._record(now, "ok")]
 
     def _on_error_closed(self, result: UpstreamClosed, now: float) -> list[Action]:
-        again = self._try_again(status=self._upstream_status, error=None)
+        again = self._try_again(now, status=self._upstream_status, error=None)
         if again is not None:
             return again
         model = self.flow.model if self.flow else None
@@ -347,6 +402,7 @@ class Exchange:
 
     def _on_stream_failed(self, result: UpstreamFailed, now: float) -> list[Action]:
         assert self.flow is not None
+        self.gateway.health.record(self.backend, False, now)
         out = self.flow.fail(result.error)
         self.status = result.error.status_code
         actions: list[Action] = [SendBody(data=out)] if out else []
@@ -355,7 +411,7 @@ class Exchange:
 
     def _on_upstream_failed(self, result: UpstreamFailed, now: float) -> list[Action]:
         self._retry_after = None
-        again = self._try_again(status=None, error=result.error)
+        again = self._try_again(now, status=None, error=result.error)
         if again is not None:
             return again
         return self._fail(result.error, now, outcome="upstream_error")
@@ -393,7 +449,7 @@ class Exchange:
     def _end_stream(self, now: float) -> list[Action]:
         assert self.flow is not None
         self.state = ExchangeState.DONE
-        outcome = "ok" if self.flow.usage is not None else "failed_mid_stream"
+        outcome = "failed_mid_stream" if self.flow.stream_failed else "ok"
         return [EndResponse(), self._record(now, outcome)]
 
     def flow_json_headers(self) -> Headers:
@@ -404,14 +460,14 @@ class Exchange:
 
     def _whole_response(self, status: int, headers: Headers, body: bytes) -> list[Action]:
         self._response_started = True
-        return [
-            StartResponse(
-                status=status,
-                headers=(*self._headers(headers), (b"content-length", str(len(body)).encode())),
-            ),
-            SendBody(data=body),
-            EndResponse(),
-        ]
+        start = StartResponse(
+            status=status,
+            headers=(*self._headers(headers), (b"content-length", str(len(body)).encode())),
+        )
+        if self._head_only:
+            # HEAD: the same head as GET would get, and no body (RFC 9110 9.3.2).
+            return [start, EndResponse()]
+        return [start, SendBody(data=body), EndResponse()]
 
     def _fail_before_response(self, err: GatewayError, now: float) -> list[Action]:
         self.state = ExchangeState.DONE
@@ -489,6 +545,7 @@ _TRANSITIONS: dict[tuple[ExchangeState, type], _Handler] = {
     (_S.STREAMING, ClientDisconnected): Exchange._on_client_gone,
     (_S.AWAITING_ADAPTER, UsageQueried): Exchange._on_ledger_rows,
     (_S.AWAITING_ADAPTER, MetricsCollected): Exchange._on_metrics,
+    (_S.AWAITING_ADAPTER, CatalogueRefreshed): Exchange._on_catalogue_refreshed,
     (_S.AWAITING_ADAPTER, ClientDisconnected): Exchange._on_ledger_client_gone,
     (_S.IDLE, ClientDisconnected): Exchange._on_client_gone_idle,
     (_S.DONE, UpstreamResponseStarted): Exchange._ignore,
@@ -498,4 +555,5 @@ _TRANSITIONS: dict[tuple[ExchangeState, type], _Handler] = {
     (_S.DONE, ClientDisconnected): Exchange._ignore,
     (_S.DONE, UsageQueried): Exchange._ignore,
     (_S.DONE, MetricsCollected): Exchange._ignore,
+    (_S.DONE, CatalogueRefreshed): Exchange._ignore,
 }

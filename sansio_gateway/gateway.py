@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .auth import Authenticator
+from .backend_health import BackendHealth
 from .catalogue import Catalogue, DiscoveredModel, parse_ollama_tags, parse_openai_models
 from .config import GatewayConfig
 from .exchange import Exchange
@@ -36,6 +37,7 @@ class BackendStatus:
     checked_at: float
     error: str | None = None
     models: int = 0
+    latency: float | None = None
 
 
 def default_router() -> Router:
@@ -64,6 +66,12 @@ class Gateway:
         # the default (no jitter: the midpoint) keeps tests deterministic.
         self.random: Callable[[], float] = random or (lambda: 0.5)
         self.backend_status: dict[str, BackendStatus] = {}
+        self._last_miss_refresh = float("-inf")
+        self.health = BackendHealth(
+            [b.name for b in config.backends],
+            failure_threshold=config.server.breaker_failures,
+            cooldown=config.server.breaker_cooldown,
+        )
         self._upstream_headers = {b.name: self._static_headers(b.api_key) for b in config.backends}
 
     @staticmethod
@@ -83,17 +91,41 @@ class Gateway:
     def upstream_headers(self, backend: str, request_id: str) -> Headers:
         return self._upstream_headers[backend] + ((b"x-request-id", request_id.encode("ascii")),)
 
-    def record_discovery(self, backend: str, models: list[DiscoveredModel], now: float) -> None:
-        """A discovery of ``backend`` succeeded at ``now``."""
+    def record_discovery(
+        self,
+        backend: str,
+        models: list[DiscoveredModel],
+        now: float,
+        *,
+        latency: float | None = None,
+    ) -> None:
+        """A discovery (which doubles as a health probe) of ``backend`` succeeded."""
         self.catalogue = self.catalogue.with_discovery(backend, models, now)
         self.backend_status[backend] = BackendStatus(
-            name=backend, up=True, checked_at=now, models=len(models)
+            name=backend, up=True, checked_at=now, models=len(models), latency=latency
         )
+        self.health.record(backend, True, now)
 
     def record_discovery_failure(self, backend: str, error: str, now: float) -> None:
+        previous = self.backend_status.get(backend)
         self.backend_status[backend] = BackendStatus(
-            name=backend, up=False, checked_at=now, error=error
+            name=backend,
+            up=False,
+            checked_at=now,
+            error=error,
+            models=previous.models if previous else 0,
         )
+        self.health.record(backend, False, now)
+
+    def should_refresh_on_miss(self, now: float) -> bool:
+        """An unknown model may be new: refresh discovery, but at most once
+        per ``discovery_ttl`` so unknown names cannot make us hammer backends."""
+        if not any(b.discover for b in self.config.backends):
+            return False
+        if now - self._last_miss_refresh < self.config.server.discovery_ttl:
+            return False
+        self._last_miss_refresh = now
+        return True
 
     def discovery_path(self, backend: str) -> str:
         kind = self.config.backend(backend).kind

@@ -22,8 +22,10 @@ from adapters.ledger import MemoryLedger
 from sansio_gateway.actions import (
     Action,
     CancelUpstream,
+    CatalogueRefreshed,
     EndResponse,
     RecordUsage,
+    RefreshCatalogue,
     Result,
     SendBody,
     SendUpstream,
@@ -96,6 +98,9 @@ class ExchangeDriver:
                 seen.usage.append(action.record)
             elif isinstance(action, CancelUpstream):
                 seen.cancelled = True
+            elif isinstance(action, RefreshCatalogue):
+                # As the adapter would: rediscover (nothing new here), then report.
+                self.handle(CatalogueRefreshed())
         return actions
 
     def start(
@@ -119,6 +124,7 @@ class RunningGateway:
     app: GatewayApp
     url: str
     ledger: MemoryLedger
+    portal: Any = None  # anyio BlockingPortal running the app's event loop
 
 
 @contextlib.contextmanager
@@ -128,7 +134,7 @@ def running_gateway(config: GatewayConfig, *, runtime: str = "asyncio") -> Itera
     with anyio.from_thread.start_blocking_portal(backend=runtime) as portal:
         future, (host, port) = portal.start_task(app.serve, "127.0.0.1", 0)
         try:
-            yield RunningGateway(app=app, url=f"http://{host}:{port}", ledger=ledger)
+            yield RunningGateway(app=app, url=f"http://{host}:{port}", ledger=ledger, portal=portal)
         finally:
             portal.call(_noop)
             future.cancel()

@@ -97,6 +97,10 @@ class Flow(Protocol):
     def stream_done(self) -> bool:
         """The client stream is complete (nothing more will be sent)."""
 
+    @property
+    def stream_failed(self) -> bool:
+        """The client stream ended with an in-band error."""
+
     def complete(self, body: bytes) -> bytes:
         """A whole upstream answer in, the whole client body out."""
 

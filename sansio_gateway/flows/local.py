@@ -36,6 +36,7 @@ class LocalFlow:
     route_name = "local"
     model: str | None = None
     stream_done = True
+    stream_failed = False
     usage: TokenUsage | None = None
 
     def __init__(self, gateway: Gateway, request: IncomingRequest, now: float) -> None:
@@ -142,8 +143,12 @@ class Status(LocalFlow):
                     "url": backend.url,
                     "up": status.up if status else None,
                     "checked_at": status.checked_at if status else None,
+                    "latency_ms": round(status.latency * 1000, 3)
+                    if status and status.latency is not None
+                    else None,
                     "last_error": status.error if status else None,
                     "models": status.models if status else 0,
+                    "circuit": gateway.health.state(backend.name).value,
                 }
             )
         models = [

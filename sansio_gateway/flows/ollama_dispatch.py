@@ -80,6 +80,10 @@ class NativeDispatch:
     def stream_done(self) -> bool:
         return self._flow().stream_done
 
+    @property
+    def stream_failed(self) -> bool:
+        return self._flow().stream_failed
+
     def complete(self, body: bytes) -> bytes:
         return self._flow().complete(body)
 

@@ -31,6 +31,7 @@ __all__ = ["OllamaEmbedFlow"]
 class OllamaEmbedFlow:
     surface = Surface.OLLAMA
     stream_done = True  # never streams: the stream hooks are unreachable
+    stream_failed = False
 
     def __init__(self, request: NativeEmbedRequest, *, model: str, prompt_bytes: int) -> None:
         self.request = request

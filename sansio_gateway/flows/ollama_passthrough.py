@@ -112,6 +112,10 @@ class OllamaPassthroughFlow:
     def stream_done(self) -> bool:
         return self._done or self._failed
 
+    @property
+    def stream_failed(self) -> bool:
+        return self._failed
+
     def _lines(self, lines: list[Any]) -> bytes:
         out: list[bytes] = []
         for line in lines:

@@ -129,6 +129,10 @@ class OpenAIChatFlow:
         stream = self._stream
         return stream is not None and (stream.done or stream.failed)
 
+    @property
+    def stream_failed(self) -> bool:
+        return self._stream is not None and self._stream.failed
+
     # ---- whole answers ---------------------------------------------------
 
     def complete(self, body: bytes) -> bytes:

@@ -137,6 +137,10 @@ class OpenAICompletionsFlow:
         stream = self._stream
         return stream is not None and (stream.done or stream.failed)
 
+    @property
+    def stream_failed(self) -> bool:
+        return self._stream is not None and self._stream.failed
+
     # ---- whole answers ---------------------------------------------------
 
     def complete(self, body: bytes) -> bytes:

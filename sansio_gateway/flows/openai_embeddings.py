@@ -38,6 +38,7 @@ class OpenAIEmbeddingsFlow:
     surface = Surface.OPENAI
     route_name = "embeddings"
     stream_done = True  # never streams
+    stream_failed = False
 
     def __init__(self, gateway: Gateway, body: bytes, request_id: str, now: float) -> None:
         self.gateway = gateway

@@ -8,7 +8,10 @@ import orjson
 import pytest
 
 from sansio_gateway.actions import (
+    CatalogueRefreshed,
     ClientDisconnected,
+    RefreshCatalogue,
+    SendUpstream,
     UpstreamChunkReceived,
     UpstreamClosed,
     UpstreamFailed,
@@ -18,6 +21,7 @@ from sansio_gateway.catalogue import DiscoveredModel
 from sansio_gateway.errors import UpstreamError, UpstreamTimeout
 from sansio_gateway.exchange import ExchangeState, ExchangeStateError
 from sansio_gateway.gateway import Gateway
+from sansio_gateway.http import IncomingRequest
 
 from ..helpers import NOW, ExchangeDriver, make_config
 
@@ -161,13 +165,30 @@ def test_invalid_fields_name_the_param(body: dict[str, Any], param: str) -> None
     assert d.seen.json()["error"]["param"] == param
 
 
-def test_unknown_model_is_404_model_not_found() -> None:
-    d = ExchangeDriver(gateway())
-    d.start("POST", CHAT, chat(model="nope:7b"))
+def test_unknown_model_refreshes_discovery_once_then_is_404_model_not_found() -> None:
+    gw = gateway()
+    d = ExchangeDriver(gw)
+    [refresh] = d.start("POST", CHAT, chat(model="nope:7b"))
+    assert isinstance(refresh, RefreshCatalogue)  # the driver answered CatalogueRefreshed
+    assert d.seen.status == 404
+    # within discovery_ttl a second miss answers at once
+    d = ExchangeDriver(gw)
+    d.start("POST", CHAT, chat(model="nope:7b"), now=NOW + 1)
     assert d.seen.status == 404
     err = d.seen.json()["error"]
     assert err["code"] == "model_not_found" and "nope:7b" in err["message"]
     assert not d.seen.upstream
+
+
+def test_a_model_pulled_since_discovery_is_found_by_the_refresh() -> None:
+    gw = gateway()
+    exchange = gw.exchange("r")
+    request = IncomingRequest(method="POST", path=CHAT, body=orjson.dumps(chat(model="new:1b")))
+    [refresh] = exchange.start(request, NOW)
+    assert isinstance(refresh, RefreshCatalogue)
+    gw.record_discovery("ollama", [DiscoveredModel(name="new:1b")], NOW)  # the adapter's refresh
+    [send] = exchange.handle(CatalogueRefreshed(), NOW)
+    assert isinstance(send, SendUpstream) and orjson.loads(send.body)["model"] == "new:1b"
 
 
 def test_model_without_tag_resolves_to_latest() -> None:
@@ -520,3 +541,17 @@ def test_no_retry_once_the_stream_started() -> None:
     d.handle(OK_HEAD)
     d.handle(UpstreamFailed(error=UpstreamError("lost", code="upstream_unreachable")))
     assert len(d.seen.upstream) == 1 and d.seen.ended
+
+
+def test_head_gets_the_get_head_without_a_body() -> None:
+    d = ExchangeDriver(gateway())
+    d.start("HEAD", "/health")
+    assert d.seen.status == 200 and d.seen.body == b"" and d.seen.ended
+    assert d.seen.headers[b"content-length"] == b"15"  # what GET would send
+
+
+def test_unknown_model_on_the_ollama_surface_is_worded_as_ollama_does() -> None:
+    d = ExchangeDriver(gateway())
+    d.start("POST", "/api/chat", {"model": "ghost:1b", "messages": [{"role": "user", "content": "x"}]})
+    assert d.seen.status == 404
+    assert d.seen.json() == {"error": 'model "ghost:1b" not found, try pulling it first'}

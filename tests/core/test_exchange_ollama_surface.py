@@ -386,7 +386,8 @@ def test_generate_raw_streams_from_legacy_completions() -> None:
     out = lines(d.seen.body)
     assert [line["response"] for line in out] == ["x", "y", ""]
     assert out[-1]["done_reason"] == "length" and "prompt_eval_count" not in out[-1]
-    assert d.seen.usage[0].outcome == "failed_mid_stream"  # no usage reported: estimated
+    record = d.seen.usage[0]
+    assert record.outcome == "ok" and not record.usage_reported  # clean end, counts estimated
 
 
 def test_generate_empty_prompt_is_a_local_load() -> None:

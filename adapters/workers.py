@@ -1,0 +1,63 @@
+"""``serve --workers N``: N gateway processes sharing one port.
+
+The parent binds the port once with SO_REUSEPORT (without listening, so it
+never takes a connection itself) to learn the port when 0 was asked for and
+to hold it, then starts N children that each bind the same port with
+SO_REUSEPORT; the kernel spreads connections across them.  The parent
+forwards SIGTERM/SIGINT so every child drains gracefully, and exits 0 only
+if every child did.
+
+Shared state: with the memory store each child enforces 1/N of every limit
+(a warning says so; Redis is the real answer).  Metrics use prometheus-
+client's multiprocess mode in a directory the parent creates, so a scrape
+of any worker counts all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from types import FrameType
+
+__all__ = ["run_workers"]
+
+
+def _reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock, int(sock.getsockname()[1])
+
+
+def run_workers(n: int, child_args: list[str], host: str, port: int) -> int:
+    """Run ``n`` children of ``sansio-gateway serve``; returns the exit code."""
+    if not hasattr(socket, "SO_REUSEPORT"):
+        print("--workers needs SO_REUSEPORT, which this platform lacks", file=sys.stderr)
+        return 2
+    holder, port = _reserve_port(host, port)
+    env = dict(os.environ)
+    metrics_dir = env.get("PROMETHEUS_MULTIPROC_DIR")
+    if not metrics_dir:
+        metrics_dir = tempfile.mkdtemp(prefix="sansio-gateway-metrics-")
+        env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    cmd = [sys.executable, "-m", "adapters.cli", *child_args, "--port", str(port), "--reuse-port",
+           "--worker-count", str(n)]  # fmt: skip
+    children = [subprocess.Popen(cmd, env=env) for _ in range(n)]
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    print(f"sansio-gateway: {n} workers on http://{host}:{port}", flush=True)
+    codes = [child.wait() for child in children]
+    holder.close()
+    return 0 if all(code == 0 for code in codes) else 1

@@ -1,0 +1,101 @@
+"""The command line as an operator runs it: workers, anonymous-bind refusal,
+check-config, new-key, usage."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from sansio_gateway.auth import hash_key
+from tests.emulators.ollama import OllamaEmulator
+
+CLI = [sys.executable, "-m", "adapters.cli"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_check_config_names_the_key_and_the_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[server]\nport = "eighty"\n[[backends]]\nname = "x"\nurl = "ftp://nope"\n')
+    result = run("check-config", str(bad))
+    assert result.returncode != 0
+    assert f"{bad}: server.port" in result.stderr and f"{bad}: backends[0].url" in result.stderr
+    typo = tmp_path / "typo.toml"
+    typo.write_text("[server]\nmax_body_byte = 5\n")
+    result = run("check-config", str(typo))
+    assert result.returncode != 0 and "server.max_body_byte: unknown key" in result.stderr
+    good = tmp_path / "good.toml"
+    good.write_text('[[backends]]\nname = "x"\nurl = "http://127.0.0.1:1"\n')
+    assert run("check-config", str(good)).returncode == 0
+
+
+def test_new_key_prints_a_key_and_its_sha256_line() -> None:
+    result = run("new-key", "--id", "laptop", "--user", "alice")
+    assert result.returncode == 0
+    key = result.stdout.splitlines()[0]
+    assert key.startswith("sk-gw-") and len(key) > 40
+    assert f'sha256 = "{hash_key(key)}"' in result.stdout
+    assert result.stdout.count(key) == 1  # the config lines never contain the key itself
+
+
+def test_refuses_an_open_gateway_on_a_public_address(tmp_path: Path) -> None:
+    result = run("serve", "--host", "0.0.0.0", "--port", "0")
+    assert result.returncode == 2
+    assert "--allow-anonymous" in result.stderr
+
+
+def _wait_healthy(url: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)  # polling a process we started; there is no event to await
+    raise AssertionError("gateway did not come up")
+
+
+def test_two_workers_share_the_port_and_their_metrics(emulator: OllamaEmulator, tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(
+        f'[store]\nusage = "sqlite:///{tmp_path}/usage.db"\n'
+        f'[[backends]]\nname = "local"\nurl = "{emulator.url}"\n'
+    )
+    proc = subprocess.Popen(
+        [*CLI, "--log-level", "WARNING", "serve", "--config", str(cfg), "--port", "0", "--workers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "2 workers on " in line
+        url = line.split(" on ")[1].split()[0]
+        _wait_healthy(url)
+        body = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}]}
+        for _ in range(12):
+            # a new connection each time, so the kernel spreads them over workers
+            assert httpx.post(url + "/v1/chat/completions", json=body).status_code == 200
+        total = 0.0
+        for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
+            for sample in family.samples:
+                if sample.name == "gateway_requests_total" and sample.labels["route"] == "chat.completions":
+                    total += sample.value
+        assert total == 12  # whichever worker answered the scrape counts both
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        usage = run("usage", "--config", str(cfg), "--json")
+        assert usage.returncode == 0 and '"requests": 12' in usage.stdout
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
