@@ -16,7 +16,6 @@ from collections.abc import Callable
 
 import anyio
 import anyio.abc
-import httpcore
 
 from sansio_gateway.config import GatewayConfig
 from sansio_gateway.errors import ServiceUnavailable
@@ -25,7 +24,7 @@ from sansio_gateway.gateway import Gateway
 from .ledger import UsageLedger, open_ledger
 from .metrics import GatewayMetrics
 from .server import GatewayServer, ServerLimits
-from .upstream import UpstreamClient, map_upstream_exception
+from .upstream import TRANSPORT_ERRORS, UpstreamClient, map_upstream_exception
 
 __all__ = ["GatewayApp"]
 
@@ -80,19 +79,13 @@ class GatewayApp:
         headers = [(k, v) for k, v in self.gateway.upstream_headers(name, "discovery")]
         started = time.perf_counter()
         try:
-            with anyio.fail_after(backend.connect_timeout + 10):
-                response = await self.upstream.pool.request("GET", url, headers=headers)
-            if response.status != 200:
-                raise ValueError(f"HTTP {response.status} from {url}")
-            models = self.gateway.parse_discovery(name, response.content)
-        except (
-            ValueError,
-            TimeoutError,
-            httpcore.TimeoutException,
-            httpcore.NetworkError,
-            httpcore.ProtocolError,
-            OSError,
-        ) as exc:
+            status, body = await self.upstream.get(
+                url, headers, within=backend.connect_timeout + 10
+            )
+            if status != 200:
+                raise ValueError(f"HTTP {status} from {url}")
+            models = self.gateway.parse_discovery(name, body)
+        except (ValueError, *TRANSPORT_ERRORS) as exc:
             error = exc if isinstance(exc, ValueError) else map_upstream_exception(exc, name)
             self.gateway.record_discovery_failure(name, str(error), self.clock())
             log.warning("backend %s (%s): discovery failed: %s", name, backend.url, error)

@@ -1,4 +1,4 @@
-"""The upstream client: httpcore's connection pool, streaming, with timeouts.
+"""The upstream client: streaming requests to backends, with timeouts.
 
 It executes one ``SendUpstream`` action and reports what happens as results
 (``UpstreamResponseStarted``, ``UpstreamChunkReceived``, ``UpstreamClosed``,
@@ -6,16 +6,16 @@ It executes one ``SendUpstream`` action and reports what happens as results
 core's typed errors in one place, :func:`map_upstream_exception`, as
 httpcore's own ``map_exceptions`` does.
 
-Timeouts per backend: connect (httpcore's connect timeout), first byte
-(head of the response), idle (between body chunks) and total.
+Timeouts per backend: connect, first byte (the response head), idle (between
+body chunks) and total.  Connections come from :mod:`adapters.upstream_pool`.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
-import httpcore
 
 from sansio_gateway.actions import (
     Result,
@@ -28,27 +28,11 @@ from sansio_gateway.actions import (
 from sansio_gateway.config import BackendConfig
 from sansio_gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 
-__all__ = ["UpstreamClient", "map_upstream_exception"]
+from .upstream_pool import ConnectionLost, Pool, PooledResponse
+
+__all__ = ["TRANSPORT_ERRORS", "UpstreamClient", "map_upstream_exception"]
 
 Deliver = Callable[[Result], Awaitable[bool]]
-
-
-def map_upstream_exception(exc: BaseException, backend: str) -> GatewayError:
-    if isinstance(exc, TimeoutError | httpcore.TimeoutException):
-        if isinstance(exc, httpcore.ConnectTimeout):
-            return UpstreamTimeout(f"timed out connecting to backend {backend!r}")
-        return UpstreamTimeout(f"backend {backend!r} timed out")
-    if isinstance(exc, httpcore.ConnectError | OSError):
-        return UpstreamError(
-            f"could not connect to backend {backend!r}: {exc or type(exc).__name__}",
-            code="upstream_unreachable",
-        )
-    if isinstance(exc, httpcore.RemoteProtocolError | httpcore.ReadError | httpcore.WriteError):
-        return UpstreamError(f"connection to backend {backend!r} was lost")
-    if isinstance(exc, httpcore.UnsupportedProtocol | httpcore.LocalProtocolError):
-        return UpstreamError(f"cannot talk to backend {backend!r}: {exc}")
-    return UpstreamError(f"backend {backend!r} failed: {type(exc).__name__}")
-
 
 # After the Exchange is done (Ollama's `done` line arrived), the rest of the
 # body is usually just the chunked terminator.  Reading it keeps the
@@ -56,82 +40,104 @@ def map_upstream_exception(exc: BaseException, backend: str) -> GatewayError:
 DRAIN_SECONDS = 0.5
 DRAIN_BYTES = 1 << 20
 
+TRANSPORT_ERRORS = (
+    TimeoutError,
+    ConnectionLost,
+    OSError,
+    ssl.SSLError,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    anyio.EndOfStream,
+)
 
-async def _drain(chunks: AsyncIterator[bytes]) -> None:
+
+def map_upstream_exception(exc: BaseException, backend: str, *, phase: str = "") -> GatewayError:
+    """The one place where transport exceptions become the core's errors."""
+    if isinstance(exc, TimeoutError):
+        what = f" ({phase})" if phase else ""
+        return UpstreamTimeout(f"backend {backend!r} timed out{what}")
+    if isinstance(exc, ConnectionLost):
+        return UpstreamError(f"connection to backend {backend!r} was lost: {exc}")
+    if isinstance(exc, ssl.SSLError):
+        return UpstreamError(f"TLS with backend {backend!r} failed: {exc.reason or exc}")
+    if isinstance(exc, OSError):
+        return UpstreamError(
+            f"could not connect to backend {backend!r}: {exc.strerror or exc}",
+            code="upstream_unreachable",
+        )
+    return UpstreamError(f"backend {backend!r} failed: {type(exc).__name__}")
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> bool:
+    """Read the rest of a body briefly; True if it ended."""
     seen = 0
     with anyio.move_on_after(DRAIN_SECONDS):
         async for chunk in chunks:
             seen += len(chunk)
             if seen > DRAIN_BYTES:
-                return
+                return False
+        return True
+    return False
 
 
 class UpstreamClient:
-    def __init__(self, *, max_connections: int = 512, keepalive_expiry: float = 30.0) -> None:
-        self.pool = httpcore.AsyncConnectionPool(
-            max_connections=max_connections,
-            max_keepalive_connections=max_connections,
-            keepalive_expiry=keepalive_expiry,
-        )
+    def __init__(self, *, keepalive_expiry: float = 30.0) -> None:
+        self.pool = Pool(keepalive_expiry=keepalive_expiry)
 
     async def aclose(self) -> None:
         await self.pool.aclose()
+
+    async def get(
+        self, url: str, headers: list[tuple[bytes, bytes]], *, within: float
+    ) -> tuple[int, bytes]:
+        """A small whole GET (discovery, probes), done ``within`` seconds;
+        raises the transport errors."""
+        with anyio.fail_after(within):
+            response = await self.pool.start("GET", url, headers, b"", connect_timeout=within)
+            try:
+                body = b"".join([chunk async for chunk in response.body()])
+            finally:
+                await response.release()
+        return response.status, body
 
     async def request(self, action: SendUpstream, backend: BackendConfig, deliver: Deliver) -> None:
         """Run ``action``; report every fact through ``deliver``.
 
         ``deliver`` returns False when the Exchange wants no more (it is
-        done, or cancelled the upstream); the request is then abandoned and
-        its connection discarded by httpcore.
+        done, or cancelled the upstream); the rest of the body is then
+        drained briefly so the connection can be reused, or dropped.
         """
+        phase = "connecting"
         try:
             with anyio.fail_after(backend.total_timeout):
-                await self._request(action, backend, deliver)
+                with anyio.fail_after(backend.connect_timeout + backend.first_byte_timeout):
+                    response = await self.pool.start(
+                        action.method,
+                        action.url,
+                        list(action.headers),
+                        action.body,
+                        connect_timeout=backend.connect_timeout,
+                    )
+                phase = "reading"
+                try:
+                    await self._read(response, backend, deliver)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await response.release()
         except GatewayError as err:
             await deliver(UpstreamFailed(error=err))
-        except (
-            TimeoutError,
-            httpcore.TimeoutException,
-            httpcore.NetworkError,
-            OSError,
-            httpcore.ProtocolError,
-            httpcore.UnsupportedProtocol,
-        ) as exc:
-            await deliver(UpstreamFailed(error=map_upstream_exception(exc, backend.name)))
-
-    async def _request(
-        self, action: SendUpstream, backend: BackendConfig, deliver: Deliver
-    ) -> None:
-        extensions = {
-            "timeout": {
-                "connect": backend.connect_timeout,
-                "read": backend.first_byte_timeout,
-                "write": backend.connect_timeout,
-                "pool": backend.connect_timeout,
-            }
-        }
-        with anyio.fail_after(backend.connect_timeout + backend.first_byte_timeout):
-            stream_cm = self.pool.stream(
-                action.method,
-                action.url,
-                headers=list(action.headers),
-                content=action.body,
-                extensions=extensions,
-            )
-            response = await stream_cm.__aenter__()
-        try:
-            await self._read(response, backend, deliver)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await stream_cm.__aexit__(None, None, None)
+        except TRANSPORT_ERRORS as exc:
+            phase_name = "waiting for the first byte" if phase == "connecting" else "between chunks"
+            error = map_upstream_exception(exc, backend.name, phase=phase_name)
+            await deliver(UpstreamFailed(error=error))
 
     async def _read(
-        self, response: httpcore.Response, backend: BackendConfig, deliver: Deliver
+        self, response: PooledResponse, backend: BackendConfig, deliver: Deliver
     ) -> None:
-        headers = tuple((k.lower(), v) for k, v in response.headers)
-        if not await deliver(UpstreamResponseStarted(status=response.status, headers=headers)):
+        head = UpstreamResponseStarted(status=response.status, headers=tuple(response.headers))
+        if not await deliver(head):
             return
-        chunks = response.aiter_stream()
+        chunks = response.body()
         try:
             while True:
                 with anyio.fail_after(backend.idle_timeout):
