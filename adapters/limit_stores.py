@@ -123,7 +123,9 @@ class LimitStore(Protocol):
         now_us: int | None = None,
     ) -> None: ...
 
-    async def peek(self, user_key: str, specs: LimitSpecs, now_us: int | None = None) -> RateHeaders: ...
+    async def peek(
+        self, user_key: str, specs: LimitSpecs, now_us: int | None = None
+    ) -> RateHeaders: ...
 
     async def aclose(self) -> None: ...
 
@@ -163,7 +165,9 @@ class MemoryStore:
         now = self._clock() if now_us is None else now_us
         self.memory.commit(user_key, specs, now, request_id, estimate, actual)
 
-    async def peek(self, user_key: str, specs: LimitSpecs, now_us: int | None = None) -> RateHeaders:
+    async def peek(
+        self, user_key: str, specs: LimitSpecs, now_us: int | None = None
+    ) -> RateHeaders:
         return self.memory.peek(user_key, specs, self._clock() if now_us is None else now_us)
 
     async def aclose(self) -> None:
@@ -242,7 +246,9 @@ def _readings(reply: Sequence[Any]) -> tuple[int, list[Reading]]:
     for i in range(1, len(values), 5):
         v, wait, used, remaining, reset = values[i : i + 5]
         out.append(
-            Reading(verdict=Verdict(v), wait_us=wait, used=used, remaining=remaining, reset_us=reset)
+            Reading(
+                verdict=Verdict(v), wait_us=wait, used=used, remaining=remaining, reset_us=reset
+            )
         )
     return values[0], out
 
@@ -269,15 +275,27 @@ class RedisLimitStore:
 
     @classmethod
     def from_url(cls, url: str, **client_kwargs: Any) -> RedisLimitStore:
-        """``redis://host:port/db``, ``rediss://...``, ``redis+cluster://host:port``."""
+        """``redis://host:port/db``, ``rediss://...``, ``redis+cluster://host:port``.
+
+        redis-py's default retries back off for seconds; here a failed call
+        is retried once at once (a pooled connection may be stale after a
+        restart) and then left to :class:`ResilientLimitStore`.  A standalone
+        client does not retry timeouts: the script may have run.
+        """
         from redis.asyncio import Redis, RedisCluster
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
 
         client_kwargs.setdefault("socket_connect_timeout", 1.0)
         client_kwargs.setdefault("socket_timeout", 1.0)
         for scheme in ("redis+cluster://", "rediss+cluster://"):
             if url.startswith(scheme):
                 plain = scheme.replace("+cluster", "") + url[len(scheme) :]
+                client_kwargs.setdefault("retry", Retry(NoBackoff(), 1))
                 return cls(RedisCluster.from_url(plain, **client_kwargs))
+        retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+        client_kwargs.setdefault("retry", retry)
         return cls(Redis.from_url(url, **client_kwargs))
 
     def keys(self, user_key: str) -> tuple[str, str]:
@@ -320,7 +338,9 @@ class RedisLimitStore:
         used_now, readings = await self._run_admit("admit", user_key, specs, costs, request_id, now)
         return decide(specs, used_now, costs, readings)
 
-    async def peek(self, user_key: str, specs: LimitSpecs, now_us: int | None = None) -> RateHeaders:
+    async def peek(
+        self, user_key: str, specs: LimitSpecs, now_us: int | None = None
+    ) -> RateHeaders:
         now = _check(now_us, "peek")
         _, readings = await self._run_admit("peek", user_key, specs, Costs(tokens=0), "", now)
         return headers_from(specs, readings)
@@ -370,9 +390,10 @@ class ResilientLimitStore:
       (``fallback=Fallback.LOCAL``).
 
     :class:`LimitStoreConfigError` is re-raised, never covered by a policy.
-    A request is committed to the store that admitted it.  ``store_errors``,
-    ``config_errors``, ``fallback_decisions`` and ``fallback_mode`` are the
-    metrics to export.
+    A request is committed to the store that admitted it; a commit due to the
+    shared store while its breaker is open is dropped (counted), its lease
+    expires there.  ``store_errors``, ``config_errors``, ``commits_dropped``,
+    ``fallback_decisions`` and ``fallback_mode`` are the metrics to export.
     """
 
     def __init__(
@@ -400,6 +421,7 @@ class ResilientLimitStore:
         self._owners: OrderedDict[str, Fallback] = OrderedDict()
         self.store_errors = 0
         self.config_errors = 0
+        self.commits_dropped = 0
         self.fallback_decisions = {mode: 0 for mode in Fallback}
 
     @property
@@ -487,8 +509,11 @@ class ResilientLimitStore:
             local_specs = divide_specs(specs, self.instances)
             await self.local.commit(user_key, local_specs, request_id, estimate, actual, now_us)
             return
-        if owner is Fallback.OPEN and self.breaker.state is not BreakerState.CLOSED:
-            return  # admitted unchecked while the store is down: nothing to settle
+        if owner is Fallback.OPEN:
+            return  # admitted unchecked: no lease, no reservation to settle
+        if self.breaker.state is not BreakerState.CLOSED:
+            self.commits_dropped += 1  # its lease and reservation expire on their own
+            return
         try:
             with anyio.fail_after(self.commit_timeout):
                 await self.primary.commit(user_key, specs, request_id, estimate, actual, now_us)
@@ -500,7 +525,9 @@ class ResilientLimitStore:
         else:
             self._success()
 
-    async def peek(self, user_key: str, specs: LimitSpecs, now_us: int | None = None) -> RateHeaders:
+    async def peek(
+        self, user_key: str, specs: LimitSpecs, now_us: int | None = None
+    ) -> RateHeaders:
         if self.breaker.state is BreakerState.CLOSED:
             try:
                 with anyio.fail_after(self.decision_timeout):

@@ -137,7 +137,7 @@ end
 local function rate_level(r, tat)
   local debt = math.max(tat - now, 0)
   local whole = idiv(debt, r.P)
-  local used = whole * r.L + cdiv((debt - whole * r.P) * r.L, r.P)
+  local used = whole * r.L + idiv((debt - whole * r.P) * r.L, r.P)
   return used, idiv(math.max(r.A - debt, 0) * r.L, r.P), debt
 end
 
@@ -242,7 +242,9 @@ redis.call('HSET', G, unpack(hset))
 local lease = {expiry = now + ttl, day = today, tokens = tokens, au = anchor.u, am = anchor.m}
 redis.call('HSET', I, rid, table.concat({str(lease.expiry), str(today), str(tokens),
   str(anchor.u), str(anchor.m)}, ' '))
-if #dead > 0 then redis.call('HDEL', I, unpack(dead)) end
+for i = 1, #dead, 1000 do  -- in chunks: unpack() has a stack limit
+  redis.call('HDEL', I, unpack(dead, i, math.min(i + 999, #dead)))
+end
 keep(G, horizon)
 keep(I, ttl)
 live[#live + 1] = lease
@@ -304,7 +306,7 @@ for i, r in ipairs(rates) do
     horizon = math.max(horizon, tat - now)
   end
 end
-if quota >= 0 and (lease == nil or lease.day == today) then
+if quota >= 0 and lease and lease.day == today then
   if g.day ~= today then g.day, g.used = today, 0 end
   g.used = math.min(g.used + actual, MAX_DAY_USED)
   hset[#hset + 1] = 'dd'
