@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -210,6 +210,8 @@ class Exchange:
             self.identity = gateway.authenticator.authenticate(request.headers)
             if entry.access is Access.ADMIN and not self.identity.admin:
                 raise Forbidden("This endpoint needs an admin key.")
+        if self.identity is not ANONYMOUS:
+            request = replace(request, identity=self.identity)
         flow = entry.factory(gateway, request, self.request_id, now)
         self.flow = flow
         route = backend = None

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .auth import Identity
 
 __all__ = ["Headers", "IncomingRequest", "Surface", "header_value"]
 
@@ -32,6 +36,9 @@ class IncomingRequest:
     headers: Headers = ()
     body: bytes = b""
     client: str | None = field(default=None)
+    # Set by the Exchange once the caller is authenticated, so flows can
+    # show each key only the models its allow-list admits.
+    identity: Identity | None = None
 
 
 def header_value(headers: Headers, name: bytes) -> bytes | None:

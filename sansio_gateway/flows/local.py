@@ -47,6 +47,11 @@ class LocalFlow:
     def answer(self) -> LocalAnswer:
         raise NotImplementedError
 
+    def visible(self, model: str) -> bool:
+        """May the caller see ``model``?  (Its key's allow-list.)"""
+        identity = self.request.identity
+        return identity is None or identity.may_use(model)
+
     def plan(
         self, route: Route | None, backend: BackendConfig | None
     ) -> UpstreamCall | LocalAnswer | LedgerQuery | MetricsScrape:
@@ -87,6 +92,7 @@ class OpenAIModelList(LocalFlow):
         data = [
             _model_object(name, info.created if info else 0, info.owned_by if info else backend)
             for name, backend, info in self.gateway.catalogue.models()
+            if self.visible(name)
         ]
         # Always an array, never null (Ollama sends null when empty: pitfall 18).
         return _json({"object": "list", "data": data})
@@ -101,7 +107,7 @@ class OpenAIModelRetrieve(LocalFlow):
         # of the path, percent-decoded, rather than one segment (pitfall 14).
         name = unquote(self.request.path[len("/v1/models/") :])
         for known, backend, info in self.gateway.catalogue.models():
-            if known == name:
+            if known == name and self.visible(name):
                 created = info.created if info else 0
                 return _json(_model_object(name, created, info.owned_by if info else backend))
         raise NotFound(

@@ -104,6 +104,8 @@ class OllamaTags(NativeLocal):
     def answer(self) -> LocalAnswer:
         models: dict[str, dict[str, Any]] = {}
         for name, _backend, info in self.gateway.catalogue.models():
+            if not self.visible(name):
+                continue
             listed = listed_name(name)
             models.setdefault(  # a name clash: the first (config order) wins
                 listed,

@@ -120,3 +120,19 @@ def test_keys_never_appear_in_usage_records_or_errors() -> None:
     d = ExchangeDriver(gateway())
     d.start("POST", "/v1/chat/completions", CHAT, headers=bearer("sk-leaky-guess"))
     assert b"sk-leaky-guess" not in d.seen.body
+
+
+def test_model_lists_show_only_what_the_key_may_use() -> None:
+    gw = gateway()
+    d = ExchangeDriver(gw)
+    d.start("GET", "/v1/models", headers=bearer(ALICE_KEY))
+    assert [m["id"] for m in d.seen.json()["data"]] == ["llama3.2:1b"]
+    d = ExchangeDriver(gw)
+    d.start("GET", "/v1/models/qwen3:0.6b", headers=bearer(ALICE_KEY))
+    assert d.seen.status == 404
+    d = ExchangeDriver(gw)
+    d.start("GET", "/api/tags", headers=bearer(ALICE_KEY))
+    assert [m["name"] for m in d.seen.json()["models"]] == ["llama3.2:1b"]
+    d = ExchangeDriver(gw)
+    d.start("GET", "/v1/models", headers=bearer(BOB_KEY))
+    assert len(d.seen.json()["data"]) == 2
