@@ -1,0 +1,347 @@
+"""The rate limiter: three pure functions over one user's state.
+
+Theory of operation (rate-limiting.md is the design):
+
+* **GCRA, one TAT per rate limit.**  A cost c adds ``ceil(c * P / L)`` us to
+  the limit's theoretical arrival time; the request passes when
+  ``max(tat, now) + inc - now <= burst_us``.  In any window of W us the
+  admitted cost is then at most ``(W + burst_us) * L / P``.
+* **Day quota.**  A UTC-day counter of committed tokens plus the estimates
+  of live leases admitted that day ("pending").  Passes while
+  ``used + pending + estimate <= quota``.
+* **Leases.**  Every admitted request holds a lease keyed by its id until
+  commit or ``now + lease_ttl_us``; live leases count against
+  ``concurrent_requests`` and carry the day reservation, so a crashed
+  gateway leaks nothing for longer than the lease lifetime.
+* **All or nothing.**  :func:`admit` reads every limit first; if any denies,
+  the state is returned unchanged (the very same object).
+* **Commit** (idempotent by request id) charges ``inc(actual) - inc(estimate)``
+  to each token limit.  A surcharge lands at ``max(tat, now)``.  A refund
+  only gives back the part of the request's own GCRA slice that is still in
+  the future: the lease remembers ``anchor = tat_at_admission + R`` where R
+  counts every microsecond refunded from that limit, so the slice's end is
+  now at least ``anchor - R_now`` (refunds below it can only have shifted
+  it down by that much).  This keeps the window bound true for actual costs
+  and never takes a TAT below ``now`` ("never better than full").
+* **Clock.**  ``now = max(now_us, state.clock_us)``: a clock going backwards
+  behaves like a clock standing still, so it never adds capacity.
+
+Every value is an integer below 2**53; the Lua script in
+``adapters/limits_lua.py`` performs these same steps integer for integer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .decision import Decision, RateHeaders, Reading, Verdict, decide, headers_from
+from .specs import DAY_US, MAX_NOW_US, Costs, LimitSpecs, RateSpec, Scope, Unit, clamp_cost
+
+__all__ = ["Lease", "LimitState", "admit", "commit", "peek", "readings"]
+
+MAX_DEBT_US = 2**40  # a surcharge never pushes a TAT further than ~12.7 days ahead
+MAX_DAY_USED = 2**50
+NO_ANCHOR = -1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lease:
+    """One admitted, uncommitted request: its concurrency slot, its day
+    reservation and its refund anchors (``NO_ANCHOR`` when absent)."""
+
+    expiry_us: int
+    day: int
+    tokens: int
+    anchor_user: int = NO_ANCHOR
+    anchor_model: int = NO_ANCHOR
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitState:
+    """Everything the limiter knows about one user.  Treat as immutable."""
+
+    clock_us: int = 0
+    tats: Mapping[str, int] = field(default_factory=dict)
+    refunded: Mapping[str, int] = field(default_factory=dict)
+    day: int = 0
+    day_used: int = 0
+    inflight: Mapping[str, Lease] = field(default_factory=dict)
+    done: Mapping[str, int] = field(default_factory=dict)
+
+
+def _check(now_us: int, request_id: str | None = None) -> None:
+    if not 0 <= now_us <= MAX_NOW_US:
+        raise ValueError(f"now_us out of range: {now_us}")
+    if request_id is not None and not 0 < len(request_id) <= 256:
+        raise ValueError("request_id must be 1..256 characters")
+
+
+def _live(inflight: Mapping[str, Lease], now: int, exclude: str) -> dict[str, Lease]:
+    return {
+        rid: lease for rid, lease in inflight.items() if lease.expiry_us > now and rid != exclude
+    }
+
+
+# ---- readings ---------------------------------------------------------------
+
+
+def _rate_status(spec: RateSpec, tat: int, now: int, cost: int) -> tuple[Verdict, int]:
+    if cost > spec.burst:
+        return Verdict.TOO_LARGE, 0
+    new = max(tat, now) + spec.increment(cost)
+    if new - now <= spec.burst_us:
+        return Verdict.PASS, 0
+    return Verdict.WAIT, new - spec.burst_us - now
+
+
+def _rate_level(spec: RateSpec, tat: int, now: int) -> tuple[int, int, int]:
+    debt = max(tat - now, 0)
+    period, limit = spec.period_us, spec.limit
+    # floor(debt * L / P), split so that no product reaches 2**53
+    used = (debt // period) * limit + (debt % period) * limit // period
+    remaining = max(spec.burst_us - debt, 0) * limit // period
+    return used, remaining, debt
+
+
+def _day_pending(live: Mapping[str, Lease], day: int) -> list[Lease]:
+    return [lease for lease in live.values() if lease.day == day]
+
+
+def _day_status(
+    quota: int, used: int, pending: list[Lease], now: int, day: int, tokens: int
+) -> tuple[Verdict, int]:
+    if tokens > quota:
+        return Verdict.TOO_LARGE, 0
+    running = used + sum(lease.tokens for lease in pending)
+    if running + tokens <= quota:
+        return Verdict.PASS, 0
+    day_end = (day + 1) * DAY_US
+    for lease in sorted(pending, key=lambda lease: lease.expiry_us):
+        if lease.expiry_us >= day_end:
+            break
+        running -= lease.tokens
+        if running + tokens <= quota:
+            return Verdict.WAIT, lease.expiry_us - now
+    return Verdict.WAIT, day_end - now
+
+
+def _day_level(
+    quota: int, used: int, pending: list[Lease], now: int, day: int
+) -> tuple[int, int, int]:
+    total = used + sum(lease.tokens for lease in pending)
+    reset = (day + 1) * DAY_US - now if total > 0 else 0
+    return total, max(quota - total, 0), reset
+
+
+def _conc_status(limit: int, live: Mapping[str, Lease], now: int) -> tuple[Verdict, int]:
+    count = len(live)
+    if count + 1 <= limit:
+        return Verdict.PASS, 0
+    expiries = sorted(lease.expiry_us for lease in live.values())
+    return Verdict.WAIT, expiries[count - limit] - now
+
+
+def readings(
+    specs: LimitSpecs,
+    state: LimitState,
+    now: int,
+    costs: Costs,
+    live: Mapping[str, Lease],
+    *,
+    judge: bool = True,
+) -> list[Reading]:
+    """One reading per limit, in decision order.  ``live`` holds the live
+    leases other than the request's own; ``judge=False`` only measures."""
+    out: list[Reading] = []
+
+    def add(status: tuple[Verdict, int], level: tuple[int, int, int]) -> None:
+        verdict, wait = status if judge else (Verdict.PASS, 0)
+        used, remaining, reset = level
+        out.append(
+            Reading(verdict=verdict, wait_us=wait, used=used, remaining=remaining, reset_us=reset)
+        )
+
+    for spec in specs.rates:
+        tat = state.tats.get(spec.key, 0)
+        cost = costs.requests if spec.unit is Unit.REQUESTS else costs.tokens
+        add(_rate_status(spec, tat, now, cost), _rate_level(spec, tat, now))
+    if specs.tokens_per_day is not None:
+        quota, day = specs.tokens_per_day, now // DAY_US
+        used = state.day_used if state.day == day else 0
+        pending = _day_pending(live, day)
+        add(
+            _day_status(quota, used, pending, now, day, costs.tokens),
+            _day_level(quota, used, pending, now, day),
+        )
+    if specs.concurrent_requests is not None:
+        limit = specs.concurrent_requests
+        add(_conc_status(limit, live, now), (len(live), max(limit - len(live), 0), 0))
+    return out
+
+
+# ---- the three functions ----------------------------------------------------
+
+
+def admit(
+    specs: LimitSpecs, state: LimitState, now_us: int, costs: Costs, request_id: str
+) -> tuple[Decision, LimitState]:
+    """Admit or deny one request.  On a deny the returned state *is* ``state``.
+
+    After an allow, call :func:`commit` with the same ``request_id`` when the
+    request ends (however it ends); without one, the lease expires.
+    """
+    _check(now_us, request_id)
+    now = max(now_us, state.clock_us)
+    costs = costs.clamped()
+    live = _live(state.inflight, now, request_id)
+    pre = readings(specs, state, now, costs, live)
+    if any(reading.verdict is not Verdict.PASS for reading in pre):
+        return decide(specs, now, costs, pre), state
+    new_state = _charge(specs, state, now, costs, request_id, live)
+    post = readings(specs, new_state, now, costs, _live(new_state.inflight, now, ""), judge=False)
+    return decide(specs, now, costs, post), new_state
+
+
+def _charge(
+    specs: LimitSpecs,
+    state: LimitState,
+    now: int,
+    costs: Costs,
+    request_id: str,
+    live: dict[str, Lease],
+) -> LimitState:
+    tats = {key: tat for key, tat in state.tats.items() if tat > now}
+    # R only matters relative to live leases' anchors: reset it when none.
+    refunded = dict(state.refunded) if live else {}
+    anchors = {Scope.USER: NO_ANCHOR, Scope.MODEL: NO_ANCHOR}
+    for spec in specs.rates:
+        cost = costs.requests if spec.unit is Unit.REQUESTS else costs.tokens
+        tat = max(state.tats.get(spec.key, 0), now) + spec.increment(cost)
+        tats[spec.key] = tat
+        if spec.unit is Unit.TOKENS:
+            anchors[spec.scope] = tat + refunded.get(spec.key, 0)
+    day, day_used = state.day, state.day_used
+    if specs.tokens_per_day is not None and day != now // DAY_US:
+        day, day_used = now // DAY_US, 0
+    lease = Lease(
+        expiry_us=now + specs.lease_ttl_us,
+        day=now // DAY_US,
+        tokens=costs.tokens,
+        anchor_user=anchors[Scope.USER],
+        anchor_model=anchors[Scope.MODEL],
+    )
+    return LimitState(
+        clock_us=now,
+        tats=tats,
+        refunded=refunded,
+        day=day,
+        day_used=day_used,
+        inflight={**live, request_id: lease},
+        done=state.done,
+    )
+
+
+def commit(
+    specs: LimitSpecs,
+    state: LimitState,
+    now_us: int,
+    request_id: str,
+    estimate: int,
+    actual: int,
+) -> LimitState:
+    """Settle a request: charge ``actual - estimate`` tokens, move the day
+    reservation to the committed counter, release the lease.
+
+    Idempotent by ``request_id``: a second commit returns ``state`` itself.
+    ``estimate`` is used only when the lease is gone (expired): then a
+    surcharge is still charged to the TATs, but nothing is refunded and the
+    day counter is left alone.  ``actual`` is what to charge (on a client
+    disconnect: prompt + output so far; on an upstream error before any
+    token: 0).
+    """
+    _check(now_us, request_id)
+    now = max(now_us, state.clock_us)
+    if state.done.get(request_id, 0) > now:
+        return state
+    lease = state.inflight.get(request_id)
+    if lease is not None and lease.expiry_us <= now:
+        lease = None
+    est = lease.tokens if lease is not None else clamp_cost(estimate)
+    act = clamp_cost(actual)
+    tats, refunded = dict(state.tats), dict(state.refunded)
+    for spec in specs.rates:
+        if spec.unit is Unit.TOKENS:
+            anchor = _anchor(lease, spec.scope)
+            _settle(spec, tats, refunded, now, spec.increment(act) - spec.increment(est), anchor)
+    day, day_used = state.day, state.day_used
+    # The day counter takes the tokens of a live lease admitted today; an
+    # expired reservation has already been given back (it cannot be
+    # re-charged without breaking committed + reserved <= quota).
+    if specs.tokens_per_day is not None and lease is not None and lease.day == now // DAY_US:
+        if day != now // DAY_US:
+            day, day_used = now // DAY_US, 0
+        day_used = min(day_used + act, MAX_DAY_USED)
+    live = _live(state.inflight, now, request_id)
+    done = _add_done(state.done, request_id, now, now + specs.lease_ttl_us)
+    return LimitState(
+        clock_us=now,
+        tats=tats,
+        refunded=refunded if live else {},
+        day=day,
+        day_used=day_used,
+        inflight=live,
+        done=done,
+    )
+
+
+def _add_done(done: Mapping[str, int], request_id: str, now: int, expiry: int) -> dict[str, int]:
+    """A copy of ``done`` plus one id, expired ids dropped from the front.
+
+    Ids go in roughly in expiry order, so sweeping the front keeps the map
+    near its live size without scanning it on every commit (stragglers
+    behind a live id are ignored by lookups, which check the expiry).
+    """
+    out = dict(done)
+    for rid, exp in done.items():
+        if exp > now:
+            break
+        del out[rid]
+    out.pop(request_id, None)
+    out[request_id] = expiry
+    return out
+
+
+def _anchor(lease: Lease | None, scope: Scope) -> int:
+    if lease is None:
+        return NO_ANCHOR
+    return lease.anchor_user if scope is Scope.USER else lease.anchor_model
+
+
+def _settle(
+    spec: RateSpec,
+    tats: dict[str, int],
+    refunded: dict[str, int],
+    now: int,
+    delta: int,
+    anchor: int,
+) -> None:
+    tat = tats.get(spec.key, 0)
+    if delta > 0:
+        base = max(tat, now)
+        tats[spec.key] = now + MAX_DEBT_US if delta > now + MAX_DEBT_US - base else base + delta
+    elif delta < 0 and anchor != NO_ANCHOR:
+        spent = refunded.get(spec.key, 0)
+        # never below now ("a refund never fills the bucket beyond full")
+        give = min(-delta, anchor - spent - now, tat - now)
+        if give > 0:
+            tats[spec.key] = tat - give
+            refunded[spec.key] = spent + give
+
+
+def peek(specs: LimitSpecs, state: LimitState, now_us: int) -> RateHeaders:
+    """The rate-limit header values at ``now_us``, charging nothing."""
+    _check(now_us)
+    now = max(now_us, state.clock_us)
+    live = _live(state.inflight, now, "")
+    return headers_from(specs, readings(specs, state, now, Costs(tokens=0), live, judge=False))
