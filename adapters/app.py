@@ -22,6 +22,7 @@ from sansio_gateway.errors import ServiceUnavailable
 from sansio_gateway.gateway import Gateway
 
 from .ledger import UsageLedger, open_ledger
+from .limit_stores import open_limit_store
 from .metrics import GatewayMetrics
 from .server import GatewayServer, ServerLimits
 from .upstream import TRANSPORT_ERRORS, UpstreamClient, map_upstream_exception
@@ -47,7 +48,12 @@ class GatewayApp:
         self.config = config
         self.worker_count = worker_count
         self.reuse_port = reuse_port
-        self.gateway = Gateway(config, random=random.random)
+        memory_store = config.store.url.startswith("memory")
+        # With the memory store every worker enforces 1/N of each limit.
+        self.gateway = Gateway(
+            config, random=random.random, limit_divisor=worker_count if memory_store else 1
+        )
+        self.limit_store = open_limit_store(config.store, instances=worker_count)
         self.upstream = UpstreamClient()
         self.clock = clock
         self.ledger = ledger if ledger is not None else open_ledger(config.store.usage)
@@ -66,6 +72,7 @@ class GatewayApp:
             ),
             clock=clock,
             refresh_catalogue=self.refresh_on_miss,
+            limit_store=self.limit_store,
         )
         self._refreshing: anyio.Event | None = None
         self._accepting: anyio.CancelScope | None = None
@@ -165,6 +172,7 @@ class GatewayApp:
                 await listener.aclose()
                 await self.upstream.aclose()
                 await self.ledger.aclose()
+                await self.limit_store.aclose()
 
     async def shutdown(self, grace: float | None = None) -> int:
         """Graceful shutdown: stop accepting, give requests in flight up to

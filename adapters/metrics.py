@@ -27,6 +27,7 @@ from prometheus_client import (
 from prometheus_client import multiprocess as prom_multiprocess
 
 from sansio_gateway.exchange import RequestSummary
+from sansio_gateway.limits import Decision
 
 __all__ = ["GatewayMetrics", "log_request"]
 
@@ -111,6 +112,17 @@ class GatewayMetrics:
                 self.tokens.labels(model, backend, "completion").inc(summary.completion_tokens)
             if summary.retries:
                 self.retries.labels(backend).inc(summary.retries)
+
+    def observe_decision(self, decision: Decision) -> None:
+        if decision.allowed:
+            outcome = (
+                "allowed" if decision.fallback is None else f"allowed_{decision.fallback.value}"
+            )
+            self.limit_decisions.labels("all", outcome).inc()
+        else:
+            limit = decision.limit.value if decision.limit is not None else "store"
+            reason = decision.reason.value if decision.reason is not None else "unknown"
+            self.limit_decisions.labels(limit, f"denied_{reason}").inc()
 
     def render(self) -> tuple[bytes, bytes]:
         if self.multiprocess:

@@ -29,9 +29,12 @@ from sansio_gateway.actions import (
     Action,
     CancelUpstream,
     CatalogueRefreshed,
+    CheckLimits,
     ClientDisconnected,
     CollectMetrics,
+    CommitLimits,
     EndResponse,
+    LimitsDecided,
     MetricsCollected,
     QueryUsage,
     RecordUsage,
@@ -49,10 +52,12 @@ from sansio_gateway.errors import GatewayError, InternalError, InvalidRequest, P
 from sansio_gateway.exchange import Exchange, ExchangeState
 from sansio_gateway.gateway import Gateway
 from sansio_gateway.http import IncomingRequest
+from sansio_gateway.limits import Decision
 from sansio_gateway.rendering import error_response
 from sansio_gateway.routing import surface_of
 
 from .ledger import UsageLedger
+from .limit_stores import LimitStore, MemoryStore
 from .metrics import GatewayMetrics, log_request
 from .upstream import UpstreamClient
 
@@ -104,6 +109,7 @@ class GatewayServer:
     ledger: UsageLedger
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     refresh_catalogue: Callable[[], Awaitable[None]] | None = None
+    limit_store: LimitStore = field(default_factory=MemoryStore)
     draining: bool = False
     _idle_scopes: set[anyio.CancelScope] = field(default_factory=set)
     _runs: set[_UpstreamRun] = field(default_factory=set)
@@ -371,6 +377,9 @@ class GatewayServer:
                 body, content_type = self.metrics.render()
                 result = MetricsCollected(body=body, content_type=content_type)
                 await self._execute(conn, exchange, exchange.handle(result, self.clock()))
+            elif isinstance(action, CheckLimits):
+                decided = LimitsDecided(decision=await self._admit(action))
+                await self._execute(conn, exchange, exchange.handle(decided, self.clock()))
             elif isinstance(action, RefreshCatalogue):
                 if self.refresh_catalogue is not None:
                     await self.refresh_catalogue()
@@ -403,8 +412,27 @@ class GatewayServer:
                 conn.closed = True
         elif isinstance(action, RecordUsage):
             self._record(action.record)
+        elif isinstance(action, CommitLimits):
+            await self._commit(action)
         elif isinstance(action, CancelUpstream):
             pass  # handled by the caller that owns the upstream task
+
+    async def _admit(self, action: CheckLimits) -> Decision:
+        decision = await self.limit_store.admit(
+            action.key, action.specs, action.costs, action.request_id
+        )
+        self.metrics.observe_decision(decision)
+        return decision
+
+    async def _commit(self, action: CommitLimits) -> None:
+        # Shielded: a client going away must not leak its concurrency slot.
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.limit_store.commit(
+                    action.key, action.specs, action.request_id, action.estimate, action.actual
+                )
+            except Exception:  # the store's policy already counted it; never fail a response
+                log.exception("limit commit failed for request %s", action.request_id)
 
     def _record(self, record: UsageRecord) -> None:
         try:

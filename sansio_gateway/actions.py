@@ -13,15 +13,19 @@ from dataclasses import dataclass
 
 from .errors import GatewayError
 from .http import Headers
+from .limits import Costs, Decision, LimitSpecs
 from .usage_query import UsageQuery, UsageRow
 
 __all__ = [
     "Action",
     "CancelUpstream",
     "CatalogueRefreshed",
+    "CheckLimits",
     "ClientDisconnected",
     "CollectMetrics",
+    "CommitLimits",
     "EndResponse",
+    "LimitsDecided",
     "MetricsCollected",
     "QueryUsage",
     "RecordUsage",
@@ -121,6 +125,33 @@ class CollectMetrics:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CheckLimits:
+    """Ask the limit store to admit a request; answer with ``LimitsDecided``.
+
+    The store runs ``limits.admit`` atomically (memory: under the event
+    loop; Redis: one script) with its own clock unless told otherwise.
+    """
+
+    key: str  # the user's key in the store
+    specs: LimitSpecs
+    costs: Costs
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommitLimits:
+    """Settle an admitted request: charge ``actual`` instead of ``estimate``
+    tokens and release its concurrency lease.  Idempotent by request id;
+    nothing answers it."""
+
+    key: str
+    specs: LimitSpecs
+    request_id: str
+    estimate: int
+    actual: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RefreshCatalogue:
     """Re-run model discovery now; answer with ``CatalogueRefreshed``."""
 
@@ -135,6 +166,8 @@ Action = (
     | QueryUsage
     | CollectMetrics
     | RefreshCatalogue
+    | CheckLimits
+    | CommitLimits
 )
 
 
@@ -181,6 +214,11 @@ class MetricsCollected:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LimitsDecided:
+    decision: Decision
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CatalogueRefreshed:
     """Discovery ran (successfully or not); the Gateway's catalogue is current."""
 
@@ -194,4 +232,5 @@ Result = (
     | UsageQueried
     | MetricsCollected
     | CatalogueRefreshed
+    | LimitsDecided
 )

@@ -34,9 +34,12 @@ from .actions import (
     Action,
     CancelUpstream,
     CatalogueRefreshed,
+    CheckLimits,
     ClientDisconnected,
     CollectMetrics,
+    CommitLimits,
     EndResponse,
+    LimitsDecided,
     MetricsCollected,
     QueryUsage,
     RecordUsage,
@@ -52,6 +55,7 @@ from .actions import (
     UsageQueried,
     UsageRecord,
 )
+from .admission import DEFAULT_OUTPUT_CAP, LIMITED_ROUTES, admission_tokens
 from .auth import ANONYMOUS, Forbidden, Identity
 from .catalogue import Route
 from .errors import (
@@ -64,6 +68,7 @@ from .errors import (
 )
 from .flows.base import Flow, LedgerQuery, LocalAnswer, MetricsScrape, UpstreamCall
 from .http import Headers, IncomingRequest, Surface, header_value
+from .limits import Costs, Decision, LimitSpecs, rate_limit_headers, render_denial
 from .rendering import error_response, request_id_from
 from .retry import next_step, parse_retry_after, targets_for
 from .routing import Access, surface_of
@@ -105,6 +110,7 @@ class ExchangeStateError(RuntimeError):
 class ExchangeState(enum.Enum):
     IDLE = "idle"
     AWAITING_UPSTREAM = "awaiting_upstream"  # SendUpstream issued, no head yet
+    AWAITING_LIMITS = "awaiting_limits"  # CheckLimits issued
     AWAITING_ADAPTER = "awaiting_adapter"  # QueryUsage / CollectMetrics issued
     BUFFERING = "buffering"  # non-stream answer being collected
     BUFFERING_ERROR = "buffering_error"  # upstream error body being collected
@@ -133,6 +139,14 @@ class Exchange:
         self._client_gone = False
         self._response_started = False
         self._head_only = False
+        self._body = b""
+        self._admitted = False
+        self._settled = False
+        self._estimate = 0
+        self._specs: LimitSpecs | None = None
+        self._commit: CommitLimits | None = None
+        self._rate_headers: Headers = ()
+        self.limit_decision: Decision | None = None
         self._ledger_query = UsageQuery()
         self._targets: list[Route] = []
         self._target_index = 0
@@ -150,10 +164,11 @@ class Exchange:
         self.started_at = now
         self._head_only = request.method == "HEAD"
         self.request_id = request_id_from(request.headers, self.request_id)
+        self._body = request.body
         try:
-            return self._start(request, now)
+            return self._with_commit(self._start(request, now))
         except GatewayError as err:
-            return self._fail_before_response(err, now)
+            return self._with_commit(self._fail_before_response(err, now))
 
     def handle(self, result: Result, now: float) -> list[Action]:
         """Feed one result; returns the actions it calls for."""
@@ -163,9 +178,9 @@ class Exchange:
                 f"{type(result).__name__} not valid in state {self.state.name}"
             )
         try:
-            return handler(self, result, now)
+            return self._with_commit(handler(self, result, now))
         except GatewayError as err:
-            return self._fail(err, now)
+            return self._with_commit(self._fail(err, now))
 
     def summary(self, now: float) -> RequestSummary:
         """What happened, for the one log line and the metrics of a request.
@@ -252,7 +267,81 @@ class Exchange:
         if route is None:
             raise self._model_not_found(model)
         self._targets = targets_for(route)
+        check = self._check_limits(model)
+        if check is not None:
+            self.state = ExchangeState.AWAITING_LIMITS
+            return [check]
         return self._attempt(0.0, now)
+
+    # ---- rate limits ------------------------------------------------------
+
+    def _check_limits(self, model: str) -> CheckLimits | None:
+        """Ask for admission, charging an upper-bound estimate (or None when
+        no limit applies to this request)."""
+        gateway = self.gateway
+        assert self.flow is not None
+        generates = LIMITED_ROUTES.get(self.flow.route_name)
+        if not gateway.limits_on or generates is None:
+            return None
+        specs = gateway.limit_specs(self.identity.user, model)
+        if specs.empty:
+            return None
+        self._estimate = admission_tokens(
+            self._body,
+            default_output_cap=gateway.config.server.default_max_tokens or DEFAULT_OUTPUT_CAP,
+            generates=generates,
+        )
+        self._specs = specs
+        return CheckLimits(
+            key=self.identity.user,
+            specs=specs,
+            costs=Costs(tokens=self._estimate, requests=1),
+            request_id=self.request_id,
+        )
+
+    def _on_limits_decided(self, result: LimitsDecided, now: float) -> list[Action]:
+        decision = result.decision
+        self.limit_decision = decision
+        assert self.flow is not None
+        if not decision.allowed:
+            self.state = ExchangeState.DONE
+            status, headers, body = render_denial(
+                decision, surface=self.surface, model=self.flow.model or "", organization="gateway"
+            )
+            self.status = status
+            return self._whole_response(status, headers, body)
+        self._admitted = True
+        self._rate_headers = rate_limit_headers(decision.headers)
+        if self._client_gone:
+            self.state = ExchangeState.DONE
+            self._settle(0)
+            return []
+        return self._attempt(0.0, now)
+
+    def _on_limits_client_gone(self, result: ClientDisconnected, now: float) -> list[Action]:
+        # The decision is still coming; if it admits, the lease is released then.
+        self._client_gone = True
+        return []
+
+    def _settle(self, actual: int) -> None:
+        """Queue the one CommitLimits of an admitted request."""
+        if self._admitted and not self._settled:
+            assert self._specs is not None
+            self._settled = True
+            self._commit = CommitLimits(
+                key=self.identity.user,
+                specs=self._specs,
+                request_id=self.request_id,
+                estimate=self._estimate,
+                actual=max(0, actual),
+            )
+
+    def _with_commit(self, actions: list[Action]) -> list[Action]:
+        commit = self._commit
+        if commit is None:
+            return actions
+        self._commit = None
+        return [*actions, commit]
 
     def _on_catalogue_refreshed(self, result: CatalogueRefreshed, now: float) -> list[Action]:
         assert self.flow is not None and self.flow.model is not None
@@ -458,7 +547,7 @@ class Exchange:
         return ((b"content-type", b"application/json"),)
 
     def _headers(self, headers: Headers) -> Headers:
-        return headers + self.response_headers_extra
+        return headers + self.response_headers_extra + self._rate_headers
 
     def _whole_response(self, status: int, headers: Headers, body: bytes) -> list[Action]:
         self._response_started = True
@@ -472,6 +561,7 @@ class Exchange:
         return [start, SendBody(data=body), EndResponse()]
 
     def _fail_before_response(self, err: GatewayError, now: float) -> list[Action]:
+        self._settle(0)  # admitted but never answered: refund the tokens
         self.state = ExchangeState.DONE
         self.status = err.status_code
         status, headers, body = error_response(self.surface, err)
@@ -501,6 +591,10 @@ class Exchange:
         reported = usage is not None
         if usage is None:
             usage = self.flow.estimate_usage()
+        # An upstream error before any token refunds the tokens (the request
+        # still counts); everything else is charged what it used, a client
+        # disconnect included -- never a full refund (rate-limiting.md).
+        self._settle(0 if outcome == "upstream_error" else usage.total_tokens)
         ttft = None if self.first_byte_at is None else self.first_byte_at - self.started_at
         return RecordUsage(
             record=UsageRecord(
@@ -546,6 +640,8 @@ _TRANSITIONS: dict[tuple[ExchangeState, type], _Handler] = {
     (_S.STREAMING, UpstreamFailed): Exchange._on_stream_failed,
     (_S.STREAMING, ClientDisconnected): Exchange._on_client_gone,
     (_S.AWAITING_ADAPTER, UsageQueried): Exchange._on_ledger_rows,
+    (_S.AWAITING_LIMITS, LimitsDecided): Exchange._on_limits_decided,
+    (_S.AWAITING_LIMITS, ClientDisconnected): Exchange._on_limits_client_gone,
     (_S.AWAITING_ADAPTER, MetricsCollected): Exchange._on_metrics,
     (_S.AWAITING_ADAPTER, CatalogueRefreshed): Exchange._on_catalogue_refreshed,
     (_S.AWAITING_ADAPTER, ClientDisconnected): Exchange._on_ledger_client_gone,
@@ -557,5 +653,6 @@ _TRANSITIONS: dict[tuple[ExchangeState, type], _Handler] = {
     (_S.DONE, ClientDisconnected): Exchange._ignore,
     (_S.DONE, UsageQueried): Exchange._ignore,
     (_S.DONE, MetricsCollected): Exchange._ignore,
+    (_S.DONE, LimitsDecided): Exchange._ignore,
     (_S.DONE, CatalogueRefreshed): Exchange._ignore,
 }

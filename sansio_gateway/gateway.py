@@ -14,10 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .admission import DEFAULT_OUTPUT_CAP
 from .auth import Authenticator
 from .backend_health import BackendHealth
 from .catalogue import Catalogue, DiscoveredModel, parse_ollama_tags, parse_openai_models
-from .config import GatewayConfig
+from .config import GatewayConfig, LimitValues
 from .exchange import Exchange
 from .flows.local import install_local_routes
 from .flows.ollama_routes import install_ollama_routes
@@ -25,6 +26,7 @@ from .flows.openai_chat import OpenAIChatFlow
 from .flows.openai_completions import OpenAICompletionsFlow
 from .flows.openai_embeddings import OpenAIEmbeddingsFlow
 from .http import Headers
+from .limits import LimitSpecs, build_specs, lease_ttl_for
 from .routing import Router
 
 __all__ = ["BackendStatus", "Gateway", "default_router"]
@@ -57,8 +59,18 @@ class Gateway:
         *,
         router: Router | None = None,
         random: Callable[[], float] | None = None,
+        limit_divisor: int = 1,
     ) -> None:
+        self.limits_on = _any_limit(config)
+        if _any_token_limit(config) and config.server.default_max_tokens is None:
+            # Estimates must be upper bounds, so an output cap is written
+            # upstream whenever the client gives none (rate-limiting.md).
+            server = config.server.model_copy(update={"default_max_tokens": DEFAULT_OUTPUT_CAP})
+            config = config.model_copy(update={"server": server})
         self.config = config
+        self.limit_divisor = limit_divisor
+        self._lease_ttl_us = lease_ttl_for([b.total_timeout for b in config.backends])
+        self._specs: dict[tuple[str, str], LimitSpecs] = {}
         self.catalogue = Catalogue(config)
         self.router = router or default_router()
         self.authenticator = Authenticator(config.auth)
@@ -84,6 +96,24 @@ class Gateway:
         if api_key:
             headers += ((b"authorization", b"Bearer " + api_key.encode()),)
         return headers
+
+    def limit_specs(self, user: str, model: str) -> LimitSpecs:
+        """The limits for ``user`` calling ``model`` (cached: specs only
+        change with the config)."""
+        key = (user, model)
+        specs = self._specs.get(key)
+        if specs is None:
+            if len(self._specs) > 50_000:
+                self._specs.clear()  # bounded: rebuilt on demand
+            specs = build_specs(
+                self.config.limits,
+                user,
+                model,
+                divisor=self.limit_divisor,
+                lease_ttl_us=self._lease_ttl_us,
+            )
+            self._specs[key] = specs
+        return specs
 
     def exchange(self, request_id: str) -> Exchange:
         return Exchange(self, request_id=request_id)
@@ -134,3 +164,19 @@ class Gateway:
     def parse_discovery(self, backend: str, body: bytes) -> list[DiscoveredModel]:
         kind = self.config.backend(backend).kind
         return parse_ollama_tags(body) if kind == "ollama" else parse_openai_models(body)
+
+
+def _values(config: GatewayConfig) -> list[LimitValues]:
+    limits = config.limits
+    return [limits, *limits.users.values(), *limits.models.values()]
+
+
+def _any_limit(config: GatewayConfig) -> bool:
+    fields = ("requests_per_minute", "tokens_per_minute", "tokens_per_day", "concurrent_requests")
+    return any(getattr(v, f) is not None for v in _values(config) for f in fields)
+
+
+def _any_token_limit(config: GatewayConfig) -> bool:
+    return any(
+        v.tokens_per_minute is not None or v.tokens_per_day is not None for v in _values(config)
+    )

@@ -23,7 +23,10 @@ from sansio_gateway.actions import (
     Action,
     CancelUpstream,
     CatalogueRefreshed,
+    CheckLimits,
+    CommitLimits,
     EndResponse,
+    LimitsDecided,
     RecordUsage,
     RefreshCatalogue,
     Result,
@@ -36,6 +39,7 @@ from sansio_gateway.config import GatewayConfig, parse_config
 from sansio_gateway.exchange import Exchange
 from sansio_gateway.gateway import Gateway
 from sansio_gateway.http import IncomingRequest
+from sansio_gateway.limits import Decision, MemoryLimitStore
 
 NOW = 1_764_000_000.0
 
@@ -57,6 +61,8 @@ class Collected:
     usage: list[UsageRecord] = field(default_factory=list)
     cancelled: bool = False
     actions: list[Action] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    commits: list[CommitLimits] = field(default_factory=list)
 
     def json(self) -> Any:
         return orjson.loads(self.body)
@@ -73,9 +79,17 @@ class Collected:
 
 
 class ExchangeDriver:
-    def __init__(self, gateway: Gateway, *, request_id: str = "req1") -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        request_id: str = "req1",
+        limits: MemoryLimitStore | None = None,
+    ) -> None:
         self.exchange: Exchange = gateway.exchange(request_id)
         self.seen = Collected()
+        self.limits = limits if limits is not None else MemoryLimitStore()
+        self.now = NOW
 
     def _take(self, actions: list[Action]) -> list[Action]:
         seen = self.seen
@@ -98,6 +112,19 @@ class ExchangeDriver:
                 seen.usage.append(action.record)
             elif isinstance(action, CancelUpstream):
                 seen.cancelled = True
+            elif isinstance(action, CheckLimits):
+                # As the adapter would: the store decides, with the driver's clock.
+                decision = self.limits.admit(
+                    action.key, action.specs, int(self.now * 1e6), action.costs, action.request_id
+                )
+                seen.decisions.append(decision)
+                self.handle(LimitsDecided(decision=decision), self.now)
+            elif isinstance(action, CommitLimits):
+                seen.commits.append(action)
+                self.limits.commit(
+                    action.key, action.specs, int(self.now * 1e6), action.request_id,
+                    action.estimate, action.actual,
+                )  # fmt: skip
             elif isinstance(action, RefreshCatalogue):
                 # As the adapter would: rediscover (nothing new here), then report.
                 self.handle(CatalogueRefreshed())
@@ -113,10 +140,12 @@ class ExchangeDriver:
     ) -> list[Action]:
         raw = body if isinstance(body, bytes) else orjson.dumps(body)
         request = IncomingRequest(method=method, path=path, body=raw, headers=headers)
+        self.now = now
         return self._take(self.exchange.start(request, now))
 
-    def handle(self, result: Result, now: float = NOW + 1) -> list[Action]:
-        return self._take(self.exchange.handle(result, now))
+    def handle(self, result: Result, now: float | None = None) -> list[Action]:
+        self.now = self.now + 1 if now is None else now
+        return self._take(self.exchange.handle(result, self.now))
 
 
 @dataclass

@@ -15,18 +15,41 @@ DAY1 = parse_time("2026-11-25", param="t") + 3600
 DAY2 = parse_time("2026-11-26", param="t") + 3600
 
 
-def rec(request_id: str, *, user: str = "alice", model: str = "m1", time: float = DAY1,
-        prompt: int = 10, completion: int = 5) -> UsageRecord:
+def rec(
+    request_id: str,
+    *,
+    user: str = "alice",
+    model: str = "m1",
+    time: float = DAY1,
+    prompt: int = 10,
+    completion: int = 5,
+) -> UsageRecord:
     return UsageRecord(
-        request_id=request_id, time=time, key_id="k", user=user, model=model, resolved_model=model,
-        backend="b", surface="openai", route="chat.completions", prompt_tokens=prompt,
-        completion_tokens=completion, status=200, latency=0.1, ttft=0.05, outcome="ok",
+        request_id=request_id,
+        time=time,
+        key_id="k",
+        user=user,
+        model=model,
+        resolved_model=model,
+        backend="b",
+        surface="openai",
+        route="chat.completions",
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        status=200,
+        latency=0.1,
+        ttft=0.05,
+        outcome="ok",
         usage_reported=True,
     )
 
 
 RECORDS = [
-    rec("1"), rec("2", completion=7), rec("3", user="bob"), rec("4", model="m2"), rec("5", time=DAY2),
+    rec("1"),
+    rec("2", completion=7),
+    rec("3", user="bob"),
+    rec("4", model="m2"),
+    rec("5", time=DAY2),
 ]
 
 
@@ -46,7 +69,9 @@ def test_sqlite_ledger_groups_per_user_model_day_and_survives_reopen(tmp_path: P
         return rows
 
     rows = run(write_and_read)
-    assert [(r.user, r.model, r.day, r.requests, r.prompt_tokens, r.completion_tokens) for r in rows] == [
+    assert [
+        (r.user, r.model, r.day, r.requests, r.prompt_tokens, r.completion_tokens) for r in rows
+    ] == [
         ("alice", "m1", "2026-11-25", 2, 20, 12),
         ("alice", "m1", "2026-11-26", 1, 10, 5),
         ("alice", "m2", "2026-11-25", 1, 10, 5),

@@ -8,12 +8,7 @@ The differential test is the same as against a single server.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
-from functools import partial
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,69 +18,17 @@ from adapters.limit_stores import LimitStoreConfigError, RedisLimitStore
 from sansio_gateway.config import LimitsConfig
 from sansio_gateway.limits import Costs, build_specs
 from tests.adapters.test_limit_stores_redis import (
-    REDIS_SERVER,
     Op,
-    RedisServer,
     differential,
-    free_port,
     limits_configs,
     ops_strategy,
     redis,
     run,
-    wait_until,
 )
+from tests.redis_servers import SLOT_RANGES, redis_cluster
 
-pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
-
-SLOT_RANGES = ((0, 5460), (5461, 10922), (10923, 16383))
-
-
-def _cluster_ok(port: int) -> bool:
-    try:
-        with redis.Redis(port=port, socket_timeout=0.5) as c:
-            info = c.execute_command("CLUSTER INFO")
-    except redis.RedisError:
-        return False
-    if isinstance(info, bytes):
-        return b"cluster_state:ok" in info
-    return bool(info.get("cluster_state") == "ok")
-
-
-def _create_by_hand(ports: list[int]) -> None:
-    """What ``redis-cli --cluster create`` does, for machines without it."""
-    for port, (lo, hi) in zip(ports, SLOT_RANGES, strict=True):
-        with redis.Redis(port=port) as c:
-            c.execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
-    with redis.Redis(port=ports[0]) as c:
-        for port in ports[1:]:
-            c.execute_command("CLUSTER", "MEET", "127.0.0.1", port)
-
-
-@contextlib.contextmanager
-def redis_cluster() -> Iterator[list[int]]:
-    flags = ("--cluster-enabled", "yes", "--cluster-node-timeout", "5000")
-    with contextlib.ExitStack() as stack:
-        servers: list[RedisServer] = []
-        for _ in range(3):
-            workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="rl-cluster-"))
-            server = RedisServer(port=free_port(with_bus=True), workdir=workdir, extra=flags)
-            stack.callback(server.kill)
-            servers.append(server.start())
-        ports = [s.port for s in servers]
-        cli = shutil.which("redis-cli")
-        if cli is not None:
-            nodes = [f"127.0.0.1:{p}" for p in ports]
-            subprocess.run(
-                [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
-                check=True,
-                capture_output=True,
-                timeout=60,
-            )
-        else:
-            _create_by_hand(ports)
-        for port in ports:
-            wait_until(partial(_cluster_ok, port), timeout=30, what="cluster_state:ok")
-        yield ports
+# Never skipped: .ci/run installs redis-server where it is missing, and a
+# machine without it should fail these tests loudly rather than pass them.
 
 
 @pytest.fixture(scope="module")

@@ -10,19 +10,13 @@ differs from Redis's in exactly the number handling that matters.)
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pytest
+import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -46,103 +40,14 @@ from sansio_gateway.limits import (
     build_specs,
 )
 
-redis = pytest.importorskip("redis")  # the "redis" extra; the adapter imports it lazily
-REDIS_SERVER = shutil.which("redis-server")
-pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+# Never skipped: .ci/run installs redis-server where it is missing, and a
+# machine without it should fail these tests loudly rather than pass them.
 
 T = TypeVar("T")
 START = 1_764_028_800_000_000 - 90 * 1_000_000  # 90 s before a UTC midnight
 
 
-# ---- our own redis-server ---------------------------------------------------------
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(*, with_bus: bool = False) -> int:
-    """A free loopback port (and, for cluster nodes, port + 10000 too)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if not with_bus or (port < 55535 and port_is_free(port + 10000)):
-            return port
-    raise RuntimeError("no free port")
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll ``check`` until true (never a blind sleep)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.002)
-
-
-def _pings(port: int) -> bool:
-    try:
-        with redis.Redis(port=port, socket_connect_timeout=0.2, socket_timeout=0.2) as c:
-            return bool(c.ping())
-    except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
-        return False
-
-
-@dataclass
-class RedisServer:
-    """A redis-server process of our own on a fixed port."""
-
-    port: int
-    workdir: str
-    extra: tuple[str, ...] = ()
-    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        assert REDIS_SERVER is not None
-        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
-        args += ["--save", "", "--appendonly", "no", "--dir", self.workdir, *self.extra]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: _pings(self.port), what=f"redis-server on {self.port}")
-        return self
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-    def pause(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGCONT)
-
-
-@contextlib.contextmanager
-def redis_server(extra: tuple[str, ...] = (), port: int | None = None) -> Iterator[RedisServer]:
-    with tempfile.TemporaryDirectory(prefix="rl-redis-") as workdir:
-        server = RedisServer(
-            port=port or free_port(with_bus=bool(extra)), workdir=workdir, extra=extra
-        )
-        try:
-            yield server.start()
-        finally:
-            if server.proc is not None and server.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(server.proc.pid, signal.SIGCONT)
-            server.kill()
+from tests.redis_servers import REDIS_SERVER, RedisServer, free_port, redis_server, wait_until  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")
