@@ -96,6 +96,7 @@ class _Connection:
     peer: str | None = None
     closed: bool = False
     eof: bool = False
+    out: bytearray = field(default_factory=bytearray)
 
 
 def new_request_id() -> str:
@@ -315,13 +316,26 @@ class GatewayServer:
     # ---- writing ---------------------------------------------------------
 
     async def _send(self, conn: _Connection, event: h11.Event) -> None:
+        self._queue(conn, event)
+        await self._flush(conn)
+
+    def _queue(self, conn: _Connection, event: h11.Event) -> None:
         data = conn.h11.send(event)
         if data:
-            try:
-                await conn.stream.send(data)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                conn.closed = True
-                raise _ClientGone() from None
+            conn.out += data
+
+    async def _flush(self, conn: _Connection) -> None:
+        """Write what the last batch of actions produced in one send: head,
+        body and terminator of a whole response go out in one syscall."""
+        if not conn.out:
+            return
+        data = bytes(conn.out)
+        conn.out.clear()
+        try:
+            await conn.stream.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            conn.closed = True
+            raise _ClientGone() from None
 
     async def _send_error_raw(self, conn: _Connection, err: GatewayError, path: str) -> None:
         """An error found by the transport itself; the connection closes after."""
@@ -335,11 +349,12 @@ class GatewayServer:
             (b"connection", b"close"),
         ]
         try:
-            await self._send(
+            self._queue(
                 conn, h11.Response(status_code=status, headers=all_headers, reason=_reason(status))
             )
-            await self._send(conn, h11.Data(data=body))
-            await self._send(conn, h11.EndOfMessage())
+            self._queue(conn, h11.Data(data=body))
+            self._queue(conn, h11.EndOfMessage())
+            await self._flush(conn)
         except (_ClientGone, h11.LocalProtocolError):
             pass
         conn.closed = True
@@ -371,6 +386,8 @@ class GatewayServer:
 
     async def _execute(self, conn: _Connection, exchange: Exchange, actions: list[Action]) -> None:
         for action in actions:
+            if not isinstance(action, _QUEUED):
+                await self._flush(conn)  # the client must not wait behind a store or backend
             if isinstance(action, SendUpstream):
                 await self._run_upstream(conn, exchange, action)
             elif isinstance(action, CollectMetrics):
@@ -393,10 +410,13 @@ class GatewayServer:
                 )
             else:
                 await self._apply(conn, action)
+        await self._flush(conn)
 
     async def _apply(self, conn: _Connection, action: Action) -> None:
+        """Queue response bytes (flushed by the caller after the batch), or
+        run a bookkeeping action."""
         if isinstance(action, StartResponse):
-            await self._send(
+            self._queue(
                 conn,
                 h11.Response(
                     status_code=action.status,
@@ -405,9 +425,9 @@ class GatewayServer:
                 ),
             )
         elif isinstance(action, SendBody):
-            await self._send(conn, h11.Data(data=action.data))
+            self._queue(conn, h11.Data(data=action.data))
         elif isinstance(action, EndResponse):
-            await self._send(conn, h11.EndOfMessage())
+            self._queue(conn, h11.EndOfMessage())
             if not action.keep_alive:
                 conn.closed = True
         elif isinstance(action, RecordUsage):
@@ -515,7 +535,10 @@ class _UpstreamRun:
                 elif isinstance(action, SendUpstream):
                     self.next_call = action
                 else:
+                    if not isinstance(action, _QUEUED):
+                        await server._flush(self.conn)
                     await server._apply(self.conn, action)
+            await server._flush(self.conn)
         except _ClientGone:
             return await self._client_went_away()
         return self.next_call is None and self.exchange.state is not ExchangeState.DONE
@@ -555,6 +578,11 @@ def _content_length(headers: Sequence[tuple[bytes, bytes]]) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+# Actions that only queue response bytes; anything else may wait on I/O,
+# so queued bytes are flushed first.
+_QUEUED = (StartResponse, SendBody, EndResponse, RecordUsage, CancelUpstream)
 
 
 def _reason(status: int) -> bytes:

@@ -12,6 +12,7 @@ body chunks) and total.  Connections come from :mod:`adapters.upstream_pool`.
 
 from __future__ import annotations
 
+import math
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -139,15 +140,21 @@ class UpstreamClient:
             return
         chunks = response.body()
         try:
-            while True:
-                with anyio.fail_after(backend.idle_timeout):
+            # One scope for the whole body, its deadline moved per chunk: a
+            # new fail_after per chunk costs more than the chunk's own work.
+            with anyio.CancelScope() as idle:
+                while True:
+                    idle.deadline = anyio.current_time() + backend.idle_timeout
                     try:
                         chunk = await chunks.__anext__()
                     except StopAsyncIteration:
                         break
-                if chunk and not await deliver(UpstreamChunkReceived(data=chunk)):
-                    await _drain(chunks)
-                    return
+                    idle.deadline = math.inf  # a slow client is not an idle backend
+                    if chunk and not await deliver(UpstreamChunkReceived(data=chunk)):
+                        await _drain(chunks)
+                        return
+            if idle.cancelled_caught:
+                raise TimeoutError("idle")
         finally:
             # Close the generator here, in this task: trio refuses to
             # finalize async generators from the garbage collector.

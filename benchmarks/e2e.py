@@ -27,9 +27,30 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from sansio_gateway.auth import hash_key
+
 from .loadgen import LoadResult, build_request, run_load
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCH_KEY = "sk-bench-key"
+# As a real deployment runs: API keys and memory-store limits on (set high
+# enough that the benchmark itself is never limited).
+BENCH_CONFIG = """
+[[backends]]
+name = "emu"
+kind = "ollama"
+url = "{emu_url}"
+
+[[auth.keys]]
+id = "bench"
+user = "bench"
+sha256 = "{digest}"
+
+[limits]
+requests_per_minute = 100000000
+tokens_per_minute = 100000000
+concurrent_requests = 100000
+"""
 PY = sys.executable
 
 
@@ -69,6 +90,9 @@ def _process(
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+AUTH = {"authorization": f"Bearer {BENCH_KEY}"}
 
 
 def _split(url: str) -> tuple[str, int]:
@@ -116,7 +140,7 @@ def main() -> None:
     ]
     with _process(emu_cmd, "listening on ") as (emu, emu_url):
         cfg = Path(tempfile.mkdtemp()) / "bench.toml"
-        cfg.write_text(f'[[backends]]\nname="emu"\nkind="ollama"\nurl="{emu_url}"\n')
+        cfg.write_text(BENCH_CONFIG.format(emu_url=emu_url, digest=hash_key(BENCH_KEY)))
         gw_cmd = [
             *_pin(0),
             PY,
@@ -176,6 +200,7 @@ async def _measure(
                 gport,
                 "/v1/chat/completions",
                 json.dumps({"model": model, "messages": messages}).encode(),
+                AUTH,
             ),
         ),
         ("gateway", True): (
@@ -186,6 +211,7 @@ async def _measure(
                 gport,
                 "/v1/chat/completions",
                 json.dumps({"model": model, "messages": messages, "stream": True}).encode(),
+                AUTH,
             ),
         ),
     }
