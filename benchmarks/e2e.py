@@ -198,9 +198,9 @@ async def _measure(
                     mode = "stream" if stream else "non-stream"
                     runs.setdefault((target.name, mode, c), []).append((r, cpu))
     rows = []
-    for (name, mode, c), results in runs.items():
+    for (name, mode, _level), results in runs.items():
         ordered = sorted(results, key=lambda rc: rc[0].rps)
-        median, cpu = ordered[len(ordered) // 2]
+        median, _cpu = ordered[len(ordered) // 2]
         row = median.row()
         row.update(
             target=name, mode=mode, cpu_pct=round(statistics.median(x[1] for x in results), 1)

@@ -1,0 +1,144 @@
+"""Core microbenchmarks: what one core does per second, without any I/O.
+
+    .venv/bin/python -m benchmarks.micro [--seconds 1.0]
+
+* Ollama NDJSON -> OpenAI SSE chunks per second (decoder + stream
+  translator + SSE encoder, the per-chunk hot path of a /v1 stream);
+* framing throughput in MB/s for the SSE and NDJSON decoders;
+* OpenAI chat request validation + translation to /api/chat per second;
+* whole Exchanges per second (start + scripted upstream results);
+* rate-limit decisions per second (memory store, admit + commit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import orjson
+
+from sansio_gateway.actions import UpstreamChunkReceived, UpstreamClosed, UpstreamResponseStarted
+from sansio_gateway.catalogue import DiscoveredModel
+from sansio_gateway.config import LimitsConfig
+from sansio_gateway.framing import NDJSONDecoder, SSEDecoder, encode_sse_json
+from sansio_gateway.gateway import Gateway
+from sansio_gateway.http import IncomingRequest
+from sansio_gateway.limits import Costs, MemoryLimitStore, build_specs
+from sansio_gateway.ollama_chat_request import chat_request_to_ollama
+from sansio_gateway.ollama_chat_stream import OllamaChatStream
+from sansio_gateway.openai_chat_request import parse_chat_request
+from tests.helpers import make_config
+
+
+def _line(text: str, done: bool = False) -> bytes:
+    body = {
+        "model": "llama3.2:1b",
+        "created_at": "2026-11-26T06:00:00.123456789Z",
+        "message": {"role": "assistant", "content": text},
+        "done": done,
+    }
+    if done:
+        body.update(done_reason="stop", prompt_eval_count=26, eval_count=20)
+    return orjson.dumps(body) + b"\n"
+
+
+STREAM = b"".join(_line(f"word{i} ") for i in range(20)) + _line("", done=True)
+CHAT = orjson.dumps(
+    {
+        "model": "llama3.2:1b",
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Say hello in twenty words."},
+        ],
+        "temperature": 0.2,
+        "max_tokens": 64,
+        "stream": True,
+    }
+)
+
+
+def rate(fn: Callable[[], int], seconds: float) -> float:
+    """Units per second of ``fn`` (which returns the units it did)."""
+    done = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        done += fn()
+    return done / (time.perf_counter() - start)
+
+
+def stream_chunks() -> int:
+    decoder = NDJSONDecoder()
+    machine = OllamaChatStream(completion_id="chatcmpl-x", created=1, model="m", include_usage=True)
+    out = 0
+    for line in decoder.feed(STREAM):
+        for payload in machine.feed(line):
+            encode_sse_json(payload)
+            out += 1
+    return out
+
+
+SSE_DATA = b"".join(
+    encode_sse_json({"choices": [{"delta": {"content": f"w{i} "}}]}) for i in range(200)
+)
+NDJSON_DATA = STREAM * 10
+
+
+def sse_bytes() -> int:
+    SSEDecoder().feed(SSE_DATA)
+    return len(SSE_DATA)
+
+
+def ndjson_bytes() -> int:
+    NDJSONDecoder().feed(NDJSON_DATA)
+    return len(NDJSON_DATA)
+
+
+def translate() -> int:
+    chat_request_to_ollama(parse_chat_request(CHAT), model="llama3.2:1b")
+    return 1
+
+
+GATEWAY = Gateway(make_config())
+GATEWAY.record_discovery("ollama", [DiscoveredModel(name="llama3.2:1b")], 0.0)
+HEAD = UpstreamResponseStarted(status=200, headers=())
+CHUNK = UpstreamChunkReceived(data=STREAM)
+
+
+def exchange() -> int:
+    ex = GATEWAY.exchange("bench")
+    ex.start(IncomingRequest(method="POST", path="/v1/chat/completions", body=CHAT), 1.0)
+    ex.handle(HEAD, 1.0)
+    ex.handle(CHUNK, 1.0)
+    ex.handle(UpstreamClosed(), 1.0)
+    return 1
+
+
+LIMITS = LimitsConfig(requests_per_minute=10**8, tokens_per_minute=10**8, concurrent_requests=10**5)
+SPECS = build_specs(LIMITS, "u", "m")
+STORE = MemoryLimitStore()
+_now = [1_795_600_000_000_000]
+
+
+def decisions() -> int:
+    _now[0] += 1000
+    rid = str(_now[0])
+    STORE.admit("u", SPECS, _now[0], Costs(tokens=100, requests=1), rid)
+    STORE.commit("u", SPECS, _now[0], rid, 100, 90)
+    return 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=1.0)
+    s = parser.parse_args().seconds
+    print(f"Ollama NDJSON -> OpenAI SSE: {rate(stream_chunks, s):,.0f} chunks/s")
+    print(f"SSE decoding: {rate(sse_bytes, s) / 1e6:,.1f} MB/s")
+    print(f"NDJSON decoding: {rate(ndjson_bytes, s) / 1e6:,.1f} MB/s")
+    print(f"chat request validation + translation: {rate(translate, s):,.0f} requests/s")
+    print(f"whole Exchanges (20-chunk stream, no limits): {rate(exchange, s):,.0f} /s")
+    print(f"rate-limit admit + commit (memory): {rate(decisions, s):,.0f} /s")
+
+
+if __name__ == "__main__":
+    main()
