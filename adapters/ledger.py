@@ -7,30 +7,39 @@ arrive, sooner when many are waiting.  ``aclose`` writes whatever is left,
 so a graceful shutdown loses nothing.  SQLite runs in WAL mode; rows are
 keyed by request id, so writing the same record twice is harmless.
 
-Ledgers: :class:`SQLiteLedger` (the default, survives restarts) and
-:class:`MemoryLedger` (tests, or ``usage = "memory://"``).  A Redis ledger
-lives with the Redis stores.
+Ledgers: :class:`SQLiteLedger` (the default, survives restarts),
+:class:`MemoryLedger` (tests, or ``usage = "memory://"``) and
+:class:`RedisLedger` (``usage = "redis://..."`` or ``"redis+cluster://..."``:
+shared by every gateway process, see its docstring for the key layout).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import sqlite3
 import threading
+import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import parse_qs, quote, unquote, urlencode
 
 import anyio
 import anyio.to_thread
+import orjson
 
 from sansio_gateway.actions import UsageRecord
 from sansio_gateway.usage_query import UsageQuery, UsageRow
 
-__all__ = ["MemoryLedger", "SQLiteLedger", "UsageLedger", "open_ledger"]
+if TYPE_CHECKING:
+    from redis.asyncio import Redis, RedisCluster
+
+__all__ = ["MemoryLedger", "RedisLedger", "SQLiteLedger", "UsageLedger", "open_ledger"]
 
 log = logging.getLogger("sansio_gateway.ledger")
 
@@ -220,10 +229,399 @@ class SQLiteLedger:
             self._conn.close()
 
 
+# ---- redis -------------------------------------------------------------------
+
+DEFAULT_RETENTION_DAYS = 400
+REDIS_PREFIX = "usage:v1"
+REDIS_MAX_PENDING = 100_000
+REDIS_CLOSE_TIMEOUT = 10.0
+_DAY_S = 86_400
+
+# One record, written only if its request id is new in its user-day: the raw
+# record, the day's aggregates and the user's day index change together or
+# not at all, so a record written twice (a retried flush, a second gateway
+# replaying it) counts once.
+_RECORD_LUA = r"""
+-- KEYS: raw hash, aggregate hash, day index (all of one user: one hash tag)
+-- ARGV: request id, record JSON, model, prompt, completion, time, day,
+--       day number, expire-at (ms), first day number kept, now (ms)
+local raw, agg, days = KEYS[1], KEYS[2], KEYS[3]
+if redis.call('HSETNX', raw, ARGV[1], ARGV[2]) == 0 then return 0 end
+local model = ARGV[3]
+redis.call('HINCRBY', agg, 'n:' .. model, 1)
+redis.call('HINCRBY', agg, 'p:' .. model, ARGV[4])
+redis.call('HINCRBY', agg, 'c:' .. model, ARGV[5])
+local t = tonumber(ARGV[6])
+local lo = redis.call('HGET', agg, 't0')
+if not lo or t < tonumber(lo) then redis.call('HSET', agg, 't0', ARGV[6]) end
+local hi = redis.call('HGET', agg, 't1')
+if not hi or t > tonumber(hi) then redis.call('HSET', agg, 't1', ARGV[6]) end
+redis.call('ZADD', days, ARGV[8], ARGV[7])
+redis.call('ZREMRANGEBYSCORE', days, '-inf', '(' .. ARGV[10])
+local expire_at = tonumber(ARGV[9])
+redis.call('PEXPIREAT', raw, expire_at)
+redis.call('PEXPIREAT', agg, expire_at)
+local ttl = redis.call('PTTL', days)
+if ttl == -1 or ttl < expire_at - tonumber(ARGV[11]) then
+  redis.call('PEXPIREAT', days, expire_at)
+end
+return 1
+"""
+
+
+def _day_number(day: str) -> int:
+    return (date.fromisoformat(day) - _EPOCH).days
+
+
+_EPOCH = date(1970, 1, 1)
+
+
+class RedisLedger:
+    """The usage ledger on Redis or Redis Cluster, shared by every gateway.
+
+    **Keys.**  Everything about one user shares the hash tag ``{u:<user>}``
+    (the user name percent-encoded, ``""`` for anonymous requests), so one
+    record touches one cluster slot and no write needs a cross-slot
+    transaction::
+
+        usage:v1:{u:alice}:r:2026-11-26   hash  request id -> the record (JSON)
+        usage:v1:{u:alice}:a:2026-11-26   hash  n:<model> requests, p:<model>
+                                                prompt and c:<model> completion
+                                                tokens; t0 / t1 the earliest and
+                                                latest record time that day
+        usage:v1:{u:alice}:days           zset  the user's days (score: days
+                                                since 1970-01-01)
+        usage:v1:users                    set   every user seen (percent-encoded)
+
+    Days are UTC days of the request's start, as in the SQLite ledger.
+
+    **Writes.**  :meth:`record` only queues (it never blocks the request
+    path); :meth:`run` flushes every ``FLUSH_INTERVAL`` seconds, up to
+    ``FLUSH_BATCH`` records per pipeline: one ``SADD`` of the batch's users
+    and one ``EVALSHA`` per record (the script above: ``HSETNX`` of the raw
+    record, and only if the request id is new there, the aggregates), sent
+    in one round trip (on a cluster, one per node).  A failed flush keeps
+    its records and is retried whole, which is safe because writes are
+    idempotent by request id.  Records wait in memory meanwhile, at most
+    ``max_pending`` of them (the oldest are dropped beyond, counted in
+    ``dropped`` and logged).  :meth:`aclose` flushes what is left (for at
+    most ``REDIS_CLOSE_TIMEOUT`` seconds).
+
+    **Reads.**  :meth:`query` reads the users' day indexes, then one
+    aggregate hash per user and day; a day that a ``since``/``until`` bound
+    cuts through (its ``t0``..``t1`` span is not wholly inside the filter)
+    is answered from its raw records instead.  Three round trips at most,
+    whatever the number of records.
+
+    **Retention.**  A day's raw records and aggregates expire
+    ``retention_days`` (default 400, ``?retention_days=N`` in the URL)
+    after the day ends; the user's day index drops days older than that.
+    Redis keeps the ledger only as well as it is configured to persist
+    (AOF or RDB): the gateway itself can restart at any time.
+    Per request: one raw record (its JSON, about 400 bytes) and a share of
+    the day's aggregate hash.
+    """
+
+    def __init__(
+        self,
+        client: Redis | RedisCluster,
+        *,
+        prefix: str = REDIS_PREFIX,
+        retention_days: int = DEFAULT_RETENTION_DAYS,
+        max_pending: int = REDIS_MAX_PENDING,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if retention_days < 1:
+            raise ValueError("retention_days must be at least 1")
+        self.client = client
+        self.prefix = prefix
+        self.retention_days = retention_days
+        self.max_pending = max_pending
+        self._clock = clock
+        self._pending: deque[UsageRecord] = deque()
+        self._sha: str | None = None
+        self._lock: anyio.Lock | None = None
+        self.dropped = 0
+        self.written = 0  # records that were new to the ledger
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> RedisLedger:
+        """``redis://host:port/db``, ``rediss://...``, ``redis+cluster://host:port``,
+        optionally with ``?retention_days=N``."""
+        from redis.asyncio import Redis, RedisCluster
+
+        base, _, query = url.partition("?")
+        params = parse_qs(query, keep_blank_values=True)
+        retention = params.pop("retention_days", None)
+        if retention is not None:
+            try:
+                kwargs.setdefault("retention_days", int(retention[-1]))
+            except ValueError:
+                raise ValueError(f"retention_days must be a whole number in {url!r}") from None
+        rest = urlencode(params, doseq=True)
+        plain = base + (f"?{rest}" if rest else "")
+        options: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
+        own = {
+            k: kwargs.pop(k)
+            for k in ("prefix", "retention_days", "max_pending", "clock")
+            if k in kwargs
+        }
+        options.update(kwargs)
+        for scheme in ("redis+cluster://", "rediss+cluster://"):
+            if plain.startswith(scheme):
+                plain = scheme.replace("+cluster", "") + plain[len(scheme) :]
+                return cls(RedisCluster.from_url(plain, **options), **own)
+        return cls(Redis.from_url(plain, **options), **own)
+
+    # ---- keys ------------------------------------------------------------
+
+    def _base(self, user: str) -> str:
+        return f"{self.prefix}:{{u:{quote(user, safe='')}}}"
+
+    def raw_key(self, user: str, day: str) -> str:
+        return f"{self._base(user)}:r:{day}"
+
+    def aggregate_key(self, user: str, day: str) -> str:
+        return f"{self._base(user)}:a:{day}"
+
+    def days_key(self, user: str) -> str:
+        return f"{self._base(user)}:days"
+
+    @property
+    def users_key(self) -> str:
+        return f"{self.prefix}:users"
+
+    # ---- writing ---------------------------------------------------------
+
+    def record(self, record: UsageRecord) -> None:
+        if len(self._pending) >= self.max_pending:
+            self._pending.popleft()
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.error(
+                    "usage ledger: Redis unreachable and %d records waiting; %d dropped so far",
+                    len(self._pending),
+                    self.dropped,
+                )
+        self._pending.append(record)
+
+    __call__ = record
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def _pipeline(self) -> Any:
+        from redis.asyncio import RedisCluster
+
+        if isinstance(self.client, RedisCluster):
+            return self.client.pipeline()
+        return self.client.pipeline(transaction=False)
+
+    def _record_call(self, record: UsageRecord, now_ms: int) -> tuple[list[str], list[Any]] | None:
+        user = record.user or ""
+        day = _day(record.time)
+        number = _day_number(day)
+        expire_at_ms = (number + 1 + self.retention_days) * _DAY_S * 1000
+        if expire_at_ms <= now_ms:
+            return None  # older than the retention: it would expire at once
+        keys = [self.raw_key(user, day), self.aggregate_key(user, day), self.days_key(user)]
+        args: list[Any] = [
+            record.request_id,
+            orjson.dumps(asdict(record)),
+            record.model,
+            int(record.prompt_tokens),
+            int(record.completion_tokens),
+            repr(float(record.time)),
+            day,
+            number,
+            expire_at_ms,
+            now_ms // 1000 // _DAY_S - self.retention_days,
+            now_ms,
+        ]
+        return keys, args
+
+    async def _write(self, batch: list[UsageRecord]) -> None:
+        from redis.exceptions import NoScriptError
+
+        now_ms = int(self._clock() * 1000)
+        calls = [c for c in (self._record_call(r, now_ms) for r in batch) if c is not None]
+        if not calls:
+            return
+        users = sorted({quote(r.user or "", safe="") for r in batch})
+        for attempt in range(2):
+            if self._sha is None:
+                self._sha = str(await self.client.script_load(_RECORD_LUA))
+            pipe = self._pipeline()
+            pipe.sadd(self.users_key, *users)
+            for keys, args in calls:
+                pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+            results = await pipe.execute(raise_on_error=False)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if not errors:
+                self.written += sum(1 for r in results[1:] if r == 1)
+                return
+            if attempt == 0 and all(isinstance(e, NoScriptError) for e in errors):
+                self._sha = None  # the server lost its script cache: load it, rewrite all
+                continue
+            raise errors[0]
+
+    def _flush_lock(self) -> anyio.Lock:
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        return self._lock
+
+    async def flush(self) -> None:
+        """Write every queued record; on failure they stay queued and it raises."""
+        async with self._flush_lock():
+            while self._pending:
+                batch = [
+                    self._pending.popleft() for _ in range(min(FLUSH_BATCH, len(self._pending)))
+                ]
+                try:
+                    await self._write(batch)
+                except BaseException:
+                    self._pending.extendleft(reversed(batch))
+                    while len(self._pending) > self.max_pending:
+                        self._pending.popleft()
+                        self.dropped += 1
+                    raise
+
+    async def run(self) -> None:
+        failing = False
+        while True:
+            await anyio.sleep(FLUSH_INTERVAL)
+            try:
+                await self.flush()
+            except Exception as exc:
+                if not failing:
+                    log.error(
+                        "usage ledger write to Redis failed (%r); keeping %d records for retry",
+                        exc,
+                        len(self._pending),
+                    )
+                failing = True
+                await anyio.sleep(1.0)
+            else:
+                if failing:
+                    log.warning("usage ledger: Redis writes recovered")
+                failing = False
+
+    # ---- reading ---------------------------------------------------------
+
+    async def query(self, query: UsageQuery) -> list[UsageRow]:
+        try:
+            await self.flush()
+        except Exception as exc:  # answer from what is stored; the records stay queued
+            log.warning("usage ledger flush before a query failed: %r", exc)
+        return await self._query(query)
+
+    async def _query(self, query: UsageQuery) -> list[UsageRow]:
+        if query.user is not None:
+            users = [query.user]
+        else:
+            members = await self.client.smembers(self.users_key)
+            users = sorted(unquote(_text(m)) for m in members)
+        if not users:
+            return []
+        # Widened by a day each way: a day is the UTC day of the rounded
+        # timestamp; the t0..t1 spans below decide exactly.
+        lo = "-inf" if query.since is None else str(math.floor(query.since / _DAY_S) - 1)
+        hi = "+inf" if query.until is None else str(math.ceil(query.until / _DAY_S) + 1)
+        pipe = self._pipeline()
+        for user in users:
+            pipe.zrangebyscore(self.days_key(user), lo, hi)
+        user_days = [
+            (user, _text(day))
+            for user, days in zip(users, await pipe.execute(), strict=True)
+            for day in days
+        ]
+        if not user_days:
+            return []
+        pipe = self._pipeline()
+        for user, day in user_days:
+            pipe.hgetall(self.aggregate_key(user, day))
+        totals: dict[tuple[str, str, str], list[int]] = {}
+        partial: list[tuple[str, str]] = []
+        for (user, day), agg in zip(user_days, await pipe.execute(), strict=True):
+            fields = {_text(k): v for k, v in agg.items()}
+            if "t0" not in fields:
+                continue  # expired meanwhile
+            t0, t1 = float(fields["t0"]), float(fields["t1"])
+            if (query.since is not None and t1 < query.since) or (
+                query.until is not None and t0 >= query.until
+            ):
+                continue
+            inside = (query.since is None or t0 >= query.since) and (
+                query.until is None or t1 < query.until
+            )
+            if not inside:
+                partial.append((user, day))
+                continue
+            for name, value in fields.items():
+                kind, _, model = name.partition(":")
+                if kind not in ("n", "p", "c") or (
+                    query.model is not None and model != query.model
+                ):
+                    continue
+                slot = "npc".index(kind)
+                totals.setdefault((user, model, day), [0, 0, 0])[slot] += int(value)
+        if partial:
+            pipe = self._pipeline()
+            for user, day in partial:
+                pipe.hvals(self.raw_key(user, day))
+            for (user, day), raws in zip(partial, await pipe.execute(), strict=True):
+                for raw in raws:
+                    r = orjson.loads(raw)
+                    t = r["time"]
+                    if query.model is not None and r["model"] != query.model:
+                        continue
+                    if (query.since is not None and t < query.since) or (
+                        query.until is not None and t >= query.until
+                    ):
+                        continue
+                    row = totals.setdefault((user, r["model"], day), [0, 0, 0])
+                    row[0] += 1
+                    row[1] += r["prompt_tokens"]
+                    row[2] += r["completion_tokens"]
+        return [
+            UsageRow(user=u, model=m, day=d, requests=n, prompt_tokens=p, completion_tokens=c)
+            for (u, m, d), (n, p, c) in sorted(totals.items())
+            if n > 0
+        ]
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(REDIS_CLOSE_TIMEOUT):
+                try:
+                    await self.flush()
+                except Exception as exc:
+                    log.error(
+                        "usage ledger: %d records not written at close: %r", self.pending, exc
+                    )
+            if self._pending:
+                log.error("usage ledger: %d records not written at close", self.pending)
+            with contextlib.suppress(Exception):
+                await self.client.aclose()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")
+
+
 def open_ledger(url: str) -> UsageLedger:
-    """A ledger from ``store.usage``: ``sqlite:///path`` or ``memory://``."""
+    """A ledger from ``store.usage``: ``sqlite:///path``, ``memory://``, or a
+    Redis URL (``redis://host:port/db``, ``redis+cluster://host:port``)."""
     if url.startswith("sqlite:///"):
         return SQLiteLedger(url[len("sqlite:///") :])
     if url == "memory://":
         return MemoryLedger()
-    raise ValueError(f"unsupported usage ledger URL: {url!r} (use sqlite:///PATH or memory://)")
+    if url.startswith(_REDIS_SCHEMES):
+        return RedisLedger.from_url(url)
+    raise ValueError(
+        f"unsupported usage ledger URL: {url!r}"
+        " (use sqlite:///PATH, memory://, redis://HOST:PORT/DB or redis+cluster://HOST:PORT)"
+    )

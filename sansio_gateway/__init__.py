@@ -2,9 +2,265 @@
 
 Nothing in this package performs I/O, reads a clock, or draws random numbers:
 bytes, results, times and ids are passed in, and events, actions and decisions
-come out.  The ``adapters`` package executes them.
+come out.  The ``adapters`` package executes them; you can write your own
+(``docs/embedding.md``).
+
+The public API, importable from this package:
+
+The gateway and one request
+    :class:`Gateway` holds the config, model catalogue, routes and backend
+    health; ``gateway.exchange(request_id)`` makes an :class:`Exchange` per
+    request: ``start(request, now) -> actions``, then
+    ``handle(result, now) -> actions`` until it is done.  Requests come in as
+    :class:`IncomingRequest`.
+
+Actions and results
+    What the Exchange asks for (``SendUpstream``, ``StartResponse``,
+    ``SendBody``, ``EndResponse``, ``CancelUpstream``, ``RecordUsage``,
+    ``CheckLimits``, ``CommitLimits``, ``QueryUsage``, ``CollectMetrics``,
+    ``RefreshCatalogue``) and what the adapter reports back
+    (``UpstreamResponseStarted``, ``UpstreamChunkReceived``,
+    ``UpstreamClosed``, ``UpstreamFailed``, ``ClientDisconnected``,
+    ``LimitsDecided``, ``UsageQueried``, ``MetricsCollected``,
+    ``CatalogueRefreshed``).
+
+Configuration
+    :func:`parse_config` (TOML text -> :class:`GatewayConfig`, or a
+    :class:`ConfigError` naming the file, key and problem) and
+    :func:`default_config`; the section models.
+
+Framing
+    Incremental, bounded decoders (:class:`SSEDecoder`,
+    :class:`NDJSONDecoder`: ``feed(data) -> records``, ``feed_eof()``) and
+    encoders (:func:`encode_sse`, :func:`encode_sse_json`,
+    :func:`encode_ndjson`, :data:`SSE_DONE`).
+
+Translators
+    OpenAI clients on Ollama backends: :func:`parse_chat_request` ->
+    :func:`chat_request_to_ollama`; answers with
+    :func:`ollama_chat_to_completion` or, streamed, :class:`OllamaChatStream`
+    (``feed(line) -> chunks``, ``finish()``); likewise for completions and
+    embeddings.  Ollama clients on OpenAI backends:
+    :func:`parse_native_chat_request` (Ollama's ``/api/chat`` body) ->
+    :func:`chat_to_openai`; answers with :func:`chat_completion_to_ollama`
+    or, streamed, :class:`OpenAIChatToOllamaStream`.
+
+Rate limits
+    :func:`build_specs` from the config, then :func:`admit` / :func:`commit`
+    / :func:`peek` on stored :class:`LimitState` (or let
+    :class:`MemoryLimitStore` hold them), and :func:`rate_limit_headers` /
+    :func:`render_denial` for the client.
+
+Errors
+    :class:`GatewayError` and its kinds carry their HTTP meaning;
+    :func:`error_response` renders one in a surface's wire format.
 """
 
 from __future__ import annotations
 
+from .actions import (
+    Action,
+    CancelUpstream,
+    CatalogueRefreshed,
+    CheckLimits,
+    ClientDisconnected,
+    CollectMetrics,
+    CommitLimits,
+    EndResponse,
+    LimitsDecided,
+    MetricsCollected,
+    QueryUsage,
+    RecordUsage,
+    RefreshCatalogue,
+    Result,
+    SendBody,
+    SendUpstream,
+    StartResponse,
+    UpstreamChunkReceived,
+    UpstreamClosed,
+    UpstreamFailed,
+    UpstreamResponseStarted,
+    UsageQueried,
+    UsageRecord,
+)
+from .config import (
+    AuthConfig,
+    AuthKey,
+    BackendConfig,
+    ConfigError,
+    GatewayConfig,
+    LimitsConfig,
+    LimitValues,
+    ModelConfig,
+    ServerConfig,
+    StoreConfig,
+    default_config,
+    parse_config,
+)
+from .errors import (
+    GatewayError,
+    InternalError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    Unauthorized,
+    UpstreamError,
+    UpstreamTimeout,
+    render_ollama_error,
+    render_openai_error,
+)
+from .exchange import Exchange, ExchangeState, ExchangeStateError, RequestSummary
+from .framing import (
+    SSE_DONE,
+    FramingError,
+    NDJSONDecoder,
+    SSEDecoder,
+    SSEEvent,
+    encode_ndjson,
+    encode_sse,
+    encode_sse_json,
+)
+from .gateway import BackendStatus, Gateway, default_router
+from .http import Headers, IncomingRequest, Surface, header_value
+from .limits import (
+    Costs,
+    Decision,
+    LimitSpecs,
+    LimitState,
+    MemoryLimitStore,
+    admit,
+    build_specs,
+    commit,
+    peek,
+    rate_limit_headers,
+    render_denial,
+)
+from .ollama_api_request import NativeChatRequest
+from .ollama_api_request import parse_chat_request as parse_native_chat_request
+from .ollama_chat_request import chat_request_to_ollama
+from .ollama_chat_response import ollama_chat_to_completion, usage_from_ollama
+from .ollama_chat_stream import OllamaChatStream
+from .ollama_from_openai import chat_completion_to_ollama
+from .ollama_from_openai_stream import OpenAIChatToOllamaStream
+from .openai_chat_request import ChatRequest, parse_chat_request
+from .openai_completions import (
+    OllamaCompletionStream,
+    completion_request_to_ollama,
+    ollama_generate_to_completion,
+    parse_completion_request,
+)
+from .openai_embeddings import (
+    embeddings_request_to_ollama,
+    ollama_embed_to_openai,
+    parse_embeddings_request,
+)
+from .openai_from_ollama import chat_to_openai
+from .rendering import error_response
+from .routing import Router
+from .usage import TokenUsage
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "SSE_DONE",
+    "Action",
+    "AuthConfig",
+    "AuthKey",
+    "BackendConfig",
+    "BackendStatus",
+    "CancelUpstream",
+    "CatalogueRefreshed",
+    "ChatRequest",
+    "CheckLimits",
+    "ClientDisconnected",
+    "CollectMetrics",
+    "CommitLimits",
+    "ConfigError",
+    "Costs",
+    "Decision",
+    "EndResponse",
+    "Exchange",
+    "ExchangeState",
+    "ExchangeStateError",
+    "FramingError",
+    "Gateway",
+    "GatewayConfig",
+    "GatewayError",
+    "Headers",
+    "IncomingRequest",
+    "InternalError",
+    "InvalidRequest",
+    "LimitSpecs",
+    "LimitState",
+    "LimitValues",
+    "LimitsConfig",
+    "LimitsDecided",
+    "MemoryLimitStore",
+    "MethodNotAllowed",
+    "MetricsCollected",
+    "ModelConfig",
+    "NDJSONDecoder",
+    "NativeChatRequest",
+    "NotFound",
+    "OllamaChatStream",
+    "OllamaCompletionStream",
+    "OpenAIChatToOllamaStream",
+    "PayloadTooLarge",
+    "QueryUsage",
+    "RecordUsage",
+    "RefreshCatalogue",
+    "RequestSummary",
+    "Result",
+    "Router",
+    "SSEDecoder",
+    "SSEEvent",
+    "SendBody",
+    "SendUpstream",
+    "ServerConfig",
+    "ServiceUnavailable",
+    "StartResponse",
+    "StoreConfig",
+    "Surface",
+    "TokenUsage",
+    "Unauthorized",
+    "UpstreamChunkReceived",
+    "UpstreamClosed",
+    "UpstreamError",
+    "UpstreamFailed",
+    "UpstreamResponseStarted",
+    "UpstreamTimeout",
+    "UsageQueried",
+    "UsageRecord",
+    "__version__",
+    "admit",
+    "build_specs",
+    "chat_completion_to_ollama",
+    "chat_request_to_ollama",
+    "chat_to_openai",
+    "commit",
+    "completion_request_to_ollama",
+    "default_config",
+    "default_router",
+    "embeddings_request_to_ollama",
+    "encode_ndjson",
+    "encode_sse",
+    "encode_sse_json",
+    "error_response",
+    "header_value",
+    "ollama_chat_to_completion",
+    "ollama_embed_to_openai",
+    "ollama_generate_to_completion",
+    "parse_chat_request",
+    "parse_completion_request",
+    "parse_config",
+    "parse_embeddings_request",
+    "parse_native_chat_request",
+    "peek",
+    "rate_limit_headers",
+    "render_denial",
+    "render_ollama_error",
+    "render_openai_error",
+    "usage_from_ollama",
+]

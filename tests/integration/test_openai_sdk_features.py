@@ -106,7 +106,7 @@ def test_tool_results_go_back_with_their_names(
                     "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
                 }
             ],
-        },  # fmt: skip
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "18C and sunny"},
     ]
     client.chat.completions.create(model=MODEL, messages=history, tools=TOOLS)  # type: ignore[arg-type]
