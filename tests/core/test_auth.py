@@ -65,7 +65,9 @@ def test_key_env_is_hashed_at_load_and_missing_env_is_a_config_error() -> None:
     config = make_config(CONFIG, BOB_KEY=BOB_KEY)
     assert config.auth.keys[1].sha256 == hash_key(BOB_KEY)
     assert BOB_KEY not in config.model_dump_json()
-    with pytest.raises(ConfigError, match=r"auth\.keys\[1\]\.key_env: environment variable BOB_KEY"):
+    with pytest.raises(
+        ConfigError, match=r"auth\.keys\[1\]\.key_env: environment variable BOB_KEY"
+    ):
         make_config(CONFIG)
 
 
@@ -104,7 +106,9 @@ def test_valid_key_reaches_the_backend_and_is_recorded() -> None:
 
 def test_allow_list_hides_models_as_not_found() -> None:
     d = ExchangeDriver(gateway())
-    d.start("POST", "/v1/chat/completions", {**CHAT, "model": "qwen3:0.6b"}, headers=bearer(ALICE_KEY))
+    d.start(
+        "POST", "/v1/chat/completions", {**CHAT, "model": "qwen3:0.6b"}, headers=bearer(ALICE_KEY)
+    )
     assert d.seen.status == 404
     assert d.seen.json()["error"]["code"] == "model_not_found"
     assert not d.seen.upstream

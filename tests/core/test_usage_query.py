@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from sansio_gateway.errors import InvalidRequest
-from sansio_gateway.usage_query import UsageQuery, UsageRow, parse_time, parse_usage_query, render_rows
+from sansio_gateway.usage_query import (
+    UsageQuery,
+    UsageRow,
+    parse_time,
+    parse_usage_query,
+    render_rows,
+)
 
 
 def test_dates_times_and_unix_seconds() -> None:
@@ -34,7 +40,11 @@ def test_query_string() -> None:
 
 
 def test_render_rows_adds_totals() -> None:
-    rows = [UsageRow(user="a", model="m", day="2026-11-26", requests=2, prompt_tokens=3, completion_tokens=4)]
+    rows = [
+        UsageRow(
+            user="a", model="m", day="2026-11-26", requests=2, prompt_tokens=3, completion_tokens=4
+        )
+    ]
     out = render_rows(UsageQuery(user="a"), rows)
     assert out["data"][0]["total_tokens"] == 7
     assert out["filters"]["user"] == "a"
