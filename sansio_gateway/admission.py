@@ -72,6 +72,11 @@ def _prompt_tokens(body: dict[str, Any]) -> int:
     texts += _texts(body.get("input"))
     images = body.get("images")
     extra = IMAGE_TOKENS * len(images) if isinstance(images, list) else 0
+    # /api/generate's `context` holds the token ids of earlier turns, which
+    # Ollama prepends to the prompt: one token each, exactly.
+    context = body.get("context")
+    if isinstance(context, list):
+        extra += len(context)
     return estimate_texts(texts) + extra
 
 
@@ -89,4 +94,8 @@ def admission_tokens(raw_body: bytes, *, default_output_cap: int, generates: boo
     if not isinstance(body, dict):
         return estimate_text(raw_body.decode("utf-8", "replace"))
     prompt = _prompt_tokens(body)
-    return prompt + (_output_cap(body, default_output_cap) if generates else 0)
+    if not generates:
+        return prompt
+    n = body.get("n")
+    choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+    return prompt + choices * _output_cap(body, default_output_cap)

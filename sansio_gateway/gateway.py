@@ -17,16 +17,15 @@ from dataclasses import dataclass
 from .admission import DEFAULT_OUTPUT_CAP
 from .auth import Authenticator
 from .backend_health import BackendHealth
-from .catalogue import Catalogue, DiscoveredModel, parse_ollama_tags, parse_openai_models
+from .catalogue import Catalogue, DiscoveredModel
 from .config import GatewayConfig, LimitValues
 from .exchange import Exchange
 from .flows.local import install_local_routes
 from .flows.ollama_routes import install_ollama_routes
-from .flows.openai_chat import OpenAIChatFlow
-from .flows.openai_completions import OpenAICompletionsFlow
-from .flows.openai_embeddings import OpenAIEmbeddingsFlow
+from .flows.openai_routes import install_openai_routes
 from .http import Headers
 from .limits import LimitSpecs, build_specs, lease_ttl_for
+from .registry import Registry, builtin_registry
 from .routing import Router
 
 __all__ = ["BackendStatus", "Gateway", "default_router"]
@@ -44,9 +43,7 @@ class BackendStatus:
 
 def default_router() -> Router:
     router = Router()
-    router.add("POST", "/v1/chat/completions", OpenAIChatFlow.create)
-    router.add("POST", "/v1/completions", OpenAICompletionsFlow.create)
-    router.add("POST", "/v1/embeddings", OpenAIEmbeddingsFlow.create)
+    install_openai_routes(router)
     install_local_routes(router)
     install_ollama_routes(router)
     return router
@@ -60,7 +57,15 @@ class Gateway:
         router: Router | None = None,
         random: Callable[[], float] | None = None,
         limit_divisor: int = 1,
+        registry: Registry | None = None,
     ) -> None:
+        self.registry = registry if registry is not None else builtin_registry()
+        for i, backend in enumerate(config.backends):
+            if backend.kind not in self.registry.names():
+                raise ValueError(
+                    f"backends[{i}].kind = {backend.kind!r}: unknown backend kind"
+                    f" (known: {', '.join(self.registry.names())})"
+                )
         self.limits_on = _any_limit(config)
         if _any_token_limit(config) and config.server.default_max_tokens is None:
             # Estimates must be upper bounds, so an output cap is written
@@ -158,12 +163,10 @@ class Gateway:
         return True
 
     def discovery_path(self, backend: str) -> str:
-        kind = self.config.backend(backend).kind
-        return "/api/tags" if kind == "ollama" else "/models"
+        return self.registry.kind(self.config.backend(backend).kind).discovery_path
 
     def parse_discovery(self, backend: str, body: bytes) -> list[DiscoveredModel]:
-        kind = self.config.backend(backend).kind
-        return parse_ollama_tags(body) if kind == "ollama" else parse_openai_models(body)
+        return self.registry.kind(self.config.backend(backend).kind).parse_discovery(body)
 
 
 def _values(config: GatewayConfig) -> list[LimitValues]:

@@ -27,6 +27,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
+
 __all__ = [
     "IMAGE_TOKENS",
     "MESSAGE_OVERHEAD",
@@ -68,8 +70,14 @@ def _content_tokens(content: Any) -> int:
 
 def _json_tokens(value: Any) -> int:
     # Tool schemas and call arguments are rendered into the prompt as JSON
-    # text; their repr length is a fair, cheap stand-in for that text.
-    return -(-len(repr(value)) // BYTES_PER_TOKEN) if value else 0
+    # text: charge that text's UTF-8 bytes like any other text.
+    if not value:
+        return 0
+    try:
+        size = len(orjson.dumps(value))
+    except TypeError:  # not JSON-serialisable: its text form, in bytes
+        size = len(str(value).encode("utf-8"))
+    return -(-size // BYTES_PER_TOKEN)
 
 
 def estimate_messages(

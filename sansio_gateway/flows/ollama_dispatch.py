@@ -1,12 +1,13 @@
-"""One model-addressed ``/api`` request, whatever kind of backend each attempt reaches.
+"""One model-addressed request, whatever kind of backend each attempt reaches.
 
 Theory of operation: the Exchange may call ``plan`` more than once -- a
 retry of the same backend, or a fallback to another one, possibly of
 another ``kind`` (an ``"ollama"`` primary with an ``"openai"`` fallback).
 So the choice between the same-format passthrough and the translating flow
 cannot be made when the request arrives: :class:`NativeDispatch` makes it
-in ``plan``, per attempt, with a fresh inner flow (no state from a failed
-attempt survives), and forwards every other call to that flow.
+in ``plan``, per attempt, with a fresh inner flow from the registry (no
+state from a failed attempt survives), and forwards every other call to
+that flow.
 
 The translating flow validates the whole native request when it is built,
 so a bad request still never reaches a backend; the passthrough forwards
@@ -22,25 +23,30 @@ from ..config import BackendConfig
 from ..errors import GatewayError, InvalidRequest
 from ..http import Headers, Surface
 from ..usage import TokenUsage
-from .base import NDJSON_HEADERS, Flow, LocalAnswer, UpstreamCall
+from .base import NDJSON_HEADERS, SSE_HEADERS, Flow, LocalAnswer, UpstreamCall
 
 __all__ = ["NativeDispatch"]
 
-FlowMaker = Callable[[], Flow]
-
 
 class NativeDispatch:
-    """See the module docstring.  ``translating`` and ``passthrough`` build
-    the inner flow for an ``"openai"`` and an ``"ollama"`` backend."""
+    """See the module docstring.  ``make(kind)`` builds the inner flow for a
+    backend of that kind (from the Gateway's registry), or None when the
+    kind cannot serve the route.  Used on both surfaces."""
 
     surface = Surface.OLLAMA
 
     def __init__(
-        self, *, route_name: str, model: str, translating: FlowMaker, passthrough: FlowMaker
+        self,
+        *,
+        route_name: str,
+        model: str,
+        make: Callable[[str], Flow | None],
+        surface: Surface = Surface.OLLAMA,
     ) -> None:
         self.route_name = route_name
+        self.surface = surface
         self._model = model
-        self._makers = {"openai": translating, "ollama": passthrough}
+        self._make = make
         self._inner: Flow | None = None
 
     @property
@@ -52,20 +58,22 @@ class NativeDispatch:
         self, route: Route | None, backend: BackendConfig | None
     ) -> UpstreamCall | LocalAnswer:
         assert backend is not None
-        make = self._makers.get(backend.kind)
-        if make is None:
+        inner = self._make(backend.kind)
+        if inner is None:
             raise InvalidRequest(
-                f"backend {backend.name!r} of kind {backend.kind!r} cannot serve the Ollama API"
+                f"backend {backend.name!r} of kind {backend.kind!r} cannot serve {self.route_name}"
             )
-        self._inner = make()
-        return self._inner.plan(route, backend)
+        self._inner = inner
+        return inner.plan(route, backend)
 
     def _flow(self) -> Flow:
         assert self._inner is not None, "plan() comes first"
         return self._inner
 
     def stream_headers(self) -> Headers:
-        return self._inner.stream_headers() if self._inner else NDJSON_HEADERS
+        if self._inner is not None:
+            return self._inner.stream_headers()
+        return NDJSON_HEADERS if self.surface is Surface.OLLAMA else SSE_HEADERS
 
     def feed(self, data: bytes) -> bytes:
         return self._flow().feed(data)

@@ -49,7 +49,6 @@ from .ollama_local import (
     OllamaVersion,
 )
 from .ollama_models import catalogue_name
-from .ollama_passthrough import OllamaPassthroughFlow
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
@@ -62,55 +61,47 @@ _Factory = Callable[["Gateway", IncomingRequest, str, float], Flow]
 _Translator = Callable[["Gateway", IncomingRequest, str, float, str], Flow]
 
 
-def _chat(gw: Gateway, request: IncomingRequest, rid: str, now: float, model: str) -> Flow:
+def translate_chat(gw: Gateway, request: IncomingRequest, rid: str, now: float, model: str) -> Flow:
     native = parse_chat_request(request.body)
     size = len(request.body)
     return OllamaChatFlow(gw, native, model=model, request_id=rid, now=now, prompt_bytes=size)
 
 
-def _generate(gw: Gateway, request: IncomingRequest, rid: str, now: float, model: str) -> Flow:
+def translate_generate(
+    gw: Gateway, request: IncomingRequest, rid: str, now: float, model: str
+) -> Flow:
     native = parse_generate_request(request.body)
     size = len(request.body)
     return OllamaGenerateFlow(gw, native, model=model, request_id=rid, now=now, prompt_bytes=size)
 
 
-def _embed(gw: Gateway, request: IncomingRequest, rid: str, now: float, model: str) -> Flow:
+def translate_embed(
+    gw: Gateway, request: IncomingRequest, rid: str, now: float, model: str
+) -> Flow:
     legacy = request.path == "/api/embeddings"
     native = (parse_embeddings_request if legacy else parse_embed_request)(request.body)
     return OllamaEmbedFlow(native, model=model, prompt_bytes=len(request.body))
 
 
-def _show(gw: Gateway, request: IncomingRequest, rid: str, now: float, model: str) -> Flow:
+def translate_show(gw: Gateway, request: IncomingRequest, rid: str, now: float, model: str) -> Flow:
     flow = OllamaShow(gw, request, now)
     flow.model = model
     return flow
 
 
-def _native(route_name: str, struct: str, translator: _Translator, *, streams: bool) -> _Factory:
-    """A model-addressed route; ``streams``: whether the native answer
-    streams unless ``stream: false`` (chat and generate, section 9)."""
+def _native(route_name: str, struct: str) -> _Factory:
+    """A model-addressed route, served per attempt by the flow that the
+    registry gives for the chosen backend's kind (flows/ollama_dispatch.py)."""
 
     def create(gateway: Gateway, request: IncomingRequest, rid: str, now: float) -> Flow:
-        data, requested = parse_model_request(request.body, struct)
+        _data, requested = parse_model_request(request.body, struct)
         model = catalogue_name(gateway.catalogue, requested)
 
-        def passthrough() -> Flow:
-            return OllamaPassthroughFlow(
-                route_name=route_name,
-                path=request.path,
-                data=data,
-                requested=requested,
-                model=model,
-                stream=streams and data.get("stream") is not False,
-                prompt_bytes=len(request.body),
-            )
+        def make(kind: str) -> Flow | None:
+            maker = gateway.registry.maker(kind, route_name)
+            return None if maker is None else maker(gateway, request, rid, now, model)
 
-        def translating() -> Flow:
-            return translator(gateway, request, rid, now, model)
-
-        return NativeDispatch(
-            route_name=route_name, model=model, translating=translating, passthrough=passthrough
-        )
+        return NativeDispatch(route_name=route_name, model=model, make=make)
 
     return create
 
@@ -141,19 +132,11 @@ def install_ollama_routes(router: Router) -> None:
     ):
         router.add("GET", path, _local(cls), access=access)
         router.add("HEAD", path, _local(cls, head=True), access=access)
-    router.add("POST", "/api/chat", _native("ollama.chat", "ChatRequest", _chat, streams=True))
-    router.add(
-        "POST",
-        "/api/generate",
-        _native("ollama.generate", "GenerateRequest", _generate, streams=True),
-    )
-    router.add("POST", "/api/embed", _native("ollama.embed", "EmbedRequest", _embed, streams=False))
-    router.add(
-        "POST",
-        "/api/embeddings",
-        _native("ollama.embeddings", "EmbeddingRequest", _embed, streams=False),
-    )
-    router.add("POST", "/api/show", _native("ollama.show", "ShowRequest", _show, streams=False))
+    router.add("POST", "/api/chat", _native("ollama.chat", "ChatRequest"))
+    router.add("POST", "/api/generate", _native("ollama.generate", "GenerateRequest"))
+    router.add("POST", "/api/embed", _native("ollama.embed", "EmbedRequest"))
+    router.add("POST", "/api/embeddings", _native("ollama.embeddings", "EmbeddingRequest"))
+    router.add("POST", "/api/show", _native("ollama.show", "ShowRequest"))
     router.add("POST", "/api/pull", _pull)
     for path in ("/api/push", "/api/create", "/api/copy"):
         router.add("POST", path, _local(ModelManagement))

@@ -291,11 +291,13 @@ def test_completion_default_max_tokens_from_config() -> None:
     assert orjson.loads(d.seen.upstream[0].body)["options"] == {"num_predict": 128}
 
 
-def test_completion_needs_an_ollama_backend() -> None:
-    gw = Gateway(make_config('[[backends]]\nname="o"\nkind="openai"\nurl="http://127.0.0.1:9"\n'))
+def test_completion_passes_through_to_an_openai_backend() -> None:
+    gw = Gateway(make_config('[[backends]]\nname="o"\nkind="openai"\nurl="http://127.0.0.1:9/v1"\n'))
     d = ExchangeDriver(gw)
     d.start("POST", COMPLETIONS, completion())
-    assert d.seen.status == 400 and "cannot serve completions" in d.seen.json()["error"]["message"]
+    [up] = d.seen.upstream
+    assert up.url == "http://127.0.0.1:9/v1/completions"
+    assert orjson.loads(up.body)["prompt"] == "def fib(n):"
 
 
 # -- /v1/embeddings --------------------------------------------------------------------------------
@@ -399,11 +401,12 @@ def test_embeddings_unknown_model_is_404() -> None:
     assert d.seen.status == 404
 
 
-def test_embeddings_needs_an_ollama_backend() -> None:
+def test_embeddings_pass_through_to_an_openai_backend() -> None:
     gw = Gateway(make_config('[[backends]]\nname="o"\nkind="openai"\nurl="http://127.0.0.1:9"\n'))
     d = ExchangeDriver(gw)
     d.start("POST", EMBEDDINGS, embed())
-    assert d.seen.status == 400 and "cannot serve embeddings" in d.seen.json()["error"]["message"]
+    [up] = d.seen.upstream
+    assert up.url.endswith("/embeddings")
 
 
 def test_embeddings_flow_stream_hooks_are_inert() -> None:

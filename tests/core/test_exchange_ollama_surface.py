@@ -19,6 +19,7 @@ from sansio_gateway.auth import hash_key
 from sansio_gateway.catalogue import DiscoveredModel
 from sansio_gateway.errors import UpstreamError
 from sansio_gateway.gateway import Gateway
+from sansio_gateway.registry import BackendKind, builtin_registry
 
 from ..helpers import NOW, ExchangeDriver, make_config
 
@@ -570,8 +571,11 @@ def test_pull_of_an_unknown_model() -> None:
 
 
 def test_a_backend_kind_without_translator_is_400() -> None:
+    registry = builtin_registry()
+    registry.register(BackendKind(name="tgi", discovery_path="/info", parse_discovery=lambda b: []))
     gw = Gateway(
-        make_config('[[backends]]\nname = "x"\nkind = "tgi"\nurl = "http://x"\ndiscover = false\n')
+        make_config('[[backends]]\nname = "x"\nkind = "tgi"\nurl = "http://x"\ndiscover = false\n'),
+        registry=registry,
     )
     d = driver(gw)
     d.start("POST", "/api/chat", chat())
