@@ -24,6 +24,7 @@ from sansio_gateway.gateway import Gateway
 from .ledger import UsageLedger, open_ledger
 from .limit_stores import open_limit_store
 from .metrics import GatewayMetrics
+from .plugins import load_registry
 from .server import GatewayServer, ServerLimits
 from .upstream import TRANSPORT_ERRORS, UpstreamClient, map_upstream_exception
 
@@ -51,7 +52,10 @@ class GatewayApp:
         memory_store = config.store.url.startswith("memory")
         # With the memory store every worker enforces 1/N of each limit.
         self.gateway = Gateway(
-            config, random=random.random, limit_divisor=worker_count if memory_store else 1
+            config,
+            random=random.random,
+            limit_divisor=worker_count if memory_store else 1,
+            registry=load_registry(),
         )
         self.limit_store = open_limit_store(config.store, instances=worker_count)
         self.upstream = UpstreamClient()

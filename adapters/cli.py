@@ -23,10 +23,12 @@ import anyio
 from sansio_gateway.auth import Authenticator, anonymous_bind_problem
 from sansio_gateway.config import ConfigError, GatewayConfig, default_config, parse_config
 from sansio_gateway.errors import GatewayError
+from sansio_gateway.gateway import Gateway
 from sansio_gateway.usage_query import UsageQuery, parse_time, render_rows
 
 from .app import GatewayApp
 from .ledger import SQLiteLedger
+from .plugins import load_registry
 from .workers import run_workers
 
 __all__ = ["load_config", "main"]
@@ -99,6 +101,10 @@ async def _serve(app: GatewayApp) -> None:
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.file)
+    try:
+        Gateway(config, registry=load_registry())  # what only the app can check: backend kinds
+    except ConfigError as exc:
+        raise ConfigError(f"{args.file}: {exc}") from None
     print(
         f"{args.file}: OK ({len(config.backends)} backends, {len(config.models)} models,"
         f" {len(config.auth.keys)} keys)"

@@ -18,7 +18,7 @@ from .admission import DEFAULT_OUTPUT_CAP
 from .auth import Authenticator
 from .backend_health import BackendHealth
 from .catalogue import Catalogue, DiscoveredModel
-from .config import GatewayConfig, LimitValues
+from .config import ConfigError, GatewayConfig, LimitValues
 from .exchange import Exchange
 from .flows.local import install_local_routes
 from .flows.ollama_routes import install_ollama_routes
@@ -62,7 +62,7 @@ class Gateway:
         self.registry = registry if registry is not None else builtin_registry()
         for i, backend in enumerate(config.backends):
             if backend.kind not in self.registry.names():
-                raise ValueError(
+                raise ConfigError(
                     f"backends[{i}].kind = {backend.kind!r}: unknown backend kind"
                     f" (known: {', '.join(self.registry.names())})"
                 )
