@@ -78,8 +78,22 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         )
     app = GatewayApp(config, worker_count=args.worker_count, reuse_port=args.reuse_port)
     with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(partial(_serve, app), backend=config.server.runtime)
+        anyio.run(
+            partial(_serve, app), backend=config.server.runtime, backend_options=_loop_options(config)
+        )
     return 0
+
+
+def _loop_options(config: GatewayConfig) -> dict[str, bool]:
+    """uvloop, when installed and wanted, roughly halves the event loop's
+    share of each request on asyncio (see docs/benchmarks.md)."""
+    if config.server.runtime != "asyncio" or not config.server.uvloop:
+        return {}
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}
 
 
 async def _serve(app: GatewayApp) -> None:

@@ -56,6 +56,7 @@ class ServerConfig(_Strict):
     keepalive_timeout: float = Field(default=75.0, gt=0)
     shutdown_grace: float = Field(default=30.0, ge=0)
     runtime: Literal["asyncio", "trio"] = "asyncio"
+    uvloop: bool = True  # on asyncio, use uvloop when it is installed (the "fast" extra)
     # Field name for Ollama's `thinking` on /v1: most clients read
     # `reasoning_content` (reference section 12.2); Ollama itself says `reasoning`.
     reasoning_field: str = "reasoning_content"
