@@ -72,6 +72,7 @@ class GatewayApp:
                 max_body_bytes=server.max_body_bytes,
                 max_header_bytes=server.max_header_bytes,
                 read_timeout=server.read_timeout,
+                write_timeout=server.write_timeout,
                 keepalive_timeout=server.keepalive_timeout,
             ),
             clock=clock,

@@ -75,6 +75,7 @@ class ServerLimits:
     max_body_bytes: int = 16 * 1024 * 1024
     max_header_bytes: int = 64 * 1024
     read_timeout: float = 30.0
+    write_timeout: float = 60.0
     keepalive_timeout: float = 75.0
 
 
@@ -97,6 +98,7 @@ class _Connection:
     closed: bool = False
     eof: bool = False
     out: bytearray = field(default_factory=bytearray)
+    path: str = ""  # of the request being read, once its head is in
 
 
 def new_request_id() -> str:
@@ -254,12 +256,13 @@ class GatewayServer:
                 self._idle_scopes.discard(idle)
         if idle.cancelled_caught:
             return None
+        conn.path = ""
         with anyio.move_on_after(self.limits.read_timeout) as scope:
             request = await self._read_head_and_body(conn)
         if scope.cancelled_caught:
-            await self._send_error_raw(
-                conn, InvalidRequest("Timed out reading the request", status_code=408), ""
-            )
+            # Rendered for the surface of the path, when the head got that far.
+            err = InvalidRequest("Timed out reading the request", status_code=408)
+            await self._send_error_raw(conn, err, conn.path)
             return None
         return request
 
@@ -270,14 +273,20 @@ class GatewayServer:
         if not isinstance(event, h11.Request):
             raise _ClientGone()
         target = event.target.decode("ascii", "replace")
-        # h11 bounds only an *incomplete* head; one that arrives whole in a
-        # single read is checked here.
-        if sum(len(k) + len(v) + 4 for k, v in event.headers) > self.limits.max_header_bytes:
-            raise _HttpFailure(
-                InvalidRequest("Request header fields too large", status_code=431),
-                path=target.partition("?")[0],
-            )
         path, _, query = target.partition("?")
+        # h11 bounds only an *incomplete* head; one that arrives whole in a
+        # single read is checked here, request line included.
+        head_size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+        if head_size > self.limits.max_header_bytes:
+            err = InvalidRequest("Request header fields too large", status_code=431)
+            raise _HttpFailure(err, path=path)  # only its surface is used, never echoed
+        conn.path = path
+        if _has(event.headers, b"transfer-encoding") and _has(event.headers, b"content-length"):
+            # RFC 9112 6.3: ambiguous framing is how requests are smuggled.
+            raise _HttpFailure(
+                InvalidRequest("Content-Length together with Transfer-Encoding is not allowed"),
+                path=path,
+            )
         length = _content_length(event.headers)
         if length is not None and length > self.limits.max_body_bytes:
             raise _HttpFailure(self._too_large(), path=path)
@@ -326,14 +335,17 @@ class GatewayServer:
 
     async def _flush(self, conn: _Connection) -> None:
         """Write what the last batch of actions produced in one send: head,
-        body and terminator of a whole response go out in one syscall."""
+        body and terminator of a whole response go out in one syscall.  A
+        client that stops reading for write_timeout is dropped, so it cannot
+        hold its request (and its concurrency slot) forever."""
         if not conn.out:
             return
         data = bytes(conn.out)
         conn.out.clear()
         try:
-            await conn.stream.send(data)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            with anyio.fail_after(self.limits.write_timeout):
+                await conn.stream.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, TimeoutError):
             conn.closed = True
             raise _ClientGone() from None
 
@@ -385,32 +397,44 @@ class GatewayServer:
             log_request(summary)
 
     async def _execute(self, conn: _Connection, exchange: Exchange, actions: list[Action]) -> None:
-        for action in actions:
-            if not isinstance(action, _QUEUED):
-                await self._flush(conn)  # the client must not wait behind a store or backend
-            if isinstance(action, SendUpstream):
-                await self._run_upstream(conn, exchange, action)
-            elif isinstance(action, CollectMetrics):
-                body, content_type = self.metrics.render()
-                result = MetricsCollected(body=body, content_type=content_type)
-                await self._execute(conn, exchange, exchange.handle(result, self.clock()))
-            elif isinstance(action, CheckLimits):
-                decided = LimitsDecided(decision=await self._admit(action))
-                await self._execute(conn, exchange, exchange.handle(decided, self.clock()))
-            elif isinstance(action, RefreshCatalogue):
-                if self.refresh_catalogue is not None:
-                    await self.refresh_catalogue()
-                await self._execute(
-                    conn, exchange, exchange.handle(CatalogueRefreshed(), self.clock())
-                )
-            elif isinstance(action, QueryUsage):
-                rows = await self.ledger.query(action.query)
-                await self._execute(
-                    conn, exchange, exchange.handle(UsageQueried(rows=rows), self.clock())
-                )
-            else:
-                await self._apply(conn, action)
+        """Run a batch of actions.  If the client turns out to be gone, the
+        rest of the batch's bookkeeping (usage record, limits commit) still
+        runs before _ClientGone propagates: nothing is lost, no slot leaks."""
+        for i, action in enumerate(actions):
+            try:
+                await self._execute_one(conn, exchange, action)
+            except _ClientGone:
+                for rest in actions[i + 1 :]:
+                    if isinstance(rest, (RecordUsage, CommitLimits)):
+                        await self._apply(conn, rest)
+                raise
         await self._flush(conn)
+
+    async def _execute_one(self, conn: _Connection, exchange: Exchange, action: Action) -> None:
+        if not isinstance(action, _QUEUED):
+            await self._flush(conn)  # the client must not wait behind a store or backend
+        if isinstance(action, SendUpstream):
+            await self._run_upstream(conn, exchange, action)
+        elif isinstance(action, CollectMetrics):
+            body, content_type = self.metrics.render()
+            result = MetricsCollected(body=body, content_type=content_type)
+            await self._execute(conn, exchange, exchange.handle(result, self.clock()))
+        elif isinstance(action, CheckLimits):
+            decided = LimitsDecided(decision=await self._admit(action))
+            await self._execute(conn, exchange, exchange.handle(decided, self.clock()))
+        elif isinstance(action, RefreshCatalogue):
+            if self.refresh_catalogue is not None:
+                await self.refresh_catalogue()
+            await self._execute(
+                conn, exchange, exchange.handle(CatalogueRefreshed(), self.clock())
+            )
+        elif isinstance(action, QueryUsage):
+            rows = await self.ledger.query(action.query)
+            await self._execute(
+                conn, exchange, exchange.handle(UsageQueried(rows=rows), self.clock())
+            )
+        else:
+            await self._apply(conn, action)
 
     async def _apply(self, conn: _Connection, action: Action) -> None:
         """Queue response bytes (flushed by the caller after the batch), or
@@ -528,8 +552,10 @@ class _UpstreamRun:
         except Exception:
             log.exception("exchange failed on %s", type(result).__name__)
             raise
+        done = 0
         try:
             for action in actions:
+                done += 1
                 if isinstance(action, CancelUpstream):
                     self._cancel()
                 elif isinstance(action, SendUpstream):
@@ -540,15 +566,22 @@ class _UpstreamRun:
                     await server._apply(self.conn, action)
             await server._flush(self.conn)
         except _ClientGone:
+            for rest in actions[done:]:  # the batch's bookkeeping still runs
+                if isinstance(rest, (RecordUsage, CommitLimits)):
+                    await server._apply(self.conn, rest)
             return await self._client_went_away()
         return self.next_call is None and self.exchange.state is not ExchangeState.DONE
 
     async def _client_went_away(self) -> bool:
         if not self.client_gone:
             self.client_gone = True
+            # Nothing more goes to the client; the bookkeeping still runs --
+            # above all the limits commit, which releases the concurrency slot.
             for action in self.exchange.handle(ClientDisconnected(), self.server.clock()):
                 if isinstance(action, RecordUsage):
                     self.server._record(action.record)
+                elif isinstance(action, CommitLimits):
+                    await self.server._commit(action)
         self._cancel()
         return False
 
@@ -559,15 +592,26 @@ class _UpstreamRun:
 
     async def watch_client(self) -> None:
         conn = self.conn
+        limits = self.server.limits
+        bound = limits.max_body_bytes + limits.max_header_bytes
         while not conn.eof:
             try:
                 await self.server._receive_into(conn)
             except _ClientGone:
                 break
+            if len(conn.h11.trailing_data[0]) > bound:
+                # More pipelined input than one request may hold: stop
+                # reading (memory stays bounded) and close after this answer.
+                conn.closed = True
+                return
         with anyio.CancelScope(shield=True):
             async with self.lock:
                 if self.exchange.state is not ExchangeState.DONE:
                     await self._client_went_away()
+
+
+def _has(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bool:
+    return any(key == name for key, _ in headers)
 
 
 def _content_length(headers: Sequence[tuple[bytes, bytes]]) -> int | None:

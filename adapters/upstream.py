@@ -29,7 +29,7 @@ from sansio_gateway.actions import (
 from sansio_gateway.config import BackendConfig
 from sansio_gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 
-from .upstream_pool import ConnectionLost, Pool, PooledResponse
+from .upstream_pool import ConnectionLost, ConnectTimeout, Pool, PooledResponse
 
 __all__ = ["TRANSPORT_ERRORS", "UpstreamClient", "map_upstream_exception"]
 
@@ -54,6 +54,11 @@ TRANSPORT_ERRORS = (
 
 def map_upstream_exception(exc: BaseException, backend: str, *, phase: str = "") -> GatewayError:
     """The one place where transport exceptions become the core's errors."""
+    if isinstance(exc, ConnectTimeout):
+        # A connect failure: retryable, and it counts against the breaker.
+        return UpstreamTimeout(
+            f"timed out connecting to backend {backend!r}", code="upstream_unreachable"
+        )
     if isinstance(exc, TimeoutError):
         what = f" ({phase})" if phase else ""
         return UpstreamTimeout(f"backend {backend!r} timed out{what}")
@@ -94,7 +99,9 @@ class UpstreamClient:
         """A small whole GET (discovery, probes), done ``within`` seconds;
         raises the transport errors."""
         with anyio.fail_after(within):
-            response = await self.pool.start("GET", url, headers, b"", connect_timeout=within)
+            response = await self.pool.start(
+                "GET", url, headers, b"", connect_timeout=within, first_byte_timeout=within
+            )
             try:
                 body = b"".join([chunk async for chunk in response.body()])
             finally:
@@ -110,15 +117,15 @@ class UpstreamClient:
         """
         phase = "connecting"
         try:
-            with anyio.fail_after(backend.total_timeout):
-                with anyio.fail_after(backend.connect_timeout + backend.first_byte_timeout):
-                    response = await self.pool.start(
-                        action.method,
-                        action.url,
-                        list(action.headers),
-                        action.body,
-                        connect_timeout=backend.connect_timeout,
-                    )
+            with anyio.fail_after(backend.total_timeout) as total:
+                response = await self.pool.start(
+                    action.method,
+                    action.url,
+                    list(action.headers),
+                    action.body,
+                    connect_timeout=backend.connect_timeout,
+                    first_byte_timeout=backend.first_byte_timeout,
+                )
                 phase = "reading"
                 try:
                     await self._read(response, backend, deliver)
@@ -128,8 +135,13 @@ class UpstreamClient:
         except GatewayError as err:
             await deliver(UpstreamFailed(error=err))
         except TRANSPORT_ERRORS as exc:
-            phase_name = "waiting for the first byte" if phase == "connecting" else "between chunks"
-            error = map_upstream_exception(exc, backend.name, phase=phase_name)
+            if total.cancel_called:
+                what = f"total timeout of {backend.total_timeout:g}s"
+            elif phase == "connecting":
+                what = "waiting for the first byte"
+            else:
+                what = f"no data for {backend.idle_timeout:g}s"
+            error = map_upstream_exception(exc, backend.name, phase=what)
             await deliver(UpstreamFailed(error=error))
 
     async def _read(

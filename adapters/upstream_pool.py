@@ -9,13 +9,15 @@ talks to a handful of origins, always HTTP/1.1, so a per-origin LIFO stack
 of idle connections does the job in O(1).
 
 A connection taken from the pool may have been closed by the backend while
-idle (its keep-alive timeout).  If such a reused connection fails before a
-single response byte arrives, the request is sent once more on a fresh
-connection -- the server never saw it, so this is safe even for POST.
+idle (its keep-alive timeout): one non-blocking readability poll when it
+is taken finds those (EOF is readable) and they are dropped.  A request is
+never re-sent by the pool -- the backend may have read it -- so retrying
+stays the Exchange's decision, within its budget.
 """
 
 from __future__ import annotations
 
+import select
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -25,13 +27,17 @@ import anyio
 import anyio.abc
 import h11
 
-__all__ = ["ConnectionLost", "Origin", "Pool", "PooledResponse", "origin_of"]
+__all__ = ["ConnectTimeout", "ConnectionLost", "Origin", "Pool", "PooledResponse", "origin_of"]
 
 READ_SIZE = 65536
 
 
 class ConnectionLost(Exception):
     """The backend closed or reset the connection mid-exchange."""
+
+
+class ConnectTimeout(TimeoutError):
+    """No connection within the connect timeout."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +101,21 @@ class PooledResponse:
         await self._pool._release(self._origin, self._conn, reusable=self._done)
 
 
+def _readable(conn: _Connection) -> bool:
+    """An idle pooled connection with something to read has been closed by
+    the backend (EOF) or is out of step: either way, unusable.  One
+    non-blocking poll, only when a connection is taken from the pool."""
+    try:
+        sock = conn.stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    except anyio.TypedAttributeLookupError:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
 async def _receive(conn: _Connection) -> None:
     try:
         data = await conn.stream.receive(READ_SIZE)
@@ -124,6 +145,12 @@ class Pool:
     closed: bool = False
 
     async def _connect(self, origin: Origin, connect_timeout: float) -> _Connection:
+        try:
+            return await self._open(origin, connect_timeout)
+        except TimeoutError:
+            raise ConnectTimeout(f"no connection within {connect_timeout:g}s") from None
+
+    async def _open(self, origin: Origin, connect_timeout: float) -> _Connection:
         with anyio.fail_after(connect_timeout):
             if origin.scheme == "https":
                 if self._ssl is None:
@@ -140,7 +167,7 @@ class Pool:
         now = anyio.current_time()
         while idle:
             conn = idle.pop()  # LIFO: the warmest connection first
-            if now - conn.idle_since < self.keepalive_expiry:
+            if now - conn.idle_since < self.keepalive_expiry and not _readable(conn):
                 conn.reused = True
                 return conn
             await conn.aclose()
@@ -166,11 +193,11 @@ class Pool:
         body: bytes,
         *,
         connect_timeout: float,
+        first_byte_timeout: float,
     ) -> PooledResponse:
-        """Send a request and read the response head.
-
-        The caller bounds the wait for the head (first-byte timeout)
-        and must ``release()`` the response when done with it.
+        """Send a request and read the response head, each phase within its
+        own timeout (TimeoutError).  The caller must ``release()`` the
+        response when done with it.
         """
         origin, target = origin_of(url)
         host = origin.host if origin.port in (80, 443) else f"{origin.host}:{origin.port}"
@@ -178,18 +205,17 @@ class Pool:
         if body or method not in ("GET", "HEAD"):
             all_headers.append((b"content-length", str(len(body)).encode()))
         request = h11.Request(method=method, target=target, headers=all_headers)
-        for _ in range(2):
-            conn = await self._take(origin, connect_timeout)
-            try:
+        conn = await self._take(origin, connect_timeout)
+        try:
+            # The first-byte clock starts once the connection is there.
+            with anyio.fail_after(first_byte_timeout):
                 return await self._exchange_head(origin, conn, request, body)
-            except ConnectionLost:
-                await conn.aclose()
-                if not conn.reused:
-                    raise
-            except BaseException:
-                await conn.aclose()
-                raise
-        raise ConnectionLost("the backend closed the connection")  # pragma: no cover
+        except BaseException:
+            # Never re-sent here: a backend that read the request and then
+            # failed must not get it twice.  Whether to try again is the
+            # Exchange's retry policy's call, within its budget.
+            await conn.aclose()
+            raise
 
     async def _exchange_head(
         self, origin: Origin, conn: _Connection, request: h11.Request, body: bytes

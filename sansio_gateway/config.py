@@ -53,6 +53,8 @@ class ServerConfig(_Strict):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     max_header_bytes: int = Field(default=64 * 1024, gt=0)
     read_timeout: float = Field(default=30.0, gt=0)
+    # A client that reads nothing of its response for this long is dropped.
+    write_timeout: float = Field(default=60.0, gt=0)
     keepalive_timeout: float = Field(default=75.0, gt=0)
     shutdown_grace: float = Field(default=30.0, ge=0)
     runtime: Literal["asyncio", "trio"] = "asyncio"

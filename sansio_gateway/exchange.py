@@ -61,6 +61,7 @@ from .catalogue import Route
 from .errors import (
     GatewayError,
     InternalError,
+    InvalidRequest,
     NotFound,
     ServiceUnavailable,
     UpstreamError,
@@ -375,7 +376,12 @@ class Exchange:
         backend = self.gateway.config.backend(route.backend)
         self.backend = route.backend
         self.resolved_model = route.target
-        plan = self.flow.plan(route, backend)
+        try:
+            plan = self.flow.plan(route, backend)
+        except TypeError:
+            # orjson encodes 254 levels of nesting but parses 1024: a body
+            # in between validates and then cannot be re-encoded.
+            raise InvalidRequest("The request JSON is nested too deeply.") from None
         if not isinstance(plan, UpstreamCall):
             self.state = ExchangeState.DONE
             if isinstance(plan, LocalAnswer):

@@ -178,11 +178,6 @@ def test_backend_closing_without_an_answer_is_a_502(emu: OllamaEmulator) -> None
         still_serving(gw)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adapters/upstream_pool.py Pool.start replays a POST the backend already read"
-    " when a reused connection fails before the response head (max_retries=0 ignored)",
-)
 def test_request_the_backend_read_is_not_replayed_behind_max_retries(emu: OllamaEmulator) -> None:
     with gateway_for(backend("local", emu.url, "max_retries = 0")) as gw:
         still_serving(gw)  # leaves a warm keep-alive connection in the pool
@@ -232,11 +227,6 @@ def test_hang_before_first_byte_is_a_504_at_the_timeout(
         still_serving(gw)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adapters/upstream.py UpstreamClient.request waits connect_timeout +"
-    " first_byte_timeout for the head, even when the connection was instant",
-)
 def test_first_byte_timeout_does_not_include_the_unused_connect_budget(
     emu: OllamaEmulator,
 ) -> None:
