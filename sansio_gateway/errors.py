@@ -116,6 +116,12 @@ class ServiceUnavailable(GatewayError):
     status_code = 503
     type = "api_error"
 
+    def __init__(
+        self, message: str, *, code: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after  # seconds, sent as Retry-After when known
+
 
 class UpstreamError(GatewayError):
     """The backend failed or could not be reached (502 unless the backend's

@@ -24,6 +24,7 @@ Invariants the Exchange keeps, whatever the path:
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -363,11 +364,11 @@ class Exchange:
             if self._target_index + 1 >= len(self._targets):
                 name = self._targets[self._target_index].backend
                 self.backend = name
-                wait = health.retry_after(name, now)
+                wait = max(1, math.ceil(health.retry_after(name, now)))
                 raise ServiceUnavailable(
-                    f"Backend {name!r} is failing and was taken out of rotation;"
-                    f" retry in {wait:.0f}s.",
+                    f"Backend {name!r} is failing and was taken out of rotation; retry in {wait}s.",
                     code="backend_unavailable",
+                    retry_after=wait,
                 )
             self._target_index += 1
             self._retries_on_target = 0

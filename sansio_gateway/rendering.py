@@ -7,7 +7,15 @@ wire: OpenAI's four-key envelope on ``/v1`` (and gateway endpoints), Ollama's
 
 from __future__ import annotations
 
-from .errors import GatewayError, MethodNotAllowed, render_ollama_error, render_openai_error
+import math
+
+from .errors import (
+    GatewayError,
+    MethodNotAllowed,
+    ServiceUnavailable,
+    render_ollama_error,
+    render_openai_error,
+)
 from .http import Headers, Surface, header_value
 
 __all__ = ["error_response", "request_id_from"]
@@ -21,6 +29,9 @@ def error_response(surface: Surface, err: GatewayError) -> tuple[int, Headers, b
     headers = _JSON
     if isinstance(err, MethodNotAllowed):
         headers = (*headers, (b"allow", err.allow.encode("ascii")))
+    if isinstance(err, ServiceUnavailable) and err.retry_after is not None:
+        seconds = max(1, math.ceil(err.retry_after))  # whole seconds, rounded up
+        headers = (*headers, (b"retry-after", str(seconds).encode("ascii")))
     return err.status_code, headers, body
 
 
