@@ -54,6 +54,11 @@ Rate limits
 Errors
     :class:`GatewayError` and its kinds carry their HTTP meaning;
     :func:`error_response` renders one in a surface's wire format.
+
+Backend kinds
+    A :class:`Registry` of :class:`BackendKind` (``builtin_registry()``
+    holds ``ollama`` and ``openai``); pass your own to :class:`Gateway` to
+    add a kind.
 """
 
 from __future__ import annotations
@@ -157,6 +162,7 @@ from .openai_embeddings import (
     parse_embeddings_request,
 )
 from .openai_from_ollama import chat_to_openai
+from .registry import BackendKind, Registry, builtin_registry
 from .rendering import error_response
 from .routing import Router
 from .usage import TokenUsage
@@ -169,6 +175,7 @@ __all__ = [
     "AuthConfig",
     "AuthKey",
     "BackendConfig",
+    "BackendKind",
     "BackendStatus",
     "CancelUpstream",
     "CatalogueRefreshed",
@@ -211,6 +218,7 @@ __all__ = [
     "QueryUsage",
     "RecordUsage",
     "RefreshCatalogue",
+    "Registry",
     "RequestSummary",
     "Result",
     "Router",
@@ -236,6 +244,7 @@ __all__ = [
     "__version__",
     "admit",
     "build_specs",
+    "builtin_registry",
     "chat_completion_to_ollama",
     "chat_request_to_ollama",
     "chat_to_openai",

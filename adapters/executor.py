@@ -1,0 +1,439 @@
+"""Executing an Exchange's actions: the loop every HTTP adapter shares.
+
+Theory of operation: an adapter (the ASGI app; the h11 server could too)
+parses a request however its transport delivers it, then hands the whole
+:class:`~sansio_gateway.http.IncomingRequest` and a :class:`ResponseChannel`
+to :meth:`ActionExecutor.serve`.  The executor creates the Exchange, runs
+every action it asks for -- the upstream call, limit checks and commits,
+usage records, ledger queries, metrics scrapes, catalogue refreshes -- and
+feeds each result back, until the Exchange is done.  The channel is the
+only transport-specific part: it writes the response and tells when the
+client hung up.
+
+While a request waits on its backend, a watcher task awaits
+:meth:`ResponseChannel.wait_disconnected`.  If the client goes away first,
+or a write to it fails, the Exchange hears ``ClientDisconnected`` and
+answers ``CancelUpstream`` (the upstream task is cancelled) and
+``RecordUsage`` (accounting is never lost).  One lock serialises the two
+tasks that feed the Exchange: the upstream reader and the watcher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol, assert_never
+
+import anyio
+
+from sansio_gateway.actions import (
+    Action,
+    CancelUpstream,
+    CatalogueRefreshed,
+    CheckLimits,
+    ClientDisconnected,
+    CollectMetrics,
+    CommitLimits,
+    EndResponse,
+    LimitsDecided,
+    MetricsCollected,
+    QueryUsage,
+    RecordUsage,
+    RefreshCatalogue,
+    Result,
+    SendBody,
+    SendUpstream,
+    StartResponse,
+    UpstreamFailed,
+    UpstreamResponseStarted,
+    UsageQueried,
+    UsageRecord,
+)
+from sansio_gateway.errors import GatewayError, InternalError
+from sansio_gateway.exchange import Exchange, ExchangeState
+from sansio_gateway.gateway import Gateway
+from sansio_gateway.http import Headers, IncomingRequest
+from sansio_gateway.rendering import error_response
+from sansio_gateway.routing import surface_of
+
+from .ledger import UsageLedger
+from .limit_stores import LimitStore
+from .metrics import GatewayMetrics, log_request
+from .upstream import UpstreamClient
+
+__all__ = ["ActionExecutor", "ClientGone", "ResponseChannel", "Served", "new_request_id"]
+
+log = logging.getLogger("sansio_gateway.executor")
+
+
+class ClientGone(Exception):
+    """The client connection is unusable (closed or reset); raised by channels."""
+
+
+class ResponseChannel(Protocol):
+    """The transport side of one request: where the response goes.
+
+    The three response methods only queue; :meth:`flush` writes what is
+    queued, so the head, body and end of a whole response can leave in one
+    write.  The executor flushes after each batch of actions, and before any
+    action that may wait (on a store or a backend).  ``flush`` raises
+    :class:`ClientGone` when the client is gone; the executor then reports
+    ``ClientDisconnected`` and writes nothing more.
+    """
+
+    def start_response(self, status: int, headers: Headers) -> None:
+        """Queue the status line and headers."""
+
+    def send_body(self, data: bytes) -> None:
+        """Queue one piece of the body (a whole body, or one stream chunk)."""
+
+    def end_response(self, *, keep_alive: bool) -> None:
+        """Queue the end of the response; ``keep_alive`` False asks to close after it."""
+
+    async def flush(self) -> None:
+        """Write everything queued, in order."""
+
+    async def wait_disconnected(self) -> None:
+        """Return (or raise ClientGone) once the client has hung up.
+
+        Runs only while the request waits on its backend, and is cancelled
+        when that ends; returning after the response is complete is harmless.
+        """
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """What became of one request, for the adapter's connection bookkeeping."""
+
+    exchange: Exchange
+    client_gone: bool
+
+
+def new_request_id() -> str:
+    """A fresh request id; the client's ``x-request-id`` wins when it sends one."""
+    return uuid.uuid4().hex
+
+
+class ActionExecutor:
+    """Runs Exchanges against the real world: upstream, stores, ledger, metrics.
+
+    One per gateway, shared by every request.  Call :meth:`serve` per
+    request; :meth:`abort_in_flight` at shutdown.
+    """
+
+    def __init__(
+        self,
+        *,
+        gateway: Gateway,
+        upstream: UpstreamClient,
+        ledger: UsageLedger,
+        metrics: GatewayMetrics,
+        limit_store: LimitStore,
+        refresh_catalogue: Callable[[], Awaitable[None]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.gateway = gateway
+        self.upstream = upstream
+        self.ledger = ledger
+        self.metrics = metrics
+        self.limit_store = limit_store
+        self.refresh_catalogue = refresh_catalogue
+        self.clock = clock
+        self.active = 0
+        self._runs: set[_Request] = set()
+        self._idle_waiters: list[anyio.Event] = []
+
+    async def serve(self, request: IncomingRequest, channel: ResponseChannel) -> Served:
+        """Answer ``request`` through ``channel``; returns once the Exchange
+        is done (response written, or client gone) and its usage recorded."""
+        exchange = self.gateway.exchange(new_request_id())
+        job = _Request(self, exchange, channel)
+        self.active += 1
+        self.metrics.in_flight.inc()
+        try:
+            await job.run(request)
+        finally:
+            self.active -= 1
+            if self.active == 0:
+                self._wake_idle_waiters()
+            self.metrics.in_flight.dec()
+            summary = exchange.summary(self.clock())
+            self.metrics.observe(summary)
+            log_request(summary)
+        return Served(exchange=exchange, client_gone=job.client_gone)
+
+    async def wait_idle(self) -> None:
+        """Return once no request is being served."""
+        if self.active:
+            event = anyio.Event()
+            self._idle_waiters.append(event)
+            await event.wait()
+
+    def _wake_idle_waiters(self) -> None:
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for event in waiters:
+            event.set()
+
+    def abort_in_flight(self, error: GatewayError) -> int:
+        """End every request still waiting on a backend with ``error`` (an
+        in-band error event for streams); returns how many were ended."""
+        runs = list(self._runs)
+        for run in runs:
+            run.abort(error)
+        return len(runs)
+
+    # ---- the actions that do not touch the client ----------------------
+
+    async def admit(self, action: CheckLimits) -> LimitsDecided:
+        # Shielded (stores answer within their decision timeout): a lease the
+        # store grants must reach the Exchange, which then settles it.
+        with anyio.CancelScope(shield=True):
+            decision = await self.limit_store.admit(
+                action.key, action.specs, action.costs, action.request_id
+            )
+        self.metrics.observe_decision(decision)
+        return LimitsDecided(decision=decision)
+
+    async def commit(self, action: CommitLimits) -> None:
+        # Shielded: a client going away must not leak its concurrency slot.
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.limit_store.commit(
+                    action.key, action.specs, action.request_id, action.estimate, action.actual
+                )
+            except Exception:  # the store's policy already counted it; never fail a response
+                log.exception("limit commit failed for request %s", action.request_id)
+
+    def record(self, record: UsageRecord) -> None:
+        try:
+            self.ledger.record(record)
+        except Exception:  # the ledger must never take a response down with it
+            log.exception("usage sink failed for request %s", record.request_id)
+
+    async def refresh(self) -> CatalogueRefreshed:
+        if self.refresh_catalogue is not None:
+            await self.refresh_catalogue()
+        return CatalogueRefreshed()
+
+    def collect_metrics(self) -> MetricsCollected:
+        body, content_type = self.metrics.render()
+        return MetricsCollected(body=body, content_type=content_type)
+
+    def count_upstream_error(self, exchange: Exchange, result: Result) -> None:
+        if isinstance(result, UpstreamFailed):
+            kind = result.error.code or "error"
+        elif isinstance(result, UpstreamResponseStarted) and result.status >= 400:
+            kind = f"http_{result.status}"
+        else:
+            return
+        self.metrics.upstream_errors.labels(exchange.backend, kind).inc()
+
+
+class _Request:
+    """One Exchange being executed: its channel, upstream task and watcher."""
+
+    def __init__(self, executor: ActionExecutor, exchange: Exchange, channel: ResponseChannel):
+        self.executor = executor
+        self.exchange = exchange
+        self.channel = channel
+        self.client_gone = False
+        self.lock = anyio.Lock()
+        self.in_run = False
+        self.run_scope: anyio.CancelScope | None = None  # upstream task and watcher
+        self.upstream_scope: anyio.CancelScope | None = None  # the current attempt
+        self.next_call: SendUpstream | None = None
+        self.abort_error: GatewayError | None = None
+
+    async def run(self, request: IncomingRequest) -> None:
+        """Start the Exchange and execute everything it asks for."""
+        try:
+            actions = self.exchange.start(request, self.executor.clock())
+        except Exception:
+            # A bug must cost one request, never the process.
+            log.exception("exchange.start failed")
+            await _send_internal_error(self.channel, request.path)
+            return
+        try:
+            await self.perform(actions)
+        except anyio.get_cancelled_exc_class():
+            # The server cancelled the request (its shutdown, or a framework's
+            # way of saying the client left): what reached a backend is
+            # still accounted for, and its limits settled.
+            with anyio.CancelScope(shield=True):
+                await self.abandon()
+            raise
+
+    # ---- the action loop -------------------------------------------------
+
+    async def perform(self, actions: list[Action]) -> None:
+        """Execute ``actions`` in order, feeding back the results they produce."""
+        for index, action in enumerate(actions):
+            try:
+                if not isinstance(action, _QUEUED):
+                    await self._flush()  # the client must not wait behind a store or backend
+                await self._perform_one(action)
+            except anyio.get_cancelled_exc_class():
+                with anyio.CancelScope(shield=True):
+                    await self._settle(actions[index:])
+                raise
+        await self._flush()
+
+    async def _settle(self, actions: list[Action]) -> None:
+        """Cancelled before the end of a list: still record its usage and
+        settle its limits (the rest no longer matters)."""
+        for action in actions:
+            if isinstance(action, RecordUsage):
+                self.executor.record(action.record)
+            elif isinstance(action, CommitLimits):
+                await self.executor.commit(action)
+
+    async def abandon(self) -> None:
+        """The request is being cancelled: tell the Exchange the client is
+        gone, and execute the bookkeeping it answers with (nothing is written)."""
+        if self.exchange.state is ExchangeState.DONE:
+            return
+        self.client_gone = True
+        await self.feed(ClientDisconnected())
+
+    async def _perform_one(self, action: Action) -> None:
+        executor = self.executor
+        match action:
+            case StartResponse() | SendBody() | EndResponse():
+                self._respond(action)
+            case RecordUsage():
+                executor.record(action.record)
+            case CommitLimits():
+                await executor.commit(action)
+            case CancelUpstream():
+                self._cancel_run()
+            case SendUpstream():
+                if self.in_run:
+                    self.next_call = action  # a retry or fallback: the run loop sends it
+                else:
+                    await self._run_upstream(action)
+            case CheckLimits():
+                await self.feed(await executor.admit(action))
+            case CollectMetrics():
+                await self.feed(executor.collect_metrics())
+            case RefreshCatalogue():
+                await self.feed(await executor.refresh())
+            case QueryUsage():
+                await self.feed(UsageQueried(rows=await executor.ledger.query(action.query)))
+            case _:
+                assert_never(action)
+
+    async def feed(self, result: Result) -> None:
+        await self.perform(self.exchange.handle(result, self.executor.clock()))
+
+    def _respond(self, action: StartResponse | SendBody | EndResponse) -> None:
+        # Once the client is gone its writes are skipped, but the actions
+        # after them (RecordUsage, CommitLimits) still run.
+        if self.client_gone:
+            return
+        channel = self.channel
+        if isinstance(action, StartResponse):
+            channel.start_response(action.status, action.headers)
+        elif isinstance(action, SendBody):
+            channel.send_body(action.data)
+        else:
+            channel.end_response(keep_alive=action.keep_alive)
+
+    async def _flush(self) -> None:
+        if self.client_gone:
+            return
+        try:
+            await self.channel.flush()
+        except ClientGone:
+            await self._client_went_away()
+
+    async def _client_went_away(self) -> None:
+        if self.client_gone:
+            return
+        self.client_gone = True
+        # A done Exchange ignores this; otherwise it answers CancelUpstream
+        # and RecordUsage.
+        await self.feed(ClientDisconnected())
+        self._cancel_run()
+
+    def _cancel_run(self) -> None:
+        if self.run_scope is not None:
+            self.run_scope.cancel()
+
+    # ---- the upstream call -----------------------------------------------
+
+    async def _run_upstream(self, action: SendUpstream) -> None:
+        executor = self.executor
+        call: SendUpstream | None = action
+        executor._runs.add(self)
+        self.in_run = True
+        try:
+            async with anyio.create_task_group() as tg:
+                self.run_scope = tg.cancel_scope
+                tg.start_soon(self._watch_client)
+                # The Exchange may answer a failed attempt with another
+                # SendUpstream (a retry after a backoff, or a fallback target).
+                while call is not None and self.abort_error is None:
+                    self.next_call = None
+                    with anyio.CancelScope() as self.upstream_scope:
+                        if call.delay > 0:
+                            await anyio.sleep(call.delay)
+                        backend = executor.gateway.config.backend(call.backend)
+                        await executor.upstream.request(call, backend, self.deliver)
+                    call = self.next_call
+                if self.abort_error is not None:
+                    with anyio.CancelScope(shield=True):
+                        await self.deliver(UpstreamFailed(error=self.abort_error))
+                tg.cancel_scope.cancel()
+        finally:
+            self.in_run = False
+            self.run_scope = None
+            executor._runs.discard(self)
+
+    async def deliver(self, result: Result) -> bool:
+        """The upstream client's callback: True while more results are wanted."""
+        async with self.lock:
+            self.executor.count_upstream_error(self.exchange, result)
+            try:
+                actions = self.exchange.handle(result, self.executor.clock())
+            except Exception:
+                log.exception("exchange failed on %s", type(result).__name__)
+                raise
+            await self.perform(actions)
+            if self.client_gone:
+                return False
+            return self.next_call is None and self.exchange.state is not ExchangeState.DONE
+
+    async def _watch_client(self) -> None:
+        with contextlib.suppress(ClientGone):
+            await self.channel.wait_disconnected()
+        # Shielded: the run may be cancelled right now, and the usage of a
+        # request that reached a backend must still be recorded.
+        with anyio.CancelScope(shield=True):
+            async with self.lock:
+                if self.exchange.state is not ExchangeState.DONE:
+                    await self._client_went_away()
+
+    def abort(self, error: GatewayError) -> None:
+        """Shutdown: end the current attempt; the run reports ``error``."""
+        self.abort_error = error
+        if self.upstream_scope is not None:
+            self.upstream_scope.cancel()
+
+
+async def _send_internal_error(channel: ResponseChannel, path: str) -> None:
+    """The Exchange itself failed (a bug): a plain 500 in the path's dialect."""
+    status, headers, body = error_response(surface_of(path), InternalError("internal error"))
+    channel.start_response(status, (*headers, (b"content-length", str(len(body)).encode())))
+    channel.send_body(body)
+    channel.end_response(keep_alive=False)
+    with contextlib.suppress(ClientGone):
+        await channel.flush()
+
+
+# Actions that at most queue response bytes; anything else may wait on I/O,
+# so what is queued is flushed first.
+_QUEUED = (StartResponse, SendBody, EndResponse, RecordUsage, CancelUpstream)
