@@ -79,7 +79,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     app = GatewayApp(config, worker_count=args.worker_count, reuse_port=args.reuse_port)
     with contextlib.suppress(KeyboardInterrupt):
         anyio.run(
-            partial(_serve, app), backend=config.server.runtime, backend_options=_loop_options(config)
+            partial(_serve, app),
+            backend=config.server.runtime,
+            backend_options=_loop_options(config),
         )
     return 0
 
