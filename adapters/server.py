@@ -1,22 +1,19 @@
 """The HTTP/1.1 server: anyio + h11, driving one Exchange per request.
 
-A shell in the sans-IO sense: it reads bytes, feeds h11, hands whole
-requests to the core, and executes the actions the Exchange returns.  The
-only decisions made here are transport ones: size limits on heads and
-bodies, read timeouts, keep-alive, and noticing that a client went away.
-
-While a request waits on its backend, a watcher reads the client socket:
-EOF means the client disconnected, which is reported to the Exchange (it
-answers ``CancelUpstream``, and the upstream task is cancelled).  Bytes that
-arrive meanwhile (a pipelined request) are handed to h11, which buffers
-them for the next cycle.
+A shell in the sans-IO sense: it reads bytes, feeds h11, and hands each
+whole request to the shared :class:`~adapters.executor.ActionExecutor`,
+which runs the Exchange's actions and writes the response through an h11
+channel.  The only decisions made here are transport ones: size limits on
+heads and bodies, read and write timeouts, keep-alive, pipelining, a
+lingering close, and noticing that a client went away (the channel's
+``wait_disconnected`` reads the socket while a request waits on its
+backend).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -25,40 +22,16 @@ import anyio
 import anyio.abc
 import h11
 
-from sansio_gateway.actions import (
-    Action,
-    CancelUpstream,
-    CatalogueRefreshed,
-    CheckLimits,
-    ClientDisconnected,
-    CollectMetrics,
-    CommitLimits,
-    EndResponse,
-    LimitsDecided,
-    MetricsCollected,
-    QueryUsage,
-    RecordUsage,
-    RefreshCatalogue,
-    Result,
-    SendBody,
-    SendUpstream,
-    StartResponse,
-    UpstreamFailed,
-    UpstreamResponseStarted,
-    UsageQueried,
-    UsageRecord,
-)
-from sansio_gateway.errors import GatewayError, InternalError, InvalidRequest, PayloadTooLarge
-from sansio_gateway.exchange import Exchange, ExchangeState
+from sansio_gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
 from sansio_gateway.gateway import Gateway
-from sansio_gateway.http import IncomingRequest
-from sansio_gateway.limits import Decision
+from sansio_gateway.http import Headers, IncomingRequest
 from sansio_gateway.rendering import error_response
 from sansio_gateway.routing import surface_of
 
+from .executor import ActionExecutor, ClientGone
 from .ledger import UsageLedger
 from .limit_stores import LimitStore, MemoryStore
-from .metrics import GatewayMetrics, log_request
+from .metrics import GatewayMetrics
 from .upstream import UpstreamClient
 
 __all__ = ["GatewayServer", "ServerLimits"]
@@ -101,10 +74,6 @@ class _Connection:
     path: str = ""  # of the request being read, once its head is in
 
 
-def new_request_id() -> str:
-    return uuid.uuid4().hex
-
-
 @dataclass
 class GatewayServer:
     gateway: Gateway
@@ -115,8 +84,7 @@ class GatewayServer:
     limit_store: LimitStore = field(default_factory=MemoryStore)
     draining: bool = False
     _idle_scopes: set[anyio.CancelScope] = field(default_factory=set)
-    _runs: set[_UpstreamRun] = field(default_factory=set)
-    _quiet: anyio.Event = field(default_factory=anyio.Event)
+    executor: ActionExecutor = field(init=False)
 
     # ---- graceful shutdown ----------------------------------------------
 
@@ -126,24 +94,35 @@ class GatewayServer:
         self.draining = True
         for scope in list(self._idle_scopes):
             scope.cancel()
-        if self.active == 0:
-            self._quiet.set()
 
     async def wait_quiet(self) -> None:
-        """Return once no request is being served (after ``begin_drain``)."""
-        await self._quiet.wait()
+        """Return once no request is being served."""
+        await self.executor.wait_idle()
 
     def abort_in_flight(self, error: GatewayError) -> int:
         """End every request still waiting on a backend with ``error`` (an
         in-band error event for streams); returns how many were ended."""
-        runs = list(self._runs)
-        for run in runs:
-            run.abort(error)
-        return len(runs)
+        return self.executor.abort_in_flight(error)
+
+    @property
+    def active(self) -> int:
+        return self.executor.active
 
     limits: ServerLimits = field(default_factory=ServerLimits)
     clock: Callable[[], float] = time.time
-    active: int = 0
+
+    def __post_init__(self) -> None:
+        # The action loop is shared with the ASGI adapter; this server only
+        # moves bytes, enforces transport limits and notices disconnects.
+        self.executor = ActionExecutor(
+            gateway=self.gateway,
+            upstream=self.upstream,
+            ledger=self.ledger,
+            metrics=self.metrics,
+            limit_store=self.limit_store,
+            refresh_catalogue=self.refresh_catalogue,
+            clock=self.clock,
+        )
 
     # ---- connection loop -------------------------------------------------
 
@@ -374,223 +353,42 @@ class GatewayServer:
     # ---- serving one request -------------------------------------------
 
     async def _serve(self, conn: _Connection, request: IncomingRequest) -> None:
-        exchange = self.gateway.exchange(new_request_id())
-        self.active += 1
-        self.metrics.in_flight.inc()
-        try:
-            try:
-                actions = exchange.start(request, self.clock())
-            except Exception:
-                log.exception("exchange.start failed")
-                await self._send_error_raw(conn, InternalError("internal error"), request.path)
-                return
-            await self._execute(conn, exchange, actions)
-            if self.draining:
-                conn.closed = True
-        finally:
-            self.active -= 1
-            if self.draining and self.active == 0:
-                self._quiet.set()
-            self.metrics.in_flight.dec()
-            summary = exchange.summary(self.clock())
-            self.metrics.observe(summary)
-            log_request(summary)
-
-    async def _execute(self, conn: _Connection, exchange: Exchange, actions: list[Action]) -> None:
-        """Run a batch of actions.  If the client turns out to be gone, the
-        rest of the batch's bookkeeping (usage record, limits commit) still
-        runs before _ClientGone propagates: nothing is lost, no slot leaks."""
-        for i, action in enumerate(actions):
-            try:
-                await self._execute_one(conn, exchange, action)
-            except _ClientGone:
-                for rest in actions[i + 1 :]:
-                    if isinstance(rest, (RecordUsage, CommitLimits)):
-                        await self._apply(conn, rest)
-                raise
-        await self._flush(conn)
-
-    async def _execute_one(self, conn: _Connection, exchange: Exchange, action: Action) -> None:
-        if not isinstance(action, _QUEUED):
-            await self._flush(conn)  # the client must not wait behind a store or backend
-        if isinstance(action, SendUpstream):
-            await self._run_upstream(conn, exchange, action)
-        elif isinstance(action, CollectMetrics):
-            body, content_type = self.metrics.render()
-            result = MetricsCollected(body=body, content_type=content_type)
-            await self._execute(conn, exchange, exchange.handle(result, self.clock()))
-        elif isinstance(action, CheckLimits):
-            decided = LimitsDecided(decision=await self._admit(action))
-            await self._execute(conn, exchange, exchange.handle(decided, self.clock()))
-        elif isinstance(action, RefreshCatalogue):
-            if self.refresh_catalogue is not None:
-                await self.refresh_catalogue()
-            await self._execute(
-                conn, exchange, exchange.handle(CatalogueRefreshed(), self.clock())
-            )
-        elif isinstance(action, QueryUsage):
-            rows = await self.ledger.query(action.query)
-            await self._execute(
-                conn, exchange, exchange.handle(UsageQueried(rows=rows), self.clock())
-            )
-        else:
-            await self._apply(conn, action)
-
-    async def _apply(self, conn: _Connection, action: Action) -> None:
-        """Queue response bytes (flushed by the caller after the batch), or
-        run a bookkeeping action."""
-        if isinstance(action, StartResponse):
-            self._queue(
-                conn,
-                h11.Response(
-                    status_code=action.status,
-                    headers=list(action.headers),
-                    reason=_reason(action.status),
-                ),
-            )
-        elif isinstance(action, SendBody):
-            self._queue(conn, h11.Data(data=action.data))
-        elif isinstance(action, EndResponse):
-            self._queue(conn, h11.EndOfMessage())
-            if not action.keep_alive:
-                conn.closed = True
-        elif isinstance(action, RecordUsage):
-            self._record(action.record)
-        elif isinstance(action, CommitLimits):
-            await self._commit(action)
-        elif isinstance(action, CancelUpstream):
-            pass  # handled by the caller that owns the upstream task
-
-    async def _admit(self, action: CheckLimits) -> Decision:
-        decision = await self.limit_store.admit(
-            action.key, action.specs, action.costs, action.request_id
-        )
-        self.metrics.observe_decision(decision)
-        return decision
-
-    async def _commit(self, action: CommitLimits) -> None:
-        # Shielded: a client going away must not leak its concurrency slot.
-        with anyio.CancelScope(shield=True):
-            try:
-                await self.limit_store.commit(
-                    action.key, action.specs, action.request_id, action.estimate, action.actual
-                )
-            except Exception:  # the store's policy already counted it; never fail a response
-                log.exception("limit commit failed for request %s", action.request_id)
-
-    def _record(self, record: UsageRecord) -> None:
-        try:
-            self.ledger.record(record)
-        except Exception:  # the ledger must never take a response down with it
-            log.exception("usage sink failed for request %s", record.request_id)
-
-    async def _run_upstream(
-        self, conn: _Connection, exchange: Exchange, action: SendUpstream
-    ) -> None:
-        state = _UpstreamRun(self, conn, exchange)
-        call: SendUpstream | None = action
-        self._runs.add(state)
-        try:
-            async with anyio.create_task_group() as tg:
-                state.scope = tg.cancel_scope
-                tg.start_soon(state.watch_client)
-                # The Exchange may answer a failed attempt with another
-                # SendUpstream (a retry after a backoff, or a fallback target).
-                while call is not None and state.abort_error is None:
-                    state.next_call = None
-                    with anyio.CancelScope() as state.upstream_scope:
-                        if call.delay > 0:
-                            await anyio.sleep(call.delay)
-                        backend = self.gateway.config.backend(call.backend)
-                        await self.upstream.request(call, backend, state.deliver)
-                    call = state.next_call
-                if state.abort_error is not None:
-                    with anyio.CancelScope(shield=True):
-                        await state.deliver(UpstreamFailed(error=state.abort_error))
-                tg.cancel_scope.cancel()
-        finally:
-            self._runs.discard(state)
-        if state.client_gone:
+        served = await self.executor.serve(request, _H11Channel(self, conn))
+        if served.client_gone or self.draining:
             conn.closed = True
 
 
-class _UpstreamRun:
-    """Feeds upstream results and a client disconnect into one Exchange."""
+class _H11Channel:
+    """The executor's view of one h11 connection (adapters/executor.py)."""
 
-    def __init__(self, server: GatewayServer, conn: _Connection, exchange: Exchange) -> None:
+    def __init__(self, server: GatewayServer, conn: _Connection) -> None:
         self.server = server
         self.conn = conn
-        self.exchange = exchange
-        self.scope: anyio.CancelScope | None = None
-        self.client_gone = False
-        self.lock = anyio.Lock()
-        self.next_call: SendUpstream | None = None
-        self.upstream_scope: anyio.CancelScope | None = None
-        self.abort_error: GatewayError | None = None
 
-    def abort(self, error: GatewayError) -> None:
-        self.abort_error = error
-        if self.upstream_scope is not None:
-            self.upstream_scope.cancel()
+    def start_response(self, status: int, headers: Headers) -> None:
+        response = h11.Response(status_code=status, headers=list(headers), reason=_reason(status))
+        self.server._queue(self.conn, response)
 
-    async def deliver(self, result: Result) -> bool:
-        async with self.lock:
-            return await self._deliver(result)
+    def send_body(self, data: bytes) -> None:
+        self.server._queue(self.conn, h11.Data(data=data))
 
-    async def _deliver(self, result: Result) -> bool:
-        server = self.server
-        if isinstance(result, UpstreamFailed):
-            server.metrics.upstream_errors.labels(
-                self.exchange.backend, result.error.code or "error"
-            ).inc()
-        elif isinstance(result, UpstreamResponseStarted) and result.status >= 400:
-            server.metrics.upstream_errors.labels(
-                self.exchange.backend, f"http_{result.status}"
-            ).inc()
+    def end_response(self, *, keep_alive: bool) -> None:
+        self.server._queue(self.conn, h11.EndOfMessage())
+        if not keep_alive:
+            self.conn.closed = True
+
+    async def flush(self) -> None:
         try:
-            actions = self.exchange.handle(result, server.clock())
-        except Exception:
-            log.exception("exchange failed on %s", type(result).__name__)
-            raise
-        done = 0
-        try:
-            for action in actions:
-                done += 1
-                if isinstance(action, CancelUpstream):
-                    self._cancel()
-                elif isinstance(action, SendUpstream):
-                    self.next_call = action
-                else:
-                    if not isinstance(action, _QUEUED):
-                        await server._flush(self.conn)
-                    await server._apply(self.conn, action)
-            await server._flush(self.conn)
+            await self.server._flush(self.conn)
         except _ClientGone:
-            for rest in actions[done:]:  # the batch's bookkeeping still runs
-                if isinstance(rest, (RecordUsage, CommitLimits)):
-                    await server._apply(self.conn, rest)
-            return await self._client_went_away()
-        return self.next_call is None and self.exchange.state is not ExchangeState.DONE
+            raise ClientGone() from None
 
-    async def _client_went_away(self) -> bool:
-        if not self.client_gone:
-            self.client_gone = True
-            # Nothing more goes to the client; the bookkeeping still runs --
-            # above all the limits commit, which releases the concurrency slot.
-            for action in self.exchange.handle(ClientDisconnected(), self.server.clock()):
-                if isinstance(action, RecordUsage):
-                    self.server._record(action.record)
-                elif isinstance(action, CommitLimits):
-                    await self.server._commit(action)
-        self._cancel()
-        return False
-
-    def _cancel(self) -> None:
-        self.client_gone = self.client_gone or self.exchange.status == 499
-        if self.scope is not None:
-            self.scope.cancel()
-
-    async def watch_client(self) -> None:
+    async def wait_disconnected(self) -> None:
+        """Read the client socket while the request waits on its backend:
+        EOF means the client left.  Bytes that arrive meanwhile (a pipelined
+        request) go to h11, which keeps them for the next cycle -- up to one
+        request's worth; past that, reading stops (memory stays bounded) and
+        the connection closes after this answer."""
         conn = self.conn
         limits = self.server.limits
         bound = limits.max_body_bytes + limits.max_header_bytes
@@ -598,16 +396,10 @@ class _UpstreamRun:
             try:
                 await self.server._receive_into(conn)
             except _ClientGone:
-                break
-            if len(conn.h11.trailing_data[0]) > bound:
-                # More pipelined input than one request may hold: stop
-                # reading (memory stays bounded) and close after this answer.
-                conn.closed = True
                 return
-        with anyio.CancelScope(shield=True):
-            async with self.lock:
-                if self.exchange.state is not ExchangeState.DONE:
-                    await self._client_went_away()
+            if len(conn.h11.trailing_data[0]) > bound:
+                conn.closed = True
+                await anyio.sleep_forever()
 
 
 def _has(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bool:
@@ -622,11 +414,6 @@ def _content_length(headers: Sequence[tuple[bytes, bytes]]) -> int | None:
             except ValueError:
                 return None
     return None
-
-
-# Actions that only queue response bytes; anything else may wait on I/O,
-# so queued bytes are flushed first.
-_QUEUED = (StartResponse, SendBody, EndResponse, RecordUsage, CancelUpstream)
 
 
 def _reason(status: int) -> bytes:
