@@ -17,7 +17,7 @@ from collections.abc import Callable
 import anyio
 import anyio.abc
 
-from sansio_gateway.config import GatewayConfig
+from sansio_gateway.config import ConfigError, GatewayConfig
 from sansio_gateway.errors import ServiceUnavailable
 from sansio_gateway.gateway import Gateway
 
@@ -57,7 +57,14 @@ class GatewayApp:
             limit_divisor=worker_count if memory_store else 1,
             registry=load_registry(),
         )
-        self.limit_store = open_limit_store(config.store, instances=worker_count)
+        if config.server.runtime == "trio" and config.store.url.startswith("redis"):
+            # redis-py's asyncio client needs an asyncio loop.
+            raise ConfigError(
+                "server.runtime = 'trio' cannot use a Redis store (store.url); use asyncio"
+            )
+        self.limit_store = open_limit_store(
+            config.store, instances=config.store.instances * worker_count
+        )
         self.upstream = UpstreamClient()
         self.clock = clock
         self.ledger = ledger if ledger is not None else open_ledger(config.store.usage)

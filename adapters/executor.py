@@ -196,6 +196,7 @@ class ActionExecutor:
                 action.key, action.specs, action.costs, action.request_id
             )
         self.metrics.observe_decision(decision)
+        self.metrics.observe_store(self.limit_store)
         return LimitsDecided(decision=decision)
 
     async def commit(self, action: CommitLimits) -> None:

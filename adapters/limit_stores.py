@@ -419,6 +419,13 @@ class ResilientLimitStore:
         self._monotonic = monotonic
         self._clock = clock
         self._owners: OrderedDict[str, Fallback] = OrderedDict()
+        # Admits that timed out: the store may still run them when it catches
+        # up, leaving a lease no commit would release.  Their commits also
+        # release that lease in the store (request id -> estimated tokens).
+        self._orphans: OrderedDict[str, int] = OrderedDict()
+        # Orphans of requests refused by the "closed" policy get no commit:
+        # they are released on the store's next successful admit.
+        self._unclaimed: OrderedDict[str, tuple[str, LimitSpecs, int]] = OrderedDict()
         self.store_errors = 0
         self.config_errors = 0
         self.commits_dropped = 0
@@ -465,10 +472,26 @@ class ResilientLimitStore:
                 raise
             except (LimitStoreUnavailable, TimeoutError) as exc:
                 self._failure(exc)
+                self._orphans[request_id] = costs.tokens
+                while len(self._orphans) > _MAX_OWNERS:
+                    self._orphans.popitem(last=False)
             else:
                 self._success()
+                await self._release_unclaimed(now_us)
                 return decision
-        return await self._fallback_admit(user_key, specs, costs, request_id, now_us)
+        decision = await self._fallback_admit(user_key, specs, costs, request_id, now_us)
+        tokens = self._orphans.get(request_id)
+        if not decision.allowed and tokens is not None:
+            del self._orphans[request_id]
+            self._unclaimed[request_id] = (user_key, specs, tokens)
+            while len(self._unclaimed) > _MAX_OWNERS:
+                self._unclaimed.popitem(last=False)
+        return decision
+
+    async def _release_unclaimed(self, now_us: int | None, most: int = 8) -> None:
+        for _ in range(min(most, len(self._unclaimed))):
+            request_id, (user_key, specs, tokens) = self._unclaimed.popitem(last=False)
+            await self._release_orphan(user_key, specs, request_id, tokens, now_us)
 
     async def _fallback_admit(
         self, user_key: str, specs: LimitSpecs, costs: Costs, request_id: str, now_us: int | None
@@ -505,12 +528,15 @@ class ResilientLimitStore:
         """Commit to the store that admitted the request.  Store failures are
         counted and logged, not raised (the lease expires on its own)."""
         owner = self._owners.pop(request_id, None)
+        orphan = self._orphans.pop(request_id, None)
+        if orphan is not None:
+            await self._release_orphan(user_key, specs, request_id, orphan, now_us)
         if owner is Fallback.LOCAL:
             local_specs = divide_specs(specs, self.instances)
             await self.local.commit(user_key, local_specs, request_id, estimate, actual, now_us)
             return
-        if owner is Fallback.OPEN:
-            return  # admitted unchecked: no lease, no reservation to settle
+        if owner is Fallback.OPEN or orphan is not None:
+            return  # no lease of the store's own to settle (beyond the orphan's)
         if self.breaker.state is not BreakerState.CLOSED:
             self.commits_dropped += 1  # its lease and reservation expire on their own
             return
@@ -524,6 +550,23 @@ class ResilientLimitStore:
             self._failure(exc)
         else:
             self._success()
+
+    async def _release_orphan(
+        self, user_key: str, specs: LimitSpecs, request_id: str, tokens: int, now_us: int | None
+    ) -> None:
+        """Best effort: settle, with nothing used, a lease the store may have
+        granted after its admit timed out (commit is idempotent, and a commit
+        for a lease it never granted changes nothing)."""
+        if self.breaker.state is BreakerState.OPEN:
+            self.commits_dropped += 1  # the lease, if any, expires on its own
+            return
+        try:
+            with anyio.fail_after(self.commit_timeout):
+                await self.primary.commit(user_key, specs, request_id, tokens, 0, now_us)
+        except LimitStoreConfigError as exc:
+            self._config_error(exc)
+        except (LimitStoreUnavailable, TimeoutError) as exc:
+            self._failure(exc)
 
     async def peek(
         self, user_key: str, specs: LimitSpecs, now_us: int | None = None

@@ -43,6 +43,7 @@ def multiprocess_dir() -> str | None:
 class GatewayMetrics:
     def __init__(self) -> None:
         self.multiprocess = multiprocess_dir() is not None
+        self._store_errors_seen = 0
         registry = CollectorRegistry()
         self.registry = registry
         # "livesum" adds the gauges of live workers; outside multiprocess
@@ -123,6 +124,18 @@ class GatewayMetrics:
             limit = decision.limit.value if decision.limit is not None else "store"
             reason = decision.reason.value if decision.reason is not None else "unknown"
             self.limit_decisions.labels(limit, f"denied_{reason}").inc()
+
+    def observe_store(self, store: object) -> None:
+        """Mirror a resilient store's health: errors so far and whether its
+        failure policy is in force (memory stores have neither)."""
+        errors = getattr(store, "store_errors", None)
+        if isinstance(errors, int) and errors > self._store_errors_seen:
+            self.store_errors.labels("limits").inc(errors - self._store_errors_seen)
+            self._store_errors_seen = errors
+        if hasattr(store, "fallback_mode"):
+            mode = store.fallback_mode
+            policy = getattr(store, "policy", "unknown")
+            self.store_fallback.labels(str(policy)).set(1 if mode else 0)
 
     def render(self) -> tuple[bytes, bytes]:
         if self.multiprocess:

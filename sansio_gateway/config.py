@@ -141,6 +141,9 @@ class StoreConfig(_Strict):
     url: str = "memory://"
     on_error: Literal["open", "closed", "local"] = "local"
     usage: str = "sqlite:///./sansio-gateway-usage.db"
+    # How many gateways share this store: the "local" failure policy then
+    # enforces 1/instances of each limit per gateway (and per --workers).
+    instances: int = Field(default=1, ge=1)
 
 
 class GatewayConfig(_Strict):
