@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, quote, unquote, urlencode
@@ -37,7 +38,8 @@ from sansio_gateway.actions import UsageRecord
 from sansio_gateway.usage_query import UsageQuery, UsageRow
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis, RedisCluster
+    import redis
+    import redis.cluster
 
 __all__ = ["MemoryLedger", "RedisLedger", "SQLiteLedger", "UsageLedger", "open_ledger"]
 
@@ -234,7 +236,6 @@ class SQLiteLedger:
 DEFAULT_RETENTION_DAYS = 400
 REDIS_PREFIX = "usage:v1"
 REDIS_MAX_PENDING = 100_000
-REDIS_CLOSE_TIMEOUT = 10.0
 _DAY_S = 86_400
 
 # One record, written only if its request id is new in its user-day: the raw
@@ -299,32 +300,35 @@ class RedisLedger:
     path); :meth:`run` flushes every ``FLUSH_INTERVAL`` seconds, up to
     ``FLUSH_BATCH`` records per pipeline: one ``SADD`` of the batch's users
     and one ``EVALSHA`` per record (the script above: ``HSETNX`` of the raw
-    record, and only if the request id is new there, the aggregates), sent
+    record and, only if the request id is new there, the aggregates), sent
     in one round trip (on a cluster, one per node).  A failed flush keeps
     its records and is retried whole, which is safe because writes are
-    idempotent by request id.  Records wait in memory meanwhile, at most
+    idempotent by request id; after ``NOSCRIPT`` (a restarted server) the
+    script is loaded again.  Records wait in memory meanwhile, at most
     ``max_pending`` of them (the oldest are dropped beyond, counted in
-    ``dropped`` and logged).  :meth:`aclose` flushes what is left (for at
-    most ``REDIS_CLOSE_TIMEOUT`` seconds).
+    ``dropped`` and logged).  :meth:`aclose` flushes what is left.
 
     **Reads.**  :meth:`query` reads the users' day indexes, then one
     aggregate hash per user and day; a day that a ``since``/``until`` bound
     cuts through (its ``t0``..``t1`` span is not wholly inside the filter)
-    is answered from its raw records instead.  Three round trips at most,
+    is answered from its raw records instead.  At most four round trips,
     whatever the number of records.
 
     **Retention.**  A day's raw records and aggregates expire
     ``retention_days`` (default 400, ``?retention_days=N`` in the URL)
-    after the day ends; the user's day index drops days older than that.
-    Redis keeps the ledger only as well as it is configured to persist
-    (AOF or RDB): the gateway itself can restart at any time.
-    Per request: one raw record (its JSON, about 400 bytes) and a share of
-    the day's aggregate hash.
+    after the day ends; the user's day index drops older days.  The ledger
+    is only as durable as Redis is configured to be (AOF or RDB); gateways
+    themselves can restart at any time.  Memory: one raw record (about 400
+    bytes of JSON) per request, plus about 100 bytes per user, model and day.
+
+    **I/O.**  The synchronous redis-py client runs in worker threads (as
+    the SQLite ledger does), so the ledger works on asyncio and trio alike
+    and never holds the event loop.
     """
 
     def __init__(
         self,
-        client: Redis | RedisCluster,
+        client: redis.Redis | redis.cluster.RedisCluster | Callable[[], Any],
         *,
         prefix: str = REDIS_PREFIX,
         retention_days: int = DEFAULT_RETENTION_DAYS,
@@ -333,7 +337,10 @@ class RedisLedger:
     ) -> None:
         if retention_days < 1:
             raise ValueError("retention_days must be at least 1")
-        self.client = client
+        # A client, or a factory called at first use: a cluster client
+        # connects when built, and a gateway must start while Redis is away.
+        self._client: Any = None if callable(client) else client
+        self._factory = client if callable(client) else None
         self.prefix = prefix
         self.retention_days = retention_days
         self.max_pending = max_pending
@@ -347,8 +354,12 @@ class RedisLedger:
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisLedger:
         """``redis://host:port/db``, ``rediss://...``, ``redis+cluster://host:port``,
-        optionally with ``?retention_days=N``."""
-        from redis.asyncio import Redis, RedisCluster
+        optionally with ``?retention_days=N``.  Other keyword arguments go to
+        the redis-py client."""
+        import redis
+        import redis.cluster
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         base, _, query = url.partition("?")
         params = parse_qs(query, keep_blank_values=True)
@@ -360,18 +371,28 @@ class RedisLedger:
                 raise ValueError(f"retention_days must be a whole number in {url!r}") from None
         rest = urlencode(params, doseq=True)
         plain = base + (f"?{rest}" if rest else "")
-        options: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
-        own = {
-            k: kwargs.pop(k)
-            for k in ("prefix", "retention_days", "max_pending", "clock")
-            if k in kwargs
+        mine = ("prefix", "retention_days", "max_pending", "clock")
+        own = {k: kwargs.pop(k) for k in mine if k in kwargs}
+        options: dict[str, Any] = {
+            "socket_connect_timeout": 2.0,
+            "socket_timeout": 5.0,
+            "retry": Retry(NoBackoff(), 1),  # once at once; run() retries later
+            **kwargs,
         }
-        options.update(kwargs)
         for scheme in ("redis+cluster://", "rediss+cluster://"):
             if plain.startswith(scheme):
                 plain = scheme.replace("+cluster", "") + plain[len(scheme) :]
-                return cls(RedisCluster.from_url(plain, **options), **own)
-        return cls(Redis.from_url(plain, **options), **own)
+                factory = partial(redis.cluster.RedisCluster.from_url, plain, **options)
+                return cls(factory, **own)
+        return cls(redis.Redis.from_url(plain, **options), **own)
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client (built on first use from a URL)."""
+        if self._client is None:
+            assert self._factory is not None
+            self._client = self._factory()
+        return self._client
 
     # ---- keys ------------------------------------------------------------
 
@@ -396,26 +417,30 @@ class RedisLedger:
     def record(self, record: UsageRecord) -> None:
         if len(self._pending) >= self.max_pending:
             self._pending.popleft()
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.error(
-                    "usage ledger: Redis unreachable and %d records waiting; %d dropped so far",
-                    len(self._pending),
-                    self.dropped,
-                )
+            self._count_drop(1)
         self._pending.append(record)
 
     __call__ = record
+
+    def _count_drop(self, n: int) -> None:
+        before = self.dropped
+        self.dropped += n
+        if before == 0 or before // 1000 != self.dropped // 1000:
+            log.error(
+                "usage ledger: Redis unreachable and %d records waiting; %d dropped so far",
+                len(self._pending),
+                self.dropped,
+            )
 
     @property
     def pending(self) -> int:
         return len(self._pending)
 
     def _pipeline(self) -> Any:
-        from redis.asyncio import RedisCluster
+        import redis.cluster
 
-        if isinstance(self.client, RedisCluster):
-            return self.client.pipeline()
+        if isinstance(self.client, redis.cluster.RedisCluster):
+            return self.client.pipeline()  # type: ignore[no-untyped-call]
         return self.client.pipeline(transaction=False)
 
     def _record_call(self, record: UsageRecord, now_ms: int) -> tuple[list[str], list[Any]] | None:
@@ -441,30 +466,31 @@ class RedisLedger:
         ]
         return keys, args
 
-    async def _write(self, batch: list[UsageRecord]) -> None:
+    def _write(self, batch: list[UsageRecord]) -> int:
+        """Write one batch (worker thread); returns how many records were new."""
         from redis.exceptions import NoScriptError
 
         now_ms = int(self._clock() * 1000)
         calls = [c for c in (self._record_call(r, now_ms) for r in batch) if c is not None]
         if not calls:
-            return
+            return 0
         users = sorted({quote(r.user or "", safe="") for r in batch})
         for attempt in range(2):
             if self._sha is None:
-                self._sha = str(await self.client.script_load(_RECORD_LUA))
+                self._sha = str(self.client.script_load(_RECORD_LUA))
             pipe = self._pipeline()
             pipe.sadd(self.users_key, *users)
             for keys, args in calls:
                 pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
-            results = await pipe.execute(raise_on_error=False)
+            results = pipe.execute(raise_on_error=False)
             errors = [r for r in results if isinstance(r, BaseException)]
             if not errors:
-                self.written += sum(1 for r in results[1:] if r == 1)
-                return
+                return sum(1 for r in results[1:] if r == 1)
             if attempt == 0 and all(isinstance(e, NoScriptError) for e in errors):
                 self._sha = None  # the server lost its script cache: load it, rewrite all
                 continue
             raise errors[0]
+        raise AssertionError("unreachable")
 
     def _flush_lock(self) -> anyio.Lock:
         if self._lock is None:
@@ -475,16 +501,17 @@ class RedisLedger:
         """Write every queued record; on failure they stay queued and it raises."""
         async with self._flush_lock():
             while self._pending:
-                batch = [
-                    self._pending.popleft() for _ in range(min(FLUSH_BATCH, len(self._pending)))
-                ]
+                size = min(FLUSH_BATCH, len(self._pending))
+                batch = [self._pending.popleft() for _ in range(size)]
                 try:
-                    await self._write(batch)
+                    self.written += await anyio.to_thread.run_sync(self._write, batch)
                 except BaseException:
                     self._pending.extendleft(reversed(batch))
-                    while len(self._pending) > self.max_pending:
-                        self._pending.popleft()
-                        self.dropped += 1
+                    excess = len(self._pending) - self.max_pending
+                    if excess > 0:
+                        for _ in range(excess):
+                            self._pending.popleft()
+                        self._count_drop(excess)
                     raise
 
     async def run(self) -> None:
@@ -514,17 +541,17 @@ class RedisLedger:
             await self.flush()
         except Exception as exc:  # answer from what is stored; the records stay queued
             log.warning("usage ledger flush before a query failed: %r", exc)
-        return await self._query(query)
+        return await anyio.to_thread.run_sync(self.query_sync, query)
 
-    async def _query(self, query: UsageQuery) -> list[UsageRow]:
+    def query_sync(self, query: UsageQuery) -> list[UsageRow]:
+        """The rows for ``query`` from what is stored (not what is queued)."""
         if query.user is not None:
             users = [query.user]
         else:
-            members = await self.client.smembers(self.users_key)
-            users = sorted(unquote(_text(m)) for m in members)
+            users = sorted(unquote(_text(m)) for m in self.client.smembers(self.users_key))
         if not users:
             return []
-        # Widened by a day each way: a day is the UTC day of the rounded
+        # Widened by a day each way: a record's day is that of its rounded
         # timestamp; the t0..t1 spans below decide exactly.
         lo = "-inf" if query.since is None else str(math.floor(query.since / _DAY_S) - 1)
         hi = "+inf" if query.until is None else str(math.ceil(query.until / _DAY_S) + 1)
@@ -533,7 +560,7 @@ class RedisLedger:
             pipe.zrangebyscore(self.days_key(user), lo, hi)
         user_days = [
             (user, _text(day))
-            for user, days in zip(users, await pipe.execute(), strict=True)
+            for user, days in zip(users, pipe.execute(), strict=True)
             for day in days
         ]
         if not user_days:
@@ -543,7 +570,7 @@ class RedisLedger:
             pipe.hgetall(self.aggregate_key(user, day))
         totals: dict[tuple[str, str, str], list[int]] = {}
         partial: list[tuple[str, str]] = []
-        for (user, day), agg in zip(user_days, await pipe.execute(), strict=True):
+        for (user, day), agg in zip(user_days, pipe.execute(), strict=True):
             fields = {_text(k): v for k, v in agg.items()}
             if "t0" not in fields:
                 continue  # expired meanwhile
@@ -564,13 +591,12 @@ class RedisLedger:
                     query.model is not None and model != query.model
                 ):
                     continue
-                slot = "npc".index(kind)
-                totals.setdefault((user, model, day), [0, 0, 0])[slot] += int(value)
+                totals.setdefault((user, model, day), [0, 0, 0])["npc".index(kind)] += int(value)
         if partial:
             pipe = self._pipeline()
             for user, day in partial:
                 pipe.hvals(self.raw_key(user, day))
-            for (user, day), raws in zip(partial, await pipe.execute(), strict=True):
+            for (user, day), raws in zip(partial, pipe.execute(), strict=True):
                 for raw in raws:
                     r = orjson.loads(raw)
                     t = r["time"]
@@ -592,17 +618,13 @@ class RedisLedger:
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(REDIS_CLOSE_TIMEOUT):
-                try:
-                    await self.flush()
-                except Exception as exc:
-                    log.error(
-                        "usage ledger: %d records not written at close: %r", self.pending, exc
-                    )
-            if self._pending:
-                log.error("usage ledger: %d records not written at close", self.pending)
-            with contextlib.suppress(Exception):
-                await self.client.aclose()
+            try:
+                await self.flush()
+            except Exception as exc:
+                log.error("usage ledger: %d records not written at close: %r", self.pending, exc)
+            if self._client is not None:
+                with contextlib.suppress(Exception):
+                    await anyio.to_thread.run_sync(self._client.close)
 
 
 def _text(value: bytes | str) -> str:

@@ -92,7 +92,9 @@ def test_messages_cost_their_text_plus_fixed_overheads(msgs: list[dict[str, Any]
 
 
 @given(messages, st.fixed_dictionaries({"role": roles, "content": texts}))
-def test_one_more_message_never_costs_less(msgs: list[dict[str, Any]], extra: dict[str, Any]) -> None:
+def test_one_more_message_never_costs_less(
+    msgs: list[dict[str, Any]], extra: dict[str, Any]
+) -> None:
     assert estimate_messages([*msgs, extra]) >= estimate_messages(msgs) + MESSAGE_OVERHEAD
 
 
