@@ -21,6 +21,12 @@ MODEL = "llama3.2:1b"
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 
 
+@pytest.fixture(scope="module")
+def gateway(any_server: RunningGateway) -> RunningGateway:
+    """This suite runs against the bundled server and the ASGI app alike."""
+    return any_server
+
+
 @pytest.fixture
 def client(gateway: RunningGateway) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0) as c:

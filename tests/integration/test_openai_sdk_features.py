@@ -37,6 +37,12 @@ PARALLEL = [
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 32).decode()
 
 
+@pytest.fixture(scope="module")
+def gateway(any_server: RunningGateway) -> RunningGateway:
+    """This suite runs against the bundled server and the ASGI app alike."""
+    return any_server
+
+
 @pytest.fixture
 def client(gateway: RunningGateway) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0) as c:
