@@ -318,8 +318,8 @@ class RedisLedger:
     ``retention_days`` (default 400, ``?retention_days=N`` in the URL)
     after the day ends; the user's day index drops older days.  The ledger
     is only as durable as Redis is configured to be (AOF or RDB); gateways
-    themselves can restart at any time.  Memory: one raw record (about 400
-    bytes of JSON) per request, plus about 100 bytes per user, model and day.
+    themselves can restart at any time.  Memory: about 500 bytes per request
+    (its raw record), plus about 100 bytes per user, model and day.
 
     **I/O.**  The synchronous redis-py client runs in worker threads (as
     the SQLite ledger does), so the ledger works on asyncio and trio alike
