@@ -63,7 +63,9 @@ class GatewayApp:
                 "server.runtime = 'trio' cannot use a Redis store (store.url); use asyncio"
             )
         self.limit_store = open_limit_store(
-            config.store, instances=config.store.instances * worker_count
+            config.store,
+            instances=config.store.instances * worker_count,
+            decision_timeout=config.store.decision_timeout,
         )
         self.upstream = UpstreamClient()
         self.clock = clock

@@ -209,6 +209,15 @@ class ActionExecutor:
             except Exception:  # the store's policy already counted it; never fail a response
                 log.exception("limit commit failed for request %s", action.request_id)
 
+    async def query_usage(self, action: QueryUsage) -> UsageQueried:
+        try:
+            return UsageQueried(rows=await self.ledger.query(action.query))
+        except Exception as exc:  # the ledger's store is down: say so, as a 503
+            log.warning("usage ledger query failed: %r", exc)
+            return UsageQueried(
+                rows=[], error=f"the usage ledger is unavailable: {type(exc).__name__}"
+            )
+
     def record(self, record: UsageRecord) -> None:
         try:
             self.ledger.record(record)
@@ -323,7 +332,7 @@ class _Request:
             case RefreshCatalogue():
                 await self.feed(await executor.refresh())
             case QueryUsage():
-                await self.feed(UsageQueried(rows=await executor.ledger.query(action.query)))
+                await self.feed(await executor.query_usage(action))
             case _:
                 assert_never(action)
 

@@ -205,6 +205,7 @@ class ClientDisconnected:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UsageQueried:
     rows: list[UsageRow]
+    error: str | None = None  # the ledger could not be read
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -144,6 +144,8 @@ class StoreConfig(_Strict):
     # How many gateways share this store: the "local" failure policy then
     # enforces 1/instances of each limit per gateway (and per --workers).
     instances: int = Field(default=1, ge=1)
+    # Seconds a rate-limit decision may take before on_error applies to it.
+    decision_timeout: float = Field(default=0.05, gt=0)
 
 
 class GatewayConfig(_Strict):

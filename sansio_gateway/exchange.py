@@ -126,6 +126,7 @@ class Exchange:
     def __init__(self, gateway: Gateway, *, request_id: str) -> None:
         self.gateway = gateway
         self.request_id = request_id
+        self.trace_id = request_id
         self.state = ExchangeState.IDLE
         self.flow: Flow | None = None
         self.identity: Identity = ANONYMOUS
@@ -165,7 +166,11 @@ class Exchange:
             raise ExchangeStateError("start() called twice")
         self.started_at = now
         self._head_only = request.method == "HEAD"
-        self.request_id = request_id_from(request.headers, self.request_id)
+        # The client's x-request-id is for tracing only: echoed, logged and
+        # sent upstream.  Limits, the ledger and completion ids key on the
+        # gateway's own id, so reusing an id cannot replace another
+        # request's lease or usage record.
+        self.trace_id = request_id_from(request.headers, self.request_id)
         self._body = request.body
         try:
             return self._with_commit(self._start(request, now))
@@ -194,7 +199,7 @@ class Exchange:
         if usage is None and flow is not None and self._reached_backend:
             usage = flow.estimate_usage()
         return RequestSummary(
-            request_id=self.request_id,
+            request_id=self.trace_id,
             surface=self.surface.value,
             route=flow.route_name if flow is not None else "unknown",
             key_id=self.identity.key_id,
@@ -213,7 +218,7 @@ class Exchange:
 
     @property
     def response_headers_extra(self) -> Headers:
-        return ((b"x-request-id", self.request_id.encode("ascii")),)
+        return ((b"x-request-id", self.trace_id.encode("ascii")),)
 
     # ---- start -----------------------------------------------------------
 
@@ -394,7 +399,7 @@ class Exchange:
         self._stream = plan.stream
         self._attempts += 1
         self._buffer = bytearray()
-        headers = self.gateway.upstream_headers(self.backend, self.request_id)
+        headers = self.gateway.upstream_headers(self.backend, self.trace_id)
         return [
             SendUpstream(
                 backend=self.backend,
@@ -521,6 +526,8 @@ class Exchange:
         return [CancelUpstream(), self._record(now, "client_disconnected")]
 
     def _on_ledger_rows(self, result: UsageQueried, now: float) -> list[Action]:
+        if result.error is not None:
+            return self._fail_before_response(ServiceUnavailable(result.error), now)
         self.state = ExchangeState.DONE
         self.status = 200
         body = orjson.dumps(render_rows(self._ledger_query, result.rows))

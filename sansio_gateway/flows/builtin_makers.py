@@ -81,6 +81,7 @@ def ollama_passthrough(
         model=model,
         stream=streams and data.get("stream") is not False,
         prompt_bytes=len(request.body),
+        default_max_tokens=gateway.config.server.default_max_tokens,
     )
 
 

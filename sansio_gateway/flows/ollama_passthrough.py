@@ -48,6 +48,7 @@ class OllamaPassthroughFlow:
         model: str,
         stream: bool,
         prompt_bytes: int,
+        default_max_tokens: int | None = None,
     ) -> None:
         self.route_name = route_name
         self._path = path
@@ -56,6 +57,7 @@ class OllamaPassthroughFlow:
         self._model = model
         self._stream = stream
         self._prompt_bytes = prompt_bytes
+        self._default_max_tokens = default_max_tokens
         self._decoder = NDJSONDecoder() if stream else None
         self._done = False
         self._failed = False
@@ -66,12 +68,27 @@ class OllamaPassthroughFlow:
     def model(self) -> str:
         return self._model
 
+    def _cap_output(self, body: dict[str, Any]) -> None:
+        """With token limits on, the output cap that admission charged is
+        written upstream when the client set none (or asked for -1/-2,
+        "unbounded"), so the estimate stays an upper bound."""
+        cap = self._default_max_tokens
+        if cap is None or self.route_name not in ("ollama.chat", "ollama.generate"):
+            return
+        options = body.get("options")
+        options = dict(options) if isinstance(options, dict) else {}
+        current = options.get("num_predict")
+        if not isinstance(current, int) or isinstance(current, bool) or current <= 0:
+            options["num_predict"] = cap
+            body["options"] = options
+
     def plan(
         self, route: Route | None, backend: BackendConfig | None
     ) -> UpstreamCall | LocalAnswer:
         assert route is not None
         body = {key: value for key, value in self._data.items() if key != "name"}
         body["model"] = route.target
+        self._cap_output(body)
         return UpstreamCall(
             method="POST", path=self._path, body=orjson.dumps(body), stream=self._stream
         )

@@ -523,7 +523,11 @@ def test_client_errors_are_never_retried() -> None:
 
 
 def test_the_attempt_budget_caps_everything() -> None:
-    gw = Gateway(make_config(FALLBACK_CONFIG.replace('retry_backoff = 0.5', 'retry_backoff = 0.5\nmax_retries = 9')))
+    gw = Gateway(
+        make_config(
+            FALLBACK_CONFIG.replace("retry_backoff = 0.5", "retry_backoff = 0.5\nmax_retries = 9")
+        )
+    )
     gw.record_discovery("a", [], NOW)
     d = ExchangeDriver(gw)
     d.start("POST", CHAT, chat(model="m"))
@@ -552,6 +556,27 @@ def test_head_gets_the_get_head_without_a_body() -> None:
 
 def test_unknown_model_on_the_ollama_surface_is_worded_as_ollama_does() -> None:
     d = ExchangeDriver(gateway())
-    d.start("POST", "/api/chat", {"model": "ghost:1b", "messages": [{"role": "user", "content": "x"}]})
+    d.start(
+        "POST", "/api/chat", {"model": "ghost:1b", "messages": [{"role": "user", "content": "x"}]}
+    )
     assert d.seen.status == 404
     assert d.seen.json() == {"error": 'model "ghost:1b" not found, try pulling it first'}
+
+
+def test_an_unreadable_ledger_is_a_503() -> None:
+    from sansio_gateway.actions import QueryUsage, UsageQueried
+
+    exchange = gateway().exchange("r")
+    [query] = exchange.start(IncomingRequest(method="GET", path="/admin/usage"), NOW)
+    assert isinstance(query, QueryUsage)
+    actions = exchange.handle(UsageQueried(rows=[], error="the usage ledger is unavailable"), NOW)
+    assert actions[0].status == 503  # type: ignore[union-attr]
+
+
+def test_a_reused_client_request_id_is_for_tracing_only() -> None:
+    first = ExchangeDriver(gateway(), request_id="internal-1")
+    first.start("POST", CHAT, chat(), headers=((b"x-request-id", b"trace-1"),))
+    first.handle(UpstreamFailed(error=UpstreamError("down")))
+    assert first.seen.usage[0].request_id == "internal-1"
+    assert (b"x-request-id", b"trace-1") in first.seen.upstream[0].headers
+    assert first.seen.headers[b"x-request-id"] == b"trace-1"
