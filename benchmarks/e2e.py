@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -143,6 +144,27 @@ def _tree_cpu(pid: int) -> float:
     return total + sum(_tree_cpu(int(c)) for c in children)
 
 
+def _tree(pid: int) -> list[int]:
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return [pid, *(p for c in children for p in _tree(int(c)))]
+
+
+def _pause_others(targets: list[Target], measured: Target | None) -> None:
+    """Stop every server under test but the one being measured (SIGSTOP),
+    so that one's idle timers and background tasks (LiteLLM has several)
+    do not steal the pinned core from the other; resume the measured one."""
+    for target in targets:
+        if target.name == "direct":
+            continue  # the backend serves every target
+        sig = signal.SIGCONT if measured is None or target is measured else signal.SIGSTOP
+        for pid in _tree(target.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+
 def _rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -191,12 +213,14 @@ async def _measure(
         for c in levels:
             for stream in (False, True):
                 for target in targets:  # interleaved: every target sees the same noise
+                    _pause_others(targets, target)
                     cpu0 = _tree_cpu(target.pid)
                     r = await run_load(target.host, target.port, target.request(stream),
                                        label=target.name, concurrency=c, duration=args.duration)  # fmt: skip
                     cpu = 100 * (_tree_cpu(target.pid) - cpu0) / r.elapsed
                     mode = "stream" if stream else "non-stream"
                     runs.setdefault((target.name, mode, c), []).append((r, cpu))
+    _pause_others(targets, None)
     rows = []
     for (name, mode, _level), results in runs.items():
         ordered = sorted(results, key=lambda rc: rc[0].rps)

@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .decision import Decision, RateHeaders, Reading, Verdict, decide, headers_from
+from .done_ids import add_done
 from .specs import DAY_US, MAX_NOW_US, Costs, LimitSpecs, RateSpec, Scope, Unit, clamp_cost
 
 __all__ = ["Lease", "LimitState", "admit", "commit", "peek", "readings"]
@@ -283,7 +284,7 @@ def commit(
             day, day_used = now // DAY_US, 0
         day_used = min(day_used + act, MAX_DAY_USED)
     live = _live(state.inflight, now, request_id)
-    done = _add_done(state.done, request_id, now, now + specs.lease_ttl_us)
+    done = add_done(state.done, request_id, now, now + specs.lease_ttl_us)
     return LimitState(
         clock_us=now,
         tats=tats,
@@ -293,23 +294,6 @@ def commit(
         inflight=live,
         done=done,
     )
-
-
-def _add_done(done: Mapping[str, int], request_id: str, now: int, expiry: int) -> dict[str, int]:
-    """A copy of ``done`` plus one id, expired ids dropped from the front.
-
-    Ids go in roughly in expiry order, so sweeping the front keeps the map
-    near its live size without scanning it on every commit (stragglers
-    behind a live id are ignored by lookups, which check the expiry).
-    """
-    out = dict(done)
-    for rid, exp in done.items():
-        if exp > now:
-            break
-        del out[rid]
-    out.pop(request_id, None)
-    out[request_id] = expiry
-    return out
 
 
 def _anchor(lease: Lease | None, scope: Scope) -> int:
