@@ -10,15 +10,15 @@ resolved, and the answer is translated whole (one native JSON object -> one
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 
 from ..catalogue import Route
 from ..config import BackendConfig
-from ..errors import GatewayError, InvalidRequest, UpstreamError
-from ..framing import SSE_DONE, FramingError, NDJSONDecoder, encode_sse_json
-from ..http import Headers, IncomingRequest, Surface
+from ..errors import InvalidRequest, UpstreamError
+from ..framing import NDJSONDecoder
+from ..http import IncomingRequest, Surface
 from ..ollama_chat_response import usage_from_ollama
 from ..openai_completions import (
     CompletionRequest,
@@ -28,7 +28,8 @@ from ..openai_completions import (
     parse_completion_request,
 )
 from ..usage import TokenUsage
-from .base import SSE_HEADERS, LocalAnswer, UpstreamCall
+from .base import LocalAnswer, UpstreamCall
+from .sse_stream import NdjsonToSseStream
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["OpenAICompletionsFlow"]
 
 
-class OpenAICompletionsFlow:
+class OpenAICompletionsFlow(NdjsonToSseStream[OllamaCompletionStream]):
     surface = Surface.OPENAI
     route_name = "completions"
 
@@ -92,54 +93,7 @@ class OpenAICompletionsFlow:
             stream=self.request.stream,
         )
 
-    # ---- streamed answers -----------------------------------------------
-
-    def stream_headers(self) -> Headers:
-        return SSE_HEADERS
-
-    def _encode(self, payloads: list[dict[str, Any]]) -> bytes:
-        assert self._stream is not None
-        out = b"".join([encode_sse_json(p) for p in payloads])
-        self._chunks_out += len(payloads)
-        if self._stream.done and not self._stream.failed:
-            out += SSE_DONE
-        return out
-
-    def feed(self, data: bytes) -> bytes:
-        assert self._stream is not None and self._decoder is not None
-        try:
-            lines = self._decoder.feed(data)
-        except FramingError as exc:
-            return self.fail(UpstreamError(f"malformed stream from backend: {exc.reason}"))
-        stream = self._stream
-        payloads: list[dict[str, Any]] = []
-        for line in lines:
-            payloads += stream.feed(line)
-        return self._encode(payloads) if payloads else b""
-
-    def finish(self) -> bytes:
-        assert self._stream is not None and self._decoder is not None
-        payloads: list[dict[str, Any]] = []
-        try:
-            for line in self._decoder.feed_eof():
-                payloads += self._stream.feed(line)
-        except FramingError as exc:
-            return self.fail(UpstreamError(f"malformed stream from backend: {exc.reason}"))
-        payloads += self._stream.finish()
-        return self._encode(payloads) if payloads else b""
-
-    def fail(self, error: GatewayError) -> bytes:
-        assert self._stream is not None
-        return self._encode(self._stream.fail(error))
-
-    @property
-    def stream_done(self) -> bool:
-        stream = self._stream
-        return stream is not None and (stream.done or stream.failed)
-
-    @property
-    def stream_failed(self) -> bool:
-        return self._stream is not None and self._stream.failed
+    # Streamed answers: feed/finish/fail come from NdjsonToSseStream.
 
     # ---- whole answers ---------------------------------------------------
 
