@@ -15,14 +15,13 @@ import orjson
 
 from ..catalogue import Route
 from ..config import BackendConfig
-from ..errors import InvalidRequest, UpstreamError
+from ..errors import UpstreamError
 from ..framing import NDJSONDecoder
-from ..http import IncomingRequest, Surface
+from ..http import Surface
 from ..ollama_chat_request import chat_request_to_ollama
 from ..ollama_chat_response import ollama_chat_to_completion, usage_from_ollama
 from ..ollama_chat_stream import OllamaChatStream
 from ..openai_chat_request import ChatRequest, parse_chat_request
-from ..usage import TokenUsage
 from .base import LocalAnswer, UpstreamCall
 from .sse_stream import NdjsonToSseStream
 
@@ -41,17 +40,7 @@ class OpenAIChatFlow(NdjsonToSseStream[OllamaChatStream]):
         self.request: ChatRequest = parse_chat_request(body)
         self.completion_id = f"chatcmpl-{request_id}"
         self.created = int(now)
-        self._prompt_bytes = len(body)
-        self._stream: OllamaChatStream | None = None
-        self._decoder: NDJSONDecoder | None = None
-        self._usage: TokenUsage | None = None
-        self._chunks_out = 0
-
-    @classmethod
-    def create(
-        cls, gateway: Gateway, request: IncomingRequest, request_id: str, now: float
-    ) -> OpenAIChatFlow:
-        return cls(gateway, request.body, request_id, now)
+        self._reset_stream_state(body)
 
     @property
     def model(self) -> str:
@@ -63,10 +52,6 @@ class OpenAIChatFlow(NdjsonToSseStream[OllamaChatStream]):
         self, route: Route | None, backend: BackendConfig | None
     ) -> UpstreamCall | LocalAnswer:
         assert route is not None and backend is not None
-        if backend.kind != "ollama":
-            raise InvalidRequest(
-                f"backend {backend.name!r} of kind {backend.kind!r} cannot serve chat completions yet"
-            )
         server = self.gateway.config.server
         native = chat_request_to_ollama(
             self.request, model=route.target, default_max_tokens=server.default_max_tokens
@@ -107,19 +92,3 @@ class OpenAIChatFlow(NdjsonToSseStream[OllamaChatStream]):
             forced_tool=self.request.forced_tool,
         )
         return orjson.dumps(completion)
-
-    # ---- accounting ------------------------------------------------------
-
-    @property
-    def usage(self) -> TokenUsage | None:
-        if self._stream is not None:
-            return self._stream.usage
-        return self._usage
-
-    def estimate_usage(self) -> TokenUsage:
-        # Conservative stand-ins when the backend never reported counts: a
-        # token is rarely shorter than 4 bytes of JSON, and each streamed
-        # chunk carries at least one token.
-        return TokenUsage(
-            prompt_tokens=self._prompt_bytes // 4 + 1, completion_tokens=self._chunks_out
-        )

@@ -16,9 +16,9 @@ import orjson
 
 from ..catalogue import Route
 from ..config import BackendConfig
-from ..errors import InvalidRequest, UpstreamError
+from ..errors import UpstreamError
 from ..framing import NDJSONDecoder
-from ..http import IncomingRequest, Surface
+from ..http import Surface
 from ..ollama_chat_response import usage_from_ollama
 from ..openai_completions import (
     CompletionRequest,
@@ -27,7 +27,6 @@ from ..openai_completions import (
     ollama_generate_to_completion,
     parse_completion_request,
 )
-from ..usage import TokenUsage
 from .base import LocalAnswer, UpstreamCall
 from .sse_stream import NdjsonToSseStream
 
@@ -47,17 +46,7 @@ class OpenAICompletionsFlow(NdjsonToSseStream[OllamaCompletionStream]):
         # Unique per request (Ollama's are cmpl-<0..998>: pitfall 19).
         self.completion_id = f"cmpl-{request_id}"
         self.created = int(now)
-        self._prompt_bytes = len(body)
-        self._stream: OllamaCompletionStream | None = None
-        self._decoder: NDJSONDecoder | None = None
-        self._usage: TokenUsage | None = None
-        self._chunks_out = 0
-
-    @classmethod
-    def create(
-        cls, gateway: Gateway, request: IncomingRequest, request_id: str, now: float
-    ) -> OpenAICompletionsFlow:
-        return cls(gateway, request.body, request_id, now)
+        self._reset_stream_state(body)
 
     @property
     def model(self) -> str:
@@ -69,10 +58,6 @@ class OpenAICompletionsFlow(NdjsonToSseStream[OllamaCompletionStream]):
         self, route: Route | None, backend: BackendConfig | None
     ) -> UpstreamCall | LocalAnswer:
         assert route is not None and backend is not None
-        if backend.kind != "ollama":
-            raise InvalidRequest(
-                f"backend {backend.name!r} of kind {backend.kind!r} cannot serve completions yet"
-            )
         native = completion_request_to_ollama(
             self.request,
             model=route.target,
@@ -109,18 +94,3 @@ class OpenAICompletionsFlow(NdjsonToSseStream[OllamaCompletionStream]):
             native, completion_id=self.completion_id, created=self.created, model=self.request.model
         )
         return orjson.dumps(completion)
-
-    # ---- accounting ------------------------------------------------------
-
-    @property
-    def usage(self) -> TokenUsage | None:
-        if self._stream is not None:
-            return self._stream.usage
-        return self._usage
-
-    def estimate_usage(self) -> TokenUsage:
-        # As for chat: a token is rarely shorter than 4 bytes of JSON, and
-        # each streamed chunk carries at least one token.
-        return TokenUsage(
-            prompt_tokens=self._prompt_bytes // 4 + 1, completion_tokens=self._chunks_out
-        )

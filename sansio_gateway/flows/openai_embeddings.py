@@ -16,8 +16,8 @@ import orjson
 
 from ..catalogue import Route
 from ..config import BackendConfig
-from ..errors import GatewayError, InvalidRequest, UpstreamError
-from ..http import Headers, IncomingRequest, Surface
+from ..errors import GatewayError, UpstreamError
+from ..http import Headers, Surface
 from ..ollama_chat_response import usage_from_ollama
 from ..openai_embeddings import (
     EmbeddingsRequest,
@@ -46,12 +46,6 @@ class OpenAIEmbeddingsFlow:
         self._prompt_bytes = len(body)
         self._usage: TokenUsage | None = None
 
-    @classmethod
-    def create(
-        cls, gateway: Gateway, request: IncomingRequest, request_id: str, now: float
-    ) -> OpenAIEmbeddingsFlow:
-        return cls(gateway, request.body, request_id, now)
-
     @property
     def model(self) -> str:
         return self.request.model
@@ -60,10 +54,6 @@ class OpenAIEmbeddingsFlow:
         self, route: Route | None, backend: BackendConfig | None
     ) -> UpstreamCall | LocalAnswer:
         assert route is not None and backend is not None
-        if backend.kind != "ollama":
-            raise InvalidRequest(
-                f"backend {backend.name!r} of kind {backend.kind!r} cannot serve embeddings yet"
-            )
         native = embeddings_request_to_ollama(self.request, model=route.target)
         return UpstreamCall(
             method="POST", path="/api/embed", body=orjson.dumps(native), stream=False

@@ -4,8 +4,9 @@ Both ``/v1/chat/completions`` and ``/v1/completions`` over Ollama decode
 the native NDJSON stream, feed each line to their translator (an
 ``OllamaChatStream`` or ``OllamaCompletionStream``), encode the payloads as
 SSE events, and close with ``data: [DONE]`` once the translator is done
-and not failed.  :class:`NdjsonToSseStream` is that glue; the flows set
-``_stream`` (the translator) and ``_decoder`` in ``plan``.
+and not failed.  :class:`NdjsonToSseStream` is that glue, with the
+accounting both share; the flows set ``_stream`` (the translator) and
+``_decoder`` in ``plan``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from ..errors import GatewayError, UpstreamError
 from ..framing import SSE_DONE, FramingError, NDJSONDecoder, encode_sse_json
 from ..http import Headers
+from ..usage import TokenUsage
 from .base import SSE_HEADERS
 
 __all__ = ["NdjsonToSseStream", "StreamTranslator"]
@@ -27,6 +29,9 @@ class StreamTranslator(Protocol):
     @property
     def failed(self) -> bool: ...
 
+    @property
+    def usage(self) -> TokenUsage | None: ...
+
     def feed(self, line: Any) -> list[dict[str, Any]]: ...
 
     def finish(self) -> list[dict[str, Any]]: ...
@@ -38,9 +43,27 @@ T = TypeVar("T", bound=StreamTranslator)
 
 
 class NdjsonToSseStream(Generic[T]):
-    _stream: T | None
-    _decoder: NDJSONDecoder | None
-    _chunks_out: int
+    def _reset_stream_state(self, body: bytes) -> None:
+        """Called by the flow's constructor."""
+        self._stream: T | None = None
+        self._decoder: NDJSONDecoder | None = None
+        self._usage: TokenUsage | None = None  # from a whole (non-stream) answer
+        self._chunks_out = 0
+        self._prompt_bytes = len(body)
+
+    @property
+    def usage(self) -> TokenUsage | None:
+        if self._stream is not None:
+            return self._stream.usage
+        return self._usage
+
+    def estimate_usage(self) -> TokenUsage:
+        # Conservative stand-ins when the backend never reported counts: a
+        # token is rarely shorter than 4 bytes of JSON, and each streamed
+        # chunk carries at least one token.
+        return TokenUsage(
+            prompt_tokens=self._prompt_bytes // 4 + 1, completion_tokens=self._chunks_out
+        )
 
     def stream_headers(self) -> Headers:
         return SSE_HEADERS
