@@ -239,10 +239,12 @@ class Exchange:
         route = backend = None
         model = flow.model
         if model is not None:
-            if not self.identity.may_use(model):
-                raise self._model_not_found(model)
             route = gateway.catalogue.resolve(model)
-            if route is None and gateway.should_refresh_on_miss(now):
+            if (
+                route is None
+                and self.identity.may_use(model)
+                and gateway.should_refresh_on_miss(now)
+            ):
                 # Perhaps the model was pulled since the last discovery.
                 self.state = ExchangeState.AWAITING_ADAPTER
                 return [RefreshCatalogue()]
@@ -271,10 +273,11 @@ class Exchange:
         return NotFound(message, code="model_not_found", param="model")
 
     def _route_to(self, route: Route | None, model: str, now: float) -> list[Action]:
-        if route is None:
+        # The allow-list judges the model reached, not the spelling asked for.
+        if route is None or not self.gateway.may_use(self.identity, route):
             raise self._model_not_found(model)
         self._targets = targets_for(route)
-        check = self._check_limits(model)
+        check = self._check_limits(route)
         if check is not None:
             self.state = ExchangeState.AWAITING_LIMITS
             return [check]
@@ -282,7 +285,7 @@ class Exchange:
 
     # ---- rate limits ------------------------------------------------------
 
-    def _check_limits(self, model: str) -> CheckLimits | None:
+    def _check_limits(self, route: Route) -> CheckLimits | None:
         """Ask for admission, charging an upper-bound estimate (or None when
         no limit applies to this request)."""
         gateway = self.gateway
@@ -290,7 +293,7 @@ class Exchange:
         generates = LIMITED_ROUTES.get(self.flow.route_name)
         if not gateway.limits_on or generates is None:
             return None
-        specs = gateway.limit_specs(self.identity.user, model)
+        specs = gateway.limit_specs(self.identity.user, route)
         if specs.empty:
             return None
         self._estimate = admission_tokens(
