@@ -124,6 +124,17 @@ class Catalogue:
             target = ollama_canonical_name(target)
         return f"{route.backend}/{target}"
 
+    def known_name(self, route: Route) -> str | None:
+        """The catalogue's own name for ``route``'s model (the client's
+        spelling when it is one, else the name it resolved through), or None
+        for a name only forwarded on the chance an undiscovered backend has
+        it.  Bounded by the catalogue: fit for a metrics label."""
+        for name in (route.model, _with_latest(route.model)):
+            if name in self._index:
+                return name
+        names = self._names.get(self.canonical(route))
+        return names[0] if names else None
+
     def names_of(self, route: Route) -> tuple[str, ...]:
         """Every name that reaches ``route``'s model: the client's spelling,
         then the catalogue's names for it (aliases, discovered names)."""

@@ -84,6 +84,8 @@ __all__ = ["Exchange", "ExchangeState", "ExchangeStateError", "RequestSummary"]
 # A non-stream upstream answer (or error body) larger than this is refused:
 # every buffer has a limit.
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024
+# The metrics label of a model the catalogue does not name (see RequestSummary).
+UNKNOWN_MODEL_LABEL = "unknown"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,6 +105,11 @@ class RequestSummary:
     ttft: float | None
     retries: int
     client_disconnected: bool
+    # The model as a metrics label: the catalogue's name for it, "unknown"
+    # for a name the catalogue does not hold (or one hidden by the caller's
+    # allow-list), "-" for routes without a model.  Never the client's
+    # free-form string, so clients cannot mint label values.
+    model_label: str = "-"
 
 
 class ExchangeStateError(RuntimeError):
@@ -134,6 +141,7 @@ class Exchange:
         self.status = 0
         self.backend = ""
         self.resolved_model = ""
+        self.model_label = "-"
         self.started_at = 0.0
         self.first_byte_at: float | None = None
         self._buffer = bytearray()
@@ -214,6 +222,7 @@ class Exchange:
             ttft=None if self.first_byte_at is None else self.first_byte_at - self.started_at,
             retries=max(0, self._attempts - 1),
             client_disconnected=self._client_gone,
+            model_label=self.model_label,
         )
 
     @property
@@ -239,6 +248,7 @@ class Exchange:
         route = backend = None
         model = flow.model
         if model is not None:
+            self.model_label = UNKNOWN_MODEL_LABEL
             route = gateway.catalogue.resolve(model)
             if (
                 route is None
@@ -276,6 +286,7 @@ class Exchange:
         # The allow-list judges the model reached, not the spelling asked for.
         if route is None or not self.gateway.may_use(self.identity, route):
             raise self._model_not_found(model)
+        self.model_label = self.gateway.catalogue.known_name(route) or UNKNOWN_MODEL_LABEL
         self._targets = targets_for(route)
         check = self._check_limits(route)
         if check is not None:
