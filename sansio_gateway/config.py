@@ -86,6 +86,8 @@ class BackendConfig(_Strict):
     discover: bool = True
     max_retries: int = Field(default=2, ge=0)  # per request, before the first byte only
     retry_backoff: float = Field(default=0.25, ge=0)  # seconds; doubles per retry, jittered
+    # forward non-data: image URLs to an openai-kind backend, which fetches them (SSRF)
+    allow_image_urls: bool = False
 
     @field_validator("url")
     @classmethod
