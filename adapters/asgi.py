@@ -249,6 +249,12 @@ class GatewayASGI:
         headers: Headers = tuple((bytes(k), bytes(v)) for k, v in scope["headers"])
         limit = self.config.server.max_body_bytes
         declared = _content_length(headers)
+        if declared != 0:
+            # The core judges the head (auth) before a byte of the body is
+            # read; the Exchange repeats the check, so a pass grants nothing.
+            refusal = self.app.gateway.refuse_head(scope["method"], path, headers)
+            if refusal is not None:
+                raise _Rejected(refusal)
         if declared is not None and declared > limit:
             raise _Rejected(_too_large(limit))  # refused before reading a byte of it
         # The whole request must arrive within read_timeout (slowloris protection).

@@ -57,7 +57,7 @@ from .actions import (
     UsageRecord,
 )
 from .admission import DEFAULT_OUTPUT_CAP, LIMITED_ROUTES, admission_tokens
-from .auth import ANONYMOUS, Forbidden, Identity
+from .auth import ANONYMOUS, Identity
 from .catalogue import Route
 from .errors import (
     GatewayError,
@@ -73,7 +73,7 @@ from .http import Headers, IncomingRequest, Surface, header_value
 from .limits import Costs, Decision, LimitSpecs, rate_limit_headers, render_denial
 from .rendering import error_response, request_id_from
 from .retry import next_step, parse_retry_after, targets_for
-from .routing import Access, surface_of
+from .routing import surface_of
 from .usage_query import UsageQuery, render_rows
 
 if TYPE_CHECKING:
@@ -234,13 +234,10 @@ class Exchange:
     def _start(self, request: IncomingRequest, now: float) -> list[Action]:
         gateway = self.gateway
         self.surface = surface_of(request.path)
-        entry = gateway.router.match(request.method, request.path)
-        if entry.access is not Access.PUBLIC:
-            # Before the body is parsed: an unauthenticated caller learns
-            # nothing about what the gateway would accept.
-            self.identity = gateway.authenticator.authenticate(request.headers)
-            if entry.access is Access.ADMIN and not self.identity.admin:
-                raise Forbidden("This endpoint needs an admin key.")
+        # Before the body is parsed: an unauthenticated caller learns
+        # nothing about what the gateway would accept.  (Adapters ask the
+        # same question before reading the body: Gateway.refuse_head.)
+        entry, self.identity = gateway.authorize(request.method, request.path, request.headers)
         if self.identity is not ANONYMOUS:
             request = replace(request, identity=self.identity)
         flow = entry.factory(gateway, request, self.request_id, now)

@@ -15,10 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .admission import DEFAULT_OUTPUT_CAP
-from .auth import Authenticator, Identity
+from .auth import ANONYMOUS, Authenticator, Forbidden, Identity
 from .backend_health import BackendHealth
 from .catalogue import Catalogue, DiscoveredModel, Route
 from .config import ConfigError, GatewayConfig, LimitValues
+from .errors import GatewayError
 from .exchange import Exchange
 from .flows.local import install_local_routes
 from .flows.ollama_routes import install_ollama_routes
@@ -26,7 +27,7 @@ from .flows.openai_routes import install_openai_routes
 from .http import Headers
 from .limits import LimitSpecs, build_specs, lease_ttl_for
 from .registry import Registry, builtin_registry
-from .routing import Router
+from .routing import Access, RouteEntry, Router
 
 __all__ = ["BackendStatus", "Gateway", "default_router"]
 
@@ -173,6 +174,30 @@ class Gateway:
             if not _is_glob(pattern)
             for r in self._config_routes(pattern)
         )
+
+    def authorize(self, method: str, path: str, headers: Headers) -> tuple[RouteEntry, Identity]:
+        """The route and the caller's identity, from the request head alone;
+        raises ``NotFound``/``MethodNotAllowed`` (no such route),
+        ``Unauthorized`` (401) or ``Forbidden`` (403, admin routes)."""
+        entry = self.router.match(method, path)
+        identity = ANONYMOUS
+        if entry.access is not Access.PUBLIC:
+            identity = self.authenticator.authenticate(headers)
+            if entry.access is Access.ADMIN and not identity.admin:
+                raise Forbidden("This endpoint needs an admin key.")
+        return entry, identity
+
+    def refuse_head(self, method: str, path: str, headers: Headers) -> GatewayError | None:
+        """For adapters, between a request's head and its body: the error to
+        answer at once (then close the connection), or None to read the body
+        and run the Exchange.  An unauthenticated caller never makes the
+        gateway read (and buffer) a body of up to ``max_body_bytes``; the
+        Exchange repeats the same check, so a None here grants nothing."""
+        try:
+            self.authorize(method, path, headers)
+        except GatewayError as err:
+            return err
+        return None
 
     def exchange(self, request_id: str) -> Exchange:
         return Exchange(self, request_id=request_id)
