@@ -92,6 +92,10 @@ class Catalogue:
         default_factory=dict, init=False, repr=False, compare=False
     )
     _ollama: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
+    # canonical() per (backend, target): it runs on every limited request.
+    _canon: dict[tuple[str, str], str] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         ollama = frozenset(b.name for b in self.config.backends if b.kind == "ollama")
@@ -119,10 +123,17 @@ class Catalogue:
     def canonical(self, route: Route) -> str:
         """One string per backend model, whatever the spelling that reached
         it: per-model limit state and allow-lists key on this."""
-        target = route.target
-        if route.backend in self._ollama:
-            target = ollama_canonical_name(target)
-        return f"{route.backend}/{target}"
+        key = (route.backend, route.target)
+        found = self._canon.get(key)
+        if found is None:
+            target = route.target
+            if route.backend in self._ollama:
+                target = ollama_canonical_name(target)
+            found = f"{route.backend}/{target}"
+            if len(self._canon) > 10_000:
+                self._canon.clear()  # bounded: client-chosen targets pass through here
+            self._canon[key] = found
+        return found
 
     def known_name(self, route: Route) -> str | None:
         """The catalogue's own name for ``route``'s model (the client's

@@ -162,8 +162,8 @@ class Gateway:
         admits "llama3.2", and no spelling reaches a model that no pattern
         names.
         """
-        if identity.models == ("*",):
-            return True
+        if identity.models == ("*",) or identity.may_use(route.model):
+            return True  # the spelling itself is named: no need to look further
         names = self.catalogue.names_of(route)
         if any(identity.may_use(name) for name in names):
             return True

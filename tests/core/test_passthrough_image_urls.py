@@ -86,3 +86,17 @@ def test_a_backend_may_opt_in_to_image_urls() -> None:
     d = send(gateway("openai", "allow_image_urls = true\n"), chat(METADATA))
     assert len(d.seen.upstream) == 1
     assert METADATA.encode() in d.seen.upstream[0].body
+
+
+def test_ollama_clients_cannot_smuggle_a_url_to_an_openai_backend() -> None:
+    # /api/chat's `images` are base64; over an OpenAI backend each becomes a
+    # data: URL, so even a URL string there is never sent as a URL.
+    d = ExchangeDriver(gateway("openai"))
+    body = {"model": "vision", "messages": [{"role": "user", "content": "?", "images": [METADATA]}]}
+    d.start("POST", "/api/chat", body)
+    for call in d.seen.upstream:
+        for msg in orjson.loads(call.body)["messages"]:
+            for part in msg["content"] if isinstance(msg["content"], list) else ():
+                if part["type"] == "image_url":
+                    assert part["image_url"]["url"].startswith("data:")
+    assert d.seen.upstream or d.seen.status == 400
