@@ -3,7 +3,9 @@
 Theory of operation: :func:`create_app` wires a gateway exactly as
 ``sansio-gateway serve`` does (:class:`~adapters.app.GatewayApp`: the
 Gateway, upstream pool, limit store, usage ledger and metrics) and returns
-a :class:`GatewayASGI` callable.  Per HTTP request it reads the body under
+a :class:`GatewayASGI` callable.  Per HTTP request it first asks the core
+whether the head alone is refused (``Gateway.refuse_head``: no key, 401),
+so an unauthenticated body is never read; otherwise it reads the body under
 ``server.max_body_bytes`` and ``server.read_timeout``, then hands the
 request to the shared :class:`~adapters.executor.ActionExecutor` with an
 ASGI :class:`~adapters.executor.ResponseChannel`: ``StartResponse`` becomes
