@@ -46,6 +46,7 @@ log = logging.getLogger("sansio_gateway.server")
 READ_SIZE = 65536
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 1 << 20
+REFUSING_LINGER_MAX = 64  # refused connections closed gracefully at once
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -92,6 +93,7 @@ class GatewayServer:
     _idle_scopes: set[anyio.CancelScope] = field(default_factory=set)
     executor: ActionExecutor = field(init=False)
     connections: int = 0  # open client connections being served
+    _refusing: int = 0  # connections past max_connections, being answered 503
 
     # ---- graceful shutdown ----------------------------------------------
 
@@ -161,14 +163,21 @@ class GatewayServer:
         head += [k + b": " + v for k, v in headers]
         head += [b"content-length: " + str(len(body)).encode(), b"connection: close"]
         conn.out += b"\r\n".join(head) + b"\r\n\r\n" + body
+        self._refusing += 1
         try:
-            await self._flush(conn)
+            with anyio.move_on_after(LINGER_SECONDS):
+                await self._flush(conn)
         except _ClientGone:
             pass
         finally:
             with anyio.CancelScope(shield=True):
-                await self._linger(conn)
+                # A lingering close lets the client read the 503, but a flood
+                # must not hold a descriptor per refused connection for long:
+                # past a few dozen at once they are closed at once.
+                if self._refusing <= REFUSING_LINGER_MAX:
+                    await self._linger(conn)
                 await conn.stream.aclose()
+            self._refusing -= 1
 
     async def _handle(self, conn: _Connection) -> None:
         stream = conn.stream
