@@ -83,6 +83,7 @@ class GatewayApp:
                 read_timeout=server.read_timeout,
                 write_timeout=server.write_timeout,
                 keepalive_timeout=server.keepalive_timeout,
+                max_connections=server.max_connections,
             ),
             clock=clock,
             refresh_catalogue=self.refresh_on_miss,

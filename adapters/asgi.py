@@ -3,7 +3,9 @@
 Theory of operation: :func:`create_app` wires a gateway exactly as
 ``sansio-gateway serve`` does (:class:`~adapters.app.GatewayApp`: the
 Gateway, upstream pool, limit store, usage ledger and metrics) and returns
-a :class:`GatewayASGI` callable.  Per HTTP request it reads the body under
+a :class:`GatewayASGI` callable.  Per HTTP request it first asks the core
+whether the head alone is refused (``Gateway.refuse_head``: no key, 401),
+so an unauthenticated body is never read; otherwise it reads the body under
 ``server.max_body_bytes`` and ``server.read_timeout``, then hands the
 request to the shared :class:`~adapters.executor.ActionExecutor` with an
 ASGI :class:`~adapters.executor.ResponseChannel`: ``StartResponse`` becomes
@@ -249,6 +251,12 @@ class GatewayASGI:
         headers: Headers = tuple((bytes(k), bytes(v)) for k, v in scope["headers"])
         limit = self.config.server.max_body_bytes
         declared = _content_length(headers)
+        if declared != 0:
+            # The core judges the head (auth) before a byte of the body is
+            # read; the Exchange repeats the check, so a pass grants nothing.
+            refusal = self.app.gateway.refuse_head(scope["method"], path, headers)
+            if refusal is not None:
+                raise _Rejected(refusal)
         if declared is not None and declared > limit:
             raise _Rejected(_too_large(limit))  # refused before reading a byte of it
         # The whole request must arrive within read_timeout (slowloris protection).

@@ -98,7 +98,8 @@ class GatewayMetrics:
         )  # fmt: skip
 
     def observe(self, summary: RequestSummary) -> None:
-        model = summary.model or "-"
+        # The core's bounded label, never the client's model string.
+        model = summary.model_label
         backend = summary.backend or "-"
         self.requests.labels(
             summary.surface, summary.route, model, backend, str(summary.status)

@@ -22,9 +22,14 @@ import anyio
 import anyio.abc
 import h11
 
-from sansio_gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
+from sansio_gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    PayloadTooLarge,
+    ServiceUnavailable,
+)
 from sansio_gateway.gateway import Gateway
-from sansio_gateway.http import Headers, IncomingRequest
+from sansio_gateway.http import Headers, IncomingRequest, Surface
 from sansio_gateway.rendering import error_response
 from sansio_gateway.routing import surface_of
 
@@ -41,6 +46,7 @@ log = logging.getLogger("sansio_gateway.server")
 READ_SIZE = 65536
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 1 << 20
+REFUSING_LINGER_MAX = 64  # refused connections closed gracefully at once
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,6 +56,7 @@ class ServerLimits:
     read_timeout: float = 30.0
     write_timeout: float = 60.0
     keepalive_timeout: float = 75.0
+    max_connections: int = 500
 
 
 class _ClientGone(Exception):
@@ -85,6 +92,8 @@ class GatewayServer:
     draining: bool = False
     _idle_scopes: set[anyio.CancelScope] = field(default_factory=set)
     executor: ActionExecutor = field(init=False)
+    connections: int = 0  # open client connections being served
+    _refusing: int = 0  # connections past max_connections, being answered 503
 
     # ---- graceful shutdown ----------------------------------------------
 
@@ -131,6 +140,47 @@ class GatewayServer:
             stream=stream,
             h11=h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes),
         )
+        if self.connections >= self.limits.max_connections:
+            await self._refuse_connection(conn)
+            return
+        self.connections += 1
+        try:
+            await self._handle(conn)
+        finally:
+            self.connections -= 1
+
+    async def _refuse_connection(self, conn: _Connection) -> None:
+        """Past ``max_connections``: a 503 without reading the request (h11
+        cannot answer before a request head, so the bytes are written
+        directly), then the usual lingering close."""
+        err = ServiceUnavailable(
+            "The gateway has too many open connections; retry shortly.",
+            code="too_many_connections",
+            retry_after=1,
+        )
+        status, headers, body = error_response(Surface.GATEWAY, err)
+        head = [f"HTTP/1.1 {status} {_reason(status).decode()}".encode()]
+        head += [k + b": " + v for k, v in headers]
+        head += [b"content-length: " + str(len(body)).encode(), b"connection: close"]
+        conn.out += b"\r\n".join(head) + b"\r\n\r\n" + body
+        self._refusing += 1
+        try:
+            with anyio.move_on_after(LINGER_SECONDS):
+                await self._flush(conn)
+        except _ClientGone:
+            pass
+        finally:
+            with anyio.CancelScope(shield=True):
+                # A lingering close lets the client read the 503, but a flood
+                # must not hold a descriptor per refused connection for long:
+                # past a few dozen at once they are closed at once.
+                if self._refusing <= REFUSING_LINGER_MAX:
+                    await self._linger(conn)
+                await conn.stream.aclose()
+            self._refusing -= 1
+
+    async def _handle(self, conn: _Connection) -> None:
+        stream = conn.stream
         try:
             while not conn.closed:
                 request = await self._read_request(conn)
@@ -267,6 +317,15 @@ class GatewayServer:
                 path=path,
             )
         length = _content_length(event.headers)
+        if length != 0 and (length is not None or _has(event.headers, b"transfer-encoding")):
+            # A body is coming: the core judges the head (auth) before a
+            # byte of it is read.  No body, nothing to save: the Exchange
+            # answers as usual.
+            refusal = self.gateway.refuse_head(
+                event.method.decode("ascii", "replace"), path, tuple(event.headers)
+            )
+            if refusal is not None:
+                raise _HttpFailure(refusal, path=path)
         if length is not None and length > self.limits.max_body_bytes:
             raise _HttpFailure(self._too_large(), path=path)
         if conn.h11.client_is_waiting_for_100_continue:

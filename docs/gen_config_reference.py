@@ -145,8 +145,8 @@ SECTIONS = (
         'limits.models."<model>"',
         '[limits.models."gpt-4o-mini"]',
         LimitValues,
-        "Extra limits for each user calling one model (the name the client asks"
-        " for), checked on top of the user's own.  Per model, `requests_per_minute`"
+        "Extra limits for each user calling one model (the model the name resolves"
+        " to, whatever spelling the client uses), checked on top of the user's own.  Per model, `requests_per_minute`"
         " and `tokens_per_minute` apply; the other keys are accepted but only"
         " count per user.",
         examples={"requests_per_minute": 30},

@@ -12,6 +12,13 @@ Resolution is what the Exchange asks for: ``resolve(name)`` gives a
 as possibly holding any model, so an unknown name is forwarded to it and the
 backend's own 404 decides; this keeps the gateway useful when it starts
 before its backend.
+
+Canonical names: several spellings reach one backend model ("llama3.2",
+"llama3.2:latest", "LLAMA3.2", an alias).  :meth:`Catalogue.canonical` maps
+a route to one string, ``<backend>/<target>`` with the target normalised the
+way the backend itself normalises names (Ollama: case-insensitive, default
+host, namespace and tag; other kinds: exact), so that per-model limits and
+allow-lists judge the model reached, not the client's spelling.
 """
 
 from __future__ import annotations
@@ -23,7 +30,14 @@ import orjson
 
 from .config import GatewayConfig
 
-__all__ = ["Catalogue", "DiscoveredModel", "Route", "parse_ollama_tags", "parse_openai_models"]
+__all__ = [
+    "Catalogue",
+    "DiscoveredModel",
+    "Route",
+    "ollama_canonical_name",
+    "parse_ollama_tags",
+    "parse_openai_models",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,13 +69,37 @@ def _with_latest(name: str) -> str:
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
+def ollama_canonical_name(name: str) -> str:
+    """Ollama's own identity for a model name: its parser fills in the host
+    ``registry.ollama.ai``, the namespace ``library`` and the tag ``latest``,
+    and its model store compares names case-insensitively (reference
+    section 11), so every spelling of one model maps to one string."""
+    parts = _with_latest(name.lower()).split("/")
+    if len(parts) == 1:
+        parts = ["registry.ollama.ai", "library", *parts]
+    elif len(parts) == 2:
+        parts = ["registry.ollama.ai", *parts]
+    return "/".join(parts)
+
+
 @dataclass(frozen=True, slots=True)
 class Catalogue:
     config: GatewayConfig
     discovered: dict[str, _Discovery] = field(default_factory=dict)
     _index: dict[str, Route] = field(default_factory=dict, init=False, repr=False, compare=False)
+    # canonical route -> every catalogue name that reaches it (allow-lists).
+    _names: dict[str, list[str]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _ollama: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
+    # canonical() per (backend, target): it runs on every limited request.
+    _canon: dict[tuple[str, str], str] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
+        ollama = frozenset(b.name for b in self.config.backends if b.kind == "ollama")
+        object.__setattr__(self, "_ollama", ollama)
         index = self._index
         for alias in self.config.models:
             index.setdefault(
@@ -79,6 +117,40 @@ class Catalogue:
                 index.setdefault(
                     model.name, Route(model=model.name, backend=backend.name, target=model.name)
                 )
+        for name, route in index.items():
+            self._names.setdefault(self.canonical(route), []).append(name)
+
+    def canonical(self, route: Route) -> str:
+        """One string per backend model, whatever the spelling that reached
+        it: per-model limit state and allow-lists key on this."""
+        key = (route.backend, route.target)
+        found = self._canon.get(key)
+        if found is None:
+            target = route.target
+            if route.backend in self._ollama:
+                target = ollama_canonical_name(target)
+            found = f"{route.backend}/{target}"
+            if len(self._canon) > 10_000:
+                self._canon.clear()  # bounded: client-chosen targets pass through here
+            self._canon[key] = found
+        return found
+
+    def known_name(self, route: Route) -> str | None:
+        """The catalogue's own name for ``route``'s model (the client's
+        spelling when it is one, else the name it resolved through), or None
+        for a name only forwarded on the chance an undiscovered backend has
+        it.  Bounded by the catalogue: fit for a metrics label."""
+        for name in (route.model, _with_latest(route.model)):
+            if name in self._index:
+                return name
+        names = self._names.get(self.canonical(route))
+        return names[0] if names else None
+
+    def names_of(self, route: Route) -> tuple[str, ...]:
+        """Every name that reaches ``route``'s model: the client's spelling,
+        then the catalogue's names for it (aliases, discovered names)."""
+        names = self._names.get(self.canonical(route), ())
+        return (route.model, *(n for n in names if n != route.model))
 
     def with_discovery(self, backend: str, models: list[DiscoveredModel], now: float) -> Catalogue:
         """A new snapshot with ``backend``'s discovered models replaced."""

@@ -56,6 +56,8 @@ class ServerConfig(_Strict):
     # A client that reads nothing of its response for this long is dropped.
     write_timeout: float = Field(default=60.0, gt=0)
     keepalive_timeout: float = Field(default=75.0, gt=0)
+    # Open client connections per process (bundled server); past it a new one gets 503
+    max_connections: int = Field(default=500, gt=0)
     shutdown_grace: float = Field(default=30.0, ge=0)
     runtime: Literal["asyncio", "trio"] = "asyncio"
     uvloop: bool = True  # on asyncio, use uvloop when it is installed (the "fast" extra)
@@ -86,6 +88,8 @@ class BackendConfig(_Strict):
     discover: bool = True
     max_retries: int = Field(default=2, ge=0)  # per request, before the first byte only
     retry_backoff: float = Field(default=0.25, ge=0)  # seconds; doubles per retry, jittered
+    # forward non-data: image URLs to an openai-kind backend, which fetches them (SSRF)
+    allow_image_urls: bool = False
 
     @field_validator("url")
     @classmethod

@@ -57,7 +57,7 @@ from .actions import (
     UsageRecord,
 )
 from .admission import DEFAULT_OUTPUT_CAP, LIMITED_ROUTES, admission_tokens
-from .auth import ANONYMOUS, Forbidden, Identity
+from .auth import ANONYMOUS, Identity
 from .catalogue import Route
 from .errors import (
     GatewayError,
@@ -73,7 +73,7 @@ from .http import Headers, IncomingRequest, Surface, header_value
 from .limits import Costs, Decision, LimitSpecs, rate_limit_headers, render_denial
 from .rendering import error_response, request_id_from
 from .retry import next_step, parse_retry_after, targets_for
-from .routing import Access, surface_of
+from .routing import surface_of
 from .usage_query import UsageQuery, render_rows
 
 if TYPE_CHECKING:
@@ -84,6 +84,8 @@ __all__ = ["Exchange", "ExchangeState", "ExchangeStateError", "RequestSummary"]
 # A non-stream upstream answer (or error body) larger than this is refused:
 # every buffer has a limit.
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024
+# The metrics label of a model the catalogue does not name (see RequestSummary).
+UNKNOWN_MODEL_LABEL = "unknown"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,6 +105,11 @@ class RequestSummary:
     ttft: float | None
     retries: int
     client_disconnected: bool
+    # The model as a metrics label: the catalogue's name for it, "unknown"
+    # for a name the catalogue does not hold (or one hidden by the caller's
+    # allow-list), "-" for routes without a model.  Never the client's
+    # free-form string, so clients cannot mint label values.
+    model_label: str = "-"
 
 
 class ExchangeStateError(RuntimeError):
@@ -134,6 +141,7 @@ class Exchange:
         self.status = 0
         self.backend = ""
         self.resolved_model = ""
+        self.model_label = "-"
         self.started_at = 0.0
         self.first_byte_at: float | None = None
         self._buffer = bytearray()
@@ -214,6 +222,7 @@ class Exchange:
             ttft=None if self.first_byte_at is None else self.first_byte_at - self.started_at,
             retries=max(0, self._attempts - 1),
             client_disconnected=self._client_gone,
+            model_label=self.model_label,
         )
 
     @property
@@ -225,13 +234,10 @@ class Exchange:
     def _start(self, request: IncomingRequest, now: float) -> list[Action]:
         gateway = self.gateway
         self.surface = surface_of(request.path)
-        entry = gateway.router.match(request.method, request.path)
-        if entry.access is not Access.PUBLIC:
-            # Before the body is parsed: an unauthenticated caller learns
-            # nothing about what the gateway would accept.
-            self.identity = gateway.authenticator.authenticate(request.headers)
-            if entry.access is Access.ADMIN and not self.identity.admin:
-                raise Forbidden("This endpoint needs an admin key.")
+        # Before the body is parsed: an unauthenticated caller learns
+        # nothing about what the gateway would accept.  (Adapters ask the
+        # same question before reading the body: Gateway.refuse_head.)
+        entry, self.identity = gateway.authorize(request.method, request.path, request.headers)
         if self.identity is not ANONYMOUS:
             request = replace(request, identity=self.identity)
         flow = entry.factory(gateway, request, self.request_id, now)
@@ -239,10 +245,13 @@ class Exchange:
         route = backend = None
         model = flow.model
         if model is not None:
-            if not self.identity.may_use(model):
-                raise self._model_not_found(model)
+            self.model_label = UNKNOWN_MODEL_LABEL
             route = gateway.catalogue.resolve(model)
-            if route is None and gateway.should_refresh_on_miss(now):
+            if (
+                route is None
+                and self.identity.may_use(model)
+                and gateway.should_refresh_on_miss(now)
+            ):
                 # Perhaps the model was pulled since the last discovery.
                 self.state = ExchangeState.AWAITING_ADAPTER
                 return [RefreshCatalogue()]
@@ -271,10 +280,12 @@ class Exchange:
         return NotFound(message, code="model_not_found", param="model")
 
     def _route_to(self, route: Route | None, model: str, now: float) -> list[Action]:
-        if route is None:
+        # The allow-list judges the model reached, not the spelling asked for.
+        if route is None or not self.gateway.may_use(self.identity, route):
             raise self._model_not_found(model)
+        self.model_label = self.gateway.catalogue.known_name(route) or UNKNOWN_MODEL_LABEL
         self._targets = targets_for(route)
-        check = self._check_limits(model)
+        check = self._check_limits(route)
         if check is not None:
             self.state = ExchangeState.AWAITING_LIMITS
             return [check]
@@ -282,7 +293,7 @@ class Exchange:
 
     # ---- rate limits ------------------------------------------------------
 
-    def _check_limits(self, model: str) -> CheckLimits | None:
+    def _check_limits(self, route: Route) -> CheckLimits | None:
         """Ask for admission, charging an upper-bound estimate (or None when
         no limit applies to this request)."""
         gateway = self.gateway
@@ -290,7 +301,7 @@ class Exchange:
         generates = LIMITED_ROUTES.get(self.flow.route_name)
         if not gateway.limits_on or generates is None:
             return None
-        specs = gateway.limit_specs(self.identity.user, model)
+        specs = gateway.limit_specs(self.identity.user, route)
         if specs.empty:
             return None
         self._estimate = admission_tokens(

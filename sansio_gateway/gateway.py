@@ -15,10 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .admission import DEFAULT_OUTPUT_CAP
-from .auth import Authenticator
+from .auth import ANONYMOUS, Authenticator, Forbidden, Identity
 from .backend_health import BackendHealth
-from .catalogue import Catalogue, DiscoveredModel
+from .catalogue import Catalogue, DiscoveredModel, Route
 from .config import ConfigError, GatewayConfig, LimitValues
+from .errors import GatewayError
 from .exchange import Exchange
 from .flows.local import install_local_routes
 from .flows.ollama_routes import install_ollama_routes
@@ -26,7 +27,7 @@ from .flows.openai_routes import install_openai_routes
 from .http import Headers
 from .limits import LimitSpecs, build_specs, lease_ttl_for
 from .registry import Registry, builtin_registry
-from .routing import Router
+from .routing import Access, RouteEntry, Router
 
 __all__ = ["BackendStatus", "Gateway", "default_router"]
 
@@ -77,6 +78,8 @@ class Gateway:
         self._lease_ttl_us = lease_ttl_for([b.total_timeout for b in config.backends])
         self._specs: dict[tuple[str, str], LimitSpecs] = {}
         self.catalogue = Catalogue(config)
+        # [limits.models] by canonical route, rebuilt when the catalogue changes.
+        self._model_limits: tuple[Catalogue | None, dict[str, LimitValues]] = (None, {})
         self.router = router or default_router()
         self.authenticator = Authenticator(config.auth)
         # A uniform [0, 1) source for retry jitter, injected by the adapter;
@@ -102,9 +105,17 @@ class Gateway:
             headers += ((b"authorization", b"Bearer " + api_key.encode()),)
         return headers
 
-    def limit_specs(self, user: str, model: str) -> LimitSpecs:
-        """The limits for ``user`` calling ``model`` (cached: specs only
-        change with the config)."""
+    def limit_specs(self, user: str, route: Route) -> LimitSpecs:
+        """The limits for ``user`` calling ``route``'s model (cached: specs
+        only change with the config and the catalogue).
+
+        Per-model limits key on the canonical route, not the client's
+        spelling, so "llama3.2", "llama3.2:latest" and an alias of it share
+        one limit state; ``[limits.models."X"]`` applies to every spelling
+        that reaches the model X resolves to.
+        """
+        per_model = self._limits_by_route()
+        model = self.catalogue.canonical(route)
         key = (user, model)
         specs = self._specs.get(key)
         if specs is None:
@@ -116,9 +127,77 @@ class Gateway:
                 model,
                 divisor=self.limit_divisor,
                 lease_ttl_us=self._lease_ttl_us,
+                model_values=per_model.get(model, LimitValues()),
             )
             self._specs[key] = specs
         return specs
+
+    def _config_routes(self, name: str) -> list[Route]:
+        """Where a model name written in the config goes: its resolution,
+        or (a name no backend offers yet) that name on every backend."""
+        route = self.catalogue.resolve(name)
+        if route is not None:
+            return [route]
+        return [Route(model=name, backend=b.name, target=name) for b in self.config.backends]
+
+    def _limits_by_route(self) -> dict[str, LimitValues]:
+        catalogue, table = self._model_limits
+        if catalogue is self.catalogue:
+            return table
+        table = {}
+        for name, values in self.config.limits.models.items():
+            for route in self._config_routes(name):
+                key = self.catalogue.canonical(route)
+                table[key] = _strictest(table[key], values) if key in table else values
+        self._model_limits = (self.catalogue, table)
+        self._specs.clear()  # a name may now resolve elsewhere
+        return table
+
+    def may_use(self, identity: Identity, route: Route) -> bool:
+        """Does ``identity``'s allow-list admit the model ``route`` reaches?
+
+        A pattern admits it when it matches any name of that model (the
+        client's spelling, an alias, the discovered name), or when it is a
+        plain name that resolves to the same model.  So "llama3.2:latest"
+        admits "llama3.2", and no spelling reaches a model that no pattern
+        names.
+        """
+        if identity.models == ("*",) or identity.may_use(route.model):
+            return True  # the spelling itself is named: no need to look further
+        names = self.catalogue.names_of(route)
+        if any(identity.may_use(name) for name in names):
+            return True
+        canonical = self.catalogue.canonical(route)
+        return any(
+            self.catalogue.canonical(r) == canonical
+            for pattern in identity.models
+            if not _is_glob(pattern)
+            for r in self._config_routes(pattern)
+        )
+
+    def authorize(self, method: str, path: str, headers: Headers) -> tuple[RouteEntry, Identity]:
+        """The route and the caller's identity, from the request head alone;
+        raises ``NotFound``/``MethodNotAllowed`` (no such route),
+        ``Unauthorized`` (401) or ``Forbidden`` (403, admin routes)."""
+        entry = self.router.match(method, path)
+        identity = ANONYMOUS
+        if entry.access is not Access.PUBLIC:
+            identity = self.authenticator.authenticate(headers)
+            if entry.access is Access.ADMIN and not identity.admin:
+                raise Forbidden("This endpoint needs an admin key.")
+        return entry, identity
+
+    def refuse_head(self, method: str, path: str, headers: Headers) -> GatewayError | None:
+        """For adapters, between a request's head and its body: the error to
+        answer at once (then close the connection), or None to read the body
+        and run the Exchange.  An unauthenticated caller never makes the
+        gateway read (and buffer) a body of up to ``max_body_bytes``; the
+        Exchange repeats the same check, so a None here grants nothing."""
+        try:
+            self.authorize(method, path, headers)
+        except GatewayError as err:
+            return err
+        return None
 
     def exchange(self, request_id: str) -> Exchange:
         return Exchange(self, request_id=request_id)
@@ -167,6 +246,19 @@ class Gateway:
 
     def parse_discovery(self, backend: str, body: bytes) -> list[DiscoveredModel]:
         return self.registry.kind(self.config.backend(backend).kind).parse_discovery(body)
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(ch in pattern for ch in "*?[")
+
+
+def _strictest(a: LimitValues, b: LimitValues) -> LimitValues:
+    """Two [limits.models] entries for one model: the lower of each value."""
+    merged = {}
+    for name in LimitValues.model_fields:
+        x, y = getattr(a, name), getattr(b, name)
+        merged[name] = y if x is None else x if y is None else min(x, y)
+    return LimitValues(**merged)
 
 
 def _values(config: GatewayConfig) -> list[LimitValues]:

@@ -35,7 +35,7 @@ import orjson
 
 from .errors import InvalidRequest
 
-__all__ = ["ChatRequest", "ForcedTool", "parse_chat_request"]
+__all__ = ["ChatRequest", "ForcedTool", "parse_chat_request", "remote_image_url_param"]
 
 # Every Chat Completions parameter (openapi CreateChatCompletionRequest).
 # fmt: off
@@ -606,3 +606,20 @@ def _check_known(tools: _Tools, wanted: set[str]) -> None:
             "specified in the 'tools' parameter.",
             param="tool_choice",
         )
+
+
+def remote_image_url_param(messages: Any) -> str | None:
+    """The ``param`` of the first image part whose URL is not a ``data:``
+    URL, or None.  Backends that fetch image URLs (vLLM, llama.cpp server)
+    would fetch them from inside the operator's network, so the passthrough
+    refuses them unless the backend's ``allow_image_urls`` is set."""
+    for i, msg in enumerate(messages if type(messages) is list else ()):
+        content = msg.get("content") if type(msg) is dict else None
+        for j, part in enumerate(content if type(content) is list else ()):
+            if type(part) is not dict or part.get("type") != "image_url":
+                continue
+            image = part.get("image_url")
+            url = image.get("url") if type(image) is dict else image
+            if type(url) is str and url.lstrip()[:5].lower() != "data:":
+                return f"messages.[{i}].content.[{j}].image_url"
+    return None

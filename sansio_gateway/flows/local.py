@@ -135,18 +135,28 @@ class Ready(LocalFlow):
 
 
 class Status(LocalFlow):
+    """``/status``: backends, their health and the models.  Backend URLs and
+    probe errors (which name hosts and ports) are shown to admin keys only;
+    other keys see the same document without them, and only the models
+    their allow-list admits (deployment.md, "Exposure")."""
+
     route_name = "status"
 
     def answer(self) -> LocalAnswer:
         gateway = self.gateway
+        identity = self.request.identity
+        admin = identity is None or identity.admin
         backends = []
         for backend in gateway.config.backends:
             status = gateway.backend_status.get(backend.name)
-            backends.append(
+            entry: dict[str, object] = {
+                "name": backend.name,
+                "kind": backend.kind,
+            }
+            if admin:
+                entry["url"] = backend.url
+            entry.update(
                 {
-                    "name": backend.name,
-                    "kind": backend.kind,
-                    "url": backend.url,
                     "up": status.up if status else None,
                     "checked_at": status.checked_at if status else None,
                     "latency_ms": round(status.latency * 1000, 3)
@@ -157,8 +167,13 @@ class Status(LocalFlow):
                     "circuit": gateway.health.state(backend.name).value,
                 }
             )
+            if not admin:
+                del entry["last_error"]
+            backends.append(entry)
         models = [
-            {"name": name, "backend": backend} for name, backend, _ in gateway.catalogue.models()
+            {"name": name, "backend": backend}
+            for name, backend, _ in gateway.catalogue.models()
+            if admin or self.visible(name)
         ]
         return _json({"backends": backends, "models": models})
 

@@ -26,6 +26,7 @@ from ..config import BackendConfig
 from ..errors import GatewayError, InvalidRequest, UpstreamError, openai_error_body
 from ..framing import SSE_DONE, FramingError, SSEDecoder, encode_sse_json
 from ..http import Headers, IncomingRequest, Surface
+from ..openai_chat_request import remote_image_url_param
 from ..usage import TokenUsage
 from .base import JSON_HEADERS, SSE_HEADERS, LocalAnswer, UpstreamCall
 
@@ -84,6 +85,8 @@ class OpenAIPassthroughFlow:
         self, route: Route | None, backend: BackendConfig | None
     ) -> UpstreamCall | LocalAnswer:
         assert route is not None
+        if backend is None or not backend.allow_image_urls:
+            _refuse_image_urls(self._data)
         body = dict(self._data)
         body["model"] = route.target
         if self._stream:
@@ -183,6 +186,18 @@ class OpenAIPassthroughFlow:
     def estimate_usage(self) -> TokenUsage:
         return TokenUsage(
             prompt_tokens=self._prompt_bytes // 4 + 1, completion_tokens=self._events_out
+        )
+
+
+def _refuse_image_urls(data: dict[str, Any]) -> None:
+    # The same 400 as the Ollama path (ollama_chat_request._image): a remote
+    # image URL would be fetched by the backend, from inside the network.
+    param = remote_image_url_param(data.get("messages"))
+    if param is not None:
+        raise InvalidRequest(
+            "Image URLs are not forwarded to this backend; send the image inline "
+            "as a base64 data URL (data:image/png;base64,...).",
+            param=param,
         )
 
 

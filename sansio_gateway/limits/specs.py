@@ -228,15 +228,18 @@ def build_specs(
     divisor: int = 1,
     lease_ttl_us: int = DEFAULT_LEASE_TTL_US,
     burst_us: int | None = None,
+    model_values: LimitValues | None = None,
 ) -> LimitSpecs:
     """The limits for ``user`` calling ``model``, each divided by ``divisor``.
 
     ``burst_us`` overrides the GCRA tolerance (default: a sixth of a minute).
+    ``model_values`` replaces the lookup of ``limits.models[model]`` (the
+    Gateway passes the entry matched by canonical route).
     """
     if divisor < 1:
         raise ValueError("divisor must be >= 1")
     mine = limits.users.get(user) or LimitValues()
-    per_model = limits.models.get(model) or LimitValues()
+    per_model = model_values or limits.models.get(model) or LimitValues()
     rates: list[RateSpec] = []
     table = (
         (
