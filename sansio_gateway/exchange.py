@@ -56,7 +56,13 @@ from .actions import (
     UsageQueried,
     UsageRecord,
 )
-from .admission import DEFAULT_OUTPUT_CAP, LIMITED_ROUTES, admission_tokens
+from .admission import (
+    DEFAULT_OUTPUT_CAP,
+    LIMITED_ROUTES,
+    admission_charge,
+    fitted_cap,
+    write_output_cap,
+)
 from .auth import ANONYMOUS, Forbidden, Identity
 from .catalogue import Route
 from .errors import (
@@ -70,7 +76,7 @@ from .errors import (
 )
 from .flows.base import Flow, LedgerQuery, LocalAnswer, MetricsScrape, UpstreamCall
 from .http import Headers, IncomingRequest, Surface, header_value
-from .limits import Costs, Decision, LimitSpecs, rate_limit_headers, render_denial
+from .limits import Costs, Decision, LimitSpecs, Unit, rate_limit_headers, render_denial
 from .rendering import error_response, request_id_from
 from .retry import next_step, parse_retry_after, targets_for
 from .routing import Access, surface_of
@@ -146,6 +152,7 @@ class Exchange:
         self._admitted = False
         self._settled = False
         self._estimate = 0
+        self._output_cap: int | None = None  # written upstream when token limits apply
         self._specs: LimitSpecs | None = None
         self._commit: CommitLimits | None = None
         self._rate_headers: Headers = ()
@@ -293,11 +300,18 @@ class Exchange:
         specs = gateway.limit_specs(self.identity.user, model)
         if specs.empty:
             return None
-        self._estimate = admission_tokens(
-            self._body,
-            default_output_cap=gateway.config.server.default_max_tokens or DEFAULT_OUTPUT_CAP,
-            generates=generates,
+        charge = fitted_cap(
+            admission_charge(
+                self._body,
+                default_output_cap=gateway.config.server.default_max_tokens or DEFAULT_OUTPUT_CAP,
+                generates=generates,
+                route=self.flow.route_name,
+            ),
+            _token_ceiling(specs),
         )
+        self._estimate = charge.total
+        if generates and _token_ceiling(specs) is not None:
+            self._output_cap = charge.cap
         self._specs = specs
         return CheckLimits(
             key=self.identity.user,
@@ -400,13 +414,18 @@ class Exchange:
         self._attempts += 1
         self._buffer = bytearray()
         headers = self.gateway.upstream_headers(self.backend, self.trace_id)
+        body = plan.body
+        if self._output_cap is not None:
+            # The cap admission charged is the cap the backend reads, on
+            # every route and backend kind (rate-limiting.md, "What is charged").
+            body = write_output_cap(self.flow.route_name, backend.kind, body, self._output_cap)
         return [
             SendUpstream(
                 backend=self.backend,
                 method=plan.method,
                 url=backend.url + plan.path,
                 headers=headers,
-                body=plan.body,
+                body=body,
                 delay=delay,
             )
         ]
@@ -631,6 +650,15 @@ class Exchange:
                 attempts=self._attempts,
             )
         )
+
+
+def _token_ceiling(specs: LimitSpecs) -> int | None:
+    """The largest token charge the limits can ever admit (the smallest
+    token burst or daily quota), or None when no token limit applies."""
+    bounds = [spec.burst for spec in specs.rates if spec.unit is Unit.TOKENS]
+    if specs.tokens_per_day is not None:
+        bounds.append(specs.tokens_per_day)
+    return min(bounds) if bounds else None
 
 
 # Handlers take the specific result type their row names; Any keeps the
