@@ -107,7 +107,9 @@ def _client_cap(body: dict[str, Any], route: str | None) -> int | None:
     return native
 
 
-def _choices(body: dict[str, Any]) -> int:
+def _choices(body: dict[str, Any], route: str | None) -> int:
+    if route in _NATIVE_ROUTES:
+        return 1  # Ollama's API has no n: one answer, whatever the body says
     n = _positive_int(body.get("n")) or 1
     best_of = _positive_int(body.get("best_of")) or 1
     return max(n, best_of)
@@ -151,8 +153,10 @@ def admission_charge(
         return Charge(prompt=prompt, cap=0, choices=1, client_cap=True)
     cap = _client_cap(body, route)
     if cap is not None:
-        return Charge(prompt=prompt, cap=cap, choices=_choices(body), client_cap=True)
-    return Charge(prompt=prompt, cap=default_output_cap, choices=_choices(body), client_cap=False)
+        return Charge(prompt=prompt, cap=cap, choices=_choices(body, route), client_cap=True)
+    return Charge(
+        prompt=prompt, cap=default_output_cap, choices=_choices(body, route), client_cap=False
+    )
 
 
 def admission_tokens(
