@@ -145,6 +145,9 @@ class Exchange:
         self._buffer = bytearray()
         self._upstream_status = 0
         self._reached_backend = False
+        # True once an attempt may have reached a backend that could generate:
+        # it answered, or failed in a way not known to precede the send.
+        self._maybe_generated = False
         self._client_gone = False
         self._response_started = False
         self._head_only = False
@@ -467,6 +470,10 @@ class Exchange:
     # ---- transitions -----------------------------------------------------
 
     def _on_head(self, result: UpstreamResponseStarted, now: float) -> list[Action]:
+        if not 400 <= result.status < 500:
+            # A 4xx is the backend refusing the request, before generating;
+            # a 5xx may come after minutes of generation (an OOM, a crash).
+            self._maybe_generated = True
         self._upstream_status = result.status
         if result.status >= 400:
             self.state = ExchangeState.BUFFERING_ERROR
@@ -532,6 +539,8 @@ class Exchange:
         return [*actions, EndResponse(keep_alive=False), self._record(now, "failed_mid_stream")]
 
     def _on_upstream_failed(self, result: UpstreamFailed, now: float) -> list[Action]:
+        if not _before_send(result.error):
+            self._maybe_generated = True
         self._retry_after = None
         again = self._try_again(now, status=None, error=result.error)
         if again is not None:
@@ -539,6 +548,7 @@ class Exchange:
         return self._fail(result.error, now, outcome="upstream_error")
 
     def _on_client_gone(self, result: ClientDisconnected, now: float) -> list[Action]:
+        self._maybe_generated = True  # the request may be on its way, or generating
         self._client_gone = True
         self.state = ExchangeState.DONE
         self.status = 499
@@ -613,10 +623,31 @@ class Exchange:
             self.status = err.status_code
             actions: list[Action] = [SendBody(data=out)] if out else []
             return [*actions, EndResponse(keep_alive=False), self._record(now, "failed_mid_stream")]
+        if self._reached_backend:
+            self._settle(self._limit_charge(outcome))  # before the refund below
         actions = self._fail_before_response(err, now)
         if self._reached_backend:
             actions.append(self._record(now, outcome))
         return actions
+
+    def _limit_charge(self, outcome: str) -> int:
+        """What the limits are charged for a request that reached a backend
+        (rate-limiting.md, "What is charged"): the backend's own counts when
+        it gave them; else nothing when every attempt failed before the
+        backend could generate (no connection, or a 4xx refusal); else, for a stream the client left, the
+        prompt and the output streamed so far (the upstream is cancelled
+        at once); else the reserved amount -- an upstream error after the
+        send, a malformed answer, a first-byte timeout, a non-stream client
+        disconnect or an answer without counts may all have generated."""
+        assert self.flow is not None
+        reported = self.flow.usage
+        if reported is not None:
+            return reported.total_tokens
+        if outcome == "upstream_error" and not self._maybe_generated:
+            return 0
+        if outcome == "client_disconnected" and self._stream:
+            return self.flow.estimate_usage().total_tokens
+        return self._estimate
 
     def _record(self, now: float, outcome: str) -> RecordUsage:
         assert self.flow is not None
@@ -624,10 +655,7 @@ class Exchange:
         reported = usage is not None
         if usage is None:
             usage = self.flow.estimate_usage()
-        # An upstream error before any token refunds the tokens (the request
-        # still counts); everything else is charged what it used, a client
-        # disconnect included -- never a full refund (rate-limiting.md).
-        self._settle(0 if outcome == "upstream_error" else usage.total_tokens)
+        self._settle(self._limit_charge(outcome))
         ttft = None if self.first_byte_at is None else self.first_byte_at - self.started_at
         return RecordUsage(
             record=UsageRecord(
@@ -650,6 +678,12 @@ class Exchange:
                 attempts=self._attempts,
             )
         )
+
+
+def _before_send(error: GatewayError) -> bool:
+    """True for a failure known to happen before the backend could generate:
+    no connection was made (refused, unresolvable, connect timeout)."""
+    return error.code == "upstream_unreachable"
 
 
 def _token_ceiling(specs: LimitSpecs) -> int | None:

@@ -169,6 +169,77 @@ def test_a_small_tokens_per_minute_gets_a_fitted_cap_not_a_permanent_429() -> No
     assert explicit.seen.status == 429  # the client's own cap is never shrunk
 
 
+# ---- item 9: the charging rule on every ending -----------------------------------------
+
+
+def _commit_after(
+    *results: object, stream: bool = False, path: str = "/api/chat"
+) -> tuple[int, int]:
+    """(estimate, actual) of the one CommitLimits after feeding ``results``;
+    an UpstreamFailed is repeated while the Exchange keeps retrying."""
+    d = ExchangeDriver(gateway())
+    d.start("POST", path, _chat("on-ollama", stream=stream, options={"num_predict": 100}))
+    for result in results:
+        sends = len(d.seen.upstream)
+        d.handle(result)  # type: ignore[arg-type]
+        while isinstance(result, UpstreamFailed) and len(d.seen.upstream) > sends:
+            sends = len(d.seen.upstream)
+            d.handle(result)
+    [commit] = d.seen.commits
+    return commit.estimate, commit.actual
+
+
+HEAD_500 = UpstreamResponseStarted(status=500, headers=())
+HEAD_200 = UpstreamResponseStarted(status=200, headers=())
+
+
+def test_an_upstream_5xx_after_the_send_is_charged_the_reserved_amount() -> None:
+    est, actual = _commit_after(HEAD_500, UpstreamChunkReceived(data=b'{"error":"oom"}'),
+                                UpstreamClosed())  # fmt: skip
+    assert actual == est  # was 0
+
+
+def test_a_malformed_200_is_charged_the_reserved_amount() -> None:
+    est, actual = _commit_after(HEAD_200, UpstreamChunkReceived(data=b"<html>"), UpstreamClosed())
+    assert actual == est  # was 0
+
+
+def test_a_first_byte_timeout_is_charged_the_reserved_amount() -> None:
+    timeout = UpstreamTimeout("backend 'ol' timed out (waiting for the first byte)")
+    est, actual = _commit_after(UpstreamFailed(error=timeout))
+    assert actual == est  # was 0, after maybe minutes of generation
+
+
+def test_a_non_stream_client_disconnect_is_charged_the_reserved_amount() -> None:
+    est, actual = _commit_after(ClientDisconnected())
+    assert actual == est  # was a prompt guess
+    est, actual = _commit_after(HEAD_200, ClientDisconnected())
+    assert actual == est
+
+
+def test_a_stream_client_disconnect_is_charged_what_was_used_so_far() -> None:
+    line = {"model": "m", "message": {"role": "assistant", "content": "x"}, "done": False}
+    est, actual = _commit_after(HEAD_200, UpstreamChunkReceived(data=orjson.dumps(line) + b"\n"),
+                                ClientDisconnected(), stream=True)  # fmt: skip
+    assert 0 < actual < est
+
+
+def test_only_a_failure_before_the_send_or_a_4xx_refusal_refunds() -> None:
+    refused = UpstreamError("could not connect", code="upstream_unreachable")
+    assert _commit_after(UpstreamFailed(error=refused))[1] == 0
+    head_400 = UpstreamResponseStarted(status=400, headers=())
+    assert _commit_after(head_400, UpstreamChunkReceived(data=b'{"error":"bad"}'),
+                         UpstreamClosed())[1] == 0  # fmt: skip
+
+
+def test_the_backends_own_counts_are_charged_when_it_gives_them() -> None:
+    done = {"model": "m", "message": {"role": "assistant", "content": "x"}, "done": True,
+            "prompt_eval_count": 7, "eval_count": 3}  # fmt: skip
+    est, actual = _commit_after(HEAD_200, UpstreamChunkReceived(data=orjson.dumps(done)),
+                                UpstreamClosed())  # fmt: skip
+    assert actual == 10 < est
+
+
 # ---- the property that closes the class --------------------------------------------------
 
 text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=60)
@@ -252,7 +323,3 @@ def test_the_charged_cap_bounds_the_cap_sent_upstream_on_every_route_and_kind(
 
 def _chat(model: str, **fields: Any) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": "hi"}], **fields}
-
-
-_ = (ClientDisconnected, UpstreamChunkReceived, UpstreamClosed, UpstreamFailed,
-     UpstreamResponseStarted, UpstreamError, UpstreamTimeout)  # fmt: skip
