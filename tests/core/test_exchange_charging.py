@@ -141,6 +141,25 @@ def test_every_cap_field_an_openai_backend_may_read_is_set_to_the_charged_cap() 
     assert body["max_completion_tokens"] == body["max_tokens"] == 10
 
 
+def test_the_cap_is_written_on_every_attempt_in_the_field_of_its_backend_kind() -> None:
+    gw = Gateway(
+        make_config(
+            BACKENDS
+            + '[[models]]\nname = "both"\nbackend = "oa"\ntarget = "gpt-4o-mini"\n'
+            + 'fallbacks = ["ol:llama3.2:1b"]\n[limits]\ntokens_per_day = 1000000\n'
+        )
+    )
+    gw.record_discovery("oa", [DiscoveredModel(name="gpt-4o-mini")], NOW - 5)
+    gw.record_discovery("ol", [DiscoveredModel(name="llama3.2:1b")], NOW - 5)
+    d = ExchangeDriver(gw)
+    d.start("POST", "/api/chat", _chat("both", options={"num_predict": -1}))
+    assert orjson.loads(d.seen.upstream[0].body)["max_tokens"] == 4096
+    refused = UpstreamError("could not connect", code="upstream_unreachable")
+    while d.seen.upstream[-1].url.startswith("http://oa.test"):
+        d.handle(UpstreamFailed(error=refused))
+    assert sent(d)["options"]["num_predict"] == 4096
+
+
 # ---- item 3: every forwarded prompt field is counted ---------------------------------
 
 
@@ -243,6 +262,7 @@ def test_the_backends_own_counts_are_charged_when_it_gives_them() -> None:
 # ---- the property that closes the class --------------------------------------------------
 
 text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=60)
+IMAGE = "iVBORw0KGgoA" + "A" * 3000  # a PNG's base64, larger than its flat 1,024 tokens
 cap_value = st.none() | st.integers(-2, 0) | st.integers(1, 50_000)
 
 
@@ -259,6 +279,8 @@ def requests(draw: st.DrawFn) -> tuple[str, str, dict[str, Any]]:
     if route in ("chat.completions", "ollama.chat"):
         msg: dict[str, Any] = {"role": draw(st.sampled_from(["user", "system"])),
                                "content": draw(text)}  # fmt: skip
+        if route == "ollama.chat" and draw(st.booleans()):
+            msg["images"] = [IMAGE] * draw(st.integers(1, 2))
         body["messages"] = [msg]
     else:
         body["prompt"] = draw(text)
@@ -266,6 +288,8 @@ def requests(draw: st.DrawFn) -> tuple[str, str, dict[str, Any]]:
         for key in ("system", "template", "suffix"):
             if draw(st.booleans()):
                 body[key] = draw(text)
+        if draw(st.booleans()):
+            body["images"] = [IMAGE] * draw(st.integers(1, 2))
         if draw(st.booleans()):
             body["context"] = draw(st.lists(st.integers(0, 10**5), max_size=20))
     if route == "chat.completions" and draw(st.booleans()):
@@ -287,7 +311,8 @@ def forwarded_prompt_bound(body: dict[str, Any]) -> int:
     """An upper bound of the prompt tokens in a forwarded body: every string
     value outside routing (model), runner options, and caps, at 2 bytes per
     token; every context id one token; images at their flat rate."""
-    total, stack = 0, [v for k, v in body.items() if k not in ("model", "options", "stream")]
+    total = 0
+    stack: list[Any] = [v for k, v in body.items() if k not in ("model", "options", "stream")]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
@@ -298,7 +323,14 @@ def forwarded_prompt_bound(body: dict[str, Any]) -> int:
             if item.get("type") in ("image_url", "input_image"):
                 total += IMAGE_TOKENS
                 continue
-            stack.extend(item.values())
+            images = item.get("images")
+            if isinstance(images, list):
+                total += IMAGE_TOKENS * len(images)
+            stack.extend(v for k, v in item.items() if k != "images")
+    images = body.get("images")
+    if isinstance(images, list):  # /api/generate's images were counted as text above
+        total -= sum(estimate_text(i) for i in images if isinstance(i, str))
+        total += IMAGE_TOKENS * len(images)
     context = body.get("context")
     return total + (len(context) if isinstance(context, list) else 0)
 
