@@ -121,9 +121,12 @@ def estimate_messages(
 
 
 def _message_field_tokens(key: str, value: Any) -> int:
-    # Every field of a message is forwarded and counted; the role's markers
-    # are in MESSAGE_OVERHEAD, its text is counted like any other.
-    if key in ("role", "content"):
+    # Every field of a message is forwarded and counted.  MESSAGE_OVERHEAD
+    # covers the role's markers and a role name of up to 16 bytes; a longer
+    # one (the passthrough does not check it) pays for the rest.
+    if key == "role":
+        return max(0, value_tokens(value) - MESSAGE_OVERHEAD)
+    if key == "content":
         return _content_tokens(value)
     if key == "tool_calls":
         return _json_tokens(value)

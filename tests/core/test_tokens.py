@@ -86,9 +86,7 @@ messages = st.lists(st.fixed_dictionaries({"role": roles, "content": texts}), ma
 
 @given(messages)
 def test_messages_cost_their_text_plus_fixed_overheads(msgs: list[dict[str, Any]]) -> None:
-    expected = PROMPT_OVERHEAD + sum(
-        MESSAGE_OVERHEAD + estimate_text(m["role"]) + estimate_text(m["content"]) for m in msgs
-    )
+    expected = PROMPT_OVERHEAD + sum(MESSAGE_OVERHEAD + estimate_text(m["content"]) for m in msgs)
     assert estimate_messages(msgs) == expected
     assert estimate_messages(msgs) >= ceil_div(sum(nbytes(m["content"]) for m in msgs), 4)
 
@@ -123,19 +121,21 @@ def test_images_are_counted_in_every_form(
     ]
     openai_msg = {"role": "user", "content": parts}
     native_msg = {"role": "user", "content": text, "images": ["aGk="] * native}
-    base = PROMPT_OVERHEAD + MESSAGE_OVERHEAD + estimate_text("user") + estimate_text(text)
+    base = PROMPT_OVERHEAD + MESSAGE_OVERHEAD + estimate_text(text)
     assert estimate_messages([openai_msg]) == base + IMAGE_TOKENS * openai_parts
     assert estimate_messages([native_msg]) == base + IMAGE_TOKENS * native
     assert estimate_messages([native_msg], images=extra) == base + IMAGE_TOKENS * (native + extra)
 
 
 def test_content_parts_that_are_not_text_or_images_are_charged_by_their_text() -> None:
-    # Every forwarded part counts (issue 17 item 3): "junk" 2, {"type": "x"} 2 + 1.
+    # Every forwarded part counts (issue 17 item 3): "abcd" 2, "junk" 2, {"type": "x"} 2 + 1.
     msg = {"role": "user", "content": [{"type": "text", "text": "abcd"}, "junk", {"type": "x"}]}
-    assert estimate_messages([msg]) == PROMPT_OVERHEAD + MESSAGE_OVERHEAD + 2 + 2 + 2 + 3
+    assert estimate_messages([msg]) == PROMPT_OVERHEAD + MESSAGE_OVERHEAD + 2 + 2 + 3
     assert estimate_messages([{"role": "assistant", "content": None}]) == (
-        PROMPT_OVERHEAD + MESSAGE_OVERHEAD + estimate_text("assistant")
+        PROMPT_OVERHEAD + MESSAGE_OVERHEAD
     )
+    long_role = {"role": "r" * 100, "content": ""}  # 50 tokens, 8 of them in the overhead
+    assert estimate_messages([long_role]) == PROMPT_OVERHEAD + MESSAGE_OVERHEAD + 42
 
 
 ascii_text = st.text(alphabet=st.characters(codec="ascii"), max_size=300)
