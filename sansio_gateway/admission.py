@@ -29,7 +29,14 @@ from typing import Any
 
 import orjson
 
-from .tokens import IMAGE_TOKENS, PROMPT_OVERHEAD, estimate_messages, estimate_text, value_tokens
+from .tokens import (
+    IMAGE_TOKENS,
+    PROMPT_OVERHEAD,
+    estimate_messages,
+    estimate_text,
+    json_tokens,
+    value_tokens,
+)
 
 __all__ = [
     "DEFAULT_OUTPUT_CAP",
@@ -127,6 +134,8 @@ def prompt_tokens(body: dict[str, Any]) -> int:
             continue
         if key == "images" and isinstance(value, list):
             total += IMAGE_TOKENS * len(value)
+        elif key == "tools":
+            total += json_tokens(value)  # rendered into the prompt as JSON text
         elif isinstance(value, (str, list, dict)):
             # /api/generate's ``context`` holds token ids of earlier turns,
             # one token each; value_tokens charges every number as one.
