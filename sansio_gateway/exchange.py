@@ -548,7 +548,8 @@ class Exchange:
         return self._fail(result.error, now, outcome="upstream_error")
 
     def _on_client_gone(self, result: ClientDisconnected, now: float) -> list[Action]:
-        self._maybe_generated = True  # the request may be on its way, or generating
+        if self.state is ExchangeState.AWAITING_UPSTREAM:
+            self._maybe_generated = True  # the request may be on its way, or generating
         self._client_gone = True
         self.state = ExchangeState.DONE
         self.status = 499
@@ -633,17 +634,18 @@ class Exchange:
     def _limit_charge(self, outcome: str) -> int:
         """What the limits are charged for a request that reached a backend
         (rate-limiting.md, "What is charged"): the backend's own counts when
-        it gave them; else nothing when every attempt failed before the
-        backend could generate (no connection, or a 4xx refusal); else, for a stream the client left, the
-        prompt and the output streamed so far (the upstream is cancelled
-        at once); else the reserved amount -- an upstream error after the
-        send, a malformed answer, a first-byte timeout, a non-stream client
-        disconnect or an answer without counts may all have generated."""
+        it gave them; else nothing when every attempt ended before the
+        backend could generate (no connection, or a 4xx refusal); else, for
+        a stream the client left, the prompt and the output streamed so far
+        (the upstream is cancelled at once); else the reserved amount -- an
+        upstream error after the send, a malformed answer, a first-byte
+        timeout, a non-stream client disconnect or an answer without counts
+        may all have generated."""
         assert self.flow is not None
         reported = self.flow.usage
         if reported is not None:
             return reported.total_tokens
-        if outcome == "upstream_error" and not self._maybe_generated:
+        if not self._maybe_generated:
             return 0
         if outcome == "client_disconnected" and self._stream:
             return self.flow.estimate_usage().total_tokens

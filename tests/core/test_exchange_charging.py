@@ -251,6 +251,11 @@ def test_only_a_failure_before_the_send_or_a_4xx_refusal_refunds() -> None:
                          UpstreamClosed())[1] == 0  # fmt: skip
 
 
+def test_a_client_leaving_during_a_4xx_refusal_is_refunded() -> None:
+    head_400 = UpstreamResponseStarted(status=400, headers=())
+    assert _commit_after(head_400, ClientDisconnected())[1] == 0
+
+
 def test_the_backends_own_counts_are_charged_when_it_gives_them() -> None:
     done = {"model": "m", "message": {"role": "assistant", "content": "x"}, "done": True,
             "prompt_eval_count": 7, "eval_count": 3}  # fmt: skip
