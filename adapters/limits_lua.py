@@ -306,8 +306,9 @@ for i, r in ipairs(rates) do
     horizon = math.max(horizon, tat - now)
   end
 end
-if quota >= 0 and lease and lease.day == today then
-  if g.day ~= today then g.day, g.used = today, 0 end
+-- a live lease is charged to the day it was admitted (core._charge_day)
+if quota >= 0 and lease and lease.day >= g.day then
+  if lease.day > g.day then g.day, g.used = lease.day, 0 end
   g.used = math.min(g.used + actual, MAX_DAY_USED)
   hset[#hset + 1] = 'dd'
   hset[#hset + 1] = str(g.day)

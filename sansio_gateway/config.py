@@ -64,8 +64,9 @@ class ServerConfig(_Strict):
     # Field name for Ollama's `thinking` on /v1: most clients read
     # `reasoning_content` (reference section 12.2); Ollama itself says `reasoning`.
     reasoning_field: str = "reasoning_content"
-    # Written upstream as the output cap when a client sends none, so the
-    # token estimate is a real upper bound (rate-limiting.md, "Estimate").
+    # With token limits: written upstream as the output cap when a client sends
+    # none (or an unbounded one), shrunk to fit the limits (rate-limiting.md,
+    # "What is charged").  4096 when token limits are set and this is not.
     default_max_tokens: int | None = Field(default=None, gt=0)
     # An unknown model triggers a fresh discovery at most this often.
     discovery_ttl: float = Field(default=10.0, gt=0)

@@ -56,7 +56,13 @@ from .actions import (
     UsageQueried,
     UsageRecord,
 )
-from .admission import DEFAULT_OUTPUT_CAP, LIMITED_ROUTES, admission_tokens
+from .admission import (
+    DEFAULT_OUTPUT_CAP,
+    LIMITED_ROUTES,
+    admission_charge,
+    fitted_cap,
+    write_output_cap,
+)
 from .auth import ANONYMOUS, Identity
 from .catalogue import Route
 from .errors import (
@@ -70,7 +76,7 @@ from .errors import (
 )
 from .flows.base import Flow, LedgerQuery, LocalAnswer, MetricsScrape, UpstreamCall
 from .http import Headers, IncomingRequest, Surface, header_value
-from .limits import Costs, Decision, LimitSpecs, rate_limit_headers, render_denial
+from .limits import Costs, Decision, LimitSpecs, Unit, rate_limit_headers, render_denial
 from .rendering import error_response, request_id_from
 from .retry import next_step, parse_retry_after, targets_for
 from .routing import surface_of
@@ -147,6 +153,9 @@ class Exchange:
         self._buffer = bytearray()
         self._upstream_status = 0
         self._reached_backend = False
+        # True once an attempt may have reached a backend that could generate:
+        # it answered, or failed in a way not known to precede the send.
+        self._maybe_generated = False
         self._client_gone = False
         self._response_started = False
         self._head_only = False
@@ -154,6 +163,7 @@ class Exchange:
         self._admitted = False
         self._settled = False
         self._estimate = 0
+        self._output_cap: int | None = None  # written upstream when token limits apply
         self._specs: LimitSpecs | None = None
         self._commit: CommitLimits | None = None
         self._rate_headers: Headers = ()
@@ -304,11 +314,18 @@ class Exchange:
         specs = gateway.limit_specs(self.identity.user, route)
         if specs.empty:
             return None
-        self._estimate = admission_tokens(
-            self._body,
-            default_output_cap=gateway.config.server.default_max_tokens or DEFAULT_OUTPUT_CAP,
-            generates=generates,
+        charge = fitted_cap(
+            admission_charge(
+                self._body,
+                default_output_cap=gateway.config.server.default_max_tokens or DEFAULT_OUTPUT_CAP,
+                generates=generates,
+                route=self.flow.route_name,
+            ),
+            _token_ceiling(specs),
         )
+        self._estimate = charge.total
+        if generates and _token_ceiling(specs) is not None:
+            self._output_cap = charge.cap
         self._specs = specs
         return CheckLimits(
             key=self.identity.user,
@@ -411,13 +428,18 @@ class Exchange:
         self._attempts += 1
         self._buffer = bytearray()
         headers = self.gateway.upstream_headers(self.backend, self.trace_id)
+        body = plan.body
+        if self._output_cap is not None:
+            # The cap admission charged is the cap the backend reads, on
+            # every route and backend kind (rate-limiting.md, "What is charged").
+            body = write_output_cap(self.flow.route_name, backend.kind, body, self._output_cap)
         return [
             SendUpstream(
                 backend=self.backend,
                 method=plan.method,
                 url=backend.url + plan.path,
                 headers=headers,
-                body=plan.body,
+                body=body,
                 delay=delay,
             )
         ]
@@ -459,6 +481,10 @@ class Exchange:
     # ---- transitions -----------------------------------------------------
 
     def _on_head(self, result: UpstreamResponseStarted, now: float) -> list[Action]:
+        if not 400 <= result.status < 500:
+            # A 4xx is the backend refusing the request, before generating;
+            # a 5xx may come after minutes of generation (an OOM, a crash).
+            self._maybe_generated = True
         self._upstream_status = result.status
         if result.status >= 400:
             self.state = ExchangeState.BUFFERING_ERROR
@@ -524,6 +550,8 @@ class Exchange:
         return [*actions, EndResponse(keep_alive=False), self._record(now, "failed_mid_stream")]
 
     def _on_upstream_failed(self, result: UpstreamFailed, now: float) -> list[Action]:
+        if not _before_send(result.error):
+            self._maybe_generated = True
         self._retry_after = None
         again = self._try_again(now, status=None, error=result.error)
         if again is not None:
@@ -531,6 +559,8 @@ class Exchange:
         return self._fail(result.error, now, outcome="upstream_error")
 
     def _on_client_gone(self, result: ClientDisconnected, now: float) -> list[Action]:
+        if self.state is ExchangeState.AWAITING_UPSTREAM:
+            self._maybe_generated = True  # the request may be on its way, or generating
         self._client_gone = True
         self.state = ExchangeState.DONE
         self.status = 499
@@ -605,10 +635,32 @@ class Exchange:
             self.status = err.status_code
             actions: list[Action] = [SendBody(data=out)] if out else []
             return [*actions, EndResponse(keep_alive=False), self._record(now, "failed_mid_stream")]
+        if self._reached_backend:
+            self._settle(self._limit_charge(outcome))  # before the refund below
         actions = self._fail_before_response(err, now)
         if self._reached_backend:
             actions.append(self._record(now, outcome))
         return actions
+
+    def _limit_charge(self, outcome: str) -> int:
+        """What the limits are charged for a request that reached a backend
+        (rate-limiting.md, "What is charged"): the backend's own counts when
+        it gave them; else nothing when every attempt ended before the
+        backend could generate (no connection, or a 4xx refusal); else, for
+        a stream the client left, the prompt and the output streamed so far
+        (the upstream is cancelled at once); else the reserved amount -- an
+        upstream error after the send, a malformed answer, a first-byte
+        timeout, a non-stream client disconnect or an answer without counts
+        may all have generated."""
+        assert self.flow is not None
+        reported = self.flow.usage
+        if reported is not None:
+            return reported.total_tokens
+        if not self._maybe_generated:
+            return 0
+        if outcome == "client_disconnected" and self._stream:
+            return self.flow.estimate_usage().total_tokens
+        return self._estimate
 
     def _record(self, now: float, outcome: str) -> RecordUsage:
         assert self.flow is not None
@@ -616,10 +668,7 @@ class Exchange:
         reported = usage is not None
         if usage is None:
             usage = self.flow.estimate_usage()
-        # An upstream error before any token refunds the tokens (the request
-        # still counts); everything else is charged what it used, a client
-        # disconnect included -- never a full refund (rate-limiting.md).
-        self._settle(0 if outcome == "upstream_error" else usage.total_tokens)
+        self._settle(self._limit_charge(outcome))
         ttft = None if self.first_byte_at is None else self.first_byte_at - self.started_at
         return RecordUsage(
             record=UsageRecord(
@@ -642,6 +691,21 @@ class Exchange:
                 attempts=self._attempts,
             )
         )
+
+
+def _before_send(error: GatewayError) -> bool:
+    """True for a failure known to happen before the backend could generate:
+    no connection was made (refused, unresolvable, connect timeout)."""
+    return error.code == "upstream_unreachable"
+
+
+def _token_ceiling(specs: LimitSpecs) -> int | None:
+    """The largest token charge the limits can ever admit (the smallest
+    token burst or daily quota), or None when no token limit applies."""
+    bounds = [spec.burst for spec in specs.rates if spec.unit is Unit.TOKENS]
+    if specs.tokens_per_day is not None:
+        bounds.append(specs.tokens_per_day)
+    return min(bounds) if bounds else None
 
 
 # Handlers take the specific result type their row names; Any keeps the

@@ -36,6 +36,8 @@ __all__ = [
     "estimate_messages",
     "estimate_text",
     "estimate_texts",
+    "json_tokens",
+    "value_tokens",
 ]
 
 BYTES_PER_TOKEN = 2
@@ -53,19 +55,46 @@ def estimate_texts(texts: Iterable[str]) -> int:
     return PROMPT_OVERHEAD + sum(estimate_text(t) for t in texts)
 
 
-def _content_tokens(content: Any) -> int:
-    if isinstance(content, str):
-        return estimate_text(content)
-    total = 0
-    if isinstance(content, list):
-        for part in content:
-            if not isinstance(part, dict):
-                continue
-            if part.get("type") == "text" and isinstance(part.get("text"), str):
-                total += estimate_text(part["text"])
-            elif part.get("type") in ("image_url", "input_image"):
-                total += IMAGE_TOKENS
+def value_tokens(value: Any) -> int:
+    """Upper-bound tokens of any forwarded JSON value: every string (keys
+    included) by its UTF-8 bytes, every number as one token (``context``
+    ids, token-id prompts).  Booleans and null cost nothing.  Iterative:
+    a body may nest deeper than Python's recursion limit."""
+    total, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += estimate_text(item)
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, (int, float)):
+            total += 1
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                total += estimate_text(str(key))
+                stack.append(child)
+        else:
+            total += estimate_text(str(item))
     return total
+
+
+def _part_tokens(part: Any) -> int:
+    if not isinstance(part, dict):
+        return value_tokens(part)
+    if part.get("type") == "text" and isinstance(part.get("text"), str):
+        return estimate_text(part["text"])
+    if part.get("type") in ("image_url", "input_image"):
+        return IMAGE_TOKENS
+    # any other part (audio, files, ...) is forwarded: charge its text
+    return value_tokens(part)
+
+
+def _content_tokens(content: Any) -> int:
+    if isinstance(content, list):
+        return sum(_part_tokens(part) for part in content)
+    return value_tokens(content)
 
 
 def _json_tokens(value: Any) -> int:
@@ -80,15 +109,31 @@ def _json_tokens(value: Any) -> int:
     return -(-size // BYTES_PER_TOKEN)
 
 
+json_tokens = _json_tokens  # public name: admission charges top-level tools with it
+
+
 def estimate_messages(
     messages: Iterable[dict[str, Any]], *, tools: Iterable[Any] = (), images: int = 0
 ) -> int:
     """Upper-bound prompt tokens for a chat request (either wire format)."""
     total = PROMPT_OVERHEAD + images * IMAGE_TOKENS
     for message in messages:
-        total += MESSAGE_OVERHEAD + _content_tokens(message.get("content"))
-        total += _json_tokens(message.get("tool_calls"))
-        native_images = message.get("images")
-        if isinstance(native_images, list):
-            total += IMAGE_TOKENS * len(native_images)
+        total += MESSAGE_OVERHEAD
+        for key, value in message.items():
+            total += _message_field_tokens(key, value)
     return total + sum(_json_tokens(tool) for tool in tools)
+
+
+def _message_field_tokens(key: str, value: Any) -> int:
+    # Every field of a message is forwarded and counted.  MESSAGE_OVERHEAD
+    # covers the role's markers and a role name of up to 16 bytes; a longer
+    # one (the passthrough does not check it) pays for the rest.
+    if key == "role":
+        return max(0, value_tokens(value) - MESSAGE_OVERHEAD)
+    if key == "content":
+        return _content_tokens(value)
+    if key == "tool_calls":
+        return _json_tokens(value)
+    if key == "images" and isinstance(value, list):
+        return IMAGE_TOKENS * len(value)
+    return estimate_text(key) + value_tokens(value)

@@ -275,14 +275,7 @@ def commit(
         if spec.unit is Unit.TOKENS:
             anchor = _anchor(lease, spec.scope)
             _settle(spec, tats, refunded, now, spec.increment(act) - spec.increment(est), anchor)
-    day, day_used = state.day, state.day_used
-    # The day counter takes the tokens of a live lease admitted today; an
-    # expired reservation has already been given back (it cannot be
-    # re-charged without breaking committed + reserved <= quota).
-    if specs.tokens_per_day is not None and lease is not None and lease.day == now // DAY_US:
-        if day != now // DAY_US:
-            day, day_used = now // DAY_US, 0
-        day_used = min(day_used + act, MAX_DAY_USED)
+    day, day_used = _charge_day(specs, state, lease, act)
     live = _live(state.inflight, now, request_id)
     done = add_done(state.done, request_id, now, now + specs.lease_ttl_us)
     return LimitState(
@@ -294,6 +287,27 @@ def commit(
         inflight=live,
         done=done,
     )
+
+
+def _charge_day(
+    specs: LimitSpecs, state: LimitState, lease: Lease | None, act: int
+) -> tuple[int, int]:
+    """The day counter after a commit of ``act`` tokens.
+
+    A live lease is charged to the day it was admitted (the day of its
+    reservation), even when it commits after UTC midnight.  When the
+    counter has already moved on to a later day, the lease's day is closed
+    and has nothing left to limit: nothing is added (the usage ledger still
+    records the request under the day it started).  An expired reservation
+    has already been given back and cannot be re-charged without breaking
+    committed + reserved <= quota.
+    """
+    day, day_used = state.day, state.day_used
+    if specs.tokens_per_day is None or lease is None or lease.day < day:
+        return day, day_used
+    if lease.day > day:
+        day, day_used = lease.day, 0
+    return day, min(day_used + act, MAX_DAY_USED)
 
 
 def _anchor(lease: Lease | None, scope: Scope) -> int:

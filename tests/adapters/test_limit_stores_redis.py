@@ -30,6 +30,7 @@ from adapters.limit_stores import (
 )
 from sansio_gateway.config import LimitsConfig, LimitValues, StoreConfig
 from sansio_gateway.limits import (
+    DAY_US,
     Breaker,
     BreakerState,
     Costs,
@@ -169,7 +170,23 @@ async def differential(
                 op,
             )
             compared += 1
+    await _day_counters_agree(shared, memory, users)
     return compared
+
+
+async def _day_counters_agree(
+    shared: RedisLimitStore, memory: MemoryLimitStore, users: tuple[str, ...]
+) -> None:
+    """The committed day counters agree too: after UTC midnight a lease is
+    charged to the day it was admitted, in both stores (issue 17 item 9)."""
+    for user in users:
+        if user not in memory._states:  # swept as idle: nothing to compare
+            continue
+        state = memory.state(user)
+        day, used = await shared.client.hmget(shared.keys(user)[0], ["dd", "du"])
+        got = (int(day or 0), int(used or 0))
+        # where nothing is committed, which day the counter names is moot
+        assert got[1] == state.day_used and (not got[1] or got[0] == state.day), user
 
 
 @settings(
@@ -323,6 +340,25 @@ def _commandstats(port: int) -> dict[str, int]:
     with redis.Redis(port=port) as c:
         info = c.info("commandstats")
     return {name: int(v["calls"]) for name, v in info.items()}
+
+
+def test_a_commit_after_midnight_is_charged_to_the_day_it_was_admitted(
+    store: RedisLimitStore, loop: asyncio.AbstractEventLoop
+) -> None:
+    run(loop, store.client.flushdb())
+    specs = build_specs(LimitsConfig(tokens_per_day=1000), "night", "m")
+    memory = MemoryLimitStore()
+    admitted_day = START // DAY_US
+    for rid in ("late", "later"):
+        assert memory.admit("night", specs, START, Costs(tokens=400), rid).allowed
+        assert run(loop, store.admit("night", specs, Costs(tokens=400), rid, now_us=START)).allowed
+    after_midnight = (admitted_day + 1) * DAY_US + 5_000_000
+    for rid, actual in (("late", 300), ("later", 200)):
+        memory.commit("night", specs, after_midnight, rid, 400, actual)
+        run(loop, store.commit("night", specs, rid, 400, actual, now_us=after_midnight))
+    state = memory.state("night")
+    assert (state.day, state.day_used) == (admitted_day, 500)
+    run(loop, _day_counters_agree(store, memory, ("night",)))
 
 
 def test_one_evalsha_per_admit_and_per_commit(

@@ -13,7 +13,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sansio_gateway.admission import DEFAULT_OUTPUT_CAP, LIMITED_ROUTES, admission_tokens
+from sansio_gateway.admission import (
+    DEFAULT_OUTPUT_CAP,
+    LIMITED_ROUTES,
+    admission_tokens,
+    prompt_tokens,
+)
 from sansio_gateway.tokens import (
     IMAGE_TOKENS,
     PROMPT_OVERHEAD,
@@ -25,9 +30,11 @@ from sansio_gateway.tokens import (
 DEFAULT = 777
 
 
-def charge(body: Any, *, generates: bool = True, default: int = DEFAULT) -> int:
+def charge(
+    body: Any, *, generates: bool = True, default: int = DEFAULT, route: str | None = None
+) -> int:
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
-    return admission_tokens(raw, default_output_cap=default, generates=generates)
+    return admission_tokens(raw, default_output_cap=default, generates=generates, route=route)
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -110,18 +117,33 @@ def test_images_are_counted_on_both_surfaces(text: str, n: int) -> None:
 @given(texts, caps)
 def test_the_output_cap_is_read_from_every_field_name(text: str, cap: int) -> None:
     messages = [{"role": "user", "content": text}]
-    prompt = estimate_messages(messages)
     for fields in (
         {"max_completion_tokens": cap},
         {"max_tokens": cap},
         {"options": {"num_predict": cap}},
-        # the first one given wins, in this order (what the flows send upstream)
+        # the OpenAI surface: the first one given wins, in this order
         {"max_completion_tokens": cap, "max_tokens": cap + 5},
         {"max_tokens": cap, "options": {"num_predict": cap + 5}},
     ):
-        assert charge({"model": "m", "messages": messages, **fields}) == prompt + cap, fields
+        body = {"model": "m", "messages": messages, **fields}
+        assert charge(body, route="chat.completions") - prompt_tokens(body) == cap, fields
     generate = {"model": "m", "prompt": text, "options": {"num_predict": cap}}
-    assert charge(generate) == estimate_texts([text]) + cap
+    assert charge(generate, route="ollama.generate") - prompt_tokens(generate) == cap
+
+
+@given(texts, caps)
+def test_ollama_routes_charge_num_predict_and_ignore_top_level_caps(text: str, cap: int) -> None:
+    """Issue 17 item 1: Ollama's /api/chat and /api/generate read only
+    options.num_predict; a top-level max_tokens must not lower the charge."""
+    for route, body in (
+        ("ollama.chat", {"model": "m", "messages": [{"role": "user", "content": text}]}),
+        ("ollama.generate", {"model": "m", "prompt": text}),
+    ):
+        dodge = {**body, "max_tokens": 1, "max_completion_tokens": 1}
+        dodge["options"] = {"num_predict": cap}
+        assert charge(dodge, route=route) - prompt_tokens(dodge) == cap
+        unbounded = {**body, "max_tokens": 1, "options": {"num_predict": -1}}
+        assert charge(unbounded, route=route) - prompt_tokens(unbounded) == DEFAULT
     completions = {"model": "m", "prompt": text, "max_tokens": cap}
     assert charge(completions) == estimate_texts([text]) + cap
 
@@ -147,8 +169,9 @@ def test_the_output_cap_is_read_from_every_field_name(text: str, cap: int) -> No
 def test_the_default_cap_is_charged_when_no_usable_cap_is_given(fields: dict[str, Any]) -> None:
     messages = [{"role": "user", "content": "hello there"}]
     body = {"model": "m", "messages": messages, **fields}
-    assert charge(body) == estimate_messages(messages) + DEFAULT
-    assert charge(body, default=DEFAULT_OUTPUT_CAP) == estimate_messages(messages) + 4096
+    for route in ("chat.completions", "ollama.chat"):
+        assert charge(body, route=route) == prompt_tokens(body) + DEFAULT
+        assert charge(body, route=route, default=DEFAULT_OUTPUT_CAP) == prompt_tokens(body) + 4096
 
 
 @given(texts, caps)

@@ -242,6 +242,54 @@ def test_day_quota_reserved_plus_committed_within_quota(
 
 
 @FAST
+@given(limit_specs(), operations(backwards=True, overage=True))
+def test_day_quota_holds_when_actual_exceeds_estimate(
+    specs: LimitSpecs, ops: list[Admit | Commit]
+) -> None:
+    """With actual > estimate (a backend that over-ran its cap), the day may
+    end above the quota only by the overage committed that day, and nothing
+    is admitted once the quota is spent."""
+    quota = specs.tokens_per_day
+    if quota is None:
+        return
+    overage: dict[int, int] = {}
+    for step in run(specs, ops):
+        state = step.after
+        today = state.clock_us // DAY_US
+        if step.decision is None:
+            lease = step.before.inflight.get(step.rid)
+            live = lease is not None and lease.expiry_us > state.clock_us
+            if live and step.rid not in step.before.done and lease is not None:
+                over = max(0, step.actual - lease.tokens)
+                overage[lease.day] = overage.get(lease.day, 0) + over
+        total = _day_total(state)
+        assert total <= quota + overage.get(today, 0)
+        if step.decision is not None and step.decision.allowed and quota is not None:
+            before = _day_total(replace(step.before, clock_us=state.clock_us))
+            assert before + step.op.tokens <= quota  # type: ignore[union-attr]
+
+
+def test_a_commit_after_midnight_is_charged_to_the_day_it_was_admitted() -> None:
+    specs = LimitSpecs(tokens_per_day=1000, lease_ttl_us=600_000_000)
+    day = START // DAY_US
+    midnight = (day + 1) * DAY_US
+    _, state = admit(specs, LimitState(), midnight - 10, Costs(tokens=400), "a")
+    _, state = admit(specs, state, midnight - 5, Costs(tokens=400), "b")
+    state = commit(specs, state, midnight + 10, "a", 400, 300)
+    assert (state.day, state.day_used) == (day, 300)  # was (day, 0): charged to neither day
+    state = commit(specs, state, midnight + 20, "b", 400, 500)  # actual > estimate too
+    assert (state.day, state.day_used) == (day, 800)
+    # The next day starts from zero: yesterday's requests do not count today.
+    decision, state = admit(specs, state, midnight + 30, Costs(tokens=1000), "c")
+    assert decision.allowed and (state.day, state.day_used) == (day + 1, 0)
+    # Once the counter has moved on, a late commit of yesterday adds nothing today.
+    _, state2 = admit(specs, LimitState(), midnight - 10, Costs(tokens=400), "d")
+    _, state2 = admit(specs, state2, midnight + 1, Costs(tokens=100), "e")
+    state2 = commit(specs, state2, midnight + 2, "d", 400, 400)
+    assert (state2.day, state2.day_used) == (day + 1, 0)
+
+
+@FAST
 @given(limit_specs(), operations(backwards=True))
 def test_leases_are_taken_released_and_expire(specs: LimitSpecs, ops: list[Admit | Commit]) -> None:
     for step in run(specs, ops):

@@ -127,12 +127,15 @@ def test_images_are_counted_in_every_form(
     assert estimate_messages([native_msg], images=extra) == base + IMAGE_TOKENS * (native + extra)
 
 
-def test_content_parts_that_are_not_text_or_images_cost_only_the_overhead() -> None:
+def test_content_parts_that_are_not_text_or_images_are_charged_by_their_text() -> None:
+    # Every forwarded part counts (issue 17 item 3): "abcd" 2, "junk" 2, {"type": "x"} 2 + 1.
     msg = {"role": "user", "content": [{"type": "text", "text": "abcd"}, "junk", {"type": "x"}]}
-    assert estimate_messages([msg]) == PROMPT_OVERHEAD + MESSAGE_OVERHEAD + 2
+    assert estimate_messages([msg]) == PROMPT_OVERHEAD + MESSAGE_OVERHEAD + 2 + 2 + 3
     assert estimate_messages([{"role": "assistant", "content": None}]) == (
         PROMPT_OVERHEAD + MESSAGE_OVERHEAD
     )
+    long_role = {"role": "r" * 100, "content": ""}  # 50 tokens, 8 of them in the overhead
+    assert estimate_messages([long_role]) == PROMPT_OVERHEAD + MESSAGE_OVERHEAD + 42
 
 
 ascii_text = st.text(alphabet=st.characters(codec="ascii"), max_size=300)
