@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-__all__ = ["CHUNK", "DoneIds", "add_done"]
+__all__ = ["CHUNK", "DoneIds", "add_done", "newest_expiry"]
 
 CHUNK = 1024
 
@@ -24,11 +24,13 @@ CHUNK = 1024
 class DoneIds(Mapping[str, int]):
     """request id -> until when a repeated commit is ignored (µs)."""
 
-    __slots__ = ("_chunks",)
+    __slots__ = ("_chunks", "newest")
 
     def __init__(self, chunks: tuple[tuple[int, dict[str, int]], ...] = ()) -> None:
         # (newest expiry in the chunk, the chunk); chunks are never mutated.
         self._chunks = chunks
+        # the newest expiry of all: the ids are all dead once it has passed
+        self.newest = max((c[0] for c in chunks), default=0)
 
     def __getitem__(self, key: str) -> int:
         for _, chunk in reversed(self._chunks):
@@ -64,3 +66,10 @@ def add_done(done: Mapping[str, int], request_id: str, now: int, expiry: int) ->
     else:
         chunks.append((expiry, {request_id: expiry}))
     return DoneIds(tuple(chunks))
+
+
+def newest_expiry(done: Mapping[str, int]) -> int:
+    """The latest expiry in ``done`` (0 when empty); O(1) for :class:`DoneIds`."""
+    if isinstance(done, DoneIds):
+        return done.newest
+    return max(done.values(), default=0)

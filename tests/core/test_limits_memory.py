@@ -161,3 +161,45 @@ def test_sweeps_keep_memory_bounded() -> None:
         store.admit(f"user{i}", specs, START + 10 * i, Costs(tokens=1), "r")
     assert len(store) <= 128
     assert store.peek("user9999", specs, START + 10 * 9999).requests is None
+
+
+# ---- the idle sweep stays cheap (issue 17, item 6) ---------------------------
+
+
+def test_is_idle_reads_the_newest_expiry_not_every_committed_id(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from sansio_gateway.limits import commit
+    from sansio_gateway.limits.done_ids import DoneIds
+
+    specs = LimitSpecs(lease_ttl_us=1_000)
+    state = LimitState()
+    for i in range(3_000):
+        state = commit(specs, state, START + i, f"r{i}", 0, 0)
+    assert not is_idle(state, START + 3_000)
+
+    def iterated(self: DoneIds) -> None:
+        raise AssertionError("is_idle iterated the committed ids")
+
+    monkeypatch.setattr(DoneIds, "__iter__", iterated)
+    monkeypatch.setattr(DoneIds, "__getitem__", iterated)
+    assert not is_idle(state, START + 3_000)
+    assert is_idle(state, START + 3_000 + 1_000)
+
+
+def test_one_operation_examines_a_bounded_number_of_states(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from sansio_gateway.limits import memory
+
+    store = MemoryLimitStore(min_sweep_size=64, idle_grace_us=0, sweep_batch=32)
+    specs = LimitSpecs(concurrent_requests=1, lease_ttl_us=1)
+    examined: list[int] = []
+    real = memory.is_idle
+
+    def counting(state: LimitState, now: int) -> bool:
+        examined[-1] += 1
+        return real(state, now)
+
+    monkeypatch.setattr(memory, "is_idle", counting)
+    for i in range(5_000):
+        examined.append(0)
+        store.admit(f"user{i}", specs, START + 10 * i, Costs(tokens=1), "r")
+    assert max(examined) <= 32
+    assert len(store) <= 256  # still bounded: the sweep keeps up with the growth
