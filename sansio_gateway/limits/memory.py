@@ -31,12 +31,12 @@ __all__ = ["MemoryLimitStore", "is_idle"]
 
 def is_idle(state: LimitState, now: int) -> bool:
     """True when ``state`` behaves exactly like a fresh one from ``now`` on."""
-    now = max(now, state.clock_us)
+    now = max(now + state.skew_us, state.clock_us)  # in the state's time
     return (
         all(tat <= now for tat in state.tats.values())
         and all(lease.expiry_us <= now for lease in state.inflight.values())
         and newest_expiry(state.done) <= now
-        and (state.day_used == 0 or state.day < now // DAY_US)
+        and (state.day_used == 0 or state.day < (now - state.skew_us) // DAY_US)
     )
 
 
@@ -116,7 +116,11 @@ class MemoryLimitStore:
         dropped = 0
         for key in self._pass[self._cursor : end]:
             state = self._states.get(key)
-            if state is not None and state.clock_us <= horizon and is_idle(state, horizon):
+            if (
+                state is not None
+                and state.clock_us - state.skew_us <= horizon
+                and is_idle(state, horizon)
+            ):
                 del self._states[key]
                 dropped += 1
         self._cursor = end
