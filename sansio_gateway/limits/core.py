@@ -48,7 +48,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from .decision import Decision, RateHeaders, Reading, Verdict, decide, headers_from
-from .done_ids import add_done
+from .done_ids import DoneIds, add_done
 from .specs import DAY_US, MAX_NOW_US, Costs, LimitSpecs, RateSpec, Scope, Unit, clamp_cost
 
 __all__ = ["Lease", "LimitState", "admit", "commit", "peek", "readings", "today_of"]
@@ -82,7 +82,7 @@ class LimitState:
     day: int = 0
     day_used: int = 0
     inflight: Mapping[str, Lease] = field(default_factory=dict)
-    done: Mapping[str, int] = field(default_factory=dict)
+    done: DoneIds = field(default_factory=DoneIds)
     skew_us: int = 0  # the state's time minus the caller's (see "Clock")
 
 
