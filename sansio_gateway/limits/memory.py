@@ -49,7 +49,7 @@ class MemoryLimitStore:
         min_sweep_size: int = 1024,
         sweep_interval_us: int = 60_000_000,
         idle_grace_us: int = 600_000_000,
-        sweep_batch: int = 256,
+        sweep_batch: int = 64,
     ) -> None:
         self._states: dict[str, LimitState] = {}
         self._min_sweep_size = min_sweep_size
