@@ -73,11 +73,13 @@ async def on_the_loop(
 
     tick = asyncio.create_task(ticker())
     pairs = []
+    # each run its own user, ids and stretch of clock (no run repeats another's ids)
+    user, base = ("sweep", now + 1_000 * ops + 1) if sweeping else ("base", now)
     for i in range(ops):
-        t = now + 1_000 * i
+        t = base + 1_000 * i
         t0 = time.perf_counter()
-        await async_store.admit("hot", SPECS, Costs(tokens=10), f"x{i}", now_us=t)
-        await async_store.commit("hot", SPECS, f"x{i}", 10, 5, now_us=t + 1)
+        await async_store.admit(user, SPECS, Costs(tokens=10), f"{user}{i}", now_us=t)
+        await async_store.commit(user, SPECS, f"{user}{i}", 10, 5, now_us=t + 1)
         pairs.append(time.perf_counter() - t0)
         await asyncio.sleep(0)  # a server yields between requests
     running = False
