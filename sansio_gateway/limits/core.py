@@ -34,9 +34,9 @@ Theory of operation (rate-limiting.md is the design):
   (issue 17, item 10).  A clock going backwards never adds capacity.  The
   UTC day is that of ``now - skew`` (the caller's own date), never earlier
   than the state's day (a clock going back over midnight gets no fresh
-  quota); every stored time, TATs and expiries, is in the state's time.  A deny that rebases
-  stores the new skew (and nothing else), so time moves on even for a user
-  whose every request is denied.
+  quota); every stored time, TATs and expiries, is in the state's time.
+  A deny that rebases stores the new skew (and nothing else), so time moves
+  on even for a user whose every request is denied.
 
 Every value is an integer below 2**53; the Lua script in
 ``adapters/limits_lua.py`` performs these same steps integer for integer.
@@ -101,9 +101,6 @@ def today_of(state: LimitState, now: int | None = None) -> int:
     the caller's date, never earlier than a day the state already used."""
     now = state.clock_us if now is None else now
     return max(state.day, (now - state.skew_us) // DAY_US)
-
-
-_today = today_of
 
 
 def _check(now_us: int, request_id: str | None = None) -> None:
@@ -202,7 +199,7 @@ def readings(
         cost = costs.requests if spec.unit is Unit.REQUESTS else costs.tokens
         add(_rate_status(spec, tat, now, cost), _rate_level(spec, tat, now))
     if specs.tokens_per_day is not None:
-        quota, day = specs.tokens_per_day, _today(state, now)
+        quota, day = specs.tokens_per_day, today_of(state, now)
         day_end = (day + 1) * DAY_US + state.skew_us  # in the state's time
         used = state.day_used if state.day == day else 0
         pending = _day_pending(live, day)
@@ -258,7 +255,7 @@ def _charge(
         tats[spec.key] = tat
         if spec.unit is Unit.TOKENS:
             anchors[spec.scope] = tat + refunded.get(spec.key, 0)
-    day, day_used, today = state.day, state.day_used, _today(state, now)
+    day, day_used, today = state.day, state.day_used, today_of(state, now)
     if specs.tokens_per_day is not None and day != today:
         day, day_used = today, 0
     lease = Lease(
@@ -317,7 +314,7 @@ def commit(
     # The day counter takes the tokens of a live lease admitted today; an
     # expired reservation has already been given back (it cannot be
     # re-charged without breaking committed + reserved <= quota).
-    today = _today(state, now)
+    today = today_of(state, now)
     if specs.tokens_per_day is not None and lease is not None and lease.day == today:
         if day != today:
             day, day_used = today, 0
