@@ -13,7 +13,9 @@ numbers are written back with ``%d``, never ``tostring`` (which keeps only
 Keys, all sharing one hash tag so one call touches one cluster slot:
 
 * ``KEYS[1]`` ``rl:v1:{u:<user>}:g`` -- hash: ``c`` the clock (largest now
-  seen), ``dd``/``du`` the UTC day index and its committed tokens,
+  seen), ``k`` the skew (the state's time minus Redis TIME, grown when TIME
+  went back more than ``MAX_LEAD``: the core's "Clock" rule), ``dd``/``du``
+  the UTC day index and its committed tokens,
   ``t:<limit>`` each TAT, ``r:<limit>`` microseconds refunded from it.
 * ``KEYS[2]`` ``...:inflight`` -- hash: request id ->
   ``"expiry day tokens anchor_user anchor_model"`` (the leases).
@@ -33,6 +35,8 @@ local DAY = 86400000000
 local MAX_DEBT = 1099511627776
 local MAX_DAY_USED = 1125899906842624
 local MARGIN = 60000000
+local MAX_NOW = 4503599627370496
+local MAX_LEAD = 1000000
 
 -- floor(a / b) exactly, for integers below 2^53 and b > 0
 local function idiv(a, b)
@@ -48,17 +52,24 @@ local function cdiv(a, b) return -idiv(-a, b) end
 local function num(v) if v then return tonumber(v) end return 0 end
 local function str(x) return string.format('%d', x) end
 
-local function clock_now(override, stored)
-  local now
+-- the state's now and skew (core._rebased): a caller clock more than
+-- MAX_LEAD behind the stored clock rebases the state instead of freezing it
+local function clock_now(override, stored, skew)
+  local caller
   if override ~= '' then
-    now = tonumber(override)
+    caller = tonumber(override)
   else
     local t = redis.call('TIME')
-    now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    caller = tonumber(t[1]) * 1000000 + tonumber(t[2])
   end
-  if stored > now then now = stored end
-  return now
+  local now = math.min(caller + skew, MAX_NOW)
+  if now >= stored then return now, skew end
+  if stored - now <= MAX_LEAD then return stored, skew end
+  return stored, stored - caller
 end
+
+-- the UTC day at the state's time (core.today_of): never before g.day
+local function today_of(g, now) return math.max(g.day, idiv(now - g.skew, DAY)) end
 
 local function parse_rates(first, n)
   local rates = {}
@@ -81,16 +92,17 @@ local function inc(r, cost) return cdiv(cost * r.P, r.L) end
 
 -- the G hash fields: c, dd, du, then t:<key>, r:<key> per rate
 local function load_g(key, rates)
-  local fields = {'c', 'dd', 'du'}
+  local fields = {'c', 'dd', 'du', 'k'}
   for _, r in ipairs(rates) do
     fields[#fields + 1] = 't:' .. r.key
     fields[#fields + 1] = 'r:' .. r.key
   end
   local vals = redis.call('HMGET', key, unpack(fields))
-  local g = {clock = num(vals[1]), day = num(vals[2]), used = num(vals[3]), tat = {}, ref = {}}
+  local g = {clock = num(vals[1]), day = num(vals[2]), used = num(vals[3]), skew = num(vals[4]),
+    tat = {}, ref = {}}
   for i = 1, #rates do
-    g.tat[i] = num(vals[2 + 2 * i])
-    g.ref[i] = num(vals[3 + 2 * i])
+    g.tat[i] = num(vals[3 + 2 * i])
+    g.ref[i] = num(vals[4 + 2 * i])
   end
   return g
 end
@@ -113,8 +125,11 @@ local tokens, requests = tonumber(ARGV[4]), tonumber(ARGV[5])
 local ttl, quota, conc = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local rates = parse_rates(10, tonumber(ARGV[9]))
 local g = load_g(G, rates)
-local now = clock_now(ARGV[2], g.clock)
-local today = idiv(now, DAY)
+local stored_skew = g.skew
+local now
+now, g.skew = clock_now(ARGV[2], g.clock, g.skew)
+local today = today_of(g, now)
+local day_end = (today + 1) * DAY + g.skew  -- in the state's time
 
 local live, dead = {}, {}
 local raw = redis.call('HGETALL', I)
@@ -146,7 +161,6 @@ local function day_status(used, pending)
   local running = used
   for _, lease in ipairs(pending) do running = running + lease.tokens end
   if running + tokens <= quota then return 0, 0 end
-  local day_end = (today + 1) * DAY
   table.sort(pending, function(a, b) return a.expiry < b.expiry end)
   for _, lease in ipairs(pending) do
     if lease.expiry >= day_end then break end
@@ -160,7 +174,7 @@ local function day_level(used, pending)
   local total = used
   for _, lease in ipairs(pending) do total = total + lease.tokens end
   local reset = 0
-  if total > 0 then reset = (today + 1) * DAY - now end
+  if total > 0 then reset = day_end - now end
   return total, math.max(quota - total, 0), reset
 end
 
@@ -212,12 +226,18 @@ for i = 1, #pre, 5 do
   if pre[i] ~= 0 then denied = true end
 end
 if mode ~= 'admit' or denied then
+  -- a deny that rebased stores the skew alone, so time moves on
+  if mode == 'admit' and g.skew ~= stored_skew then redis.call('HSET', G, 'k', str(g.skew)) end
   table.insert(pre, 1, now)
   return pre
 end
 
 -- all limits pass: charge every one of them
 local hset = {'c', str(now)}
+if g.skew ~= stored_skew then
+  hset[#hset + 1] = 'k'
+  hset[#hset + 1] = str(g.skew)
+end
 local anchor = {u = -1, m = -1}
 local horizon = ttl
 for i, r in ipairs(rates) do
@@ -237,7 +257,7 @@ if quota >= 0 and g.day ~= today then
   hset[#hset + 1] = 'du'
   hset[#hset + 1] = '0'
 end
-if g.used > 0 and g.day == today then horizon = math.max(horizon, (today + 1) * DAY - now) end
+if g.used > 0 and g.day == today then horizon = math.max(horizon, day_end - now) end
 redis.call('HSET', G, unpack(hset))
 local lease = {expiry = now + ttl, day = today, tokens = tokens, au = anchor.u, am = anchor.m}
 redis.call('HSET', I, rid, table.concat({str(lease.expiry), str(today), str(tokens),
@@ -264,8 +284,10 @@ local estimate, actual = tonumber(ARGV[3]), tonumber(ARGV[4])
 local ttl, quota = tonumber(ARGV[5]), tonumber(ARGV[6])
 local rates = parse_rates(8, tonumber(ARGV[7]))
 local g = load_g(G, rates)
-local now = clock_now(ARGV[1], g.clock)
-local today = idiv(now, DAY)
+local stored_skew = g.skew
+local now
+now, g.skew = clock_now(ARGV[1], g.clock, g.skew)
+local today = today_of(g, now)
 
 local done = redis.call('GET', D)
 if done and tonumber(done) > now then return {now, 0} end
@@ -280,6 +302,10 @@ local est = estimate
 if lease then est = lease.tokens end
 
 local hset = {'c', str(now)}
+if g.skew ~= stored_skew then
+  hset[#hset + 1] = 'k'
+  hset[#hset + 1] = str(g.skew)
+end
 local horizon = ttl
 for i, r in ipairs(rates) do
   if r.unit == 't' then
@@ -315,7 +341,9 @@ if quota >= 0 and lease and lease.day >= g.day then
   hset[#hset + 1] = 'du'
   hset[#hset + 1] = str(g.used)
 end
-if g.used > 0 and g.day == today then horizon = math.max(horizon, (today + 1) * DAY - now) end
+if g.used > 0 and g.day == today then
+  horizon = math.max(horizon, (today + 1) * DAY + g.skew - now)
+end
 redis.call('HSET', G, unpack(hset))
 redis.call('HDEL', I, rid)
 redis.call('SET', D, str(now + ttl), 'PX', cdiv(ttl + MARGIN, 1000))

@@ -23,8 +23,20 @@ Theory of operation (rate-limiting.md is the design):
   now at least ``anchor - R_now`` (refunds below it can only have shifted
   it down by that much).  This keeps the window bound true for actual costs
   and never takes a TAT below ``now`` ("never better than full").
-* **Clock.**  ``now = max(now_us, state.clock_us)``: a clock going backwards
-  behaves like a clock standing still, so it never adds capacity.
+* **Clock.**  The state keeps its own time: ``now = max(now_us + skew,
+  clock)``, where ``clock`` is the latest time it saw and ``skew`` starts
+  at 0.  A caller clock going back by up to ``MAX_CLOCK_LEAD_US`` behaves
+  like a clock standing still.  Further back (a wall clock stepped forward
+  and then corrected), the state is *rebased*: ``skew`` grows so that this
+  call's time is ``clock`` again, and from then on the state's time flows
+  with the caller's -- nothing is charged or given back by the step, and a
+  Retry-After computed now is exact instead of frozen for the whole step
+  (issue 17, item 10).  A clock going backwards never adds capacity.  The
+  UTC day is that of ``now - skew`` (the caller's own date), never earlier
+  than the state's day (a clock going back over midnight gets no fresh
+  quota); every stored time, TATs and expiries, is in the state's time.
+  A deny that rebases stores the new skew (and nothing else), so time moves
+  on even for a user whose every request is denied.
 
 Every value is an integer below 2**53; the Lua script in
 ``adapters/limits_lua.py`` performs these same steps integer for integer.
@@ -33,16 +45,18 @@ Every value is an integer below 2**53; the Lua script in
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .decision import Decision, RateHeaders, Reading, Verdict, decide, headers_from
-from .done_ids import add_done
+from .done_ids import DoneIds, add_done
 from .specs import DAY_US, MAX_NOW_US, Costs, LimitSpecs, RateSpec, Scope, Unit, clamp_cost
 
-__all__ = ["Lease", "LimitState", "admit", "commit", "peek", "readings"]
+__all__ = ["Lease", "LimitState", "admit", "commit", "peek", "readings", "today_of"]
 
 MAX_DEBT_US = 2**40  # a surcharge never pushes a TAT further than ~12.7 days ahead
 MAX_DAY_USED = 2**50
+# How far a state's clock may lead the caller's before the state is rebased.
+MAX_CLOCK_LEAD_US = 1_000_000
 NO_ANCHOR = -1
 
 
@@ -68,7 +82,25 @@ class LimitState:
     day: int = 0
     day_used: int = 0
     inflight: Mapping[str, Lease] = field(default_factory=dict)
-    done: Mapping[str, int] = field(default_factory=dict)
+    done: DoneIds = field(default_factory=DoneIds)
+    skew_us: int = 0  # the state's time minus the caller's (see "Clock")
+
+
+def _rebased(state: LimitState, now_us: int) -> tuple[LimitState, int]:
+    """``state`` (rebased if the caller is too far behind it) and its now."""
+    now = min(now_us + state.skew_us, MAX_NOW_US)
+    if now >= state.clock_us:
+        return state, now
+    if state.clock_us - now <= MAX_CLOCK_LEAD_US:
+        return state, state.clock_us
+    return replace(state, skew_us=state.clock_us - now_us), state.clock_us
+
+
+def today_of(state: LimitState, now: int | None = None) -> int:
+    """The UTC day index at the state's time ``now`` (default: its clock):
+    the caller's date, never earlier than a day the state already used."""
+    now = state.clock_us if now is None else now
+    return max(state.day, (now - state.skew_us) // DAY_US)
 
 
 def _check(now_us: int, request_id: str | None = None) -> None:
@@ -110,14 +142,13 @@ def _day_pending(live: Mapping[str, Lease], day: int) -> list[Lease]:
 
 
 def _day_status(
-    quota: int, used: int, pending: list[Lease], now: int, day: int, tokens: int
+    quota: int, used: int, pending: list[Lease], now: int, day_end: int, tokens: int
 ) -> tuple[Verdict, int]:
     if tokens > quota:
         return Verdict.TOO_LARGE, 0
     running = used + sum(lease.tokens for lease in pending)
     if running + tokens <= quota:
         return Verdict.PASS, 0
-    day_end = (day + 1) * DAY_US
     for lease in sorted(pending, key=lambda lease: lease.expiry_us):
         if lease.expiry_us >= day_end:
             break
@@ -128,10 +159,10 @@ def _day_status(
 
 
 def _day_level(
-    quota: int, used: int, pending: list[Lease], now: int, day: int
+    quota: int, used: int, pending: list[Lease], now: int, day_end: int
 ) -> tuple[int, int, int]:
     total = used + sum(lease.tokens for lease in pending)
-    reset = (day + 1) * DAY_US - now if total > 0 else 0
+    reset = day_end - now if total > 0 else 0
     return total, max(quota - total, 0), reset
 
 
@@ -168,12 +199,13 @@ def readings(
         cost = costs.requests if spec.unit is Unit.REQUESTS else costs.tokens
         add(_rate_status(spec, tat, now, cost), _rate_level(spec, tat, now))
     if specs.tokens_per_day is not None:
-        quota, day = specs.tokens_per_day, now // DAY_US
+        quota, day = specs.tokens_per_day, today_of(state, now)
+        day_end = (day + 1) * DAY_US + state.skew_us  # in the state's time
         used = state.day_used if state.day == day else 0
         pending = _day_pending(live, day)
         add(
-            _day_status(quota, used, pending, now, day, costs.tokens),
-            _day_level(quota, used, pending, now, day),
+            _day_status(quota, used, pending, now, day_end, costs.tokens),
+            _day_level(quota, used, pending, now, day_end),
         )
     if specs.concurrent_requests is not None:
         limit = specs.concurrent_requests
@@ -187,13 +219,14 @@ def readings(
 def admit(
     specs: LimitSpecs, state: LimitState, now_us: int, costs: Costs, request_id: str
 ) -> tuple[Decision, LimitState]:
-    """Admit or deny one request.  On a deny the returned state *is* ``state``.
+    """Admit or deny one request.  On a deny the returned state *is* ``state``
+    (unless the call rebased the clock: then it differs in ``skew_us`` only).
 
     After an allow, call :func:`commit` with the same ``request_id`` when the
     request ends (however it ends); without one, the lease expires.
     """
     _check(now_us, request_id)
-    now = max(now_us, state.clock_us)
+    state, now = _rebased(state, now_us)
     costs = costs.clamped()
     live = _live(state.inflight, now, request_id)
     pre = readings(specs, state, now, costs, live)
@@ -222,12 +255,12 @@ def _charge(
         tats[spec.key] = tat
         if spec.unit is Unit.TOKENS:
             anchors[spec.scope] = tat + refunded.get(spec.key, 0)
-    day, day_used = state.day, state.day_used
-    if specs.tokens_per_day is not None and day != now // DAY_US:
-        day, day_used = now // DAY_US, 0
+    day, day_used, today = state.day, state.day_used, today_of(state, now)
+    if specs.tokens_per_day is not None and day != today:
+        day, day_used = today, 0
     lease = Lease(
         expiry_us=now + specs.lease_ttl_us,
-        day=now // DAY_US,
+        day=today,
         tokens=costs.tokens,
         anchor_user=anchors[Scope.USER],
         anchor_model=anchors[Scope.MODEL],
@@ -240,6 +273,7 @@ def _charge(
         day_used=day_used,
         inflight={**live, request_id: lease},
         done=state.done,
+        skew_us=state.skew_us,
     )
 
 
@@ -262,9 +296,10 @@ def commit(
     token: 0).
     """
     _check(now_us, request_id)
-    now = max(now_us, state.clock_us)
+    original = state
+    state, now = _rebased(state, now_us)
     if state.done.get(request_id, 0) > now:
-        return state
+        return original
     lease = state.inflight.get(request_id)
     if lease is not None and lease.expiry_us <= now:
         lease = None
@@ -286,6 +321,7 @@ def commit(
         day_used=day_used,
         inflight=live,
         done=done,
+        skew_us=state.skew_us,
     )
 
 
@@ -340,6 +376,6 @@ def _settle(
 def peek(specs: LimitSpecs, state: LimitState, now_us: int) -> RateHeaders:
     """The rate-limit header values at ``now_us``, charging nothing."""
     _check(now_us)
-    now = max(now_us, state.clock_us)
+    state, now = _rebased(state, now_us)
     live = _live(state.inflight, now, "")
     return headers_from(specs, readings(specs, state, now, Costs(tokens=0), live, judge=False))

@@ -9,16 +9,21 @@ reads the clock.
 Memory stays bounded: each operation already drops its user's expired
 leases, committed ids and elapsed TATs; and a sweep over all users drops a
 state that is *idle* -- equivalent to no state at all -- once it has been
-idle for ``idle_grace_us``.  The sweep runs when the number of states has
-doubled since the last one or ``sweep_interval_us`` has passed, so its cost
-is amortised O(1) per operation.  The grace keeps a state whose clock is
-still ahead of a (briefly) backwards-going caller clock.
+idle for ``idle_grace_us``.  A sweep pass starts when the number of states
+has doubled since the last one or ``sweep_interval_us`` has passed, and is
+spread over the following operations, ``sweep_batch`` states each: no
+single call examines more than that many states, and :func:`is_idle` costs
+O(TATs + leases), never O(committed ids) (it reads the ids' newest expiry).
+So the sweep costs amortised O(1) per operation and never stalls the caller
+(issue 17, item 6).  The grace keeps a state whose clock is still ahead of
+a (briefly) backwards-going caller clock.
 """
 
 from __future__ import annotations
 
 from .core import LimitState, admit, commit, peek
 from .decision import Decision, RateHeaders
+from .done_ids import newest_expiry
 from .specs import DAY_US, Costs, LimitSpecs
 
 __all__ = ["MemoryLimitStore", "is_idle"]
@@ -26,12 +31,12 @@ __all__ = ["MemoryLimitStore", "is_idle"]
 
 def is_idle(state: LimitState, now: int) -> bool:
     """True when ``state`` behaves exactly like a fresh one from ``now`` on."""
-    now = max(now, state.clock_us)
+    now = max(now + state.skew_us, state.clock_us)  # in the state's time
     return (
         all(tat <= now for tat in state.tats.values())
         and all(lease.expiry_us <= now for lease in state.inflight.values())
-        and all(expiry <= now for expiry in state.done.values())
-        and (state.day_used == 0 or state.day < now // DAY_US)
+        and newest_expiry(state.done) <= now
+        and (state.day_used == 0 or state.day < (now - state.skew_us) // DAY_US)
     )
 
 
@@ -44,13 +49,18 @@ class MemoryLimitStore:
         min_sweep_size: int = 1024,
         sweep_interval_us: int = 60_000_000,
         idle_grace_us: int = 600_000_000,
+        sweep_batch: int = 64,
     ) -> None:
         self._states: dict[str, LimitState] = {}
         self._min_sweep_size = min_sweep_size
         self._sweep_interval_us = sweep_interval_us
         self._idle_grace_us = idle_grace_us
+        self._sweep_batch = max(1, sweep_batch)
         self._next_sweep_size = min_sweep_size
         self._last_sweep_us = 0
+        # The pass in progress: the keys it still has to examine, from _cursor.
+        self._pass: list[str] = []
+        self._cursor = 0
 
     def __len__(self) -> int:
         return len(self._states)
@@ -90,22 +100,41 @@ class MemoryLimitStore:
         return peek(specs, self.state(key), now_us)
 
     def sweep(self, now_us: int) -> int:
-        """Drop states idle for the grace period; returns how many."""
+        """Drop every state idle for the grace period (a whole pass, at
+        once); returns how many were dropped."""
+        if not self._pass:
+            self._start_pass()
+        return self._sweep_some(now_us, len(self._pass))
+
+    def _start_pass(self) -> None:
+        self._pass = list(self._states)  # one C-level copy of the keys
+        self._cursor = 0
+
+    def _sweep_some(self, now_us: int, most: int) -> int:
         horizon = now_us - self._idle_grace_us
-        idle = [
-            key
-            for key, state in self._states.items()
-            if state.clock_us <= horizon and is_idle(state, horizon)
-        ]
-        for key in idle:
-            del self._states[key]
-        self._last_sweep_us = now_us
-        self._next_sweep_size = max(self._min_sweep_size, 2 * len(self._states))
-        return len(idle)
+        end = min(self._cursor + most, len(self._pass))
+        dropped = 0
+        for key in self._pass[self._cursor : end]:
+            state = self._states.get(key)
+            if (
+                state is not None
+                and state.clock_us - state.skew_us <= horizon
+                and is_idle(state, horizon)
+            ):
+                del self._states[key]
+                dropped += 1
+        self._cursor = end
+        if end == len(self._pass):
+            self._pass, self._cursor = [], 0
+            self._last_sweep_us = now_us
+            self._next_sweep_size = max(self._min_sweep_size, 2 * len(self._states))
+        return dropped
 
     def _maybe_sweep(self, now_us: int) -> None:
-        if (
+        if not self._pass and (
             len(self._states) >= self._next_sweep_size
             or now_us - self._last_sweep_us >= self._sweep_interval_us
         ):
-            self.sweep(now_us)
+            self._start_pass()
+        if self._pass:
+            self._sweep_some(now_us, self._sweep_batch)

@@ -34,6 +34,7 @@ from sansio_gateway.limits import (
     Breaker,
     BreakerState,
     Costs,
+    Decision,
     DenyReason,
     Fallback,
     LimitSpecs,
@@ -111,13 +112,15 @@ class Op:
     percent: int = 100
 
 
-def ops_strategy(max_size: int) -> st.SearchStrategy[list[Op]]:
+def ops_strategy(max_size: int, clock_steps: bool = False) -> st.SearchStrategy[list[Op]]:
     dt = st.one_of(
         st.integers(0, 2),
         st.integers(0, 3_000_000),
         st.integers(0, 40_000_000),
         st.integers(-3_000_000, -1),
     )
+    if clock_steps:  # a wall clock stepped by hours, either way (the "Clock" rule)
+        dt = dt | st.integers(-10 * 3_600_000_000, -1) | st.integers(0, 10 * 3_600_000_000)
     who = {"user": st.integers(0, len(USERS) - 1), "model": st.integers(0, len(MODELS) - 1)}
     admit = st.builds(
         Op, kind=st.just("admit"), dt=dt, tokens=st.integers(0, 700) | st.integers(0, 30), **who
@@ -208,6 +211,50 @@ def test_differential_memory_and_redis_agree(
 ) -> None:
     run(loop, store.client.flushdb())
     run(loop, differential(store, limits, lease_ttl_us, ops))
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    limits=limits_configs(),
+    lease_ttl_us=st.integers(1, 50) | st.integers(1_000_000, 100_000_000),
+    ops=ops_strategy(max_size=40, clock_steps=True),
+)
+def test_differential_agree_across_clock_steps(
+    store: RedisLimitStore,
+    loop: asyncio.AbstractEventLoop,
+    limits: LimitsConfig,
+    lease_ttl_us: int,
+    ops: list[Op],
+) -> None:
+    """Steps of hours back and forth: both stores rebase the same way."""
+    run(loop, store.client.flushdb())
+    run(loop, differential(store, limits, lease_ttl_us, ops))
+
+
+def test_a_forward_step_then_normal_time_does_not_freeze_redis(
+    store: RedisLimitStore, loop: asyncio.AbstractEventLoop
+) -> None:
+    """Redis TIME stepped 1 h ahead and back: the 429's Retry-After is exact."""
+    run(loop, store.client.flushdb())
+    specs = build_specs(LimitsConfig(requests_per_minute=6), "step", "m")
+
+    def admit(rid: str, now: int) -> Decision:
+        return run(loop, store.admit("step", specs, Costs(tokens=1), rid, now_us=now))
+
+    hour = 3_600_000_000
+    assert admit("a", START).allowed
+    assert admit("b", START + hour).allowed  # TIME jumps ahead
+    denied = admit("c", START + 1_000_000)  # and is corrected
+    assert not denied.allowed and 0 < denied.retry_after_us <= 10_000_000
+    at = START + 1_000_000 + denied.retry_after_us
+    assert not admit("c", at - 1).allowed
+    assert admit("c", at).allowed  # not an hour later
+    skew = run(loop, store.client.hget(store.keys("step")[0], "k"))
+    assert skew is not None and int(skew) > hour - 2_000_000
 
 
 @st.composite

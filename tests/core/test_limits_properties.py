@@ -28,6 +28,7 @@ from sansio_gateway.limits import (
     admit,
     commit,
 )
+from sansio_gateway.limits.core import MAX_CLOCK_LEAD_US, today_of
 from sansio_gateway.limits.specs import ceil_div
 
 START = 1_764_028_800_000_000 - 90 * 1_000_000  # 90 s before a UTC midnight
@@ -231,7 +232,7 @@ def test_day_quota_reserved_plus_committed_within_quota(
         if quota is None:
             continue
         state = step.after
-        today = state.clock_us // DAY_US
+        today = today_of(state)
         used = state.day_used if state.day == today else 0
         pending = sum(
             lease.tokens
@@ -325,9 +326,13 @@ def test_a_lease_expires_and_frees_its_slot_and_reservation() -> None:
 @FAST
 @given(limit_specs(), operations(backwards=True))
 def test_denials_are_free(specs: LimitSpecs, ops: list[Admit | Commit]) -> None:
+    """A denied admit returns the state itself -- or, when it rebased the
+    clock (a step back beyond MAX_CLOCK_LEAD_US), the state with only its
+    skew moved."""
     for step, decision in _admits(specs, ops):
         if not decision.allowed:
-            assert step.after is step.before
+            before, after = step.before, step.after
+            assert after is before or after == replace(before, skew_us=after.skew_us)
 
 
 def _raised(specs: LimitSpecs, k: int) -> LimitSpecs:
@@ -369,9 +374,10 @@ def test_retry_after_is_exact(specs: LimitSpecs, ops: list[Admit | Commit]) -> N
             continue
         assert decision.retry_after_us > 0
         costs = Costs(tokens=step.op.tokens)  # type: ignore[union-attr]
-        at = decision.now_us + decision.retry_after_us
-        assert admit(specs, step.before, at, costs, step.rid)[0].allowed
-        assert not admit(specs, step.before, at - 1, costs, step.rid)[0].allowed
+        # decision.now_us is the state's time; the caller's is that - skew
+        at = decision.now_us - step.after.skew_us + decision.retry_after_us
+        assert admit(specs, step.after, at, costs, step.rid)[0].allowed
+        assert not admit(specs, step.after, at - 1, costs, step.rid)[0].allowed
 
 
 def test_too_large_is_never_retryable() -> None:
@@ -394,7 +400,7 @@ def _commits(specs: LimitSpecs, ops: list[Admit | Commit]) -> Iterator[Step]:
 
 
 def _day_total(state: LimitState) -> int:
-    today = state.clock_us // DAY_US
+    today = today_of(state)
     used = state.day_used if state.day == today else 0
     return used + sum(
         lease.tokens
@@ -429,13 +435,22 @@ def test_commit_algebra(specs: LimitSpecs, ops: list[Admit | Commit]) -> None:
 def test_clock_going_backwards_never_adds_capacity(
     specs: LimitSpecs, ops: list[Admit | Commit], back: int
 ) -> None:
-    """Earlier than the state's clock behaves exactly as at the clock."""
+    """Earlier than the state's clock by up to MAX_CLOCK_LEAD_US behaves
+    exactly as at the clock; further back (a rebase), the same TATs and
+    leases are charged, and an allow implies an allow at the clock."""
     for step, _ in _admits(specs, ops):
         s = step.before
         costs = Costs(tokens=step.op.tokens)  # type: ignore[union-attr]
-        at_clock = admit(specs, s, s.clock_us, costs, step.rid)
-        earlier = admit(specs, s, max(0, s.clock_us - back), costs, step.rid)
-        assert earlier == at_clock
+        clock = s.clock_us - s.skew_us  # the state's clock, in the caller's time
+        at_clock = admit(specs, s, clock, costs, step.rid)
+        earlier = admit(specs, s, max(0, clock - back), costs, step.rid)
+        if back <= MAX_CLOCK_LEAD_US or clock - back < 0:
+            assert earlier == at_clock
+        else:
+            assert earlier[0].now_us == at_clock[0].now_us
+            assert at_clock[0].allowed or not earlier[0].allowed
+            if earlier[0].allowed and at_clock[1].day == earlier[1].day:
+                assert earlier[1].tats == at_clock[1].tats
 
 
 def test_commit_refunds_only_the_unused_future_part() -> None:
