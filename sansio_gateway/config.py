@@ -146,6 +146,13 @@ class StoreConfig(_Strict):
     instances: int = Field(default=1, ge=1)
     # Seconds a rate-limit decision may take before on_error applies to it.
     decision_timeout: float = Field(default=0.05, gt=0)
+    # Seconds to wait for a pooled connection, to open one, to load the
+    # scripts or to refresh a Cluster slot map: never counted as a failed
+    # decision; past it the store is "not ready" until it is warmed again.
+    connect_timeout: float = Field(default=0.5, gt=0)
+    # Connections to the limit store per process, opened before /ready;
+    # concurrent decisions beyond it wait for a free one (within connect_timeout).
+    pool_size: int = Field(default=16, ge=1, le=1024)
 
 
 class GatewayConfig(_Strict):
