@@ -730,7 +730,7 @@ class ResilientLimitStore:
             self._not_serving_since = None
             if self._pending:
                 self._kick()
-        if not health.ready:
+        if not health.serving:
             self._kick()
 
     def _failure(self, exc: BaseException) -> None:
@@ -794,7 +794,7 @@ class ResilientLimitStore:
             while True:
                 self._wake.clear()
                 await self._service_once()
-                if self.health.ready:
+                if self.health.serving:
                     await self._wake.wait()
                 else:  # the interval between warm-up attempts
                     await anyio.sleep(_REWARM_INTERVAL)
@@ -802,7 +802,10 @@ class ResilientLimitStore:
             self._running = False
 
     async def _service_once(self) -> None:
-        if not self.health.ready:
+        # Not serving: not warm, or decisions failing (breaker open).  A
+        # warm-up is the probe: it closes the breaker when the store answers,
+        # so recovery does not wait for traffic.
+        if not self.health.serving:
             try:
                 await self.warm()
             except LimitStoreConfigError:
