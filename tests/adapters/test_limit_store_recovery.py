@@ -22,9 +22,9 @@ from tests.redis_servers import free_port, redis_server
 PERSISTENT = ("--appendonly", "yes", "--appendfsync", "always")
 
 
-async def poll(check: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0) -> None:
+async def poll(check: Callable[[], bool | Awaitable[bool]], within: float = 10.0) -> None:
     """Poll ``check`` (never a blind wait for the condition)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         result = check()
         if not isinstance(result, bool):

@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 import redis
