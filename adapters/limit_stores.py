@@ -452,10 +452,15 @@ class RedisLimitStore:
         for script in (self._admit, self._commit):
             await client.script_load(script.script)  # on every primary
         for node in client.get_primaries():
+            # A restarted primary answers CLUSTERDOWN until it has rejoined.
+            info = await node.execute_command("CLUSTER INFO")
+            state = info.get("cluster_state") if isinstance(info, dict) else str(info)
+            if state is None or "ok" not in str(state):
+                raise LimitStoreNotReady(f"Cluster node {node.name}: cluster_state not ok")
             conns = [node.acquire_connection() for _ in range(self.pool_size)]
             try:
                 for conn in conns:
-                    await conn.connect()  # type: ignore[no-untyped-call]
+                    await _fresh(conn)
             finally:
                 for conn in conns:
                     node.release(conn)
@@ -525,34 +530,127 @@ class RedisLimitStore:
         finally:
             await pool.release(conn)
 
-    async def _evalsha_cluster(self, script: Any, keys: list[str], args: list[str | int]) -> Any:
-        """redis-py follows MOVED and ASK (and retries TRYAGAIN) within the
-        call; a slot map to read first is the CONNECT phase."""
+    def _cluster(self) -> RedisCluster:
         from redis.asyncio import RedisCluster
-        from redis.exceptions import NoScriptError
 
-        client = self.client
-        assert isinstance(client, RedisCluster)
+        assert isinstance(self.client, RedisCluster)
+        return self.client
+
+    async def _evalsha_cluster(self, script: Any, keys: list[str], args: list[str | int]) -> Any:
+        """One EVALSHA on the slot's node, redirections followed by hand.
+
+        (A script declares keys that may not exist yet: while its slot
+        migrates, Redis answers TRYAGAIN until the slot has moved, so a slot
+        left half-migrated longer than ``connect_timeout`` is "not ready".)
+
+        Each attempt is one round trip on one connection (``ASKING`` and the
+        EVALSHA pipelined together: redis-py would send them on two pooled
+        connections, losing the ASKING flag).  A MOVED, ASK or TRYAGAIN
+        reply means the script did not run: following it is the CONNECT
+        phase (slot map, migration), bounded by ``connect_timeout`` in all,
+        and never a failed decision.
+        """
+        from redis.exceptions import (
+            AskError,
+            ClusterDownError,
+            MovedError,
+            NoScriptError,
+            TryAgainError,
+        )
+
+        client = self._cluster()
         if client._initialize:  # never read, or dropped after a connection error
             with _connect_phase(self.connect_timeout, "reading the Cluster slot map"):
                 await client.initialize()
-        for loaded in (False, True):
+        slot = client.keyslot(keys[0])
+        deadline = time.monotonic() + self.connect_timeout
+        ask: tuple[str, int] | None = None
+        while time.monotonic() < deadline:
+            if ask is not None:
+                node = client.get_node(host=ask[0], port=ask[1])
+            else:
+                node = client.nodes_manager.get_node_from_slot(slot)
+            if node is None:  # an ASK target not in the map yet
+                with _connect_phase(self.connect_timeout, "reading the Cluster slot map"):
+                    await client.initialize()
+                ask = None
+                continue
+            commands: list[tuple[Any, ...]] = [("ASKING",)] if ask is not None else []
+            commands.append(("EVALSHA", script.sha, len(keys), *keys, *args))
+            reply = await self._on_node(node, commands)
+            if not isinstance(reply, Exception):
+                self.round_trips += 1
+                return reply
+            ask = None
+            with _connect_phase(self.connect_timeout, "following a Cluster redirection"):
+                if isinstance(reply, MovedError):
+                    await client.nodes_manager.move_slot(reply)
+                elif isinstance(reply, AskError):
+                    ask = (reply.host, reply.port)
+                elif isinstance(reply, TryAgainError):
+                    await anyio.sleep(0.001)  # keys half migrated: MIGRATE takes microseconds
+                elif isinstance(reply, ClusterDownError):
+                    await anyio.sleep(0.01)  # a primary rejoining, or a failover
+                elif isinstance(reply, NoScriptError):
+                    await client.script_load(script.script)
+        raise LimitStoreNotReady(
+            f"Cluster redirections not settled within {self.connect_timeout:g}s"
+        )
+
+    async def _on_node(self, node: Any, commands: list[tuple[Any, ...]]) -> Any:
+        """Send ``commands`` in one write on one connection of ``node``; the
+        last reply, or the redirection error that says the script did not run."""
+        from redis.exceptions import (
+            AskError,
+            ClusterDownError,
+            MovedError,
+            NoScriptError,
+            ResponseError,
+            TryAgainError,
+        )
+
+        with _connect_phase(self.connect_timeout, "connecting to the limit store"):
+            conn = node.acquire_connection()
+            await _fresh(conn)
+        try:
             try:
                 with map_redis_errors(), self._decision_scope():
                     try:
-                        reply = await client.evalsha(script.sha, len(keys), *keys, *args)
-                    except NoScriptError:
-                        if loaded:
-                            raise
-                        reply = _NOSCRIPT
+                        await conn.send_packed_command(conn.pack_commands(commands))
+                        replies = [await conn.read_response() for _ in commands]
+                        return replies[-1]
+                    except (
+                        AskError,
+                        MovedError,
+                        TryAgainError,
+                        NoScriptError,
+                        ClusterDownError,
+                    ) as exc:
+                        # the connection is in step: ASKING's reply was read first
+                        return exc
+                    except ResponseError:
+                        raise
+                    except BaseException:
+                        with anyio.CancelScope(shield=True):
+                            await conn.disconnect()
+                        raise
             except TimeoutError as exc:
                 raise LimitStoreUnavailable("limit store decision timed out") from exc
-            if reply is not _NOSCRIPT:
-                self.round_trips += 1
-                return reply
-            with _connect_phase(self.connect_timeout, "loading the limit-store script"):
-                await client.script_load(script.script)
-        raise AssertionError("unreachable")
+        finally:
+            node.release(conn)
+
+
+async def _fresh(conn: Any) -> None:
+    """Connect ``conn``, replacing it first if the server closed it (a
+    restart): that is connection setup, not a decision."""
+    if conn.is_connected:
+        try:  # data waiting, or EOF (which raises): not a connection to reuse
+            stale = await conn.can_read_destructive()
+        except Exception:
+            stale = True
+        if stale:
+            await conn.disconnect()
+    await conn.connect()
 
 
 _NOSCRIPT: Any = object()
@@ -668,7 +766,8 @@ class ResilientLimitStore:
         self._running = False
         self._service: asyncio.Task[None] | None = None
         self._last_service_us = -(10**12)
-        self._not_serving_since: int | None = None if self.health.serving else monotonic()
+        # Fallback time counts from the first time the store served (not the start-up).
+        self._not_serving_since: int | None = None
         self._fallback_us = 0
         self.warm_seconds: float | None = None  # how long the last warm-up took
         # Told of every change of readiness (the app mirrors it into /ready).
