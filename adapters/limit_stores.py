@@ -72,6 +72,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LimitStore",
+    "LimitStoreBusy",
     "LimitStoreConfigError",
     "LimitStoreError",
     "LimitStoreNotReady",
@@ -108,6 +109,12 @@ class LimitStoreConfigError(LimitStoreError):
 
 class LimitStoreUnavailable(LimitStoreError):
     """The store cannot answer right now (down, timing out, failing over)."""
+
+
+class LimitStoreBusy(LimitStoreUnavailable):
+    """Every pooled connection stayed busy for ``connect_timeout``: this
+    process is overloaded, the store is not failing.  The request gets the
+    failure policy; neither the breaker nor readiness changes."""
 
 
 class LimitStoreNotReady(LimitStoreUnavailable):
@@ -480,8 +487,13 @@ class RedisLimitStore:
         """One EVALSHA: wait for one of ``pool_size`` connections (CONNECT
         phase), then one round trip (bounded by ``decision_timeout``)."""
         gate = self._pool_gate()
-        with _connect_phase(self.connect_timeout, "waiting for a limit-store connection"):
-            await gate.acquire()
+        try:
+            with anyio.fail_after(self.connect_timeout):
+                await gate.acquire()
+        except TimeoutError as exc:
+            raise LimitStoreBusy(
+                f"no free limit-store connection within {self.connect_timeout:g}s"
+            ) from exc
         try:
             if self.is_cluster:
                 return await self._evalsha_cluster(script, keys, args)
@@ -724,7 +736,7 @@ class ResilientLimitStore:
         policy: Policy = "local",
         instances: int = 1,
         local: MemoryStore | None = None,
-        decision_timeout: float = 0.05,
+        decision_timeout: float = 0.25,
         connect_timeout: float = 0.5,
         commit_timeout: float = 0.5,
         breaker: Breaker | None = None,
@@ -773,6 +785,7 @@ class ResilientLimitStore:
         # Told of every change of readiness (the app mirrors it into /ready).
         self.on_health: Callable[[StoreHealth], None] | None = None
         self.store_errors = 0
+        self.store_busy = 0  # admits that found every pooled connection busy
         self.connect_errors = 0
         self.config_errors = 0
         self.commits_queued = 0
@@ -993,6 +1006,9 @@ class ResilientLimitStore:
             except LimitStoreConfigError as exc:
                 self._config_error(exc)
                 raise
+            except LimitStoreBusy as exc:
+                self.store_busy += 1
+                log.warning("rate-limit store: %s; on_error=%s applies", exc, self.policy)
             except (LimitStoreUnavailable, TimeoutError) as exc:
                 self._failure(exc)
                 if not isinstance(exc, LimitStoreNotReady):
