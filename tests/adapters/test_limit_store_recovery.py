@@ -154,3 +154,62 @@ def test_a_connection_that_cannot_be_opened_is_not_a_failed_decision() -> None:
             await store.aclose()
 
     asyncio.run(scenario())
+
+
+def _connections_received(port: int) -> int:
+    with redis.Redis(port=port) as r:
+        return int(r.info("stats")["total_connections_received"])
+
+
+@pytest.mark.parametrize("burst", [30, 512])
+def test_a_burst_of_concurrent_admits_does_not_open_a_connection_each(burst: int) -> None:
+    """Issue 11: 30-500 concurrent admits on one process wait for one of
+    ``pool_size`` (16) connections instead of opening one each (before: one
+    connection per concurrent admit)."""
+    specs = build_specs(LimitsConfig(requests_per_minute=10**6), "b", "m")
+    with redis_server() as server:
+
+        async def scenario() -> tuple[int, int]:
+            store = RedisLimitStore.from_url(server.url)
+            await store.admit("b", specs, Costs(tokens=1), "first")
+            before = _connections_received(server.port)
+            trips = store.round_trips
+            decisions = await asyncio.gather(
+                *(store.admit("b", specs, Costs(tokens=1), f"r{i}") for i in range(burst))
+            )
+            assert all(d.allowed for d in decisions)
+            opened = _connections_received(server.port) - before
+            await store.aclose()
+            return opened, store.round_trips - trips
+
+        opened, trips = asyncio.run(scenario())
+        assert opened <= 16, opened
+        assert trips == burst  # one round trip per admit
+
+
+def test_a_busy_pool_is_not_a_store_failure() -> None:
+    """Every pooled connection held (here: one, by a call a paused Redis
+    answers late) past connect_timeout: that caller gets the policy, and neither
+    the breaker nor readiness changes."""
+    specs = build_specs(LimitsConfig(requests_per_minute=10**6), "busy", "m")
+    with redis_server() as server:
+
+        async def scenario() -> ResilientLimitStore:
+            primary = RedisLimitStore.from_url(server.url, pool_size=1)
+            store = ResilientLimitStore(
+                primary, policy="open", decision_timeout=2.0, connect_timeout=0.05
+            )
+            assert await store.warm()
+            server.pause()  # the holder's round trip waits (within decision_timeout)
+            holder = asyncio.ensure_future(store.admit("busy", specs, Costs(tokens=1), "holder"))
+            await poll(lambda: primary._pool_gate().locked())
+            waiter = await store.admit("busy", specs, Costs(tokens=1), "waiter")
+            assert waiter.fallback is Fallback.OPEN
+            server.resume()
+            assert (await holder).fallback is None  # Redis answered, just late
+            await store.aclose()
+            return store
+
+        store = asyncio.run(scenario())
+        assert store.store_busy == 1 and store.store_errors == 0
+        assert store.breaker.failures == 0 and store.ready
