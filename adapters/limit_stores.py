@@ -515,7 +515,7 @@ class RedisLimitStore:
         try:
             for loaded in (False, True):
                 try:
-                    with map_redis_errors(), self._decision_scope():
+                    with self._decision_scope(), map_redis_errors():
                         try:
                             await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
                             reply = await conn.read_response()
@@ -626,7 +626,7 @@ class RedisLimitStore:
             await _fresh(conn)
         try:
             try:
-                with map_redis_errors(), self._decision_scope():
+                with self._decision_scope(), map_redis_errors():
                     try:
                         await conn.send_packed_command(conn.pack_commands(commands))
                         replies = [await conn.read_response() for _ in commands]
