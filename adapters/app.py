@@ -20,9 +20,10 @@ import anyio.abc
 from sansio_gateway.config import ConfigError, GatewayConfig
 from sansio_gateway.errors import ServiceUnavailable
 from sansio_gateway.gateway import Gateway
+from sansio_gateway.limits.breaker import StoreHealth
 
 from .ledger import UsageLedger, open_ledger
-from .limit_stores import open_limit_store
+from .limit_stores import ResilientLimitStore, open_limit_store
 from .metrics import GatewayMetrics
 from .plugins import load_registry
 from .server import GatewayServer, ServerLimits
@@ -67,6 +68,9 @@ class GatewayApp:
             instances=config.store.instances * worker_count,
             decision_timeout=config.store.decision_timeout,
         )
+        if isinstance(self.limit_store, ResilientLimitStore):
+            self.limit_store.on_health = self._store_changed
+            self._store_changed(self.limit_store.health)
         self.upstream = UpstreamClient()
         self.clock = clock
         self.ledger = ledger if ledger is not None else open_ledger(config.store.usage)
@@ -92,6 +96,28 @@ class GatewayApp:
         self._refreshing: anyio.Event | None = None
         self._accepting: anyio.CancelScope | None = None
         self._drained = anyio.Event()
+
+    # ---- the shared limit store -------------------------------------------
+
+    def _store_changed(self, health: StoreHealth) -> None:
+        reason = health.reason
+        if reason is None and not health.serving:
+            reason = f"decisions failing (breaker {health.breaker.state.value})"
+        self.gateway.record_store(ready=health.ready, serving=health.serving, reason=reason)
+
+    async def warm_store(self) -> None:
+        """Warm the shared limit store before listening (bounded by its
+        ``connect_timeout``); if it does not answer, ``/ready`` stays 503
+        and :meth:`ResilientLimitStore.run` keeps trying."""
+        store = self.limit_store
+        if isinstance(store, ResilientLimitStore) and await store.warm():
+            assert store.warm_seconds is not None
+            log.info(
+                "rate-limit store ready in %.1f ms (%s, %d connections)",
+                store.warm_seconds * 1000,
+                _redacted(self.config.store.url),
+                self.config.store.pool_size,
+            )
 
     # ---- discovery -------------------------------------------------------
 
@@ -163,7 +189,9 @@ class GatewayApp:
     ) -> None:
         host = host or self.config.server.host
         port = self.config.server.port if port is None else port
-        await self.discover_all()
+        async with anyio.create_task_group() as startup:
+            startup.start_soon(self.discover_all)
+            startup.start_soon(self.warm_store)
         listener = await anyio.create_tcp_listener(
             local_host=host, local_port=port, reuse_port=self.reuse_port
         )
@@ -173,6 +201,8 @@ class GatewayApp:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._probe_forever)
                 tg.start_soon(self.ledger.run)
+                if isinstance(self.limit_store, ResilientLimitStore):
+                    tg.start_soon(self.limit_store.run)
                 # Connections live in their own task group, so closing the
                 # listener (shutdown) does not cancel requests in flight.
                 async with anyio.create_task_group() as connections:
@@ -221,6 +251,27 @@ class GatewayApp:
             else:
                 state = f"UNREACHABLE ({status.error})"
             lines.append(f"backend {backend.name} [{backend.kind}] {backend.url}: {state}")
+        store = self.limit_store
+        if isinstance(store, ResilientLimitStore):
+            where = _redacted(self.config.store.url)
+            if store.ready and store.warm_seconds is not None:
+                state = f"ready in {store.warm_seconds * 1000:.1f} ms"
+            else:
+                state = f"NOT READY ({store.not_ready_reason}); /ready is 503 until it is"
+            lines.append(f"limit store {where}: {state}")
         for model, owner, _ in self.gateway.catalogue.models():
             lines.append(f"  model {model} -> {owner}")
         return lines
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password (``redis://:secret@host`` -> ``redis://:***@host``)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

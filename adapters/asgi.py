@@ -50,6 +50,7 @@ from .app import GatewayApp
 from .cli import load_config
 from .executor import ActionExecutor, ClientGone
 from .ledger import UsageLedger
+from .limit_stores import ResilientLimitStore
 
 __all__ = ["CONFIG_ENV", "GatewayASGI", "create_app", "route_path"]
 
@@ -142,6 +143,7 @@ class GatewayASGI:
         """Startup and shutdown as an async context manager, for frameworks:
         ``Starlette(routes=[Mount("/llm", app=gw)], lifespan=gw.lifespan)``."""
         await self.app.discover_all()
+        await self.app.warm_store()  # the shared limit store, before serving (issue 11)
         self._started = True
         if self.app.gateway.authenticator.open and not self.allow_anonymous:
             log.warning("no API keys configured: only loopback clients will be served")
@@ -150,6 +152,8 @@ class GatewayASGI:
                 tg.start_soon(self.app.ledger.run)
                 # Discovery doubles as the health probe (GatewayApp's loop).
                 tg.start_soon(self.app._probe_forever)
+                if isinstance(self.app.limit_store, ResilientLimitStore):
+                    tg.start_soon(self.app.limit_store.run)  # keeps it warm
                 try:
                     yield
                 finally:

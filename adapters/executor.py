@@ -230,6 +230,7 @@ class ActionExecutor:
         return CatalogueRefreshed()
 
     def collect_metrics(self) -> MetricsCollected:
+        self.metrics.observe_store(self.limit_store)
         body, content_type = self.metrics.render()
         return MetricsCollected(body=body, content_type=content_type)
 

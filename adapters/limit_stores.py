@@ -26,12 +26,13 @@ operational (connection, timeout, failover, OOM) raises
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import replace
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import quote
 
@@ -50,11 +51,16 @@ from sansio_gateway.limits import (
     RateHeaders,
     Reading,
     Verdict,
-    attempt,
     decide,
     divide_specs,
-    failed,
-    succeeded,
+)
+from sansio_gateway.limits.breaker import (
+    Phase,
+    StoreHealth,
+    call_failed,
+    call_succeeded,
+    may_call,
+    warmed,
 )
 from sansio_gateway.limits.decision import headers_from
 from sansio_gateway.limits.specs import MAX_NOW_US, Unit, clamp_cost
@@ -66,8 +72,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LimitStore",
+    "LimitStoreBusy",
     "LimitStoreConfigError",
     "LimitStoreError",
+    "LimitStoreNotReady",
     "LimitStoreUnavailable",
     "MemoryStore",
     "RedisLimitStore",
@@ -101,6 +109,19 @@ class LimitStoreConfigError(LimitStoreError):
 
 class LimitStoreUnavailable(LimitStoreError):
     """The store cannot answer right now (down, timing out, failing over)."""
+
+
+class LimitStoreBusy(LimitStoreUnavailable):
+    """Every pooled connection stayed busy for ``connect_timeout``: this
+    process is overloaded, the store is not failing.  The request gets the
+    failure policy; neither the breaker nor readiness changes."""
+
+
+class LimitStoreNotReady(LimitStoreUnavailable):
+    """Failed before the decision's round trip: no free connection within
+    ``connect_timeout``, a connection that could not be opened, scripts that
+    could not be loaded, a slot map that could not be read.  Not a failed
+    decision (:data:`Phase.CONNECT`): the store is warmed again instead."""
 
 
 class LimitStore(Protocol):
@@ -267,14 +288,35 @@ class RedisLimitStore:
         prefix: str = "rl:v1",
         admit_lua: str = ADMIT_LUA,
         commit_lua: str = COMMIT_LUA,
+        pool_size: int = 16,
+        connect_timeout: float = 0.5,
+        decision_timeout: float | None = None,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self._admit = client.register_script(admit_lua)
         self._commit = client.register_script(commit_lua)
+        self.pool_size = pool_size
+        self.connect_timeout = connect_timeout
+        # Bounds the round trip alone (None: unbounded here, the caller bounds it).
+        self.decision_timeout = decision_timeout
+        self._gate: asyncio.Semaphore | None = None
+        self.round_trips = 0  # EVALSHA replies read (measurements)
+
+    @property
+    def is_cluster(self) -> bool:
+        return hasattr(self.client, "nodes_manager")
 
     @classmethod
-    def from_url(cls, url: str, **client_kwargs: Any) -> RedisLimitStore:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        pool_size: int = 16,
+        connect_timeout: float = 0.5,
+        decision_timeout: float | None = None,
+        **client_kwargs: Any,
+    ) -> RedisLimitStore:
         """``redis://host:port/db``, ``rediss://...``, ``redis+cluster://host:port``.
 
         redis-py's default retries back off for seconds; here a failed call
@@ -287,16 +329,29 @@ class RedisLimitStore:
         from redis.backoff import NoBackoff
         from redis.exceptions import ConnectionError as RedisConnectionError
 
-        client_kwargs.setdefault("socket_connect_timeout", 1.0)
+        client_kwargs.setdefault("socket_connect_timeout", connect_timeout)
         client_kwargs.setdefault("socket_timeout", 1.0)
         for scheme in ("redis+cluster://", "rediss+cluster://"):
             if url.startswith(scheme):
                 plain = scheme.replace("+cluster", "") + url[len(scheme) :]
                 client_kwargs.setdefault("retry", Retry(NoBackoff(), 1))
-                return cls(RedisCluster.from_url(plain, **client_kwargs))
+                client_kwargs.setdefault("max_connections", 4 * pool_size)
+                cluster = RedisCluster.from_url(plain, **client_kwargs)
+                return cls(
+                    cluster,
+                    pool_size=pool_size,
+                    connect_timeout=connect_timeout,
+                    decision_timeout=decision_timeout,
+                )
         retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
         client_kwargs.setdefault("retry", retry)
-        return cls(Redis.from_url(url, **client_kwargs))
+        client_kwargs.setdefault("max_connections", pool_size)
+        return cls(
+            Redis.from_url(url, **client_kwargs),
+            pool_size=pool_size,
+            connect_timeout=connect_timeout,
+            decision_timeout=decision_timeout,
+        )
 
     def keys(self, user_key: str) -> tuple[str, str]:
         """The user's TAT hash and lease hash."""
@@ -321,8 +376,7 @@ class RedisLimitStore:
             _optional(specs.concurrent_requests),
             *_rate_args(specs),
         ]
-        with map_redis_errors():
-            reply = await self._admit(keys=list(self.keys(user_key)), args=args)
+        reply = await self._evalsha(self._admit, list(self.keys(user_key)), args)
         return _readings(reply)
 
     async def admit(
@@ -365,24 +419,299 @@ class RedisLimitStore:
             *_rate_args(specs),
         ]
         keys = [*self.keys(user_key), self.done_key(user_key, request_id)]
-        with map_redis_errors():
-            await self._commit(keys=keys, args=args)
+        await self._evalsha(self._commit, keys, args)
 
     async def aclose(self) -> None:
         with map_redis_errors():
             await self.client.aclose()
 
+    # ---- connections: warm-up, the pool gate, the two phases of a call ----
+
+    async def warm(self) -> None:
+        """Connect, load both scripts, read the Cluster slot map, and open
+        ``pool_size`` connections (per primary on Cluster), all within
+        ``connect_timeout``; raises :class:`LimitStoreNotReady`."""
+        with _connect_phase(self.connect_timeout, "warming the limit store"):
+            if self.is_cluster:
+                await self._warm_cluster()
+            else:
+                await self._warm_standalone()
+
+    async def _warm_standalone(self) -> None:
+        pool = self._standalone().connection_pool
+        conns = []
+        try:
+            for _ in range(self.pool_size):
+                conns.append(await pool.get_connection())  # type: ignore[no-untyped-call]
+            for script in (self._admit, self._commit):
+                await conns[0].send_command("SCRIPT", "LOAD", script.script)
+                await conns[0].read_response()
+        finally:
+            for conn in conns:
+                await pool.release(conn)
+
+    async def _warm_cluster(self) -> None:
+        from redis.asyncio import RedisCluster
+
+        client = self.client
+        assert isinstance(client, RedisCluster)
+        await client.initialize()
+        for script in (self._admit, self._commit):
+            await client.script_load(script.script)  # on every primary
+        for node in client.get_primaries():
+            # A restarted primary answers CLUSTERDOWN until it has rejoined.
+            info = await node.execute_command("CLUSTER INFO")
+            state = info.get("cluster_state") if isinstance(info, dict) else str(info)
+            if state is None or "ok" not in str(state):
+                raise LimitStoreNotReady(f"Cluster node {node.name}: cluster_state not ok")
+            conns = [node.acquire_connection() for _ in range(self.pool_size)]
+            try:
+                for conn in conns:
+                    await _fresh(conn)
+            finally:
+                for conn in conns:
+                    node.release(conn)
+
+    def _standalone(self) -> Redis:
+        from redis.asyncio import Redis
+
+        assert isinstance(self.client, Redis)
+        return self.client
+
+    def _pool_gate(self) -> asyncio.Semaphore:
+        if self._gate is None:
+            self._gate = asyncio.Semaphore(self.pool_size)
+        return self._gate
+
+    async def _evalsha(self, script: Any, keys: list[str], args: list[str | int]) -> Any:
+        """One EVALSHA: wait for one of ``pool_size`` connections (CONNECT
+        phase), then one round trip (bounded by ``decision_timeout``)."""
+        gate = self._pool_gate()
+        try:
+            with anyio.fail_after(self.connect_timeout):
+                await gate.acquire()
+        except TimeoutError as exc:
+            raise LimitStoreBusy(
+                f"no free limit-store connection within {self.connect_timeout:g}s"
+            ) from exc
+        try:
+            if self.is_cluster:
+                return await self._evalsha_cluster(script, keys, args)
+            return await self._evalsha_standalone(script, keys, args)
+        finally:
+            gate.release()
+
+    def _decision_scope(self) -> AbstractContextManager[object]:
+        if self.decision_timeout is None:
+            return nullcontext()
+        return anyio.fail_after(self.decision_timeout)
+
+    async def _evalsha_standalone(self, script: Any, keys: list[str], args: list[str | int]) -> Any:
+        from redis.exceptions import NoScriptError, ResponseError
+
+        pool = self._standalone().connection_pool
+        with _connect_phase(self.connect_timeout, "connecting to the limit store"):
+            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            for loaded in (False, True):
+                try:
+                    with self._decision_scope(), map_redis_errors():
+                        try:
+                            await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                            reply = await conn.read_response()
+                        except NoScriptError:
+                            if loaded:
+                                raise
+                            reply = _NOSCRIPT
+                        except ResponseError:
+                            raise
+                        except BaseException:
+                            # a reply may still be on its way: never reuse this one
+                            with anyio.CancelScope(shield=True):
+                                await conn.disconnect()
+                            raise
+                except TimeoutError as exc:
+                    raise LimitStoreUnavailable("limit store decision timed out") from exc
+                if reply is not _NOSCRIPT:
+                    self.round_trips += 1
+                    return reply
+                # flushed or restarted behind our back: load it (not the decision)
+                with _connect_phase(self.connect_timeout, "loading the limit-store script"):
+                    await conn.send_command("SCRIPT", "LOAD", script.script)
+                    await conn.read_response()
+        finally:
+            await pool.release(conn)
+
+    def _cluster(self) -> RedisCluster:
+        from redis.asyncio import RedisCluster
+
+        assert isinstance(self.client, RedisCluster)
+        return self.client
+
+    async def _evalsha_cluster(self, script: Any, keys: list[str], args: list[str | int]) -> Any:
+        """One EVALSHA on the slot's node, redirections followed by hand.
+
+        (A script declares keys that may not exist yet: while its slot
+        migrates, Redis answers TRYAGAIN until the slot has moved, so a slot
+        left half-migrated longer than ``connect_timeout`` is "not ready".)
+
+        Each attempt is one round trip on one connection (``ASKING`` and the
+        EVALSHA pipelined together: redis-py would send them on two pooled
+        connections, losing the ASKING flag).  A MOVED, ASK or TRYAGAIN
+        reply means the script did not run: following it is the CONNECT
+        phase (slot map, migration), bounded by ``connect_timeout`` in all,
+        and never a failed decision.
+        """
+        from redis.exceptions import (
+            AskError,
+            ClusterDownError,
+            MovedError,
+            NoScriptError,
+            TryAgainError,
+        )
+
+        client = self._cluster()
+        if client._initialize:  # never read, or dropped after a connection error
+            with _connect_phase(self.connect_timeout, "reading the Cluster slot map"):
+                await client.initialize()
+        slot = client.keyslot(keys[0])
+        deadline = time.monotonic() + self.connect_timeout
+        ask: tuple[str, int] | None = None
+        while time.monotonic() < deadline:
+            if ask is not None:
+                node = client.get_node(host=ask[0], port=ask[1])
+            else:
+                node = client.nodes_manager.get_node_from_slot(slot)
+            if node is None:  # an ASK target not in the map yet
+                with _connect_phase(self.connect_timeout, "reading the Cluster slot map"):
+                    await client.initialize()
+                ask = None
+                continue
+            commands: list[tuple[Any, ...]] = [("ASKING",)] if ask is not None else []
+            commands.append(("EVALSHA", script.sha, len(keys), *keys, *args))
+            reply = await self._on_node(node, commands)
+            if not isinstance(reply, Exception):
+                self.round_trips += 1
+                return reply
+            ask = None
+            with _connect_phase(self.connect_timeout, "following a Cluster redirection"):
+                if isinstance(reply, MovedError):
+                    await client.nodes_manager.move_slot(reply)
+                elif isinstance(reply, AskError):
+                    ask = (reply.host, reply.port)
+                elif isinstance(reply, TryAgainError):
+                    await anyio.sleep(0.001)  # keys half migrated: MIGRATE takes microseconds
+                elif isinstance(reply, ClusterDownError):
+                    await anyio.sleep(0.01)  # a primary rejoining, or a failover
+                elif isinstance(reply, NoScriptError):
+                    await client.script_load(script.script)
+        raise LimitStoreNotReady(
+            f"Cluster redirections not settled within {self.connect_timeout:g}s"
+        )
+
+    async def _on_node(self, node: Any, commands: list[tuple[Any, ...]]) -> Any:
+        """Send ``commands`` in one write on one connection of ``node``; the
+        last reply, or the redirection error that says the script did not run."""
+        from redis.exceptions import (
+            AskError,
+            ClusterDownError,
+            MovedError,
+            NoScriptError,
+            ResponseError,
+            TryAgainError,
+        )
+
+        with _connect_phase(self.connect_timeout, "connecting to the limit store"):
+            conn = node.acquire_connection()
+            await _fresh(conn)
+        try:
+            try:
+                with self._decision_scope(), map_redis_errors():
+                    try:
+                        await conn.send_packed_command(conn.pack_commands(commands))
+                        replies = [await conn.read_response() for _ in commands]
+                        return replies[-1]
+                    except (
+                        AskError,
+                        MovedError,
+                        TryAgainError,
+                        NoScriptError,
+                        ClusterDownError,
+                    ) as exc:
+                        # the connection is in step: ASKING's reply was read first
+                        return exc
+                    except ResponseError:
+                        raise
+                    except BaseException:
+                        with anyio.CancelScope(shield=True):
+                            await conn.disconnect()
+                        raise
+            except TimeoutError as exc:
+                raise LimitStoreUnavailable("limit store decision timed out") from exc
+        finally:
+            node.release(conn)
+
+
+async def _fresh(conn: Any) -> None:
+    """Connect ``conn``, replacing it first if the server closed it (a
+    restart): that is connection setup, not a decision."""
+    if conn.is_connected:
+        try:  # data waiting, or EOF (which raises): not a connection to reuse
+            stale = await conn.can_read_destructive()
+        except Exception:
+            stale = True
+        if stale:
+            await conn.disconnect()
+    await conn.connect()
+
+
+_NOSCRIPT: Any = object()
+
+
+@contextmanager
+def _connect_phase(timeout: float, what: str) -> Iterator[None]:
+    """Errors and timeouts here are :class:`LimitStoreNotReady` (CONNECT
+    phase); configuration errors stay configuration errors."""
+    try:
+        with anyio.fail_after(timeout), map_redis_errors():
+            yield
+    except TimeoutError as exc:
+        raise LimitStoreNotReady(f"{what}: no answer within {timeout:g}s") from exc
+    except LimitStoreNotReady:
+        raise
+    except LimitStoreUnavailable as exc:
+        raise LimitStoreNotReady(f"{what}: {exc}") from exc
+
 
 # ---- failure policy ----------------------------------------------------------
 
 _MAX_OWNERS = 100_000
+_MAX_PENDING_COMMITS = 100_000
+_REWARM_INTERVAL = 0.1  # seconds between warm-up attempts while the store is not ready
+
+
+@dataclass(frozen=True, slots=True)
+class _PendingCommit:
+    user_key: str
+    specs: LimitSpecs
+    estimate: int
+    actual: int
+    now_us: int | None
 
 
 class ResilientLimitStore:
-    """A shared store behind the ``on_error`` policy, a timeout and a breaker.
+    """A shared store behind the ``on_error`` policy, warm-up, a timeout and a breaker.
 
-    On a store error or a call slower than ``decision_timeout`` seconds (and
-    while the breaker is open, without trying the store at all):
+    The store is *ready* once :meth:`warm` has connected, loaded the scripts
+    and opened the pool (``/ready`` reports it, with the reason while not).
+    :meth:`run` keeps it warm: it warms it at once and again whenever a
+    connection-phase error (:class:`LimitStoreNotReady`) marks it not ready,
+    and replays queued commits once it serves again.  Which errors count is
+    the core's :mod:`sansio_gateway.limits.breaker` (``StoreHealth``).
+
+    On a failed decision (an error, or a round trip slower than
+    ``decision_timeout`` seconds), while the breaker is open, and while the
+    store is not ready (without trying it at all):
 
     * ``closed``: a denied Decision with ``reason=STORE_UNAVAILABLE`` (503);
     * ``open``: an allowed Decision with ``fallback=Fallback.OPEN`` (log it);
@@ -390,10 +719,14 @@ class ResilientLimitStore:
       (``fallback=Fallback.LOCAL``).
 
     :class:`LimitStoreConfigError` is re-raised, never covered by a policy.
-    A request is committed to the store that admitted it; a commit due to the
-    shared store while its breaker is open is dropped (counted), its lease
-    expires there.  ``store_errors``, ``config_errors``, ``commits_dropped``,
-    ``fallback_decisions`` and ``fallback_mode`` are the metrics to export.
+    A request is committed to the store that admitted it.  A commit due to
+    the shared store that cannot reach it is queued (at most
+    ``max_pending_commits``, oldest dropped first) and replayed when the store
+    serves again -- commits are idempotent by request id, so a replay that
+    races a late original changes nothing.  ``store_errors``,
+    ``config_errors``, ``commits_queued``, ``commits_replayed``,
+    ``commits_dropped``, ``fallback_decisions``, ``fallback_seconds`` and
+    ``fallback_mode`` are the metrics to export.
     """
 
     def __init__(
@@ -403,9 +736,11 @@ class ResilientLimitStore:
         policy: Policy = "local",
         instances: int = 1,
         local: MemoryStore | None = None,
-        decision_timeout: float = 0.05,
+        decision_timeout: float = 0.25,
+        connect_timeout: float = 0.5,
         commit_timeout: float = 0.5,
         breaker: Breaker | None = None,
+        max_pending_commits: int = _MAX_PENDING_COMMITS,
         monotonic: Callable[[], int] = monotonic_us,
         clock: Callable[[], int] = wall_clock_us,
     ) -> None:
@@ -414,8 +749,19 @@ class ResilientLimitStore:
         self.instances = instances
         self.local = local if local is not None else MemoryStore(clock=clock)
         self.decision_timeout = decision_timeout
+        self.connect_timeout = connect_timeout
         self.commit_timeout = commit_timeout
-        self.breaker = breaker if breaker is not None else Breaker()
+        if isinstance(primary, RedisLimitStore):
+            # the round trip alone is the decision; connecting has its own bound
+            primary.decision_timeout = decision_timeout
+            primary.connect_timeout = connect_timeout
+        # A store without warm-up (a test double) is ready from the start.
+        self.health = StoreHealth(
+            ready=not hasattr(primary, "warm"),
+            reason="not yet connected" if hasattr(primary, "warm") else None,
+            breaker=breaker if breaker is not None else Breaker(),
+        )
+        self.max_pending_commits = max_pending_commits
         self._monotonic = monotonic
         self._clock = clock
         self._owners: OrderedDict[str, Fallback] = OrderedDict()
@@ -426,21 +772,92 @@ class ResilientLimitStore:
         # Orphans of requests refused by the "closed" policy get no commit:
         # they are released on the store's next successful admit.
         self._unclaimed: OrderedDict[str, tuple[str, LimitSpecs, int]] = OrderedDict()
+        # Commits that could not reach the store, by request id, oldest first.
+        self._pending: OrderedDict[str, _PendingCommit] = OrderedDict()
+        self._wake = asyncio.Event()
+        self._running = False
+        self._service: asyncio.Task[None] | None = None
+        self._last_service_us = -(10**12)
+        # Fallback time counts from the first time the store served (not the start-up).
+        self._not_serving_since: int | None = None
+        self._fallback_us = 0
+        self.warm_seconds: float | None = None  # how long the last warm-up took
+        # Told of every change of readiness (the app mirrors it into /ready).
+        self.on_health: Callable[[StoreHealth], None] | None = None
         self.store_errors = 0
+        self.store_busy = 0  # admits that found every pooled connection busy
+        self.connect_errors = 0
         self.config_errors = 0
+        self.commits_queued = 0
+        self.commits_replayed = 0
         self.commits_dropped = 0
         self.fallback_decisions = {mode: 0 for mode in Fallback}
+
+    # ---- state ----------------------------------------------------------
+
+    @property
+    def breaker(self) -> Breaker:
+        return self.health.breaker
+
+    @breaker.setter
+    def breaker(self, value: Breaker) -> None:
+        self._set_health(replace(self.health, breaker=value))
+
+    @property
+    def ready(self) -> bool:
+        return self.health.ready
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        return self.health.reason
 
     @property
     def fallback_mode(self) -> str | None:
         """None while the primary store serves; else the policy in force."""
-        return None if self.breaker.state is BreakerState.CLOSED else self.policy
+        return None if self.health.serving else self.policy
+
+    @property
+    def fallback_seconds(self) -> float:
+        """Seconds so far during which the failure policy was in force."""
+        ongoing = 0
+        if self._not_serving_since is not None:
+            ongoing = self._monotonic() - self._not_serving_since
+        return (self._fallback_us + ongoing) / 1e6
+
+    @property
+    def pending_commits(self) -> int:
+        return len(self._pending)
+
+    def _set_health(self, health: StoreHealth) -> None:
+        before = self.health
+        was, self.health = before.serving, health
+        seen = (before.ready, before.serving, before.reason)
+        if self.on_health is not None and seen != (health.ready, health.serving, health.reason):
+            self.on_health(health)
+        if was and not health.serving:
+            self._not_serving_since = self._monotonic()
+        elif not was and health.serving:
+            if self._not_serving_since is not None:
+                self._fallback_us += self._monotonic() - self._not_serving_since
+            self._not_serving_since = None
+            if self._pending:
+                self._kick()
+        if not health.serving:
+            self._kick()
 
     def _failure(self, exc: BaseException) -> None:
         self.store_errors += 1
-        before = self.breaker.state
-        self.breaker = failed(self.breaker, self._monotonic())
-        if self.breaker.state is BreakerState.OPEN and before is not BreakerState.OPEN:
+        phase = Phase.CONNECT if isinstance(exc, LimitStoreNotReady) else Phase.DECISION
+        before = self.health
+        self._set_health(call_failed(self.health, phase, self._monotonic(), str(exc)))
+        if phase is Phase.CONNECT:
+            self.connect_errors += 1
+            if before.ready:
+                log.error("rate-limit store not ready (%s); on_error=%s applies", exc, self.policy)
+        elif (
+            self.breaker.state is BreakerState.OPEN
+            and before.breaker.state is not BreakerState.OPEN
+        ):
             log.error("rate-limit store failing (%r); on_error=%s applies", exc, self.policy)
         else:
             log.warning("rate-limit store error: %r", exc)
@@ -448,11 +865,129 @@ class ResilientLimitStore:
     def _success(self) -> None:
         if self.breaker.state is not BreakerState.CLOSED:
             log.warning("rate-limit store recovered")
-        self.breaker = succeeded(self.breaker, self._monotonic())
+        self._set_health(call_succeeded(self.health, self._monotonic()))
+        if self._pending:
+            self._kick()
 
     def _config_error(self, exc: LimitStoreConfigError) -> None:
         self.config_errors += 1
         log.error("rate-limit store configuration error: %s", exc)
+
+    # ---- warm-up and the service loop ----------------------------------
+
+    async def warm(self) -> bool:
+        """Warm the store once (see :meth:`RedisLimitStore.warm`); True if it
+        is ready now.  Configuration errors are raised."""
+        warm = getattr(self.primary, "warm", None)
+        if warm is None:
+            return True
+        started = time.perf_counter()
+        try:
+            await warm()
+        except LimitStoreConfigError as exc:
+            self._config_error(exc)
+            raise
+        except LimitStoreUnavailable as exc:
+            self.store_errors += 1
+            self.connect_errors += 1
+            self._set_health(replace(self.health, ready=False, reason=str(exc)))
+            return False
+        self.warm_seconds = time.perf_counter() - started
+        was_ready = self.health.ready
+        self._set_health(warmed(self.health, self._monotonic()))
+        if not was_ready:
+            log.info("rate-limit store ready in %.1f ms", self.warm_seconds * 1000)
+        return True
+
+    async def run(self) -> None:
+        """Keep the store warm and replay queued commits; runs until cancelled."""
+        self._running = True
+        try:
+            while True:
+                self._wake.clear()
+                await self._service_once()
+                if self.health.serving:
+                    await self._wake.wait()
+                else:  # the interval between warm-up attempts
+                    await anyio.sleep(_REWARM_INTERVAL)
+        finally:
+            self._running = False
+
+    async def _service_once(self) -> None:
+        # Not serving: not warm, or decisions failing (breaker open).  A
+        # warm-up is the probe: it closes the breaker when the store answers,
+        # so recovery does not wait for traffic.
+        if not self.health.serving:
+            try:
+                await self.warm()
+            except LimitStoreConfigError:
+                return
+        if self.health.serving and self._pending:
+            await self.replay()
+
+    def _kick(self) -> None:
+        """Have the service loop look again (or, when no :meth:`run` is
+        active -- the store used as a library -- one pass in the background)."""
+        if self._running:
+            self._wake.set()
+            return
+        if self._service is not None and not self._service.done():
+            return
+        now = self._monotonic()
+        if now - self._last_service_us < _REWARM_INTERVAL * 1e6:
+            return
+        self._last_service_us = now
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._service = loop.create_task(self._service_once())
+
+    async def replay(self) -> None:
+        """Send the queued commits, oldest first, while the store takes them."""
+        while self._pending and self.health.serving:
+            request_id, item = next(iter(self._pending.items()))
+            try:
+                with anyio.fail_after(self.commit_timeout):
+                    await self.primary.commit(
+                        item.user_key, item.specs, request_id, item.estimate, item.actual,
+                        item.now_us,
+                    )  # fmt: skip
+            except LimitStoreConfigError as exc:
+                self._config_error(exc)
+                self._pending.pop(request_id, None)
+                self._dropped(1, f"refused by the store: {exc}")
+                continue
+            except (LimitStoreUnavailable, TimeoutError) as exc:
+                self._failure(exc)
+                return
+            self._pending.pop(request_id, None)
+            self.commits_replayed += 1
+        if not self._pending and self.commits_replayed:
+            log.info("rate-limit store: %d queued commits replayed", self.commits_replayed)
+
+    def _queue_commit(self, request_id: str, item: _PendingCommit) -> None:
+        self._pending[request_id] = item
+        self._pending.move_to_end(request_id)
+        self.commits_queued += 1
+        excess = len(self._pending) - self.max_pending_commits
+        for _ in range(max(0, excess)):
+            self._pending.popitem(last=False)
+        if excess > 0:
+            self._dropped(excess, "the queue of pending commits is full")
+
+    def _dropped(self, count: int, why: str) -> None:
+        before = self.commits_dropped
+        self.commits_dropped += count
+        if before == 0 or before // 1000 != self.commits_dropped // 1000:
+            log.error(
+                "rate-limit store: %d commits could not be replayed so far (%s); their leases"
+                " and reservations expire on their own",
+                self.commits_dropped,
+                why,
+            )
+
+    # ---- the LimitStore interface ----------------------------------------
 
     async def admit(
         self,
@@ -462,19 +997,24 @@ class ResilientLimitStore:
         request_id: str,
         now_us: int | None = None,
     ) -> Decision:
-        permit, self.breaker = attempt(self.breaker, self._monotonic())
+        permit, health = may_call(self.health, self._monotonic())
+        self._set_health(health)
         if permit:
             try:
-                with anyio.fail_after(self.decision_timeout):
+                with anyio.fail_after(self.connect_timeout + self.decision_timeout):
                     decision = await self.primary.admit(user_key, specs, costs, request_id, now_us)
             except LimitStoreConfigError as exc:
                 self._config_error(exc)
                 raise
+            except LimitStoreBusy as exc:
+                self.store_busy += 1
+                log.warning("rate-limit store: %s; on_error=%s applies", exc, self.policy)
             except (LimitStoreUnavailable, TimeoutError) as exc:
                 self._failure(exc)
-                self._orphans[request_id] = costs.tokens
-                while len(self._orphans) > _MAX_OWNERS:
-                    self._orphans.popitem(last=False)
+                if not isinstance(exc, LimitStoreNotReady):
+                    self._orphans[request_id] = costs.tokens
+                    while len(self._orphans) > _MAX_OWNERS:
+                        self._orphans.popitem(last=False)
             else:
                 self._success()
                 await self._release_unclaimed(now_us)
@@ -526,7 +1066,7 @@ class ResilientLimitStore:
         now_us: int | None = None,
     ) -> None:
         """Commit to the store that admitted the request.  Store failures are
-        counted and logged, not raised (the lease expires on its own)."""
+        counted and logged, not raised: the commit is queued for replay."""
         owner = self._owners.pop(request_id, None)
         orphan = self._orphans.pop(request_id, None)
         if orphan is not None:
@@ -537,43 +1077,44 @@ class ResilientLimitStore:
             return
         if owner is Fallback.OPEN or orphan is not None:
             return  # no lease of the store's own to settle (beyond the orphan's)
-        if self.breaker.state is not BreakerState.CLOSED:
-            self.commits_dropped += 1  # its lease and reservation expire on their own
+        await self._commit_or_queue(
+            request_id, _PendingCommit(user_key, specs, estimate, actual, now_us)
+        )
+
+    async def _commit_or_queue(self, request_id: str, item: _PendingCommit) -> None:
+        if not self.health.serving:
+            self._queue_commit(request_id, item)
             return
         try:
-            with anyio.fail_after(self.commit_timeout):
-                await self.primary.commit(user_key, specs, request_id, estimate, actual, now_us)
+            with anyio.fail_after(self.connect_timeout + self.commit_timeout):
+                await self.primary.commit(
+                    item.user_key, item.specs, request_id, item.estimate, item.actual, item.now_us
+                )
         except LimitStoreConfigError as exc:
             self._config_error(exc)
             raise
         except (LimitStoreUnavailable, TimeoutError) as exc:
             self._failure(exc)
+            self._queue_commit(request_id, item)
         else:
             self._success()
 
     async def _release_orphan(
         self, user_key: str, specs: LimitSpecs, request_id: str, tokens: int, now_us: int | None
     ) -> None:
-        """Best effort: settle, with nothing used, a lease the store may have
-        granted after its admit timed out (commit is idempotent, and a commit
-        for a lease it never granted changes nothing)."""
-        if self.breaker.state is BreakerState.OPEN:
-            self.commits_dropped += 1  # the lease, if any, expires on its own
-            return
-        try:
-            with anyio.fail_after(self.commit_timeout):
-                await self.primary.commit(user_key, specs, request_id, tokens, 0, now_us)
-        except LimitStoreConfigError as exc:
-            self._config_error(exc)
-        except (LimitStoreUnavailable, TimeoutError) as exc:
-            self._failure(exc)
+        """Settle, with nothing used, a lease the store may have granted after
+        its admit timed out (commit is idempotent, and a commit for a lease it
+        never granted changes nothing); queued while the store is away."""
+        item = _PendingCommit(user_key, specs, tokens, 0, now_us)
+        with suppress(LimitStoreConfigError):
+            await self._commit_or_queue(request_id, item)
 
     async def peek(
         self, user_key: str, specs: LimitSpecs, now_us: int | None = None
     ) -> RateHeaders:
-        if self.breaker.state is BreakerState.CLOSED:
+        if self.health.serving:
             try:
-                with anyio.fail_after(self.decision_timeout):
+                with anyio.fail_after(self.connect_timeout + self.decision_timeout):
                     return await self.primary.peek(user_key, specs, now_us)
             except LimitStoreConfigError as exc:
                 self._config_error(exc)
@@ -585,27 +1126,35 @@ class ResilientLimitStore:
         return RateHeaders()
 
     async def aclose(self) -> None:
+        if self._service is not None and not self._service.done():
+            self._service.cancel()
         await self.primary.aclose()
 
 
 def open_limit_store(
-    config: StoreConfig, *, instances: int = 1, decision_timeout: float = 0.05
+    config: StoreConfig, *, instances: int = 1, decision_timeout: float | None = None
 ) -> LimitStore:
     """The store ``[store] url`` names, behind ``on_error`` when shared.
 
     ``memory://`` gives the embedded store (with ``--workers N``, build the
     specs with ``divisor=N`` instead); ``redis://`` and ``redis+cluster://``
     give a :class:`ResilientLimitStore` whose ``local`` fallback divides by
-    ``instances``.
+    ``instances``, with ``[store]`` ``decision_timeout``, ``connect_timeout``
+    and ``pool_size``.
     """
     url = config.url
     if url.startswith("memory:"):
         return MemoryStore()
     if url.startswith(("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")):
+        timeout = config.decision_timeout if decision_timeout is None else decision_timeout
+        primary = RedisLimitStore.from_url(
+            url, pool_size=config.pool_size, connect_timeout=config.connect_timeout
+        )
         return ResilientLimitStore(
-            RedisLimitStore.from_url(url),
+            primary,
             policy=config.on_error,
             instances=instances,
-            decision_timeout=decision_timeout,
+            decision_timeout=timeout,
+            connect_timeout=config.connect_timeout,
         )
     raise ValueError(f"[store] url: unsupported scheme in {url!r}")

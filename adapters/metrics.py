@@ -88,6 +88,19 @@ class GatewayMetrics:
             "gateway_store_fallback_mode", "1 while the limit store's failure policy is in force",
             ("policy",), registry=registry, **gauge_mode,
         )  # fmt: skip
+        self.store_fallback_seconds = Gauge(
+            "gateway_store_fallback_seconds", "Seconds the limit store's failure policy was in"
+            " force since start (not ready, or its breaker open)", registry=registry, **gauge_mode,
+        )  # fmt: skip
+        self.store_ready = Gauge(
+            "gateway_store_ready", "1 once the limit store is warmed (connected, scripts loaded,"
+            " pool open)", registry=registry, **gauge_mode,
+        )  # fmt: skip
+        self.store_commits = Gauge(
+            "gateway_store_commits", "Commits that could not reach the limit store at once:"
+            " pending (queued), replayed, dropped (could not be replayed)", ("state",),
+            registry=registry, **gauge_mode,
+        )  # fmt: skip
         self.breaker_state = Gauge(
             "gateway_backend_circuit_state", "Circuit breaker: 0 closed, 1 half-open, 2 open",
             ("backend",), registry=registry, **gauge_mode,
@@ -137,6 +150,16 @@ class GatewayMetrics:
             mode = store.fallback_mode
             policy = getattr(store, "policy", "unknown")
             self.store_fallback.labels(str(policy)).set(1 if mode else 0)
+        seconds = getattr(store, "fallback_seconds", None)
+        if isinstance(seconds, float):
+            self.store_fallback_seconds.set(seconds)
+            self.store_ready.set(1 if getattr(store, "ready", True) else 0)
+            for state, name in (
+                ("pending", "pending_commits"),
+                ("replayed", "commits_replayed"),
+                ("dropped", "commits_dropped"),
+            ):
+                self.store_commits.labels(state).set(getattr(store, name, 0))
 
     def render(self) -> tuple[bytes, bytes]:
         if self.multiprocess:

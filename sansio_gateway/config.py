@@ -149,8 +149,17 @@ class StoreConfig(_Strict):
     # How many gateways share this store: the "local" failure policy then
     # enforces 1/instances of each limit per gateway (and per --workers).
     instances: int = Field(default=1, ge=1)
-    # Seconds a rate-limit decision may take before on_error applies to it.
-    decision_timeout: float = Field(default=0.05, gt=0)
+    # Seconds one rate-limit decision's round trip (on a warm connection) may
+    # take before on_error applies to it; see docs/rate-limiting.md for the
+    # measurement behind the default.
+    decision_timeout: float = Field(default=0.25, gt=0)
+    # Seconds to wait for a pooled connection, to open one, to load the
+    # scripts or to refresh a Cluster slot map: never counted as a failed
+    # decision; past it the store is "not ready" until it is warmed again.
+    connect_timeout: float = Field(default=0.5, gt=0)
+    # Connections to the limit store per process, opened before /ready;
+    # concurrent decisions beyond it wait for a free one (within connect_timeout).
+    pool_size: int = Field(default=16, ge=1, le=1024)
 
 
 class GatewayConfig(_Strict):

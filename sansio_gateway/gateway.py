@@ -29,7 +29,7 @@ from .limits import LimitSpecs, build_specs, lease_ttl_for
 from .registry import Registry, builtin_registry
 from .routing import Access, RouteEntry, Router
 
-__all__ = ["BackendStatus", "Gateway", "default_router"]
+__all__ = ["BackendStatus", "Gateway", "StoreStatus", "default_router"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,6 +40,16 @@ class BackendStatus:
     error: str | None = None
     models: int = 0
     latency: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreStatus:
+    """The shared limit store: warmed (``ready``), deciding (``serving``:
+    ready and its breaker closed), and why not."""
+
+    ready: bool
+    serving: bool
+    reason: str | None = None
 
 
 def default_router() -> Router:
@@ -86,6 +96,9 @@ class Gateway:
         # the default (no jitter: the midpoint) keeps tests deterministic.
         self.random: Callable[[], float] = random or (lambda: 0.5)
         self.backend_status: dict[str, BackendStatus] = {}
+        # The shared limit store (None: none configured, or nothing reported
+        # yet): /ready waits for it, /status shows why it is not ready.
+        self.store_status: StoreStatus | None = None
         self._last_miss_refresh = float("-inf")
         self.health = BackendHealth(
             [b.name for b in config.backends],
@@ -230,6 +243,10 @@ class Gateway:
             models=previous.models if previous else 0,
         )
         self.health.record(backend, False, now)
+
+    def record_store(self, *, ready: bool, serving: bool, reason: str | None) -> None:
+        """The adapter's view of the shared limit store changed."""
+        self.store_status = StoreStatus(ready=ready, serving=serving, reason=reason)
 
     def should_refresh_on_miss(self, now: float) -> bool:
         """An unknown model may be new: refresh discovery, but at most once

@@ -137,6 +137,13 @@ def _create_by_hand(ports: list[int]) -> None:
 
 @contextlib.contextmanager
 def redis_cluster() -> Iterator[list[int]]:
+    with redis_cluster_servers() as (ports, _):
+        yield ports
+
+
+@contextlib.contextmanager
+def redis_cluster_servers() -> Iterator[tuple[list[int], list[RedisServer]]]:
+    """A 3-primary cluster; also yields its servers, to kill and restart one."""
     flags = ("--cluster-enabled", "yes", "--cluster-node-timeout", "5000")
     with contextlib.ExitStack() as stack:
         servers: list[RedisServer] = []
@@ -159,4 +166,4 @@ def redis_cluster() -> Iterator[list[int]]:
             _create_by_hand(ports)
         for port in ports:
             wait_until(partial(_cluster_ok, port), timeout=30, what="cluster_state:ok")
-        yield ports
+        yield ports, servers

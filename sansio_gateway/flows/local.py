@@ -129,6 +129,11 @@ class Ready(LocalFlow):
 
     def answer(self) -> LocalAnswer:
         up = [s.name for s in self.gateway.backend_status.values() if s.up]
+        store = self.gateway.store_status
+        if store is not None and not store.ready:
+            # A shared limit store not yet warmed would answer 503 or fall back.
+            body = {"status": "unavailable", "backends_up": up, "store": store.reason}
+            return _json(body, status=503)
         if up:
             return _json({"status": "ready", "backends_up": up})
         return _json({"status": "unavailable", "backends_up": []}, status=503)
@@ -175,7 +180,15 @@ class Status(LocalFlow):
             for name, backend, _ in gateway.catalogue.models()
             if admin or self.visible(name)
         ]
-        return _json({"backends": backends, "models": models})
+        body: dict[str, object] = {"backends": backends, "models": models}
+        store = gateway.store_status
+        if store is not None:
+            body["limit_store"] = {
+                "ready": store.ready,
+                "serving": store.serving,
+                "reason": store.reason,
+            }
+        return _json(body)
 
 
 class AdminUsage(LocalFlow):

@@ -18,7 +18,21 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-__all__ = ["Breaker", "BreakerEvent", "BreakerState", "attempt", "failed", "succeeded"]
+__all__ = [
+    "Breaker",
+    "BreakerEvent",
+    "BreakerState",
+    "Phase",
+    "StoreHealth",
+    "attempt",
+    "call_failed",
+    "call_succeeded",
+    "counts_as_decision_failure",
+    "failed",
+    "may_call",
+    "succeeded",
+    "warmed",
+]
 
 
 class BreakerState(enum.Enum):
@@ -103,3 +117,64 @@ def succeeded(b: Breaker, now_us: int) -> Breaker:
 
 def failed(b: Breaker, now_us: int) -> Breaker:
     return step(b, BreakerEvent.FAILED, now_us)[1]
+
+
+# ---- readiness: which errors are the store's, and when it may be asked ------------
+#
+# A call to the shared store has two phases.  CONNECT is everything before
+# the request is on a warm connection: waiting for a pooled connection,
+# opening one, loading the scripts, refreshing a Cluster slot map.  DECISION
+# is the one round trip on a warm connection.  Only a DECISION error or
+# timeout says the store is failing (it feeds the breaker); a CONNECT error
+# says the store is not ready: calls go straight to the failure policy,
+# without waiting, until the adapter has warmed the store again.
+
+
+class Phase(enum.Enum):
+    CONNECT = "connect"
+    DECISION = "decision"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreHealth:
+    """What the adapter knows about the shared store: warmed or not (and
+    why not, for ``/status``), and the breaker over its decisions."""
+
+    ready: bool = False
+    reason: str | None = "not yet connected"
+    breaker: Breaker = Breaker()
+
+    @property
+    def serving(self) -> bool:
+        """True while decisions come from the store (no fallback in force)."""
+        return self.ready and self.breaker.state is BreakerState.CLOSED
+
+
+def counts_as_decision_failure(phase: Phase) -> bool:
+    """Whether an error in ``phase`` is a failed decision (feeds the breaker)."""
+    return phase is Phase.DECISION
+
+
+def may_call(h: StoreHealth, now_us: int) -> tuple[bool, StoreHealth]:
+    """May a call go to the store now?  Never while it is not warmed."""
+    if not h.ready:
+        return False, h
+    permit, breaker = attempt(h.breaker, now_us)
+    return permit, replace(h, breaker=breaker)
+
+
+def call_succeeded(h: StoreHealth, now_us: int) -> StoreHealth:
+    return replace(h, breaker=succeeded(h.breaker, now_us))
+
+
+def call_failed(h: StoreHealth, phase: Phase, now_us: int, reason: str) -> StoreHealth:
+    """A DECISION failure is counted by the breaker; a CONNECT failure is
+    not: it marks the store not ready until :func:`warmed`."""
+    if counts_as_decision_failure(phase):
+        return replace(h, breaker=failed(h.breaker, now_us))
+    return replace(h, ready=False, reason=reason)
+
+
+def warmed(h: StoreHealth, now_us: int) -> StoreHealth:
+    """The adapter connected, loaded the scripts and filled the pool."""
+    return replace(h, ready=True, reason=None, breaker=succeeded(h.breaker, now_us))

@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 import redis
@@ -423,23 +423,13 @@ def test_one_evalsha_per_admit_and_per_commit(
         "m",
     )
     run(loop, store.admit("warm", specs, Costs(tokens=1), "w"))  # script loaded
-    sent: list[str] = []
-    original = store.client.execute_command
-
-    async def counting(*args: Any, **kwargs: Any) -> Any:
-        sent.append(str(args[0]))
-        return await original(*args, **kwargs)
-
-    store.client.execute_command = counting  # type: ignore[method-assign]
-    try:
-        before = _commandstats(server.port)
-        for i in range(5):
-            assert run(loop, store.admit("counted", specs, Costs(tokens=10), f"r{i}")).allowed
-            run(loop, store.commit("counted", specs, f"r{i}", 10, 7))
-        after = _commandstats(server.port)
-    finally:
-        del store.client.execute_command
-    assert sent == ["EVALSHA"] * 10  # one round trip each
+    trips = store.round_trips
+    before = _commandstats(server.port)
+    for i in range(5):
+        assert run(loop, store.admit("counted", specs, Costs(tokens=10), f"r{i}")).allowed
+        run(loop, store.commit("counted", specs, f"r{i}", 10, 7))
+    after = _commandstats(server.port)
+    assert store.round_trips - trips == 10  # one round trip each
     assert after["cmdstat_evalsha"] - before["cmdstat_evalsha"] == 10
     for name in ("cmdstat_eval", "cmdstat_script|load"):
         assert after.get(name, 0) == before.get(name, 0)
@@ -530,6 +520,7 @@ def test_script_errors_are_configuration_errors(
     # Behind the failure policy, a config error is still raised, never allowed.
     for policy in ("open", "closed", "local"):
         resilient = ResilientLimitStore(store, policy=policy)
+        assert run(loop, resilient.warm())
         with pytest.raises(LimitStoreConfigError):
             run(loop, resilient.admit("wrongtype", specs, Costs(tokens=1), "a"))
         assert resilient.config_errors == 1 and resilient.store_errors == 0
@@ -564,6 +555,7 @@ def test_redis_killed_mid_run_policy_applies_fast_then_recovers(
             breaker=Breaker(failure_threshold=2, cooldown_us=50_000),
         )
         try:
+            assert run(loop, resilient.warm())
             d = run(loop, resilient.admit("kill", specs, Costs(tokens=10), "r0"))
             assert d.allowed and d.fallback is None and resilient.fallback_mode is None
             run(loop, resilient.commit("kill", specs, "r0", 10, 10))
@@ -581,7 +573,7 @@ def test_redis_killed_mid_run_policy_applies_fast_then_recovers(
                     assert d.allowed
                 run(loop, resilient.commit("kill", specs, f"r{i}", 10, 5))
             assert resilient.store_errors >= 2
-            assert resilient.breaker.state is not BreakerState.CLOSED
+            assert not resilient.health.serving
             assert resilient.fallback_mode == policy
             assert resilient.fallback_decisions[Fallback(policy)] == 5
             if policy == "local":  # the local share is a quarter of the limit
@@ -610,6 +602,7 @@ def test_a_hung_redis_costs_one_decision_timeout(loop: asyncio.AbstractEventLoop
             primary, policy="local", decision_timeout=0.05, breaker=Breaker(failure_threshold=1)
         )
         try:
+            assert run(loop, resilient.warm())
             assert run(loop, resilient.admit("hung", specs, Costs(tokens=1), "a")).fallback is None
             server.pause()
             d, elapsed = run(loop, _timed(resilient.admit("hung", specs, Costs(tokens=1), "b")))
@@ -636,6 +629,8 @@ def test_open_limit_store_from_config(server: RedisServer, loop: asyncio.Abstrac
     assert isinstance(open_limit_store(StoreConfig()), MemoryStore)
     store = open_limit_store(StoreConfig(url=server.url, on_error="closed"), instances=3)
     assert isinstance(store, ResilientLimitStore) and store.policy == "closed"
+    assert not store.ready and store.not_ready_reason == "not yet connected"
+    assert run(loop, store.warm()) and store.ready
     specs = build_specs(LimitsConfig(requests_per_minute=6), "cfg", "m")
     assert run(loop, store.admit("cfg", specs, Costs(tokens=1), "a")).allowed
     run(loop, store.aclose())

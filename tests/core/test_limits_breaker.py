@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -80,3 +82,77 @@ def test_random_walk_never_lets_calls_through_while_cooling_down(
                 assert permit and b.state is BreakerState.HALF_OPEN
         if event is BreakerEvent.SUCCEEDED:
             assert b.state is BreakerState.CLOSED and b.failures == 0
+
+
+# ---- readiness: connect-phase errors are not decision failures ---------------------
+
+from sansio_gateway.limits.breaker import (  # noqa: E402
+    Phase,
+    StoreHealth,
+    call_failed,
+    call_succeeded,
+    counts_as_decision_failure,
+    may_call,
+    warmed,
+)
+
+_health_events = st.lists(
+    st.tuples(st.sampled_from(["call", "ok", "connect_fail", "decision_fail", "warmed"]),
+              st.integers(0, 3_000_000)),
+    max_size=60,
+)  # fmt: skip
+
+
+@settings(max_examples=300)
+@given(_health_events)
+def test_a_connect_timeout_is_never_counted_as_a_decision_failure(
+    events: list[tuple[str, int]],
+) -> None:
+    """Replay the same events with every CONNECT failure removed: the breaker
+    ends identical, so connection setup, slot refreshes and pool growth can
+    never open it nor count towards opening it."""
+    with_connect = StoreHealth(ready=True, reason=None)
+    without = StoreHealth(ready=True, reason=None)
+    now = T0
+    for kind, dt in events:
+        now += dt
+        if kind == "connect_fail":
+            before = with_connect.breaker
+            with_connect = call_failed(with_connect, Phase.CONNECT, now, "connect timed out")
+            assert with_connect.breaker == before and not with_connect.ready
+            continue
+        for name in ("with", "without"):
+            h = with_connect if name == "with" else without
+            if kind == "call":
+                _, h = may_call(replace(h, ready=True), now)
+            elif kind == "ok":
+                h = call_succeeded(h, now)
+            elif kind == "decision_fail":
+                h = call_failed(h, Phase.DECISION, now, "timed out")
+            else:
+                h = warmed(h, now)
+            if name == "with":
+                with_connect = h
+            else:
+                without = h
+    assert with_connect.breaker == without.breaker
+    assert not counts_as_decision_failure(Phase.CONNECT)
+    assert counts_as_decision_failure(Phase.DECISION)
+
+
+def test_a_store_not_warmed_is_never_called_and_warming_readies_it() -> None:
+    cold = StoreHealth()
+    assert not cold.ready and cold.reason == "not yet connected" and not cold.serving
+    assert may_call(cold, T0) == (False, cold)
+    hot = warmed(cold, T0)
+    assert hot.ready and hot.reason is None and hot.serving
+    assert may_call(hot, T0)[0]
+    lost = call_failed(hot, Phase.CONNECT, T0, "connection refused")
+    assert not lost.ready and lost.reason == "connection refused"
+    assert not may_call(lost, T0)[0]
+    # decision failures open the breaker as before; warming closes it
+    tripped = hot
+    for _ in range(3):
+        tripped = call_failed(tripped, Phase.DECISION, T0, "timeout")
+    assert tripped.breaker.state is BreakerState.OPEN and not tripped.serving
+    assert warmed(tripped, T0).serving

@@ -466,9 +466,9 @@ def burst(urls: list[str], user: str, count: int = 80) -> tuple[list[Shot], floa
 
 
 def warm_up(urls: list[str]) -> None:
-    """Open each process's Redis connections (and load the scripts) before
-    measuring: a cold process answers its first burst slowly enough to trip
-    the 50 ms decision timeout and the breaker (reported separately)."""
+    """A burst before measuring.  No longer needed for correctness (the
+    store is warmed before /ready; test_limit_store_warmup.py bursts cold
+    processes), kept so these figures start from the same state as before."""
     for _ in range(20):
         shots, _ = burst(urls, "fault", count=40)
         if all(s.response.status_code == 200 for s in shots):
@@ -615,8 +615,10 @@ def test_redis_dies_and_returns_under_each_policy(emulator: OllamaEmulator) -> N
             assert {_store(gw).fallback_mode for gw in gws.values()} == set(policies)
             # Local limits still hold on "local" (10 at once at 60/min);
             # "open" lets everything through.
+            began = time.monotonic()
             local_burst = [chat(gws["local"].url, "local").status_code for _ in range(15)]
-            assert 10 <= local_burst.count(200) <= 11, local_burst
+            took = time.monotonic() - began  # GCRA: 10 at once, then one a second
+            assert 10 <= local_burst.count(200) <= 11 + int(took), (local_burst, took)
             assert set(local_burst) == {200, 429}
             assert [chat(gws["open"].url, "local").status_code for _ in range(15)] == [200] * 15
             assert _store(gws["local"]).fallback_decisions[Fallback.LOCAL] > 0
