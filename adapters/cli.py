@@ -46,8 +46,24 @@ def load_config(path: str | None) -> GatewayConfig:
     return parse_config(text, source=path, env=os.environ)
 
 
+def checked_config(path: str | None) -> GatewayConfig:
+    """The config, with everything ``serve`` would refuse already refused:
+    ``check-config`` and ``serve`` run this one check, so they agree."""
+    config = load_config(path)
+    try:
+        Gateway(config, registry=load_registry())  # what only the app can check: backend kinds
+    except ConfigError as exc:
+        raise ConfigError(f"{path or '(defaults)'}: {exc}") from None
+    usage = config.store.usage
+    if usage.startswith("sqlite:///") and not Path(usage[len("sqlite:///") :]).parent.is_dir():
+        raise ConfigError(
+            f"{path or '(defaults)'}: store.usage: the directory of {usage!r} does not exist"
+        )
+    return config
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = checked_config(args.config)
     server = config.server
     updates = {}
     if args.host:
@@ -116,11 +132,7 @@ async def _serve(app: GatewayApp) -> None:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    config = load_config(args.file)
-    try:
-        Gateway(config, registry=load_registry())  # what only the app can check: backend kinds
-    except ConfigError as exc:
-        raise ConfigError(f"{args.file}: {exc}") from None
+    config = checked_config(args.file)
     print(
         f"{args.file}: OK ({len(config.backends)} backends, {len(config.models)} models,"
         f" {len(config.auth.keys)} keys)"

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sansio_gateway.auth import hash_key
@@ -99,3 +100,29 @@ def test_two_workers_share_the_port_and_their_metrics(emulator: OllamaEmulator, 
         proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+BAD_CONFIGS = {
+    "store-url": '[store]\nurl = "redis//127.0.0.1:6379/3"\n',
+    "store-usage": '[store]\nusage = "http://127.0.0.1:1/usage"\n',
+    "usage-dir": '[store]\nusage = "sqlite:///./no/such/dir/usage.db"\n',
+    "kind": '[[backends]]\nname = "b"\nkind = "nope"\nurl = "http://127.0.0.1:1"\n',
+    "trio-redis": '[server]\nruntime = "trio"\n[store]\nurl = "redis://127.0.0.1:1/0"\n',
+    "admin-yes": f'[[auth.keys]]\nid = "k"\nuser = "u"\nsha256 = "{"a" * 64}"\nadmin = "yes"\n',
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CONFIGS))
+def test_serve_refuses_what_check_config_refuses_with_the_same_line(
+    name: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text('[[backends]]\nname = "a"\nurl = "http://127.0.0.1:1"\n' + BAD_CONFIGS[name])
+    checked = run("check-config", str(path))
+    assert checked.returncode == 2
+    assert len(checked.stderr.splitlines()) == 1 and str(path) in checked.stderr
+    for extra in ([], ["--workers", "2"]):
+        served = run("serve", "--config", str(path), "--port", "0", *extra)
+        assert served.returncode == 2, served.stderr
+        assert served.stderr == checked.stderr
+        assert "Traceback" not in served.stderr + served.stdout
