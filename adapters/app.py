@@ -17,7 +17,8 @@ from collections.abc import Callable
 import anyio
 import anyio.abc
 
-from sansio_gateway.config import ConfigError, GatewayConfig
+from sansio_gateway.catalogue import changed_clashes
+from sansio_gateway.config import ConfigError, GatewayConfig, redact_url
 from sansio_gateway.errors import ServiceUnavailable
 from sansio_gateway.gateway import Gateway
 
@@ -45,8 +46,12 @@ class GatewayApp:
         worker_count: int = 1,
         reuse_port: bool = False,
         clock: Callable[[], float] = time.time,
+        worker_index: int = 0,
     ) -> None:
         self.config = config
+        # Under --workers, only worker 0 prints the startup listing and clashes.
+        self.announce = worker_index == 0
+        self._clashes: dict[str, tuple[str, ...]] = {}
         self.worker_count = worker_count
         self.reuse_port = reuse_port
         memory_store = config.store.url.startswith("memory")
@@ -119,13 +124,17 @@ class GatewayApp:
             for backend in self.config.backends:
                 if backend.discover:
                     tg.start_soon(self.discover, backend.name)
-        for name, owners in self.gateway.catalogue.clashes():
-            log.warning(
-                "model %s is offered by %s; %s wins (config order)",
-                name,
-                ", ".join(owners),
-                owners[0],
-            )
+        clashes = {name: tuple(owners) for name, owners in self.gateway.catalogue.clashes()}
+        # Logged once when a clash appears or changes, by the first worker only.
+        for name, owners in changed_clashes(self._clashes, clashes):
+            if self.announce:
+                log.warning(
+                    "model %s is offered by %s; %s wins (config order)",
+                    name,
+                    ", ".join(owners),
+                    owners[0],
+                )
+        self._clashes = clashes
 
     async def refresh_on_miss(self) -> None:
         """Rediscover now; concurrent callers share one discovery run."""
@@ -222,4 +231,7 @@ class GatewayApp:
             lines.append(f"backend {backend.name} [{backend.kind}] {backend.url}: {state}")
         for model, owner, _ in self.gateway.catalogue.models():
             lines.append(f"  model {model} -> {owner}")
+        store = self.config.store
+        lines.append(f"limits: store.url = {redact_url(store.url)}")
+        lines.append(f"usage ledger: store.usage = {redact_url(store.usage)}")
         return lines

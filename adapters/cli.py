@@ -92,7 +92,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             args.worker_count,
             args.worker_count,
         )
-    app = GatewayApp(config, worker_count=args.worker_count, reuse_port=args.reuse_port)
+    app = GatewayApp(
+        config,
+        worker_count=args.worker_count,
+        reuse_port=args.reuse_port,
+        worker_index=args.worker_index,
+    )
     with contextlib.suppress(KeyboardInterrupt):
         anyio.run(
             partial(_serve, app),
@@ -117,8 +122,9 @@ def _loop_options(config: GatewayConfig) -> dict[str, bool]:
 async def _serve(app: GatewayApp) -> None:
     async with anyio.create_task_group() as tg:
         host, port = await tg.start(app.serve)
-        for line in app.describe():
-            print(line, flush=True)
+        if app.announce:  # once, not once per worker
+            for line in app.describe():
+                print(line, flush=True)
         print(
             f"sansio-gateway listening on http://{host}:{port} ({app.config.server.runtime})",
             flush=True,
@@ -211,6 +217,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--worker-count", type=int, default=1, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     serve.set_defaults(func=_cmd_serve)
 
     check = sub.add_parser("check-config", help="validate a config file")

@@ -35,6 +35,7 @@ import anyio.to_thread
 import orjson
 
 from sansio_gateway.actions import UsageRecord
+from sansio_gateway.config import redact_url
 from sansio_gateway.usage_query import UsageQuery, UsageRow
 
 if TYPE_CHECKING:
@@ -334,6 +335,7 @@ class RedisLedger:
         retention_days: int = DEFAULT_RETENTION_DAYS,
         max_pending: int = REDIS_MAX_PENDING,
         clock: Callable[[], float] = time.time,
+        label: str = "usage ledger",
     ) -> None:
         if retention_days < 1:
             raise ValueError("retention_days must be at least 1")
@@ -342,6 +344,8 @@ class RedisLedger:
         self._client: Any = None if callable(client) else client
         self._factory = client if callable(client) else None
         self.prefix = prefix
+        # Names the ledger in log lines, password redacted (see from_url).
+        self.label = label
         self.retention_days = retention_days
         self.max_pending = max_pending
         self._clock = clock
@@ -371,8 +375,9 @@ class RedisLedger:
                 raise ValueError(f"retention_days must be a whole number in {url!r}") from None
         rest = urlencode(params, doseq=True)
         plain = base + (f"?{rest}" if rest else "")
-        mine = ("prefix", "retention_days", "max_pending", "clock")
+        mine = ("prefix", "retention_days", "max_pending", "clock", "label")
         own = {k: kwargs.pop(k) for k in mine if k in kwargs}
+        own.setdefault("label", f"usage ledger {redact_url(url)} (store.usage)")
         options: dict[str, Any] = {
             "socket_connect_timeout": 2.0,
             "socket_timeout": 5.0,
@@ -427,7 +432,8 @@ class RedisLedger:
         self.dropped += n
         if before == 0 or before // 1000 != self.dropped // 1000:
             log.error(
-                "usage ledger: Redis unreachable and %d records waiting; %d dropped so far",
+                "%s: Redis unreachable and %d records waiting; %d dropped so far",
+                self.label,
                 len(self._pending),
                 self.dropped,
             )
@@ -523,7 +529,8 @@ class RedisLedger:
             except Exception as exc:
                 if not failing:
                     log.error(
-                        "usage ledger write to Redis failed (%r); keeping %d records for retry",
+                        "%s: write failed (%r); keeping %d records for retry",
+                        self.label,
                         exc,
                         len(self._pending),
                     )
@@ -531,7 +538,7 @@ class RedisLedger:
                 await anyio.sleep(1.0)
             else:
                 if failing:
-                    log.warning("usage ledger: Redis writes recovered")
+                    log.warning("%s: writes recovered", self.label)
                 failing = False
 
     # ---- reading ---------------------------------------------------------
@@ -540,7 +547,7 @@ class RedisLedger:
         try:
             await self.flush()
         except Exception as exc:  # answer from what is stored; the records stay queued
-            log.warning("usage ledger flush before a query failed: %r", exc)
+            log.warning("%s: flush before a query failed: %r", self.label, exc)
         return await anyio.to_thread.run_sync(self.query_sync, query)
 
     def query_sync(self, query: UsageQuery) -> list[UsageRow]:
@@ -621,7 +628,7 @@ class RedisLedger:
             try:
                 await self.flush()
             except Exception as exc:
-                log.error("usage ledger: %d records not written at close: %r", self.pending, exc)
+                log.error("%s: %d records not written at close: %r", self.label, self.pending, exc)
             if self._client is not None:
                 with contextlib.suppress(Exception):
                     await anyio.to_thread.run_sync(self._client.close)

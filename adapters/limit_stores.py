@@ -37,7 +37,7 @@ from urllib.parse import quote
 
 import anyio
 
-from sansio_gateway.config import StoreConfig
+from sansio_gateway.config import StoreConfig, redact_url
 from sansio_gateway.limits import (
     Breaker,
     BreakerState,
@@ -408,8 +408,12 @@ class ResilientLimitStore:
         breaker: Breaker | None = None,
         monotonic: Callable[[], int] = monotonic_us,
         clock: Callable[[], int] = wall_clock_us,
+        label: str = "rate-limit store",
     ) -> None:
         self.primary = primary
+        # Names the store in every log line ("rate-limit store redis://h:6379/0
+        # (store.url)"), its password already redacted.
+        self.label = label
         self.policy: Policy = policy
         self.instances = instances
         self.local = local if local is not None else MemoryStore(clock=clock)
@@ -441,18 +445,18 @@ class ResilientLimitStore:
         before = self.breaker.state
         self.breaker = failed(self.breaker, self._monotonic())
         if self.breaker.state is BreakerState.OPEN and before is not BreakerState.OPEN:
-            log.error("rate-limit store failing (%r); on_error=%s applies", exc, self.policy)
+            log.error("%s failing (%r); on_error=%s applies", self.label, exc, self.policy)
         else:
-            log.warning("rate-limit store error: %r", exc)
+            log.warning("%s error: %r", self.label, exc)
 
     def _success(self) -> None:
         if self.breaker.state is not BreakerState.CLOSED:
-            log.warning("rate-limit store recovered")
+            log.warning("%s recovered", self.label)
         self.breaker = succeeded(self.breaker, self._monotonic())
 
     def _config_error(self, exc: LimitStoreConfigError) -> None:
         self.config_errors += 1
-        log.error("rate-limit store configuration error: %s", exc)
+        log.error("%s configuration error: %s", self.label, exc)
 
     async def admit(
         self,
@@ -607,5 +611,6 @@ def open_limit_store(
             policy=config.on_error,
             instances=instances,
             decision_timeout=decision_timeout,
+            label=f"rate-limit store {redact_url(url)} (store.url)",
         )
     raise ValueError(f"[store] url: unsupported scheme in {url!r}")

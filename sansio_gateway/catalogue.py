@@ -16,6 +16,7 @@ before its backend.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,14 @@ import orjson
 
 from .config import GatewayConfig
 
-__all__ = ["Catalogue", "DiscoveredModel", "Route", "parse_ollama_tags", "parse_openai_models"]
+__all__ = [
+    "Catalogue",
+    "DiscoveredModel",
+    "Route",
+    "changed_clashes",
+    "parse_ollama_tags",
+    "parse_openai_models",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -198,3 +206,12 @@ def parse_openai_models(body: bytes) -> list[DiscoveredModel]:
                 )
             )
     return out
+
+
+def changed_clashes(
+    before: Mapping[str, tuple[str, ...]], after: Mapping[str, tuple[str, ...]]
+) -> list[tuple[str, tuple[str, ...]]]:
+    """The clashes of ``after`` that are new or differ from ``before``: what
+    to log after a discovery, so a standing clash is logged once, not on
+    every probe."""
+    return [(name, owners) for name, owners in after.items() if before.get(name) != owners]

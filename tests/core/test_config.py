@@ -94,3 +94,13 @@ def test_a_lone_model_name_is_a_one_item_list() -> None:
     config = parse_config(text + 'models = "*"\n', source="gw.toml", env={})
     assert config.auth.keys[0].models == ("*",)
     assert "auth.keys[0].models" in error(text + "models = 5\n")
+
+
+def test_a_clash_is_reported_once_and_again_when_it_changes() -> None:
+    from sansio_gateway.catalogue import changed_clashes
+
+    first = {"llama3": ("a", "b")}
+    assert changed_clashes({}, first) == [("llama3", ("a", "b"))]
+    assert changed_clashes(first, dict(first)) == []  # every later probe: nothing
+    assert changed_clashes(first, {"llama3": ("a", "b", "c")}) == [("llama3", ("a", "b", "c"))]
+    assert changed_clashes(first, {}) == []

@@ -1,0 +1,67 @@
+"""What the operator reads at startup and on each probe (issue 16, items 5-6)."""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+import pytest
+
+from adapters.app import GatewayApp
+from adapters.ledger import MemoryLedger
+from tests.emulators.ollama import OllamaEmulator
+from tests.helpers import make_config
+
+
+def _two_backends_one_ollama(emulator: OllamaEmulator, store: str = "") -> GatewayApp:
+    config = make_config(
+        f'[[backends]]\nname = "a"\nurl = "{emulator.url}"\n'
+        f'[[backends]]\nname = "b"\nurl = "{emulator.url}"\n' + store
+    )
+    return GatewayApp(config, ledger=MemoryLedger())
+
+
+def _clash_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "is offered by" in r.getMessage()]
+
+
+def test_a_standing_clash_is_logged_once_not_per_probe(
+    emulator: OllamaEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = _two_backends_one_ollama(emulator)
+
+    async def probes() -> None:
+        for _ in range(3):
+            await app.discover_all()
+        await app.upstream.aclose()
+
+    with caplog.at_level(logging.WARNING):
+        anyio.run(probes)
+    lines = _clash_lines(caplog)
+    assert lines and len(lines) == len(set(lines)) == len(emulator.models)
+    assert all("a, b; a wins" in line for line in lines)
+
+
+def test_only_the_first_worker_logs_clashes(
+    emulator: OllamaEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = _two_backends_one_ollama(emulator).config
+    second = GatewayApp(config, ledger=MemoryLedger(), worker_index=1)
+
+    async def probe() -> None:
+        await second.discover_all()
+        await second.upstream.aclose()
+
+    with caplog.at_level(logging.WARNING):
+        anyio.run(probe)
+    assert _clash_lines(caplog) == [] and not second.announce
+
+
+def test_the_startup_listing_names_the_store_without_its_password(
+    emulator: OllamaEmulator,
+) -> None:
+    store = '[store]\nurl = "redis://:hunter2@127.0.0.1:1/0"\nusage = "memory://"\n'
+    lines = _two_backends_one_ollama(emulator, store).describe()
+    assert "limits: store.url = redis://:***@127.0.0.1:1/0" in lines
+    assert "usage ledger: store.usage = memory://" in lines
+    assert not any("hunter2" in line for line in lines)
