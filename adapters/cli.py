@@ -21,13 +21,25 @@ from pathlib import Path
 import anyio
 
 from sansio_gateway.auth import Authenticator, anonymous_bind_problem
-from sansio_gateway.config import ConfigError, GatewayConfig, default_config, parse_config
+from sansio_gateway.config import (
+    ConfigError,
+    GatewayConfig,
+    default_config,
+    parse_config,
+    redact_url,
+)
 from sansio_gateway.errors import GatewayError
 from sansio_gateway.gateway import Gateway
-from sansio_gateway.usage_query import UsageQuery, parse_time, render_rows
+from sansio_gateway.usage_query import (
+    UsageQuery,
+    parse_time,
+    render_csv,
+    render_rows,
+    render_table,
+)
 
 from .app import GatewayApp
-from .ledger import SQLiteLedger
+from .ledger import open_ledger
 from .plugins import load_registry
 from .workers import run_workers
 
@@ -159,18 +171,25 @@ def _cmd_new_key(args: argparse.Namespace) -> int:
     print(f'user   = "{args.user}"')
     print(f'sha256 = "{digest}"')
     print('models = ["*"]')
+    if args.admin:
+        print("admin  = true   # may also read GET /admin/usage")
     return 0
 
 
 def _cmd_usage(args: argparse.Namespace) -> int:
+    """Read the configured ledger (``[store] usage``) wherever it is: SQLite,
+    Redis or Redis Cluster, through the query ``/admin/usage`` runs."""
     config = load_config(args.config)
     url = config.store.usage
-    if not url.startswith("sqlite:///"):
-        print(f"usage: the ledger at {url} is read through GET /admin/usage", file=sys.stderr)
+    if url == "memory://":
+        print(
+            "usage: store.usage = memory:// lives inside the serving process;"
+            " read it through GET /admin/usage",
+            file=sys.stderr,
+        )
         return 2
-    path = Path(url[len("sqlite:///") :])
-    if not path.exists():
-        print(f"no usage recorded yet ({path} does not exist)")
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
+        print(f"no usage recorded yet ({url[len('sqlite:///') :]} does not exist)")
         return 0
     try:
         query = UsageQuery(
@@ -182,18 +201,20 @@ def _cmd_usage(args: argparse.Namespace) -> int:
     except GatewayError as exc:
         print(f"usage: {exc.message}", file=sys.stderr)
         return 2
-    rows = SQLiteLedger(path).query_sync(query)
+    ledger = open_ledger(url)
+    try:
+        rows = ledger.query_sync(query)
+    except Exception as exc:  # an unreachable Redis: one line, never a traceback
+        print(f"usage: cannot read store.usage = {redact_url(url)}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        ledger.close_sync()
     if args.json:
         print(json.dumps(render_rows(query, rows)["data"], indent=2))
-        return 0
-    print(
-        f"{'day':<10}  {'user':<16} {'model':<28} {'requests':>8} {'prompt':>10} {'completion':>10}"
-    )
-    for row in rows:
-        print(
-            f"{row.day:<10}  {row.user:<16} {row.model:<28} {row.requests:>8}"
-            f" {row.prompt_tokens:>10} {row.completion_tokens:>10}"
-        )
+    elif args.csv:
+        print(render_csv(rows), end="")
+    else:
+        print("\n".join(render_table(rows)))
     return 0
 
 
@@ -231,11 +252,15 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--since", help="YYYY-MM-DD, ISO 8601 time, or unix seconds")
     usage.add_argument("--until", help="exclusive; a bare date means the end of that day")
     usage.add_argument("--json", action="store_true", help="print JSON rows")
+    usage.add_argument("--csv", action="store_true", help="print CSV, as /admin/usage?format=csv")
     usage.set_defaults(func=_cmd_usage)
 
     new_key = sub.add_parser("new-key", help="make an API key and its config entry")
     new_key.add_argument("--id", default="my-key")
     new_key.add_argument("--user", default="me")
+    new_key.add_argument(
+        "--admin", action="store_true", help="an admin key: may also read GET /admin/usage"
+    )
     new_key.set_defaults(func=_cmd_new_key)
     return parser
 

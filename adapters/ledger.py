@@ -22,9 +22,9 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -36,13 +36,31 @@ import orjson
 
 from sansio_gateway.actions import UsageRecord
 from sansio_gateway.config import redact_url
-from sansio_gateway.usage_query import UsageQuery, UsageRow
+from sansio_gateway.usage_query import (
+    DaySpan,
+    Totals,
+    UsageQuery,
+    UsageRow,
+    add_day_aggregate,
+    add_record,
+    aggregate,
+    day_of,
+    day_span,
+    rows_from_totals,
+)
 
 if TYPE_CHECKING:
     import redis
     import redis.cluster
 
-__all__ = ["MemoryLedger", "RedisLedger", "SQLiteLedger", "UsageLedger", "open_ledger"]
+__all__ = [
+    "MemoryLedger",
+    "RedisLedger",
+    "SQLiteLedger",
+    "UsageLedger",
+    "aggregate",
+    "open_ledger",
+]
 
 log = logging.getLogger("sansio_gateway.ledger")
 
@@ -55,36 +73,20 @@ class UsageLedger(Protocol):
 
     async def query(self, query: UsageQuery) -> list[UsageRow]: ...
 
+    def query_sync(self, query: UsageQuery) -> list[UsageRow]:
+        """What is stored (not what is queued), blocking: for the CLI."""
+        ...
+
+    def close_sync(self) -> None:
+        """Release a ledger opened only to read it (``query_sync``)."""
+        ...
+
     async def run(self) -> None: ...
 
     async def aclose(self) -> None: ...
 
 
-def _day(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
-
-
-def aggregate(records: Iterable[UsageRecord], query: UsageQuery) -> list[UsageRow]:
-    """Group records per (user, model, day) under the query's filters."""
-    totals: dict[tuple[str, str, str], list[int]] = {}
-    for r in records:
-        user = r.user or ""
-        if query.user is not None and user != query.user:
-            continue
-        if query.model is not None and r.model != query.model:
-            continue
-        if query.since is not None and r.time < query.since:
-            continue
-        if query.until is not None and r.time >= query.until:
-            continue
-        t = totals.setdefault((user, r.model, _day(r.time)), [0, 0, 0])
-        t[0] += 1
-        t[1] += r.prompt_tokens
-        t[2] += r.completion_tokens
-    return [
-        UsageRow(user=u, model=m, day=d, requests=n, prompt_tokens=p, completion_tokens=c)
-        for (u, m, d), (n, p, c) in sorted(totals.items())
-    ]
+_day = day_of  # the ledgers' UTC day, decided in the core
 
 
 @dataclass
@@ -103,6 +105,12 @@ class MemoryLedger:
 
     async def query(self, query: UsageQuery) -> list[UsageRow]:
         return aggregate(list(self.records), query)
+
+    def query_sync(self, query: UsageQuery) -> list[UsageRow]:
+        return aggregate(list(self.records), query)
+
+    def close_sync(self) -> None:
+        return None
 
     async def run(self) -> None:
         await anyio.sleep_forever()
@@ -224,6 +232,10 @@ class SQLiteLedger:
 
     def query_sync(self, query: UsageQuery) -> list[UsageRow]:
         return self._query(query)
+
+    def close_sync(self) -> None:
+        with self._lock:
+            self._conn.close()
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -575,30 +587,17 @@ class RedisLedger:
         pipe = self._pipeline()
         for user, day in user_days:
             pipe.hgetall(self.aggregate_key(user, day))
-        totals: dict[tuple[str, str, str], list[int]] = {}
+        totals: Totals = {}
         partial: list[tuple[str, str]] = []
         for (user, day), agg in zip(user_days, pipe.execute(), strict=True):
             fields = {_text(k): v for k, v in agg.items()}
             if "t0" not in fields:
                 continue  # expired meanwhile
-            t0, t1 = float(fields["t0"]), float(fields["t1"])
-            if (query.since is not None and t1 < query.since) or (
-                query.until is not None and t0 >= query.until
-            ):
-                continue
-            inside = (query.since is None or t0 >= query.since) and (
-                query.until is None or t1 < query.until
-            )
-            if not inside:
+            span = day_span(query, float(fields["t0"]), float(fields["t1"]))
+            if span is DaySpan.RAW:
                 partial.append((user, day))
-                continue
-            for name, value in fields.items():
-                kind, _, model = name.partition(":")
-                if kind not in ("n", "p", "c") or (
-                    query.model is not None and model != query.model
-                ):
-                    continue
-                totals.setdefault((user, model, day), [0, 0, 0])["npc".index(kind)] += int(value)
+            elif span is DaySpan.WHOLE:
+                add_day_aggregate(totals, query, user, day, fields)
         if partial:
             pipe = self._pipeline()
             for user, day in partial:
@@ -606,22 +605,16 @@ class RedisLedger:
             for (user, day), raws in zip(partial, pipe.execute(), strict=True):
                 for raw in raws:
                     r = orjson.loads(raw)
-                    t = r["time"]
-                    if query.model is not None and r["model"] != query.model:
-                        continue
-                    if (query.since is not None and t < query.since) or (
-                        query.until is not None and t >= query.until
-                    ):
-                        continue
-                    row = totals.setdefault((user, r["model"], day), [0, 0, 0])
-                    row[0] += 1
-                    row[1] += r["prompt_tokens"]
-                    row[2] += r["completion_tokens"]
-        return [
-            UsageRow(user=u, model=m, day=d, requests=n, prompt_tokens=p, completion_tokens=c)
-            for (u, m, d), (n, p, c) in sorted(totals.items())
-            if n > 0
-        ]
+                    add_record(
+                        totals, query, user=user, model=r["model"], ts=r["time"],
+                        prompt=r["prompt_tokens"], completion=r["completion_tokens"], day=day,
+                    )  # fmt: skip
+        return rows_from_totals(totals)
+
+    def close_sync(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):

@@ -126,3 +126,16 @@ def test_serve_refuses_what_check_config_refuses_with_the_same_line(
         assert served.returncode == 2, served.stderr
         assert served.stderr == checked.stderr
         assert "Traceback" not in served.stderr + served.stdout
+
+
+def test_new_key_admin_writes_an_entry_that_loads_as_an_admin_key(tmp_path: Path) -> None:
+    from sansio_gateway.config import parse_config
+
+    result = run("new-key", "--id", "ops", "--user", "ops", "--admin")
+    assert result.returncode == 0
+    entry = result.stdout[result.stdout.index("[[auth.keys]]") :]
+    config = parse_config(entry, source="gw.toml", env={})
+    assert config.auth.keys[0].admin is True
+    plain = run("new-key")
+    entry = plain.stdout[plain.stdout.index("[[auth.keys]]") :]
+    assert parse_config(entry, source="gw.toml", env={}).auth.keys[0].admin is False
