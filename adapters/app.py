@@ -154,11 +154,16 @@ class GatewayApp:
         while True:
             await anyio.sleep(self.config.server.health_interval)
             await self.discover_all()
-            for backend in self.config.backends:
-                state = self.gateway.health.state(backend.name)
-                self.metrics.breaker_state.labels(backend.name).set(_BREAKER_GAUGE[state.value])
-                status = self.gateway.backend_status.get(backend.name)
-                self.metrics.backend_up.labels(backend.name).set(1 if status and status.up else 0)
+            self._export_health()
+
+    def _export_health(self) -> None:
+        """The backend gauges, from the last discovery (also the first one:
+        a scrape right after startup already has them)."""
+        for backend in self.config.backends:
+            state = self.gateway.health.state(backend.name)
+            self.metrics.breaker_state.labels(backend.name).set(_BREAKER_GAUGE[state.value])
+            status = self.gateway.backend_status.get(backend.name)
+            self.metrics.backend_up.labels(backend.name).set(1 if status and status.up else 0)
 
     # ---- serving ---------------------------------------------------------
 
@@ -172,6 +177,7 @@ class GatewayApp:
         host = host or self.config.server.host
         port = self.config.server.port if port is None else port
         await self.discover_all()
+        self._export_health()
         listener = await anyio.create_tcp_listener(
             local_host=host, local_port=port, reuse_port=self.reuse_port
         )

@@ -97,7 +97,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if args.allow_anonymous:
             child.append("--allow-anonymous")
         return run_workers(args.workers, child, config.server.host, config.server.port)
-    if args.worker_count > 1 and config.store.url.startswith("memory"):
+    if args.worker_count > 1 and args.worker_index == 0 and config.store.url.startswith("memory"):
         logging.getLogger("sansio_gateway").warning(
             "memory store with %d workers: each enforces 1/%d of every limit;"
             " use a Redis store ([store] url) for exact shared limits",
