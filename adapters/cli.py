@@ -1,7 +1,7 @@
-"""``sansio-gateway`` command line: serve, check-config, new-key.
+"""sansio-gateway: an LLM API gateway (OpenAI and Ollama APIs, keys, limits, usage).
 
-The operator's contract (DESIGN.md): extend these commands and flags, never
-rename them.
+Commands: serve, check-config, usage, new-key.  Guides: docs/quickstart.md,
+docs/configuration.md, docs/deployment.md, docs/rate-limiting.md.
 """
 
 from __future__ import annotations
@@ -219,6 +219,7 @@ def _cmd_usage(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    # Extend these commands and flags, never rename them: operators' scripts use them.
     parser = argparse.ArgumentParser(prog="sansio-gateway", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)

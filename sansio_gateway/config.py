@@ -7,8 +7,8 @@ file, the key (``backends[0].url``) and what was expected.  Nothing here
 reads the environment itself: secrets referenced by ``*_env`` keys are
 resolved from the mapping passed in.
 
-The keys are the operator's contract (DESIGN.md, "The operator's contract"):
-extend them, never rename them.
+The keys are the operator's contract (docs/configuration.md): extend them,
+never rename them.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ class ServerConfig(_Strict):
     # `reasoning_content` (reference section 12.2); Ollama itself says `reasoning`.
     reasoning_field: str = "reasoning_content"
     # Written upstream as the output cap when a client sends none, so the
-    # token estimate is a real upper bound (rate-limiting.md, "Estimate").
+    # token estimate is a real upper bound (docs/rate-limiting.md, "Estimate").
     default_max_tokens: int | None = Field(default=None, gt=0)
     # An unknown model triggers a fresh discovery at most this often.
     discovery_ttl: float = Field(default=10.0, gt=0)

@@ -139,3 +139,30 @@ def test_new_key_admin_writes_an_entry_that_loads_as_an_admin_key(tmp_path: Path
     plain = run("new-key")
     entry = plain.stdout[plain.stdout.index("[[auth.keys]]") :]
     assert parse_config(entry, source="gw.toml", env={}).auth.keys[0].admin is False
+
+
+OUTSIDE_DOCS = ("DESIGN.md", "STYLE.md", "ollama-openai-wire.md", "/work/shared")
+
+
+def test_help_lists_every_command_and_cites_only_the_repo() -> None:
+    top = run("--help")
+    assert top.returncode == 0
+    for command in ("serve", "check-config", "usage", "new-key"):
+        assert command in top.stdout
+        sub = run(command, "--help")
+        assert sub.returncode == 0
+        assert not any(name in sub.stdout for name in OUTSIDE_DOCS), (command, sub.stdout)
+    assert not any(name in top.stdout for name in OUTSIDE_DOCS)
+    for doc in ("quickstart.md", "configuration.md", "deployment.md"):
+        assert f"docs/{doc}" in top.stdout and (Path("docs") / doc).exists()
+
+
+def test_no_docstring_or_comment_cites_a_design_document_outside_the_repo() -> None:
+    offenders = [
+        f"{path}:{n}"
+        for root in ("sansio_gateway", "adapters")
+        for path in sorted(Path(root).rglob("*.py"))
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if "DESIGN.md" in line or "STYLE.md" in line
+    ]
+    assert offenders == []
