@@ -27,6 +27,7 @@ from sansio_gateway.config import (
     default_config,
     parse_config,
     redact_url,
+    sqlite_path,
 )
 from sansio_gateway.errors import GatewayError
 from sansio_gateway.gateway import Gateway
@@ -67,7 +68,7 @@ def checked_config(path: str | None) -> GatewayConfig:
     except ConfigError as exc:
         raise ConfigError(f"{path or '(defaults)'}: {exc}") from None
     usage = config.store.usage
-    if usage.startswith("sqlite:///") and not Path(usage[len("sqlite:///") :]).parent.is_dir():
+    if usage.startswith("sqlite:///") and not Path(sqlite_path(usage)).parent.is_dir():
         raise ConfigError(
             f"{path or '(defaults)'}: store.usage: the directory of {usage!r} does not exist"
         )
@@ -188,8 +189,8 @@ def _cmd_usage(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
-        print(f"no usage recorded yet ({url[len('sqlite:///') :]} does not exist)")
+    if url.startswith("sqlite:///") and not Path(sqlite_path(url)).exists():
+        print(f"no usage recorded yet ({sqlite_path(url)} does not exist)")
         return 0
     try:
         query = UsageQuery(

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import date
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import parse_qs, quote, unquote, urlencode
 
 import anyio
@@ -154,23 +154,63 @@ _INSERT = (
 )
 
 
+SQLITE_MAX_PENDING = 100_000
+
+
 class SQLiteLedger:
-    def __init__(self, path: str | Path) -> None:
+    """The usage ledger in one SQLite file (WAL), shared by ``--workers``.
+
+    **Durability** (docs/deployment.md, "What a crash can lose"): records
+    wait in memory for at most ``FLUSH_INTERVAL`` (50 ms) and are then
+    committed in one transaction.  While SQLite keeps failing they stay
+    queued, at most ``max_pending`` (the oldest are dropped beyond, counted
+    in ``dropped`` and logged).  ``synchronous="normal"`` (the default)
+    survives a process crash but may lose the last commits on power loss or
+    an OS crash; ``"full"`` syncs every commit (``?synchronous=full`` in
+    ``store.usage``).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: Literal["normal", "full"] = "normal",
+        max_pending: int = SQLITE_MAX_PENDING,
+    ) -> None:
         self.path = str(path)
+        self.synchronous = synchronous
+        self.max_pending = max_pending
+        self.dropped = 0
         self._pending: list[UsageRecord] = []
         self._wake = threading.Event()
         self._lock = threading.Lock()  # one connection, used from worker threads
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
         # Several workers may write at once; wait for the lock, don't fail.
         self._conn.execute("PRAGMA busy_timeout=10000")
         self._conn.executescript(_SCHEMA)
 
     def record(self, record: UsageRecord) -> None:
         self._pending.append(record)
+        self._bound()
 
     __call__ = record
+
+    def _bound(self) -> None:
+        excess = len(self._pending) - self.max_pending
+        if excess <= 0:
+            return
+        del self._pending[:excess]  # the oldest go first, as in the Redis ledger
+        before = self.dropped
+        self.dropped += excess
+        if before == 0 or before // 1000 != self.dropped // 1000:
+            log.error(
+                "usage ledger %s: SQLite failing and %d records waiting; %d dropped so far",
+                self.path,
+                len(self._pending),
+                self.dropped,
+            )
 
     def _write(self, batch: list[UsageRecord]) -> None:
         rows = []
@@ -192,6 +232,7 @@ class SQLiteLedger:
         except sqlite3.Error:
             log.exception("usage ledger write failed; keeping %d records for retry", len(batch))
             self._pending[:0] = batch
+            self._bound()
             raise
 
     async def run(self) -> None:
@@ -638,7 +679,9 @@ def open_ledger(url: str) -> UsageLedger:
     """A ledger from ``store.usage``: ``sqlite:///path``, ``memory://``, or a
     Redis URL (``redis://host:port/db``, ``redis+cluster://host:port``)."""
     if url.startswith("sqlite:///"):
-        return SQLiteLedger(url[len("sqlite:///") :])
+        path, _, query = url[len("sqlite:///") :].partition("?")
+        mode = parse_qs(query).get("synchronous", ["normal"])[-1].lower()
+        return SQLiteLedger(path, synchronous="full" if mode == "full" else "normal")
     if url == "memory://":
         return MemoryLedger()
     if url.startswith(_REDIS_SCHEMES):

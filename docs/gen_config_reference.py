@@ -218,7 +218,8 @@ FALLBACK = {
     ' with 503, `"local"` falls back to per-process limits.',
     "store.usage": 'The usage ledger: `"sqlite:///PATH"` (one machine), `"memory://"`, or'
     ' a Redis URL (`"redis://host:6379/0"`, `"redis+cluster://host:7000"`) shared by every'
-    " gateway process.",
+    " gateway process.  `\"sqlite:///PATH?synchronous=full\"` syncs every commit to disk"
+    " (default `normal`; see deployment.md, \"What a crash can lose\").",
 }
 
 _PRAGMAS = ("fmt:", "type:", "noqa", "pragma")

@@ -17,7 +17,7 @@ import hashlib
 import tomllib
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -43,6 +43,7 @@ __all__ = [
     "default_config",
     "parse_config",
     "redact_url",
+    "sqlite_path",
     "store_url_problem",
     "usage_url_problem",
 ]
@@ -113,13 +114,25 @@ def store_url_problem(url: str) -> str | None:
     return problem
 
 
+def sqlite_path(url: str) -> str:
+    """The file of a ``sqlite:///PATH[?options]`` ledger URL."""
+    return url[len("sqlite:///") :].partition("?")[0]
+
+
 def usage_url_problem(url: str) -> str | None:
     """Why ``[store] usage`` is unusable, or None."""
     if url == "memory://":
         return None
     if url.startswith("sqlite:"):
-        if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
+        if not url.startswith("sqlite:///") or not sqlite_path(url):
             return f"{url!r}: expected sqlite:///PATH (three slashes, then the file)"
+        options = parse_qs(url.partition("?")[2], keep_blank_values=True)
+        for name, values in options.items():
+            if name != "synchronous" or values[-1].lower() not in ("normal", "full"):
+                return (
+                    f"{url!r}: the only option is ?synchronous=normal or ?synchronous=full,"
+                    f" not {name}={values[-1]!r}"
+                )
         return None
     if url.startswith("memory:"):
         return f"{url!r}: expected memory://"
