@@ -154,7 +154,7 @@ class ServerConfig(_Strict):
     runtime: Literal["asyncio", "trio"] = "asyncio"
     uvloop: bool = True  # on asyncio, use uvloop when it is installed (the "fast" extra)
     # Field name for Ollama's `thinking` on /v1: most clients read
-    # `reasoning_content` (reference section 12.2); Ollama itself says `reasoning`.
+    # `reasoning_content` (docs/openai-compatibility.md); Ollama itself says `reasoning`.
     reasoning_field: str = "reasoning_content"
     # Written upstream as the output cap when a client sends none, so the
     # token estimate is a real upper bound (docs/rate-limiting.md, "Estimate").
