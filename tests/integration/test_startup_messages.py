@@ -65,3 +65,30 @@ def test_the_startup_listing_names_the_store_without_its_password(
     assert "limits: store.url = redis://:***@127.0.0.1:1/0" in lines
     assert "usage ledger: store.usage = memory://" in lines
     assert not any("hunter2" in line for line in lines)
+
+
+def test_an_unreachable_usage_ledger_is_named_in_the_503(emulator: OllamaEmulator) -> None:
+    import contextlib
+
+    import httpx
+
+    from tests.redis_servers import free_port
+
+    port = free_port()
+    config = make_config(
+        f'[[backends]]\nname = "a"\nurl = "{emulator.url}"\n'
+        f'[store]\nusage = "redis://:hunter2@127.0.0.1:{port}/0"\n'
+    )
+    app = GatewayApp(config)  # the ledger from store.usage
+    with anyio.from_thread.start_blocking_portal() as portal:
+        future, (host, bound) = portal.start_task(app.serve, "127.0.0.1", 0)
+        try:
+            answer = httpx.get(f"http://{host}:{bound}/admin/usage", timeout=30)
+        finally:
+            future.cancel()
+            with contextlib.suppress(BaseException):
+                future.result(timeout=10)
+    assert answer.status_code == 503
+    message = answer.json()["error"]["message"]
+    assert f"redis://:***@127.0.0.1:{port}/0 (store.usage)" in message
+    assert "hunter2" not in message
