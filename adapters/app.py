@@ -156,6 +156,24 @@ class GatewayApp:
             await self.discover_all()
             self._export_health()
 
+    async def _check_store(self) -> None:
+        """One line at startup when a Redis store.url does not answer: the
+        gateway still serves (``on_error`` applies), but says so."""
+        client = getattr(getattr(self.limit_store, "primary", None), "client", None)
+        if client is None or not self.announce:
+            return
+        url = redact_url(self.config.store.url)
+        try:
+            with anyio.fail_after(2):
+                await client.ping()
+        except Exception as exc:
+            log.warning(
+                "store.url = %s: unreachable at startup (%r); on_error = %s applies until it answers",
+                url,
+                exc,
+                self.config.store.on_error,
+            )
+
     def _export_health(self) -> None:
         """The backend gauges, from the last discovery (also the first one:
         a scrape right after startup already has them)."""
@@ -187,6 +205,7 @@ class GatewayApp:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._probe_forever)
                 tg.start_soon(self.ledger.run)
+                tg.start_soon(self._check_store)
                 # Connections live in their own task group, so closing the
                 # listener (shutdown) does not cancel requests in flight.
                 async with anyio.create_task_group() as connections:

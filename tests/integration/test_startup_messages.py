@@ -92,3 +92,38 @@ def test_an_unreachable_usage_ledger_is_named_in_the_503(emulator: OllamaEmulato
     message = answer.json()["error"]["message"]
     assert f"redis://:***@127.0.0.1:{port}/0 (store.usage)" in message
     assert "hunter2" not in message
+
+
+def test_an_unreachable_redis_store_is_one_line_at_startup(
+    emulator: OllamaEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    import contextlib
+    import time
+
+    from tests.redis_servers import free_port
+
+    port = free_port()
+    config = make_config(
+        f'[[backends]]\nname = "a"\nurl = "{emulator.url}"\n'
+        f'[store]\nurl = "redis://:hunter2@127.0.0.1:{port}/0"\nusage = "memory://"\n'
+    )
+    app = GatewayApp(config, ledger=MemoryLedger())
+
+    def said() -> list[str]:
+        return [
+            r.getMessage() for r in caplog.records if "unreachable at startup" in r.getMessage()
+        ]
+
+    with caplog.at_level(logging.WARNING), anyio.from_thread.start_blocking_portal() as portal:
+        future, _ = portal.start_task(app.serve, "127.0.0.1", 0)
+        try:
+            deadline = time.monotonic() + 30
+            while not said() and time.monotonic() < deadline:
+                time.sleep(0.02)  # polling a log another thread writes; no event to await
+        finally:
+            future.cancel()
+            with contextlib.suppress(BaseException):
+                future.result(timeout=10)
+    [line] = said()
+    assert line.startswith(f"store.url = redis://:***@127.0.0.1:{port}/0: unreachable")
+    assert "hunter2" not in line
