@@ -17,7 +17,8 @@ from collections.abc import Callable
 import anyio
 import anyio.abc
 
-from sansio_gateway.config import ConfigError, GatewayConfig
+from sansio_gateway.catalogue import changed_clashes
+from sansio_gateway.config import ConfigError, GatewayConfig, redact_url
 from sansio_gateway.errors import ServiceUnavailable
 from sansio_gateway.gateway import Gateway
 from sansio_gateway.limits.breaker import StoreHealth
@@ -46,8 +47,12 @@ class GatewayApp:
         worker_count: int = 1,
         reuse_port: bool = False,
         clock: Callable[[], float] = time.time,
+        worker_index: int = 0,
     ) -> None:
         self.config = config
+        # Under --workers, only worker 0 prints the startup listing and clashes.
+        self.announce = worker_index == 0
+        self._clashes: dict[str, tuple[str, ...]] = {}
         self.worker_count = worker_count
         self.reuse_port = reuse_port
         memory_store = config.store.url.startswith("memory")
@@ -113,9 +118,9 @@ class GatewayApp:
         if isinstance(store, ResilientLimitStore) and await store.warm():
             assert store.warm_seconds is not None
             log.info(
-                "rate-limit store ready in %.1f ms (%s, %d connections)",
+                "rate-limit store ready in %.1f ms (store.url = %s, %d connections)",
                 store.warm_seconds * 1000,
-                _redacted(self.config.store.url),
+                redact_url(self.config.store.url),
                 self.config.store.pool_size,
             )
 
@@ -146,13 +151,17 @@ class GatewayApp:
             for backend in self.config.backends:
                 if backend.discover:
                     tg.start_soon(self.discover, backend.name)
-        for name, owners in self.gateway.catalogue.clashes():
-            log.warning(
-                "model %s is offered by %s; %s wins (config order)",
-                name,
-                ", ".join(owners),
-                owners[0],
-            )
+        clashes = {name: tuple(owners) for name, owners in self.gateway.catalogue.clashes()}
+        # Logged once when a clash appears or changes, by the first worker only.
+        for name, owners in changed_clashes(self._clashes, clashes):
+            if self.announce:
+                log.warning(
+                    "model %s is offered by %s; %s wins (config order)",
+                    name,
+                    ", ".join(owners),
+                    owners[0],
+                )
+        self._clashes = clashes
 
     async def refresh_on_miss(self) -> None:
         """Rediscover now; concurrent callers share one discovery run."""
@@ -172,11 +181,16 @@ class GatewayApp:
         while True:
             await anyio.sleep(self.config.server.health_interval)
             await self.discover_all()
-            for backend in self.config.backends:
-                state = self.gateway.health.state(backend.name)
-                self.metrics.breaker_state.labels(backend.name).set(_BREAKER_GAUGE[state.value])
-                status = self.gateway.backend_status.get(backend.name)
-                self.metrics.backend_up.labels(backend.name).set(1 if status and status.up else 0)
+            self._export_health()
+
+    def _export_health(self) -> None:
+        """The backend gauges, from the last discovery (also the first one:
+        a scrape right after startup already has them)."""
+        for backend in self.config.backends:
+            state = self.gateway.health.state(backend.name)
+            self.metrics.breaker_state.labels(backend.name).set(_BREAKER_GAUGE[state.value])
+            status = self.gateway.backend_status.get(backend.name)
+            self.metrics.backend_up.labels(backend.name).set(1 if status and status.up else 0)
 
     # ---- serving ---------------------------------------------------------
 
@@ -192,6 +206,7 @@ class GatewayApp:
         async with anyio.create_task_group() as startup:
             startup.start_soon(self.discover_all)
             startup.start_soon(self.warm_store)
+        self._export_health()
         listener = await anyio.create_tcp_listener(
             local_host=host, local_port=port, reuse_port=self.reuse_port
         )
@@ -251,27 +266,18 @@ class GatewayApp:
             else:
                 state = f"UNREACHABLE ({status.error})"
             lines.append(f"backend {backend.name} [{backend.kind}] {backend.url}: {state}")
-        store = self.limit_store
-        if isinstance(store, ResilientLimitStore):
-            where = _redacted(self.config.store.url)
-            if store.ready and store.warm_seconds is not None:
-                state = f"ready in {store.warm_seconds * 1000:.1f} ms"
-            else:
-                state = f"NOT READY ({store.not_ready_reason}); /ready is 503 until it is"
-            lines.append(f"limit store {where}: {state}")
         for model, owner, _ in self.gateway.catalogue.models():
             lines.append(f"  model {model} -> {owner}")
+        store = self.config.store
+        line = f"limits: store.url = {redact_url(store.url)}"
+        limit_store = self.limit_store
+        if isinstance(limit_store, ResilientLimitStore):
+            if limit_store.ready and limit_store.warm_seconds is not None:
+                line += f": ready in {limit_store.warm_seconds * 1000:.1f} ms"
+            else:
+                line += f": NOT READY ({limit_store.not_ready_reason}); /ready is 503 until it is"
+        lines.append(line)
+        lines.append(f"usage ledger: store.usage = {redact_url(store.usage)}")
         return lines
 
 
-def _redacted(url: str) -> str:
-    """``url`` without its password (``redis://:secret@host`` -> ``redis://:***@host``)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,7 +1,7 @@
-"""``sansio-gateway`` command line: serve, check-config, new-key.
+"""sansio-gateway: an LLM API gateway (OpenAI and Ollama APIs, keys, limits, usage).
 
-The operator's contract (DESIGN.md): extend these commands and flags, never
-rename them.
+Commands: serve, check-config, usage, new-key.  Guides: docs/quickstart.md,
+docs/configuration.md, docs/deployment.md, docs/rate-limiting.md.
 """
 
 from __future__ import annotations
@@ -21,13 +21,26 @@ from pathlib import Path
 import anyio
 
 from sansio_gateway.auth import Authenticator, anonymous_bind_problem
-from sansio_gateway.config import ConfigError, GatewayConfig, default_config, parse_config
+from sansio_gateway.config import (
+    ConfigError,
+    GatewayConfig,
+    default_config,
+    parse_config,
+    redact_url,
+    sqlite_path,
+)
 from sansio_gateway.errors import GatewayError
 from sansio_gateway.gateway import Gateway
-from sansio_gateway.usage_query import UsageQuery, parse_time, render_rows
+from sansio_gateway.usage_query import (
+    UsageQuery,
+    parse_time,
+    render_csv,
+    render_rows,
+    render_table,
+)
 
 from .app import GatewayApp
-from .ledger import SQLiteLedger
+from .ledger import open_ledger
 from .plugins import load_registry
 from .workers import run_workers
 
@@ -46,8 +59,24 @@ def load_config(path: str | None) -> GatewayConfig:
     return parse_config(text, source=path, env=os.environ)
 
 
+def checked_config(path: str | None) -> GatewayConfig:
+    """The config, with everything ``serve`` would refuse already refused:
+    ``check-config`` and ``serve`` run this one check, so they agree."""
+    config = load_config(path)
+    try:
+        Gateway(config, registry=load_registry())  # what only the app can check: backend kinds
+    except ConfigError as exc:
+        raise ConfigError(f"{path or '(defaults)'}: {exc}") from None
+    usage = config.store.usage
+    if usage.startswith("sqlite:///") and not Path(sqlite_path(usage)).parent.is_dir():
+        raise ConfigError(
+            f"{path or '(defaults)'}: store.usage: the directory of {usage!r} does not exist"
+        )
+    return config
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = checked_config(args.config)
     server = config.server
     updates = {}
     if args.host:
@@ -69,14 +98,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if args.allow_anonymous:
             child.append("--allow-anonymous")
         return run_workers(args.workers, child, config.server.host, config.server.port)
-    if args.worker_count > 1 and config.store.url.startswith("memory"):
+    if args.worker_count > 1 and args.worker_index == 0 and config.store.url.startswith("memory"):
         logging.getLogger("sansio_gateway").warning(
             "memory store with %d workers: each enforces 1/%d of every limit;"
             " use a Redis store ([store] url) for exact shared limits",
             args.worker_count,
             args.worker_count,
         )
-    app = GatewayApp(config, worker_count=args.worker_count, reuse_port=args.reuse_port)
+    app = GatewayApp(
+        config,
+        worker_count=args.worker_count,
+        reuse_port=args.reuse_port,
+        worker_index=args.worker_index,
+    )
     with contextlib.suppress(KeyboardInterrupt):
         anyio.run(
             partial(_serve, app),
@@ -101,8 +135,9 @@ def _loop_options(config: GatewayConfig) -> dict[str, bool]:
 async def _serve(app: GatewayApp) -> None:
     async with anyio.create_task_group() as tg:
         host, port = await tg.start(app.serve)
-        for line in app.describe():
-            print(line, flush=True)
+        if app.announce:  # once, not once per worker
+            for line in app.describe():
+                print(line, flush=True)
         print(
             f"sansio-gateway listening on http://{host}:{port} ({app.config.server.runtime})",
             flush=True,
@@ -116,11 +151,7 @@ async def _serve(app: GatewayApp) -> None:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    config = load_config(args.file)
-    try:
-        Gateway(config, registry=load_registry())  # what only the app can check: backend kinds
-    except ConfigError as exc:
-        raise ConfigError(f"{args.file}: {exc}") from None
+    config = checked_config(args.file)
     print(
         f"{args.file}: OK ({len(config.backends)} backends, {len(config.models)} models,"
         f" {len(config.auth.keys)} keys)"
@@ -141,18 +172,25 @@ def _cmd_new_key(args: argparse.Namespace) -> int:
     print(f'user   = "{args.user}"')
     print(f'sha256 = "{digest}"')
     print('models = ["*"]')
+    if args.admin:
+        print("admin  = true   # may also read GET /admin/usage")
     return 0
 
 
 def _cmd_usage(args: argparse.Namespace) -> int:
+    """Read the configured ledger (``[store] usage``) wherever it is: SQLite,
+    Redis or Redis Cluster, through the query ``/admin/usage`` runs."""
     config = load_config(args.config)
     url = config.store.usage
-    if not url.startswith("sqlite:///"):
-        print(f"usage: the ledger at {url} is read through GET /admin/usage", file=sys.stderr)
+    if url == "memory://":
+        print(
+            "usage: store.usage = memory:// lives inside the serving process;"
+            " read it through GET /admin/usage",
+            file=sys.stderr,
+        )
         return 2
-    path = Path(url[len("sqlite:///") :])
-    if not path.exists():
-        print(f"no usage recorded yet ({path} does not exist)")
+    if url.startswith("sqlite:///") and not Path(sqlite_path(url)).exists():
+        print(f"no usage recorded yet ({sqlite_path(url)} does not exist)")
         return 0
     try:
         query = UsageQuery(
@@ -164,22 +202,25 @@ def _cmd_usage(args: argparse.Namespace) -> int:
     except GatewayError as exc:
         print(f"usage: {exc.message}", file=sys.stderr)
         return 2
-    rows = SQLiteLedger(path).query_sync(query)
+    ledger = open_ledger(url)
+    try:
+        rows = ledger.query_sync(query)
+    except Exception as exc:  # an unreachable Redis: one line, never a traceback
+        print(f"usage: cannot read store.usage = {redact_url(url)}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        ledger.close_sync()
     if args.json:
         print(json.dumps(render_rows(query, rows)["data"], indent=2))
-        return 0
-    print(
-        f"{'day':<10}  {'user':<16} {'model':<28} {'requests':>8} {'prompt':>10} {'completion':>10}"
-    )
-    for row in rows:
-        print(
-            f"{row.day:<10}  {row.user:<16} {row.model:<28} {row.requests:>8}"
-            f" {row.prompt_tokens:>10} {row.completion_tokens:>10}"
-        )
+    elif args.csv:
+        print(render_csv(rows), end="")
+    else:
+        print("\n".join(render_table(rows)))
     return 0
 
 
 def _parser() -> argparse.ArgumentParser:
+    # Extend these commands and flags, never rename them: operators' scripts use them.
     parser = argparse.ArgumentParser(prog="sansio-gateway", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -199,6 +240,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--worker-count", type=int, default=1, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     serve.set_defaults(func=_cmd_serve)
 
     check = sub.add_parser("check-config", help="validate a config file")
@@ -212,11 +254,15 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--since", help="YYYY-MM-DD, ISO 8601 time, or unix seconds")
     usage.add_argument("--until", help="exclusive; a bare date means the end of that day")
     usage.add_argument("--json", action="store_true", help="print JSON rows")
+    usage.add_argument("--csv", action="store_true", help="print CSV, as /admin/usage?format=csv")
     usage.set_defaults(func=_cmd_usage)
 
     new_key = sub.add_parser("new-key", help="make an API key and its config entry")
     new_key.add_argument("--id", default="my-key")
     new_key.add_argument("--user", default="me")
+    new_key.add_argument(
+        "--admin", action="store_true", help="an admin key: may also read GET /admin/usage"
+    )
     new_key.set_defaults(func=_cmd_new_key)
     return parser
 

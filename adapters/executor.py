@@ -207,16 +207,20 @@ class ActionExecutor:
                     action.key, action.specs, action.request_id, action.estimate, action.actual
                 )
             except Exception:  # the store's policy already counted it; never fail a response
-                log.exception("limit commit failed for request %s", action.request_id)
+                log.exception(
+                    "%s: commit failed for request %s",
+                    getattr(self.limit_store, "label", "rate-limit store"),
+                    action.request_id,
+                )
 
     async def query_usage(self, action: QueryUsage) -> UsageQueried:
         try:
             return UsageQueried(rows=await self.ledger.query(action.query))
         except Exception as exc:  # the ledger's store is down: say so, as a 503
-            log.warning("usage ledger query failed: %r", exc)
-            return UsageQueried(
-                rows=[], error=f"the usage ledger is unavailable: {type(exc).__name__}"
-            )
+            # The ledger's label names its URL (password redacted) and key.
+            label = getattr(self.ledger, "label", "usage ledger")
+            log.warning("%s: query failed: %r", label, exc)
+            return UsageQueried(rows=[], error=f"{label} is unavailable: {type(exc).__name__}")
 
     def record(self, record: UsageRecord) -> None:
         try:

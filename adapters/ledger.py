@@ -22,12 +22,12 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import parse_qs, quote, unquote, urlencode
 
 import anyio
@@ -35,13 +35,32 @@ import anyio.to_thread
 import orjson
 
 from sansio_gateway.actions import UsageRecord
-from sansio_gateway.usage_query import UsageQuery, UsageRow
+from sansio_gateway.config import redact_url
+from sansio_gateway.usage_query import (
+    DaySpan,
+    Totals,
+    UsageQuery,
+    UsageRow,
+    add_day_aggregate,
+    add_record,
+    aggregate,
+    day_of,
+    day_span,
+    rows_from_totals,
+)
 
 if TYPE_CHECKING:
     import redis
     import redis.cluster
 
-__all__ = ["MemoryLedger", "RedisLedger", "SQLiteLedger", "UsageLedger", "open_ledger"]
+__all__ = [
+    "MemoryLedger",
+    "RedisLedger",
+    "SQLiteLedger",
+    "UsageLedger",
+    "aggregate",
+    "open_ledger",
+]
 
 log = logging.getLogger("sansio_gateway.ledger")
 
@@ -54,36 +73,20 @@ class UsageLedger(Protocol):
 
     async def query(self, query: UsageQuery) -> list[UsageRow]: ...
 
+    def query_sync(self, query: UsageQuery) -> list[UsageRow]:
+        """What is stored (not what is queued), blocking: for the CLI."""
+        ...
+
+    def close_sync(self) -> None:
+        """Release a ledger opened only to read it (``query_sync``)."""
+        ...
+
     async def run(self) -> None: ...
 
     async def aclose(self) -> None: ...
 
 
-def _day(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
-
-
-def aggregate(records: Iterable[UsageRecord], query: UsageQuery) -> list[UsageRow]:
-    """Group records per (user, model, day) under the query's filters."""
-    totals: dict[tuple[str, str, str], list[int]] = {}
-    for r in records:
-        user = r.user or ""
-        if query.user is not None and user != query.user:
-            continue
-        if query.model is not None and r.model != query.model:
-            continue
-        if query.since is not None and r.time < query.since:
-            continue
-        if query.until is not None and r.time >= query.until:
-            continue
-        t = totals.setdefault((user, r.model, _day(r.time)), [0, 0, 0])
-        t[0] += 1
-        t[1] += r.prompt_tokens
-        t[2] += r.completion_tokens
-    return [
-        UsageRow(user=u, model=m, day=d, requests=n, prompt_tokens=p, completion_tokens=c)
-        for (u, m, d), (n, p, c) in sorted(totals.items())
-    ]
+_day = day_of  # the ledgers' UTC day, decided in the core
 
 
 @dataclass
@@ -102,6 +105,12 @@ class MemoryLedger:
 
     async def query(self, query: UsageQuery) -> list[UsageRow]:
         return aggregate(list(self.records), query)
+
+    def query_sync(self, query: UsageQuery) -> list[UsageRow]:
+        return aggregate(list(self.records), query)
+
+    def close_sync(self) -> None:
+        return None
 
     async def run(self) -> None:
         await anyio.sleep_forever()
@@ -145,23 +154,63 @@ _INSERT = (
 )
 
 
+SQLITE_MAX_PENDING = 100_000
+
+
 class SQLiteLedger:
-    def __init__(self, path: str | Path) -> None:
+    """The usage ledger in one SQLite file (WAL), shared by ``--workers``.
+
+    **Durability** (docs/deployment.md, "What a crash can lose"): records
+    wait in memory for at most ``FLUSH_INTERVAL`` (50 ms) and are then
+    committed in one transaction.  While SQLite keeps failing they stay
+    queued, at most ``max_pending`` (the oldest are dropped beyond, counted
+    in ``dropped`` and logged).  ``synchronous="normal"`` (the default)
+    survives a process crash but may lose the last commits on power loss or
+    an OS crash; ``"full"`` syncs every commit (``?synchronous=full`` in
+    ``store.usage``).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: Literal["normal", "full"] = "normal",
+        max_pending: int = SQLITE_MAX_PENDING,
+    ) -> None:
         self.path = str(path)
+        self.synchronous = synchronous
+        self.max_pending = max_pending
+        self.dropped = 0
         self._pending: list[UsageRecord] = []
         self._wake = threading.Event()
         self._lock = threading.Lock()  # one connection, used from worker threads
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
         # Several workers may write at once; wait for the lock, don't fail.
         self._conn.execute("PRAGMA busy_timeout=10000")
         self._conn.executescript(_SCHEMA)
 
     def record(self, record: UsageRecord) -> None:
         self._pending.append(record)
+        self._bound()
 
     __call__ = record
+
+    def _bound(self) -> None:
+        excess = len(self._pending) - self.max_pending
+        if excess <= 0:
+            return
+        del self._pending[:excess]  # the oldest go first, as in the Redis ledger
+        before = self.dropped
+        self.dropped += excess
+        if before == 0 or before // 1000 != self.dropped // 1000:
+            log.error(
+                "usage ledger %s: SQLite failing and %d records waiting; %d dropped so far",
+                self.path,
+                len(self._pending),
+                self.dropped,
+            )
 
     def _write(self, batch: list[UsageRecord]) -> None:
         rows = []
@@ -183,6 +232,7 @@ class SQLiteLedger:
         except sqlite3.Error:
             log.exception("usage ledger write failed; keeping %d records for retry", len(batch))
             self._pending[:0] = batch
+            self._bound()
             raise
 
     async def run(self) -> None:
@@ -223,6 +273,10 @@ class SQLiteLedger:
 
     def query_sync(self, query: UsageQuery) -> list[UsageRow]:
         return self._query(query)
+
+    def close_sync(self) -> None:
+        with self._lock:
+            self._conn.close()
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -334,6 +388,7 @@ class RedisLedger:
         retention_days: int = DEFAULT_RETENTION_DAYS,
         max_pending: int = REDIS_MAX_PENDING,
         clock: Callable[[], float] = time.time,
+        label: str = "usage ledger",
     ) -> None:
         if retention_days < 1:
             raise ValueError("retention_days must be at least 1")
@@ -342,6 +397,8 @@ class RedisLedger:
         self._client: Any = None if callable(client) else client
         self._factory = client if callable(client) else None
         self.prefix = prefix
+        # Names the ledger in log lines, password redacted (see from_url).
+        self.label = label
         self.retention_days = retention_days
         self.max_pending = max_pending
         self._clock = clock
@@ -371,8 +428,9 @@ class RedisLedger:
                 raise ValueError(f"retention_days must be a whole number in {url!r}") from None
         rest = urlencode(params, doseq=True)
         plain = base + (f"?{rest}" if rest else "")
-        mine = ("prefix", "retention_days", "max_pending", "clock")
+        mine = ("prefix", "retention_days", "max_pending", "clock", "label")
         own = {k: kwargs.pop(k) for k in mine if k in kwargs}
+        own.setdefault("label", f"usage ledger {redact_url(url)} (store.usage)")
         options: dict[str, Any] = {
             "socket_connect_timeout": 2.0,
             "socket_timeout": 5.0,
@@ -427,7 +485,8 @@ class RedisLedger:
         self.dropped += n
         if before == 0 or before // 1000 != self.dropped // 1000:
             log.error(
-                "usage ledger: Redis unreachable and %d records waiting; %d dropped so far",
+                "%s: Redis unreachable and %d records waiting; %d dropped so far",
+                self.label,
                 len(self._pending),
                 self.dropped,
             )
@@ -523,7 +582,8 @@ class RedisLedger:
             except Exception as exc:
                 if not failing:
                     log.error(
-                        "usage ledger write to Redis failed (%r); keeping %d records for retry",
+                        "%s: write failed (%r); keeping %d records for retry",
+                        self.label,
                         exc,
                         len(self._pending),
                     )
@@ -531,7 +591,7 @@ class RedisLedger:
                 await anyio.sleep(1.0)
             else:
                 if failing:
-                    log.warning("usage ledger: Redis writes recovered")
+                    log.warning("%s: writes recovered", self.label)
                 failing = False
 
     # ---- reading ---------------------------------------------------------
@@ -540,7 +600,7 @@ class RedisLedger:
         try:
             await self.flush()
         except Exception as exc:  # answer from what is stored; the records stay queued
-            log.warning("usage ledger flush before a query failed: %r", exc)
+            log.warning("%s: flush before a query failed: %r", self.label, exc)
         return await anyio.to_thread.run_sync(self.query_sync, query)
 
     def query_sync(self, query: UsageQuery) -> list[UsageRow]:
@@ -568,30 +628,17 @@ class RedisLedger:
         pipe = self._pipeline()
         for user, day in user_days:
             pipe.hgetall(self.aggregate_key(user, day))
-        totals: dict[tuple[str, str, str], list[int]] = {}
+        totals: Totals = {}
         partial: list[tuple[str, str]] = []
         for (user, day), agg in zip(user_days, pipe.execute(), strict=True):
             fields = {_text(k): v for k, v in agg.items()}
             if "t0" not in fields:
                 continue  # expired meanwhile
-            t0, t1 = float(fields["t0"]), float(fields["t1"])
-            if (query.since is not None and t1 < query.since) or (
-                query.until is not None and t0 >= query.until
-            ):
-                continue
-            inside = (query.since is None or t0 >= query.since) and (
-                query.until is None or t1 < query.until
-            )
-            if not inside:
+            span = day_span(query, float(fields["t0"]), float(fields["t1"]))
+            if span is DaySpan.RAW:
                 partial.append((user, day))
-                continue
-            for name, value in fields.items():
-                kind, _, model = name.partition(":")
-                if kind not in ("n", "p", "c") or (
-                    query.model is not None and model != query.model
-                ):
-                    continue
-                totals.setdefault((user, model, day), [0, 0, 0])["npc".index(kind)] += int(value)
+            elif span is DaySpan.WHOLE:
+                add_day_aggregate(totals, query, user, day, fields)
         if partial:
             pipe = self._pipeline()
             for user, day in partial:
@@ -599,29 +646,23 @@ class RedisLedger:
             for (user, day), raws in zip(partial, pipe.execute(), strict=True):
                 for raw in raws:
                     r = orjson.loads(raw)
-                    t = r["time"]
-                    if query.model is not None and r["model"] != query.model:
-                        continue
-                    if (query.since is not None and t < query.since) or (
-                        query.until is not None and t >= query.until
-                    ):
-                        continue
-                    row = totals.setdefault((user, r["model"], day), [0, 0, 0])
-                    row[0] += 1
-                    row[1] += r["prompt_tokens"]
-                    row[2] += r["completion_tokens"]
-        return [
-            UsageRow(user=u, model=m, day=d, requests=n, prompt_tokens=p, completion_tokens=c)
-            for (u, m, d), (n, p, c) in sorted(totals.items())
-            if n > 0
-        ]
+                    add_record(
+                        totals, query, user=user, model=r["model"], ts=r["time"],
+                        prompt=r["prompt_tokens"], completion=r["completion_tokens"], day=day,
+                    )  # fmt: skip
+        return rows_from_totals(totals)
+
+    def close_sync(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
             try:
                 await self.flush()
             except Exception as exc:
-                log.error("usage ledger: %d records not written at close: %r", self.pending, exc)
+                log.error("%s: %d records not written at close: %r", self.label, self.pending, exc)
             if self._client is not None:
                 with contextlib.suppress(Exception):
                     await anyio.to_thread.run_sync(self._client.close)
@@ -638,7 +679,9 @@ def open_ledger(url: str) -> UsageLedger:
     """A ledger from ``store.usage``: ``sqlite:///path``, ``memory://``, or a
     Redis URL (``redis://host:port/db``, ``redis+cluster://host:port``)."""
     if url.startswith("sqlite:///"):
-        return SQLiteLedger(url[len("sqlite:///") :])
+        path, _, query = url[len("sqlite:///") :].partition("?")
+        mode = parse_qs(query).get("synchronous", ["normal"])[-1].lower()
+        return SQLiteLedger(path, synchronous="full" if mode == "full" else "normal")
     if url == "memory://":
         return MemoryLedger()
     if url.startswith(_REDIS_SCHEMES):

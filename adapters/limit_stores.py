@@ -38,7 +38,7 @@ from urllib.parse import quote
 
 import anyio
 
-from sansio_gateway.config import StoreConfig
+from sansio_gateway.config import StoreConfig, redact_url
 from sansio_gateway.limits import (
     Breaker,
     BreakerState,
@@ -743,8 +743,12 @@ class ResilientLimitStore:
         max_pending_commits: int = _MAX_PENDING_COMMITS,
         monotonic: Callable[[], int] = monotonic_us,
         clock: Callable[[], int] = wall_clock_us,
+        label: str = "rate-limit store",
     ) -> None:
         self.primary = primary
+        # Names the store in every log line ("rate-limit store redis://h:6379/0
+        # (store.url)"), its password already redacted.
+        self.label = label
         self.policy: Policy = policy
         self.instances = instances
         self.local = local if local is not None else MemoryStore(clock=clock)
@@ -853,25 +857,25 @@ class ResilientLimitStore:
         if phase is Phase.CONNECT:
             self.connect_errors += 1
             if before.ready:
-                log.error("rate-limit store not ready (%s); on_error=%s applies", exc, self.policy)
+                log.error("%s not ready (%s); on_error=%s applies", self.label, exc, self.policy)
         elif (
             self.breaker.state is BreakerState.OPEN
             and before.breaker.state is not BreakerState.OPEN
         ):
-            log.error("rate-limit store failing (%r); on_error=%s applies", exc, self.policy)
+            log.error("%s failing (%r); on_error=%s applies", self.label, exc, self.policy)
         else:
-            log.warning("rate-limit store error: %r", exc)
+            log.warning("%s error: %r", self.label, exc)
 
     def _success(self) -> None:
         if self.breaker.state is not BreakerState.CLOSED:
-            log.warning("rate-limit store recovered")
+            log.warning("%s recovered", self.label)
         self._set_health(call_succeeded(self.health, self._monotonic()))
         if self._pending:
             self._kick()
 
     def _config_error(self, exc: LimitStoreConfigError) -> None:
         self.config_errors += 1
-        log.error("rate-limit store configuration error: %s", exc)
+        log.error("%s configuration error: %s", self.label, exc)
 
     # ---- warm-up and the service loop ----------------------------------
 
@@ -896,7 +900,7 @@ class ResilientLimitStore:
         was_ready = self.health.ready
         self._set_health(warmed(self.health, self._monotonic()))
         if not was_ready:
-            log.info("rate-limit store ready in %.1f ms", self.warm_seconds * 1000)
+            log.info("%s ready in %.1f ms", self.label, self.warm_seconds * 1000)
         return True
 
     async def run(self) -> None:
@@ -964,7 +968,7 @@ class ResilientLimitStore:
             self._pending.pop(request_id, None)
             self.commits_replayed += 1
         if not self._pending and self.commits_replayed:
-            log.info("rate-limit store: %d queued commits replayed", self.commits_replayed)
+            log.info("%s: %d queued commits replayed", self.label, self.commits_replayed)
 
     def _queue_commit(self, request_id: str, item: _PendingCommit) -> None:
         self._pending[request_id] = item
@@ -981,8 +985,9 @@ class ResilientLimitStore:
         self.commits_dropped += count
         if before == 0 or before // 1000 != self.commits_dropped // 1000:
             log.error(
-                "rate-limit store: %d commits could not be replayed so far (%s); their leases"
+                "%s: %d commits could not be replayed so far (%s); their leases"
                 " and reservations expire on their own",
+                self.label,
                 self.commits_dropped,
                 why,
             )
@@ -1008,7 +1013,7 @@ class ResilientLimitStore:
                 raise
             except LimitStoreBusy as exc:
                 self.store_busy += 1
-                log.warning("rate-limit store: %s; on_error=%s applies", exc, self.policy)
+                log.warning("%s: %s; on_error=%s applies", self.label, exc, self.policy)
             except (LimitStoreUnavailable, TimeoutError) as exc:
                 self._failure(exc)
                 if not isinstance(exc, LimitStoreNotReady):
@@ -1156,5 +1161,6 @@ def open_limit_store(
             instances=instances,
             decision_timeout=timeout,
             connect_timeout=config.connect_timeout,
+            label=f"rate-limit store {redact_url(url)} (store.url)",
         )
     raise ValueError(f"[store] url: unsupported scheme in {url!r}")

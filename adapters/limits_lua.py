@@ -152,7 +152,11 @@ end
 local function rate_level(r, tat)
   local debt = math.max(tat - now, 0)
   local whole = idiv(debt, r.P)
-  local used = whole * r.L + idiv((debt - whole * r.P) * r.L, r.P)
+  -- "Used": rounded up, after the <= 1 us/unit slack of rounded charges (core._rate_level)
+  local floor_units = whole * r.L + idiv((debt - whole * r.P) * r.L, r.P)
+  local d = math.max(debt - floor_units, 0)
+  local w = idiv(d, r.P)
+  local used = w * r.L + idiv((d - w * r.P) * r.L + r.P - 1, r.P)
   return used, idiv(math.max(r.A - debt, 0) * r.L, r.P), debt
 end
 

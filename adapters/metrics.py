@@ -6,7 +6,24 @@ singletons, so two gateways in one process (tests) do not share counters.
 With ``--workers N`` every worker process writes its samples to
 ``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess mode) and a
 scrape of any worker aggregates all of them, so the figures are right no
-matter which worker answers.  Gauges then use the ``livesum`` mode.
+matter which worker answers.  Counters and histograms are summed over the
+workers; each gauge is combined as it means (docs/deployment.md, "Metrics
+under --workers"), over live workers only (the parent marks an exited
+worker dead):
+
+* ``gateway_requests_in_flight``: ``livesum`` -- requests in flight in all;
+* ``gateway_backend_up``: ``livemax`` -- 1 when any worker's last probe of
+  the backend succeeded (each worker probes on its own);
+* ``gateway_store_fallback_mode``: ``livemax`` -- 1 while any worker runs
+  on the store's failure policy;
+* ``gateway_store_fallback_seconds``: ``livemax`` -- the longest any
+  worker has run on the failure policy since it started;
+* ``gateway_store_ready``: ``livemin`` -- 1 only when every worker's store
+  is warm;
+* ``gateway_store_commits{state}``: ``livesum`` -- commits queued, replayed
+  and dropped, in all workers;
+* ``gateway_backend_circuit_state``: ``liveall`` -- one series per worker
+  (a ``pid`` label), since each worker keeps its own breaker.
 """
 
 from __future__ import annotations
@@ -46,9 +63,12 @@ class GatewayMetrics:
         self._store_errors_seen = 0
         registry = CollectorRegistry()
         self.registry = registry
-        # "livesum" adds the gauges of live workers; outside multiprocess
-        # mode the argument is ignored.
-        gauge_mode: dict[str, Any] = {"multiprocess_mode": "livesum"}
+
+        # How a gauge combines across --workers (see the module docstring);
+        # outside multiprocess mode the argument is ignored.
+        def mode(name: str) -> dict[str, Any]:
+            return {"multiprocess_mode": name}
+
         labels = ("surface", "route", "model", "backend", "status")
         self.requests = Counter(
             "gateway_requests_total", "Requests answered", labels, registry=registry
@@ -78,7 +98,10 @@ class GatewayMetrics:
             ("limit", "outcome"), registry=registry,
         )  # fmt: skip
         self.in_flight = Gauge(
-            "gateway_requests_in_flight", "Requests being served", registry=registry, **gauge_mode
+            "gateway_requests_in_flight",
+            "Requests being served",
+            registry=registry,
+            **mode("livesum"),
         )
         self.store_errors = Counter(
             "gateway_store_errors_total", "Rate-limit store failures", ("store",),
@@ -86,28 +109,28 @@ class GatewayMetrics:
         )  # fmt: skip
         self.store_fallback = Gauge(
             "gateway_store_fallback_mode", "1 while the limit store's failure policy is in force",
-            ("policy",), registry=registry, **gauge_mode,
+            ("policy",), registry=registry, **mode("livemax"),
         )  # fmt: skip
         self.store_fallback_seconds = Gauge(
             "gateway_store_fallback_seconds", "Seconds the limit store's failure policy was in"
-            " force since start (not ready, or its breaker open)", registry=registry, **gauge_mode,
+            " force since start (not ready, or its breaker open)", registry=registry, **mode("livemax"),
         )  # fmt: skip
         self.store_ready = Gauge(
             "gateway_store_ready", "1 once the limit store is warmed (connected, scripts loaded,"
-            " pool open)", registry=registry, **gauge_mode,
+            " pool open)", registry=registry, **mode("livemin"),
         )  # fmt: skip
         self.store_commits = Gauge(
             "gateway_store_commits", "Commits that could not reach the limit store at once:"
             " pending (queued), replayed, dropped (could not be replayed)", ("state",),
-            registry=registry, **gauge_mode,
+            registry=registry, **mode("livesum"),
         )  # fmt: skip
         self.breaker_state = Gauge(
             "gateway_backend_circuit_state", "Circuit breaker: 0 closed, 1 half-open, 2 open",
-            ("backend",), registry=registry, **gauge_mode,
+            ("backend",), registry=registry, **mode("liveall"),
         )  # fmt: skip
         self.backend_up = Gauge(
             "gateway_backend_up", "1 when the backend answered its last probe",
-            ("backend",), registry=registry, **gauge_mode,
+            ("backend",), registry=registry, **mode("livemax"),
         )  # fmt: skip
 
     def observe(self, summary: RequestSummary) -> None:

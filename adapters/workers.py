@@ -23,6 +23,8 @@ import sys
 import tempfile
 from types import FrameType
 
+from prometheus_client import multiprocess as prom_multiprocess
+
 __all__ = ["run_workers"]
 
 
@@ -48,7 +50,7 @@ def run_workers(n: int, child_args: list[str], host: str, port: int) -> int:
         env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     cmd = [sys.executable, "-m", "adapters.cli", *child_args, "--port", str(port), "--reuse-port",
            "--worker-count", str(n)]  # fmt: skip
-    children = [subprocess.Popen(cmd, env=env) for _ in range(n)]
+    children = [subprocess.Popen([*cmd, "--worker-index", str(i)], env=env) for i in range(n)]
 
     def forward(signum: int, frame: FrameType | None) -> None:
         for child in children:
@@ -58,6 +60,10 @@ def run_workers(n: int, child_args: list[str], host: str, port: int) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     print(f"sansio-gateway: {n} workers on http://{host}:{port}", flush=True)
-    codes = [child.wait() for child in children]
+    codes = []
+    for child in children:
+        codes.append(child.wait())
+        # Its live gauges (in flight, up, ...) no longer count in a scrape.
+        prom_multiprocess.mark_process_dead(child.pid, metrics_dir)  # type: ignore[no-untyped-call]
     holder.close()
     return 0 if all(code == 0 for code in codes) else 1

@@ -107,7 +107,11 @@ SECTIONS = (
         "API keys.  With no keys the gateway is open, which `serve` allows only"
         " on a loopback address unless `--allow-anonymous` is given.  Clients"
         " send a key as `Authorization: Bearer <key>` (OpenAI SDKs) or"
-        " `x-api-key`.  Give each key exactly one of `sha256` and `key_env`.",
+        " `x-api-key`.  Give each key exactly one of `sha256` and `key_env`."
+        "  `models` is an array of model names or patterns (a lone string such as"
+        " `models = \"*\"` counts as a one-item array).  An admin key (`admin = true`,"
+        " which `sansio-gateway new-key --admin` writes for you) may also call"
+        " `GET /admin/usage` (see the rate limiting guide, \"Reading usage\").",
         examples={
             "id": "alice-laptop",
             "user": "alice",
@@ -214,7 +218,8 @@ FALLBACK = {
     ' with 503, `"local"` falls back to per-process limits.',
     "store.usage": 'The usage ledger: `"sqlite:///PATH"` (one machine), `"memory://"`, or'
     ' a Redis URL (`"redis://host:6379/0"`, `"redis+cluster://host:7000"`) shared by every'
-    " gateway process.",
+    " gateway process.  `\"sqlite:///PATH?synchronous=full\"` syncs every commit to disk"
+    " (default `normal`; see deployment.md, \"What a crash can lose\").",
 }
 
 _PRAGMAS = ("fmt:", "type:", "noqa", "pragma")
@@ -390,6 +395,16 @@ problem when something is wrong).  Without a file it serves the Ollama at
 Unknown keys are errors, so a typo never goes unnoticed.  Secrets never sit
 in the file: keys are stored as their sha256, and `*_env` keys name
 environment variables that are read when the file is loaded.
+
+Types are strict: a value must have the TOML type the table names.
+`port = "8090"` and `tokens_per_minute = "6000"` are errors (write
+`8090`, `6000`), and so is `admin = "yes"` (write `true`).  An integer is
+accepted where a number of seconds is expected.  Every URL is checked
+for its scheme and form (`backends[i].url`, `store.url`, `store.usage`),
+and the error names the key.  `check-config` runs exactly the checks
+`serve` runs before it starts, and both exit 2 with the same one-line
+message, so `check-config` in `ExecStartPre` catches whatever `serve`
+would refuse.
 
 """
 

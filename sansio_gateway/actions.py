@@ -1,6 +1,6 @@
 """What the core asks adapters to do, and what adapters report back.
 
-Naming follows STYLE.md: actions are imperatives (``SendUpstream``,
+Naming: actions are imperatives (``SendUpstream``,
 ``StartResponse``), results are facts in the past tense
 (``UpstreamChunkReceived``, ``ClientDisconnected``).  All are immutable
 values; the Exchange returns lists of actions and accepts one result at a

@@ -23,6 +23,7 @@ allow-lists judge the model reached, not the client's spelling.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ __all__ = [
     "Catalogue",
     "DiscoveredModel",
     "Route",
+    "changed_clashes",
     "ollama_canonical_name",
     "parse_ollama_tags",
     "parse_openai_models",
@@ -270,3 +272,12 @@ def parse_openai_models(body: bytes) -> list[DiscoveredModel]:
                 )
             )
     return out
+
+
+def changed_clashes(
+    before: Mapping[str, tuple[str, ...]], after: Mapping[str, tuple[str, ...]]
+) -> list[tuple[str, tuple[str, ...]]]:
+    """The clashes of ``after`` that are new or differ from ``before``: what
+    to log after a discovery, so a standing clash is logged once, not on
+    every probe."""
+    return [(name, owners) for name, owners in after.items() if before.get(name) != owners]

@@ -7,8 +7,8 @@ file, the key (``backends[0].url``) and what was expected.  Nothing here
 reads the environment itself: secrets referenced by ``*_env`` keys are
 resolved from the mapping passed in.
 
-The keys are the operator's contract (DESIGN.md, "The operator's contract"):
-extend them, never rename them.
+The keys are the operator's contract (docs/configuration.md): extend them,
+never rename them.
 """
 
 from __future__ import annotations
@@ -16,9 +16,18 @@ from __future__ import annotations
 import hashlib
 import tomllib
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "AuthConfig",
@@ -33,6 +42,10 @@ __all__ = [
     "StoreConfig",
     "default_config",
     "parse_config",
+    "redact_url",
+    "sqlite_path",
+    "store_url_problem",
+    "usage_url_problem",
 ]
 
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
@@ -43,8 +56,89 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    # Unknown keys are almost always typos ("max_body_byte"); say so.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown keys are almost always typos ("max_body_byte"); say so.  Strict
+    # types: TOML's own types must match ("6000" is not an integer, "yes" is
+    # not a boolean -- `admin = "yes"` must never make an admin key).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _one_item_list(value: object) -> object:
+    # `models = "*"` reads naturally; take a lone string as a one-item array.
+    return [value] if isinstance(value, str) else value
+
+
+# TOML arrays arrive as lists; strict mode would refuse them for a tuple, so
+# the container alone is lax (its items stay strict: str refuses 1 either way).
+_Names = Annotated[tuple[str, ...], Field(strict=False), BeforeValidator(_one_item_list)]
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``: fit for logs and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return parts._replace(netloc=f"{user}:***@{hostport}").geturl()
+
+
+def _url_problem(url: str, schemes: tuple[str, ...], *, needs_host: bool = True) -> str | None:
+    """Why ``url`` is unusable, or None: a scheme from ``schemes`` and a sane form."""
+    url = redact_url(url) if "://" in url else url
+    expected = ", ".join(f"{s}://" for s in schemes)
+    if "://" not in url:
+        return f"{url!r} is not a URL; expected one starting with {expected}"
+    parts = urlsplit(url)
+    if parts.scheme not in schemes:
+        return f"{url!r}: unsupported scheme {parts.scheme!r}; expected {expected}"
+    if needs_host and not parts.hostname:
+        return f"{url!r}: no host"
+    try:
+        parts.port  # noqa: B018 -- raises on a port that is not a number in range
+    except ValueError:
+        return f"{url!r}: the port is not a number from 0 to 65535"
+    return None
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster")
+
+
+def store_url_problem(url: str) -> str | None:
+    """Why ``[store] url`` is unusable, or None."""
+    if url.startswith("memory:"):
+        return None if url in ("memory:", "memory://") else f"{url!r}: expected memory://"
+    problem = _url_problem(url, ("memory", *_REDIS_SCHEMES))
+    database = urlsplit(url).path.strip("/")
+    if problem is None and database and not database.isdigit():
+        return f"{redact_url(url)!r}: the database after the host must be a number (redis://HOST:PORT/DB)"
+    return problem
+
+
+def sqlite_path(url: str) -> str:
+    """The file of a ``sqlite:///PATH[?options]`` ledger URL."""
+    return url[len("sqlite:///") :].partition("?")[0]
+
+
+def usage_url_problem(url: str) -> str | None:
+    """Why ``[store] usage`` is unusable, or None."""
+    if url == "memory://":
+        return None
+    if url.startswith("sqlite:"):
+        if not url.startswith("sqlite:///") or not sqlite_path(url):
+            return f"{url!r}: expected sqlite:///PATH (three slashes, then the file)"
+        options = parse_qs(url.partition("?")[2], keep_blank_values=True)
+        for name, values in options.items():
+            if name != "synchronous" or values[-1].lower() not in ("normal", "full"):
+                return (
+                    f"{url!r}: the only option is ?synchronous=normal or ?synchronous=full,"
+                    f" not {name}={values[-1]!r}"
+                )
+        return None
+    if url.startswith("memory:"):
+        return f"{url!r}: expected memory://"
+    if url.startswith(tuple(f"{scheme}://" for scheme in _REDIS_SCHEMES)):
+        return store_url_problem(url)
+    return _url_problem(url, ("sqlite", "memory", *_REDIS_SCHEMES))
 
 
 class ServerConfig(_Strict):
@@ -62,7 +156,7 @@ class ServerConfig(_Strict):
     runtime: Literal["asyncio", "trio"] = "asyncio"
     uvloop: bool = True  # on asyncio, use uvloop when it is installed (the "fast" extra)
     # Field name for Ollama's `thinking` on /v1: most clients read
-    # `reasoning_content` (reference section 12.2); Ollama itself says `reasoning`.
+    # `reasoning_content` (docs/openai-compatibility.md); Ollama itself says `reasoning`.
     reasoning_field: str = "reasoning_content"
     # With token limits: written upstream as the output cap when a client sends
     # none (or an unbounded one), shrunk to fit the limits (rate-limiting.md,
@@ -97,6 +191,9 @@ class BackendConfig(_Strict):
     def _check_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        problem = _url_problem(value, ("http", "https"))
+        if problem:
+            raise ValueError(problem)
         return value.rstrip("/")
 
 
@@ -104,7 +201,7 @@ class ModelConfig(_Strict):
     name: str = Field(min_length=1)
     backend: str
     target: str | None = None
-    fallbacks: tuple[str, ...] = ()
+    fallbacks: _Names = ()
 
     @property
     def upstream_name(self) -> str:
@@ -116,7 +213,7 @@ class AuthKey(_Strict):
     user: str
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
     key_env: str | None = None
-    models: tuple[str, ...] = ("*",)
+    models: _Names = ("*",)
     admin: bool = False
 
     @model_validator(mode="after")
@@ -127,7 +224,7 @@ class AuthKey(_Strict):
 
 
 class AuthConfig(_Strict):
-    keys: tuple[AuthKey, ...] = ()
+    keys: Annotated[tuple[AuthKey, ...], Field(strict=False)] = ()
 
 
 class LimitValues(_Strict):
@@ -161,11 +258,27 @@ class StoreConfig(_Strict):
     # concurrent decisions beyond it wait for a free one (within connect_timeout).
     pool_size: int = Field(default=16, ge=1, le=1024)
 
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        problem = store_url_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("usage")
+    @classmethod
+    def _check_usage(cls, value: str) -> str:
+        problem = usage_url_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
 
 class GatewayConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
-    backends: tuple[BackendConfig, ...] = ()
-    models: tuple[ModelConfig, ...] = ()
+    backends: Annotated[tuple[BackendConfig, ...], Field(strict=False)] = ()
+    models: Annotated[tuple[ModelConfig, ...], Field(strict=False)] = ()
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
@@ -176,17 +289,22 @@ class GatewayConfig(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"backend names must be unique; repeated: {', '.join(dupes)}")
+        if self.server.runtime == "trio" and self.store.url.startswith("redis"):
+            # redis-py's asyncio client needs an asyncio loop.
+            raise ValueError(
+                "server.runtime: 'trio' cannot use a Redis store (store.url); use asyncio"
+            )
         known = ", ".join(names) or "none"
         for i, model in enumerate(self.models):
             if model.backend not in names:
                 raise ValueError(
-                    f"models[{i}].backend = {model.backend!r} names no backend (known: {known})"
+                    f"models[{i}].backend: {model.backend!r} names no backend (known: {known})"
                 )
             for j, spec in enumerate(model.fallbacks):
                 backend = spec.partition(":")[0]
                 if backend not in names:
                     raise ValueError(
-                        f"models[{i}].fallbacks[{j}] = {spec!r}: expected 'backend:model'"
+                        f"models[{i}].fallbacks[{j}]: {spec!r}: expected 'backend:model'"
                         f" with a configured backend (known: {known})"
                     )
         return self
@@ -221,10 +339,14 @@ def _explain(error: ValidationError, source: str) -> ConfigError:
     lines = []
     for item in error.errors():
         where = _location(tuple(item["loc"]))
-        msg = item["msg"]
+        msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{source}: {where}: {msg}")
+        if where == "(top level)":
+            # Cross-checks name their own key ("models[0].backend: ...").
+            lines.append(f"{source}: {msg}")
+        else:
+            lines.append(f"{source}: {where}: {msg}")
     return ConfigError("\n".join(lines))
 
 

@@ -29,8 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from .actions import (
     Action,
     CancelUpstream,
@@ -80,7 +78,7 @@ from .limits import Costs, Decision, LimitSpecs, Unit, rate_limit_headers, rende
 from .rendering import error_response, request_id_from
 from .retry import next_step, parse_retry_after, targets_for
 from .routing import surface_of
-from .usage_query import UsageQuery, render_rows
+from .usage_query import UsageQuery, render_usage
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -571,8 +569,10 @@ class Exchange:
             return self._fail_before_response(ServiceUnavailable(result.error), now)
         self.state = ExchangeState.DONE
         self.status = 200
-        body = orjson.dumps(render_rows(self._ledger_query, result.rows))
-        return self._whole_response(200, self.flow_json_headers(), body)
+        content_type, body = render_usage(self._ledger_query, result.rows)
+        if content_type == b"application/json":
+            return self._whole_response(200, self.flow_json_headers(), body)
+        return self._whole_response(200, ((b"content-type", content_type),), body)
 
     def _on_metrics(self, result: MetricsCollected, now: float) -> list[Action]:
         self.state = ExchangeState.DONE

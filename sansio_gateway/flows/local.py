@@ -15,7 +15,7 @@ import orjson
 from ..catalogue import Route
 from ..config import BackendConfig
 from ..errors import GatewayError, NotFound
-from ..http import Headers, IncomingRequest, Surface
+from ..http import Headers, IncomingRequest, Surface, header_value
 from ..usage import TokenUsage
 from ..usage_query import parse_usage_query
 from .base import JSON_HEADERS, LedgerQuery, LocalAnswer, MetricsScrape, UpstreamCall
@@ -197,7 +197,10 @@ class AdminUsage(LocalFlow):
     def plan(
         self, route: Route | None, backend: BackendConfig | None
     ) -> UpstreamCall | LocalAnswer | LedgerQuery | MetricsScrape:
-        return LedgerQuery(query=parse_usage_query(self.request.query))
+        accept = header_value(self.request.headers, b"accept") or b""
+        return LedgerQuery(
+            query=parse_usage_query(self.request.query, accept=accept.decode("latin-1"))
+        )
 
 
 class Metrics(LocalFlow):

@@ -131,8 +131,14 @@ def _rate_status(spec: RateSpec, tat: int, now: int, cost: int) -> tuple[Verdict
 def _rate_level(spec: RateSpec, tat: int, now: int) -> tuple[int, int, int]:
     debt = max(tat - now, 0)
     period, limit = spec.period_us, spec.limit
-    # floor(debt * L / P), split so that no product reaches 2**53
-    used = (debt // period) * limit + (debt % period) * limit // period
+    # "Used" (rate-limiting.md): the admitted cost not yet refilled, rounded
+    # up, so a burst of 2 reads "Used 2" (flooring said 1).  Each charge was
+    # rounded up to the microsecond, at most 1 us per unit: that slack is
+    # taken off first so that it never rounds up into a phantom unit.
+    # Products split so that none reaches 2**53.
+    whole = (debt // period) * limit + (debt % period) * limit // period
+    net = max(debt - whole, 0)
+    used = (net // period) * limit + ((net % period) * limit + period - 1) // period
     remaining = max(spec.burst_us - debt, 0) * limit // period
     return used, remaining, debt
 

@@ -775,3 +775,31 @@ def run_openai_emulator(
             yield emulator
         finally:
             portal.call(portal.stop, True)
+
+
+async def _serve_cli(emulator: OpenAIEmulator, host: str, port: int) -> None:
+    async with anyio.create_task_group() as tg:
+        url = await tg.start(emulator.serve, host, port)
+        print(f"listening on {url}", flush=True)  # the parent process waits for this line
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m tests.emulators.openai_backend``: an OpenAI-compatible
+    backend (``kind = "openai"``, ``url = "http://HOST:PORT/v1"``) for trying
+    the gateway without a real server."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Emulated OpenAI-compatible server for tests and trying the gateway"
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", help="require this bearer key (default: none)")
+    args = parser.parse_args(argv)
+    emulator = OpenAIEmulator(api_key=args.api_key)
+    with contextlib.suppress(KeyboardInterrupt):
+        anyio.run(_serve_cli, emulator, args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()

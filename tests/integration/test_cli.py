@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sansio_gateway.auth import hash_key
@@ -99,3 +100,69 @@ def test_two_workers_share_the_port_and_their_metrics(emulator: OllamaEmulator, 
         proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+BAD_CONFIGS = {
+    "store-url": '[store]\nurl = "redis//127.0.0.1:6379/3"\n',
+    "store-usage": '[store]\nusage = "http://127.0.0.1:1/usage"\n',
+    "usage-dir": '[store]\nusage = "sqlite:///./no/such/dir/usage.db"\n',
+    "kind": '[[backends]]\nname = "b"\nkind = "nope"\nurl = "http://127.0.0.1:1"\n',
+    "trio-redis": '[server]\nruntime = "trio"\n[store]\nurl = "redis://127.0.0.1:1/0"\n',
+    "admin-yes": f'[[auth.keys]]\nid = "k"\nuser = "u"\nsha256 = "{"a" * 64}"\nadmin = "yes"\n',
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CONFIGS))
+def test_serve_refuses_what_check_config_refuses_with_the_same_line(
+    name: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text('[[backends]]\nname = "a"\nurl = "http://127.0.0.1:1"\n' + BAD_CONFIGS[name])
+    checked = run("check-config", str(path))
+    assert checked.returncode == 2
+    assert len(checked.stderr.splitlines()) == 1 and str(path) in checked.stderr
+    for extra in ([], ["--workers", "2"]):
+        served = run("serve", "--config", str(path), "--port", "0", *extra)
+        assert served.returncode == 2, served.stderr
+        assert served.stderr == checked.stderr
+        assert "Traceback" not in served.stderr + served.stdout
+
+
+def test_new_key_admin_writes_an_entry_that_loads_as_an_admin_key(tmp_path: Path) -> None:
+    from sansio_gateway.config import parse_config
+
+    result = run("new-key", "--id", "ops", "--user", "ops", "--admin")
+    assert result.returncode == 0
+    entry = result.stdout[result.stdout.index("[[auth.keys]]") :]
+    config = parse_config(entry, source="gw.toml", env={})
+    assert config.auth.keys[0].admin is True
+    plain = run("new-key")
+    entry = plain.stdout[plain.stdout.index("[[auth.keys]]") :]
+    assert parse_config(entry, source="gw.toml", env={}).auth.keys[0].admin is False
+
+
+OUTSIDE_DOCS = ("DESIGN.md", "STYLE.md", "ollama-openai-wire.md", "/work/shared")
+
+
+def test_help_lists_every_command_and_cites_only_the_repo() -> None:
+    top = run("--help")
+    assert top.returncode == 0
+    for command in ("serve", "check-config", "usage", "new-key"):
+        assert command in top.stdout
+        sub = run(command, "--help")
+        assert sub.returncode == 0
+        assert not any(name in sub.stdout for name in OUTSIDE_DOCS), (command, sub.stdout)
+    assert not any(name in top.stdout for name in OUTSIDE_DOCS)
+    for doc in ("quickstart.md", "configuration.md", "deployment.md"):
+        assert f"docs/{doc}" in top.stdout and (Path("docs") / doc).exists()
+
+
+def test_no_docstring_or_comment_cites_a_design_document_outside_the_repo() -> None:
+    offenders = [
+        f"{path}:{n}"
+        for root in ("sansio_gateway", "adapters")
+        for path in sorted(Path(root).rglob("*.py"))
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if "DESIGN.md" in line or "STYLE.md" in line
+    ]
+    assert offenders == []
