@@ -894,6 +894,15 @@ class ResilientLimitStore:
         except LimitStoreUnavailable as exc:
             self.store_errors += 1
             self.connect_errors += 1
+            # Warm-up retries every 0.1 s while the store is away: say so
+            # once per distinct reason, not once per try.
+            if self.health.reason != str(exc):
+                log.warning(
+                    "%s not ready (%s); on_error=%s applies until it answers",
+                    self.label,
+                    exc,
+                    self.policy,
+                )
             self._set_health(replace(self.health, ready=False, reason=str(exc)))
             return False
         self.warm_seconds = time.perf_counter() - started

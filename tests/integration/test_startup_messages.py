@@ -62,7 +62,12 @@ def test_the_startup_listing_names_the_store_without_its_password(
 ) -> None:
     store = '[store]\nurl = "redis://:hunter2@127.0.0.1:1/0"\nusage = "memory://"\n'
     lines = _two_backends_one_ollama(emulator, store).describe()
-    assert "limits: store.url = redis://:***@127.0.0.1:1/0" in lines
+    # One line names the store, its key and (issue 11) whether it is warm.
+    store_lines = [line for line in lines if line.startswith("limits: store.url = ")]
+    assert store_lines == [
+        "limits: store.url = redis://:***@127.0.0.1:1/0: NOT READY (not yet connected);"
+        " /ready is 503 until it is"
+    ]
     assert "usage ledger: store.usage = memory://" in lines
     assert not any("hunter2" in line for line in lines)
 
@@ -111,7 +116,7 @@ def test_an_unreachable_redis_store_is_one_line_at_startup(
 
     def said() -> list[str]:
         return [
-            r.getMessage() for r in caplog.records if "unreachable at startup" in r.getMessage()
+            r.getMessage() for r in caplog.records if "(store.url) not ready" in r.getMessage()
         ]
 
     with caplog.at_level(logging.WARNING), anyio.from_thread.start_blocking_portal() as portal:
@@ -124,6 +129,7 @@ def test_an_unreachable_redis_store_is_one_line_at_startup(
             future.cancel()
             with contextlib.suppress(BaseException):
                 future.result(timeout=10)
+    # One line, although the warm-up keeps retrying every 0.1 s.
     [line] = said()
-    assert line.startswith(f"store.url = redis://:***@127.0.0.1:{port}/0: unreachable")
+    assert line.startswith(f"rate-limit store redis://:***@127.0.0.1:{port}/0 (store.url) not ready")
     assert "hunter2" not in line
