@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .auth import Identity
+from .identity import Identity
 
 __all__ = ["Headers", "IncomingRequest", "Surface", "header_value"]
 
