@@ -17,12 +17,25 @@ a busy moment, and the retry policy handles them.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from .limits.breaker import Breaker, BreakerState, attempt, failed, succeeded
 
-__all__ = ["BackendHealth"]
+__all__ = ["BackendHealth", "BackendStatus"]
 
 US = 1_000_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackendStatus:
+    """The last discovery (health probe) of one backend, as /status shows it."""
+
+    name: str
+    up: bool
+    checked_at: float
+    error: str | None = None
+    models: int = 0
+    latency: float | None = None
 
 
 class BackendHealth:
