@@ -17,10 +17,10 @@ ROOT = Path(sansio_gateway.__file__).resolve().parent
 PACKAGE = ROOT.name
 
 
-def _modules() -> dict[str, Path]:
+def _modules(root: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
-    for path in sorted(ROOT.rglob("*.py")):
-        parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    for path in sorted(root.rglob("*.py")):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts.pop()
         found[".".join(parts)] = path
@@ -35,9 +35,9 @@ def _absolute(module: str, is_package: bool, node: ast.ImportFrom) -> str:
     return ".".join([*base, node.module] if node.module else base)
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Module -> the modules of the package it imports."""
-    modules = _modules()
+def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """Module -> the modules of the package (at ``root``) it imports."""
+    modules = _modules(root)
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
         is_package = path.name == "__init__.py"
@@ -101,8 +101,23 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_walk_sees_the_whole_core() -> None:
     graph = import_graph()
     assert f"{PACKAGE}.exchange" in graph and f"{PACKAGE}.flows.base" in graph
-    # TYPE_CHECKING and function-level imports are edges too.
-    assert f"{PACKAGE}.flows.builtin_makers" in graph[f"{PACKAGE}.registry"]
+    assert f"{PACKAGE}.flows.context" in graph[f"{PACKAGE}.exchange"]
+
+
+def test_type_checking_and_function_level_imports_are_edges(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from .a import A\n")
+    (pkg / "a.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .sub.b import B\n"
+    )
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "b.py").write_text("def f():\n    from .. import a\n")
+    graph = import_graph(pkg)
+    assert graph["pkg.a"] == {"pkg.sub.b"}
+    assert graph["pkg.sub.b"] == {"pkg.a"}
+    assert graph["pkg"] == set()  # re-exporting its own submodules is no edge
+    assert circles(graph) == [["pkg.a", "pkg.sub.b"]]
 
 
 def test_the_cycle_finder_finds_a_planted_circle() -> None:
@@ -113,3 +128,15 @@ def test_the_cycle_finder_finds_a_planted_circle() -> None:
 def test_the_core_import_graph_has_no_circle() -> None:
     found = circles(import_graph())
     assert found == [], "import circles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_flows_and_the_registry_never_import_the_gateway() -> None:
+    graph = import_graph()
+    gateway = f"{PACKAGE}.gateway"
+    for module, targets in graph.items():
+        if module.startswith(f"{PACKAGE}.flows.") or module in (
+            f"{PACKAGE}.registry",
+            f"{PACKAGE}.routing",
+            f"{PACKAGE}.exchange",
+        ):
+            assert gateway not in targets, f"{module} imports {gateway}"
