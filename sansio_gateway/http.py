@@ -34,8 +34,8 @@ class IncomingRequest:
     headers: Headers = ()
     body: bytes = b""
     client: str | None = field(default=None)
-    # Set by the Exchange once the caller is authenticated, so flows can
-    # show each key only the models its allow-list admits.
+    # Set by the Exchange once the caller is authenticated.  Flows read the
+    # caller from their FlowContext (flows/context.py), not from here.
     identity: Identity | None = None
 
 
