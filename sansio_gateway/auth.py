@@ -13,15 +13,14 @@ that state unless the operator says ``--allow-anonymous``.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import hmac
 import ipaddress
-from dataclasses import dataclass
 
 from .config import AuthConfig
 from .errors import GatewayError, Unauthorized
 from .http import Headers, header_value
+from .identity import ANONYMOUS, Identity
 
 __all__ = [
     "ANONYMOUS",
@@ -32,20 +31,6 @@ __all__ = [
     "hash_key",
     "is_loopback",
 ]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Identity:
-    key_id: str | None
-    user: str
-    models: tuple[str, ...] = ("*",)
-    admin: bool = False
-
-    def may_use(self, model: str) -> bool:
-        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
-
-
-ANONYMOUS = Identity(key_id=None, user="anonymous", admin=True)
 
 
 class Forbidden(GatewayError):

@@ -17,12 +17,35 @@ a busy moment, and the retry policy handles them.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from .limits.breaker import Breaker, BreakerState, attempt, failed, succeeded
 
-__all__ = ["BackendHealth"]
+__all__ = ["BackendHealth", "BackendStatus", "StoreStatus"]
 
 US = 1_000_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackendStatus:
+    """The last discovery (health probe) of one backend, as /status shows it."""
+
+    name: str
+    up: bool
+    checked_at: float
+    error: str | None = None
+    models: int = 0
+    latency: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreStatus:
+    """The shared limit store: warmed (``ready``), deciding (``serving``:
+    ready and its breaker closed), and why not."""
+
+    ready: bool
+    serving: bool
+    reason: str | None = None
 
 
 class BackendHealth:

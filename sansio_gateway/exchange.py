@@ -27,7 +27,7 @@ import enum
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .actions import (
     Action,
@@ -61,8 +61,9 @@ from .admission import (
     fitted_cap,
     write_output_cap,
 )
-from .auth import ANONYMOUS, Identity
-from .catalogue import Route
+from .backend_health import BackendHealth
+from .catalogue import Catalogue, Route
+from .config import GatewayConfig
 from .errors import (
     GatewayError,
     InternalError,
@@ -73,17 +74,16 @@ from .errors import (
     error_from_upstream,
 )
 from .flows.base import Flow, LedgerQuery, LocalAnswer, MetricsScrape, UpstreamCall
+from .flows.context import FlowContext
 from .http import Headers, IncomingRequest, Surface, header_value
+from .identity import ANONYMOUS, Identity
 from .limits import Costs, Decision, LimitSpecs, Unit, rate_limit_headers, render_denial
 from .rendering import error_response, request_id_from
 from .retry import next_step, parse_retry_after, targets_for
-from .routing import surface_of
+from .routing import RouteEntry, surface_of
 from .usage_query import UsageQuery, render_usage
 
-if TYPE_CHECKING:
-    from .gateway import Gateway
-
-__all__ = ["Exchange", "ExchangeState", "ExchangeStateError", "RequestSummary"]
+__all__ = ["Exchange", "ExchangeState", "ExchangeStateError", "GatewayView", "RequestSummary"]
 
 # A non-stream upstream answer (or error body) larger than this is refused:
 # every buffer has a limit.
@@ -116,6 +116,33 @@ class RequestSummary:
     model_label: str = "-"
 
 
+class GatewayView(Protocol):
+    """What an Exchange uses of the :class:`~sansio_gateway.gateway.Gateway`
+    that made it.  A protocol, so that this module does not import
+    ``gateway.py`` (which imports this one): the import graph has no circle
+    (tests/core/test_import_graph.py)."""
+
+    config: GatewayConfig
+    catalogue: Catalogue
+    health: BackendHealth
+    limits_on: bool
+    random: Callable[[], float]
+
+    def authorize(
+        self, method: str, path: str, headers: Headers
+    ) -> tuple[RouteEntry, Identity]: ...
+
+    def flow_context(self, request_id: str, now: float, identity: Identity) -> FlowContext: ...
+
+    def may_use(self, identity: Identity, route: Route) -> bool: ...
+
+    def should_refresh_on_miss(self, now: float) -> bool: ...
+
+    def limit_specs(self, user: str, route: Route) -> LimitSpecs: ...
+
+    def upstream_headers(self, backend: str, request_id: str) -> Headers: ...
+
+
 class ExchangeStateError(RuntimeError):
     """The adapter reported a result the Exchange cannot accept now."""
 
@@ -134,7 +161,7 @@ class ExchangeState(enum.Enum):
 class Exchange:
     """One client request.  Not thread-safe; one task drives it."""
 
-    def __init__(self, gateway: Gateway, *, request_id: str) -> None:
+    def __init__(self, gateway: GatewayView, *, request_id: str) -> None:
         self.gateway = gateway
         self.request_id = request_id
         self.trace_id = request_id
@@ -248,7 +275,7 @@ class Exchange:
         entry, self.identity = gateway.authorize(request.method, request.path, request.headers)
         if self.identity is not ANONYMOUS:
             request = replace(request, identity=self.identity)
-        flow = entry.factory(gateway, request, self.request_id, now)
+        flow = entry.factory(gateway.flow_context(self.request_id, now, self.identity), request)
         self.flow = flow
         route = backend = None
         model = flow.model

@@ -12,15 +12,15 @@ process share nothing.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from .admission import DEFAULT_OUTPUT_CAP
 from .auth import ANONYMOUS, Authenticator, Forbidden, Identity
-from .backend_health import BackendHealth
+from .backend_health import BackendHealth, BackendStatus, StoreStatus
 from .catalogue import Catalogue, DiscoveredModel, Route
 from .config import ConfigError, GatewayConfig, LimitValues
 from .errors import GatewayError
 from .exchange import Exchange
+from .flows.context import FlowContext
 from .flows.local import install_local_routes
 from .flows.ollama_routes import install_ollama_routes
 from .flows.openai_routes import install_openai_routes
@@ -30,26 +30,6 @@ from .registry import Registry, builtin_registry
 from .routing import Access, RouteEntry, Router
 
 __all__ = ["BackendStatus", "Gateway", "StoreStatus", "default_router"]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BackendStatus:
-    name: str
-    up: bool
-    checked_at: float
-    error: str | None = None
-    models: int = 0
-    latency: float | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StoreStatus:
-    """The shared limit store: warmed (``ready``), deciding (``serving``:
-    ready and its breaker closed), and why not."""
-
-    ready: bool
-    serving: bool
-    reason: str | None = None
 
 
 def default_router() -> Router:
@@ -214,6 +194,23 @@ class Gateway:
 
     def exchange(self, request_id: str) -> Exchange:
         return Exchange(self, request_id=request_id)
+
+    def flow_context(self, request_id: str, now: float, identity: Identity) -> FlowContext:
+        """All that the flows of one request see of the Gateway (flows/context.py)."""
+        server = self.config.server
+        return FlowContext(
+            request_id=request_id,
+            now=now,
+            identity=identity,
+            catalogue=self.catalogue,
+            default_max_tokens=server.default_max_tokens,
+            reasoning_field=server.reasoning_field,
+            backends=self.config.backends,
+            backend_status=self.backend_status,
+            circuit=self.health.state,
+            store_status=self.store_status,
+            maker=self.registry.maker,
+        )
 
     def upstream_headers(self, backend: str, request_id: str) -> Headers:
         return self._upstream_headers[backend] + ((b"x-request-id", request_id.encode("ascii")),)

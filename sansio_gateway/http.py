@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .auth import Identity
+from .identity import Identity
 
 __all__ = ["Headers", "IncomingRequest", "Surface", "header_value"]
 
@@ -36,8 +34,8 @@ class IncomingRequest:
     headers: Headers = ()
     body: bytes = b""
     client: str | None = field(default=None)
-    # Set by the Exchange once the caller is authenticated, so flows can
-    # show each key only the models its allow-list admits.
+    # Set by the Exchange once the caller is authenticated.  Flows read the
+    # caller from their FlowContext (flows/context.py), not from here.
     identity: Identity | None = None
 
 

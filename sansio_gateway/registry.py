@@ -20,19 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from .catalogue import DiscoveredModel, parse_ollama_tags, parse_openai_models
-from .http import IncomingRequest
-
-if TYPE_CHECKING:
-    from .flows.base import Flow
-    from .gateway import Gateway
+from .flows import builtin_makers as makers
+from .flows.context import FlowMaker
 
 __all__ = ["BackendKind", "FlowMaker", "Registry", "builtin_registry"]
-
-# (gateway, request, request id, now, catalogue model name) -> the flow
-FlowMaker = Callable[["Gateway", IncomingRequest, str, float, str], "Flow"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,9 +60,6 @@ class Registry:
 
 
 def builtin_registry() -> Registry:
-    # Imported here: the flows import the gateway module, which imports this one.
-    from .flows import builtin_makers as makers
-
     registry = Registry()
     registry.register(
         BackendKind(

@@ -9,20 +9,13 @@ the Exchange (which learns the surface from :func:`surface_of` first).
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from .errors import MethodNotAllowed, NotFound
-from .flows.base import Flow
-from .http import IncomingRequest, Surface
-
-if TYPE_CHECKING:
-    from .gateway import Gateway
+from .flows.context import FlowFactory
+from .http import Surface
 
 __all__ = ["Access", "FlowFactory", "RouteEntry", "Router", "surface_of"]
-
-FlowFactory = Callable[["Gateway", IncomingRequest, str, float], Flow]
 
 
 class Access(enum.Enum):

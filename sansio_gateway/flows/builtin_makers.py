@@ -1,26 +1,22 @@
 """The flow makers of the built-in backend kinds (see ``registry.py``).
 
 Each maker builds, for one attempt, the flow that serves a route from a
-backend of its kind: ``(gateway, request, request id, now, model) -> Flow``
+backend of its kind: ``(context, request, model) -> Flow`` (flows/context.py)
 where ``model`` is the catalogue's name for what the client asked.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..http import IncomingRequest
 from ..ollama_api_request import parse_model_request
 from .base import Flow
+from .context import FlowContext
 from .ollama_passthrough import OllamaPassthroughFlow
 from .ollama_routes import translate_chat, translate_embed, translate_generate, translate_show
 from .openai_chat import OpenAIChatFlow
 from .openai_completions import OpenAICompletionsFlow
 from .openai_embeddings import OpenAIEmbeddingsFlow
 from .openai_passthrough import OpenAIPassthroughFlow
-
-if TYPE_CHECKING:
-    from ..gateway import Gateway
 
 __all__ = [
     "ollama_chat_over_openai",
@@ -44,33 +40,27 @@ _NATIVE = {
 }
 
 
-def openai_chat_over_ollama(
-    gateway: Gateway, request: IncomingRequest, rid: str, now: float, model: str
-) -> Flow:
-    return OpenAIChatFlow(gateway, request.body, rid, now)
+def openai_chat_over_ollama(context: FlowContext, request: IncomingRequest, model: str) -> Flow:
+    return OpenAIChatFlow(context, request.body)
 
 
 def openai_completions_over_ollama(
-    gateway: Gateway, request: IncomingRequest, rid: str, now: float, model: str
+    context: FlowContext, request: IncomingRequest, model: str
 ) -> Flow:
-    return OpenAICompletionsFlow(gateway, request.body, rid, now)
+    return OpenAICompletionsFlow(context, request.body)
 
 
 def openai_embeddings_over_ollama(
-    gateway: Gateway, request: IncomingRequest, rid: str, now: float, model: str
+    context: FlowContext, request: IncomingRequest, model: str
 ) -> Flow:
-    return OpenAIEmbeddingsFlow(gateway, request.body, rid, now)
+    return OpenAIEmbeddingsFlow(request.body)
 
 
-def openai_passthrough(
-    gateway: Gateway, request: IncomingRequest, rid: str, now: float, model: str
-) -> Flow:
-    return OpenAIPassthroughFlow(gateway, request, rid, now, model)
+def openai_passthrough(context: FlowContext, request: IncomingRequest, model: str) -> Flow:
+    return OpenAIPassthroughFlow(request, model)
 
 
-def ollama_passthrough(
-    gateway: Gateway, request: IncomingRequest, rid: str, now: float, model: str
-) -> Flow:
+def ollama_passthrough(context: FlowContext, request: IncomingRequest, model: str) -> Flow:
     route_name, struct, streams = _NATIVE[request.path]
     data, requested = parse_model_request(request.body, struct)
     return OllamaPassthroughFlow(
@@ -81,7 +71,7 @@ def ollama_passthrough(
         model=model,
         stream=streams and data.get("stream") is not False,
         prompt_bytes=len(request.body),
-        default_max_tokens=gateway.config.server.default_max_tokens,
+        default_max_tokens=context.default_max_tokens,
     )
 
 

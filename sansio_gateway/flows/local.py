@@ -7,7 +7,6 @@ usage hooks are unreachable by construction (``plan`` always returns a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 import orjson
@@ -16,21 +15,18 @@ from ..catalogue import Route
 from ..config import BackendConfig
 from ..errors import GatewayError, NotFound
 from ..http import Headers, IncomingRequest, Surface, header_value
+from ..routing import Access, Router
 from ..usage import TokenUsage
 from ..usage_query import parse_usage_query
 from .base import JSON_HEADERS, LedgerQuery, LocalAnswer, MetricsScrape, UpstreamCall
-
-if TYPE_CHECKING:
-    from ..gateway import Gateway
-    from ..routing import Router
-
-from ..routing import Access
+from .context import FlowContext
 
 __all__ = ["LocalFlow", "install_local_routes"]
 
 
 class LocalFlow:
-    """A flow whose answer is computed in the core from the Gateway's state."""
+    """A flow whose answer is computed in the core from the Gateway's state,
+    as the request's :class:`~sansio_gateway.flows.context.FlowContext` shows it."""
 
     surface = Surface.GATEWAY
     route_name = "local"
@@ -39,18 +35,17 @@ class LocalFlow:
     stream_failed = False
     usage: TokenUsage | None = None
 
-    def __init__(self, gateway: Gateway, request: IncomingRequest, now: float) -> None:
-        self.gateway = gateway
+    def __init__(self, context: FlowContext, request: IncomingRequest) -> None:
+        self.context = context
         self.request = request
-        self.now = now
+        self.now = context.now
 
     def answer(self) -> LocalAnswer:
         raise NotImplementedError
 
     def visible(self, model: str) -> bool:
         """May the caller see ``model``?  (Its key's allow-list.)"""
-        identity = self.request.identity
-        return identity is None or identity.may_use(model)
+        return self.context.identity.may_use(model)
 
     def plan(
         self, route: Route | None, backend: BackendConfig | None
@@ -91,7 +86,7 @@ class OpenAIModelList(LocalFlow):
     def answer(self) -> LocalAnswer:
         data = [
             _model_object(name, info.created if info else 0, info.owned_by if info else backend)
-            for name, backend, info in self.gateway.catalogue.models()
+            for name, backend, info in self.context.catalogue.models()
             if self.visible(name)
         ]
         # Always an array, never null (Ollama sends null when empty: pitfall 18).
@@ -106,7 +101,7 @@ class OpenAIModelRetrieve(LocalFlow):
         # Ids contain "/" and ":" (hf.co/user/model:Q4); take the whole rest
         # of the path, percent-decoded, rather than one segment (pitfall 14).
         name = unquote(self.request.path[len("/v1/models/") :])
-        for known, backend, info in self.gateway.catalogue.models():
+        for known, backend, info in self.context.catalogue.models():
             if known == name and self.visible(name):
                 created = info.created if info else 0
                 return _json(_model_object(name, created, info.owned_by if info else backend))
@@ -128,8 +123,8 @@ class Ready(LocalFlow):
     route_name = "ready"
 
     def answer(self) -> LocalAnswer:
-        up = [s.name for s in self.gateway.backend_status.values() if s.up]
-        store = self.gateway.store_status
+        up = [s.name for s in self.context.backend_status.values() if s.up]
+        store = self.context.store_status
         if store is not None and not store.ready:
             # A shared limit store not yet warmed would answer 503 or fall back.
             body = {"status": "unavailable", "backends_up": up, "store": store.reason}
@@ -148,12 +143,11 @@ class Status(LocalFlow):
     route_name = "status"
 
     def answer(self) -> LocalAnswer:
-        gateway = self.gateway
-        identity = self.request.identity
-        admin = identity is None or identity.admin
+        context = self.context
+        admin = context.identity.admin
         backends = []
-        for backend in gateway.config.backends:
-            status = gateway.backend_status.get(backend.name)
+        for backend in context.backends:
+            status = context.backend_status.get(backend.name)
             entry: dict[str, object] = {
                 "name": backend.name,
                 "kind": backend.kind,
@@ -169,7 +163,7 @@ class Status(LocalFlow):
                     else None,
                     "last_error": status.error if status else None,
                     "models": status.models if status else 0,
-                    "circuit": gateway.health.state(backend.name).value,
+                    "circuit": context.circuit(backend.name).value,
                 }
             )
             if not admin:
@@ -177,11 +171,11 @@ class Status(LocalFlow):
             backends.append(entry)
         models = [
             {"name": name, "backend": backend}
-            for name, backend, _ in gateway.catalogue.models()
+            for name, backend, _ in context.catalogue.models()
             if admin or self.visible(name)
         ]
         body: dict[str, object] = {"backends": backends, "models": models}
-        store = gateway.store_status
+        store = context.store_status
         if store is not None:
             body["limit_store"] = {
                 "ready": store.ready,
@@ -213,10 +207,8 @@ class Metrics(LocalFlow):
 
 
 def _factory(cls: type[LocalFlow]):  # type: ignore[no-untyped-def]
-    def create(
-        gateway: Gateway, request: IncomingRequest, request_id: str, now: float
-    ) -> LocalFlow:
-        return cls(gateway, request, now)
+    def create(context: FlowContext, request: IncomingRequest) -> LocalFlow:
+        return cls(context, request)
 
     return create
 

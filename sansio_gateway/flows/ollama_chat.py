@@ -19,7 +19,7 @@ for every line of a stream: the core has no clock).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -44,9 +44,7 @@ from ..ollama_from_openai_stream import OpenAIChatToOllamaStream
 from ..openai_from_ollama import chat_to_openai, generate_to_openai
 from ..usage import TokenUsage
 from .base import JSON_HEADERS, NDJSON_HEADERS, LocalAnswer, UpstreamCall
-
-if TYPE_CHECKING:
-    from ..gateway import Gateway
+from .context import FlowContext
 
 __all__ = ["OllamaChatFlow", "OllamaGenerateFlow"]
 
@@ -60,19 +58,16 @@ class _GenerationFlow:
 
     def __init__(
         self,
-        gateway: Gateway,
+        context: FlowContext,
         request: NativeChatRequest | NativeGenerateRequest,
         *,
         model: str,
-        request_id: str,
-        now: float,
         prompt_bytes: int,
     ) -> None:
-        self.gateway = gateway
         self.request = request
         self._model = model
-        self._request_id = request_id
-        self._created_at = rfc3339(now)
+        self._request_id = context.request_id
+        self._created_at = rfc3339(context.now)
         self._prompt_bytes = prompt_bytes
         self._completions = False  # the upstream is /completions, not /chat/completions
         self._decoder: SSEDecoder | None = None

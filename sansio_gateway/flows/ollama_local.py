@@ -103,7 +103,7 @@ class OllamaTags(NativeLocal):
 
     def answer(self) -> LocalAnswer:
         models: dict[str, dict[str, Any]] = {}
-        for name, _backend, info in self.gateway.catalogue.models():
+        for name, _backend, info in self.context.catalogue.models():
             if not self.visible(name):
                 continue
             listed = listed_name(name)
@@ -146,7 +146,7 @@ class OllamaShow(NativeLocal):
 
     def answer(self) -> LocalAnswer:
         name = self.model or ""
-        info = next((i for n, _, i in self.gateway.catalogue.models() if n == name), None)
+        info = next((i for n, _, i in self.context.catalogue.models() if n == name), None)
         return _json(
             {
                 "modelfile": "",
@@ -202,7 +202,7 @@ class OllamaPull(NativeLocal):
     def answer(self) -> LocalAnswer:
         data = load_object(self.request.body, "api.PullRequest")
         name = self.model or ""
-        if not is_listed(self.gateway.catalogue, name):
+        if not is_listed(self.context.catalogue, name):
             raise not_implemented(
                 f"model '{name}' is not served by any backend of this gateway, and the "
                 "gateway cannot pull models; pull it on a backend instead"
@@ -218,7 +218,7 @@ class HeadOnly(NativeLocal):
     """``HEAD``: the ``GET`` answer's status and headers, without a body."""
 
     def __init__(self, inner: NativeLocal) -> None:
-        super().__init__(inner.gateway, inner.request, inner.now)
+        super().__init__(inner.context, inner.request)
         self.inner = inner
         self.surface = inner.surface
         self.route_name = inner.route_name

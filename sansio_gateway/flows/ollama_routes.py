@@ -21,9 +21,6 @@ only thing ``gateway.default_router`` needs to call.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-
 from ..http import IncomingRequest
 from ..ollama_api_request import (
     parse_chat_request,
@@ -32,8 +29,9 @@ from ..ollama_api_request import (
     parse_generate_request,
     parse_model_request,
 )
-from ..routing import Access
+from ..routing import Access, Router
 from .base import Flow
+from .context import FlowContext, FlowFactory
 from .ollama_chat import OllamaChatFlow, OllamaGenerateFlow
 from .ollama_dispatch import NativeDispatch
 from .ollama_embed import OllamaEmbedFlow
@@ -50,72 +48,60 @@ from .ollama_local import (
 )
 from .ollama_models import catalogue_name
 
-if TYPE_CHECKING:
-    from ..gateway import Gateway
-    from ..routing import Router
-
 __all__ = ["install_ollama_routes"]
 
-_Factory = Callable[["Gateway", IncomingRequest, str, float], Flow]
-# (gateway, request, request id, now, catalogue model name) -> the translating flow
-_Translator = Callable[["Gateway", IncomingRequest, str, float, str], Flow]
 
-
-def translate_chat(gw: Gateway, request: IncomingRequest, rid: str, now: float, model: str) -> Flow:
+def translate_chat(context: FlowContext, request: IncomingRequest, model: str) -> Flow:
     native = parse_chat_request(request.body)
     size = len(request.body)
-    return OllamaChatFlow(gw, native, model=model, request_id=rid, now=now, prompt_bytes=size)
+    return OllamaChatFlow(context, native, model=model, prompt_bytes=size)
 
 
-def translate_generate(
-    gw: Gateway, request: IncomingRequest, rid: str, now: float, model: str
-) -> Flow:
+def translate_generate(context: FlowContext, request: IncomingRequest, model: str) -> Flow:
     native = parse_generate_request(request.body)
     size = len(request.body)
-    return OllamaGenerateFlow(gw, native, model=model, request_id=rid, now=now, prompt_bytes=size)
+    return OllamaGenerateFlow(context, native, model=model, prompt_bytes=size)
 
 
-def translate_embed(
-    gw: Gateway, request: IncomingRequest, rid: str, now: float, model: str
-) -> Flow:
+def translate_embed(context: FlowContext, request: IncomingRequest, model: str) -> Flow:
     legacy = request.path == "/api/embeddings"
     native = (parse_embeddings_request if legacy else parse_embed_request)(request.body)
     return OllamaEmbedFlow(native, model=model, prompt_bytes=len(request.body))
 
 
-def translate_show(gw: Gateway, request: IncomingRequest, rid: str, now: float, model: str) -> Flow:
-    flow = OllamaShow(gw, request, now)
+def translate_show(context: FlowContext, request: IncomingRequest, model: str) -> Flow:
+    flow = OllamaShow(context, request)
     flow.model = model
     return flow
 
 
-def _native(route_name: str, struct: str) -> _Factory:
+def _native(route_name: str, struct: str) -> FlowFactory:
     """A model-addressed route, served per attempt by the flow that the
     registry gives for the chosen backend's kind (flows/ollama_dispatch.py)."""
 
-    def create(gateway: Gateway, request: IncomingRequest, rid: str, now: float) -> Flow:
+    def create(context: FlowContext, request: IncomingRequest) -> Flow:
         _data, requested = parse_model_request(request.body, struct)
-        model = catalogue_name(gateway.catalogue, requested)
+        model = catalogue_name(context.catalogue, requested)
 
         def make(kind: str) -> Flow | None:
-            maker = gateway.registry.maker(kind, route_name)
-            return None if maker is None else maker(gateway, request, rid, now, model)
+            maker = context.maker(kind, route_name)
+            return None if maker is None else maker(context, request, model)
 
         return NativeDispatch(route_name=route_name, model=model, make=make)
 
     return create
 
 
-def _pull(gateway: Gateway, request: IncomingRequest, rid: str, now: float) -> Flow:
+def _pull(context: FlowContext, request: IncomingRequest) -> Flow:
     _data, requested = parse_model_request(request.body, "PullRequest")
-    flow = OllamaPull(gateway, request, now)
-    flow.model = catalogue_name(gateway.catalogue, requested)
+    flow = OllamaPull(context, request)
+    flow.model = catalogue_name(context.catalogue, requested)
     return flow
 
 
-def _local(cls: type[NativeLocal], *, head: bool = False) -> _Factory:
-    def create(gateway: Gateway, request: IncomingRequest, rid: str, now: float) -> Flow:
-        flow = cls(gateway, request, now)
+def _local(cls: type[NativeLocal], *, head: bool = False) -> FlowFactory:
+    def create(context: FlowContext, request: IncomingRequest) -> Flow:
+        flow = cls(context, request)
         return HeadOnly(flow) if head else flow
 
     return create

@@ -9,8 +9,6 @@ from one native JSON object, or SSE chunks from the native NDJSON stream
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import orjson
 
 from ..catalogue import Route
@@ -23,10 +21,8 @@ from ..ollama_chat_response import ollama_chat_to_completion, usage_from_ollama
 from ..ollama_chat_stream import OllamaChatStream
 from ..openai_chat_request import ChatRequest, parse_chat_request
 from .base import LocalAnswer, UpstreamCall
+from .context import FlowContext
 from .sse_stream import NdjsonToSseStream
-
-if TYPE_CHECKING:
-    from ..gateway import Gateway
 
 __all__ = ["OpenAIChatFlow"]
 
@@ -35,11 +31,11 @@ class OpenAIChatFlow(NdjsonToSseStream[OllamaChatStream]):
     surface = Surface.OPENAI
     route_name = "chat.completions"
 
-    def __init__(self, gateway: Gateway, body: bytes, request_id: str, now: float) -> None:
-        self.gateway = gateway
+    def __init__(self, context: FlowContext, body: bytes) -> None:
+        self.context = context
         self.request: ChatRequest = parse_chat_request(body)
-        self.completion_id = f"chatcmpl-{request_id}"
-        self.created = int(now)
+        self.completion_id = f"chatcmpl-{context.request_id}"
+        self.created = int(context.now)
         self._reset_stream_state(body)
 
     @property
@@ -52,9 +48,9 @@ class OpenAIChatFlow(NdjsonToSseStream[OllamaChatStream]):
         self, route: Route | None, backend: BackendConfig | None
     ) -> UpstreamCall | LocalAnswer:
         assert route is not None and backend is not None
-        server = self.gateway.config.server
+        context = self.context
         native = chat_request_to_ollama(
-            self.request, model=route.target, default_max_tokens=server.default_max_tokens
+            self.request, model=route.target, default_max_tokens=context.default_max_tokens
         )
         if self.request.stream:
             self._decoder = NDJSONDecoder()
@@ -63,7 +59,7 @@ class OpenAIChatFlow(NdjsonToSseStream[OllamaChatStream]):
                 created=self.created,
                 model=self.request.model,
                 include_usage=self.request.include_usage,
-                reasoning_field=server.reasoning_field,
+                reasoning_field=context.reasoning_field,
                 forced_tool=self.request.forced_tool,
             )
         return UpstreamCall(
@@ -82,13 +78,12 @@ class OpenAIChatFlow(NdjsonToSseStream[OllamaChatStream]):
         if not isinstance(native, dict):
             raise UpstreamError("backend sent an unexpected response")
         self._usage = usage_from_ollama(native)
-        server = self.gateway.config.server
         completion = ollama_chat_to_completion(
             native,
             completion_id=self.completion_id,
             created=self.created,
             model=self.request.model,
-            reasoning_field=server.reasoning_field,
+            reasoning_field=self.context.reasoning_field,
             forced_tool=self.request.forced_tool,
         )
         return orjson.dumps(completion)

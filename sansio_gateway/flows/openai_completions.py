@@ -10,8 +10,6 @@ resolved, and the answer is translated whole (one native JSON object -> one
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import orjson
 
 from ..catalogue import Route
@@ -28,10 +26,8 @@ from ..openai_completions import (
     parse_completion_request,
 )
 from .base import LocalAnswer, UpstreamCall
+from .context import FlowContext
 from .sse_stream import NdjsonToSseStream
-
-if TYPE_CHECKING:
-    from ..gateway import Gateway
 
 __all__ = ["OpenAICompletionsFlow"]
 
@@ -40,12 +36,12 @@ class OpenAICompletionsFlow(NdjsonToSseStream[OllamaCompletionStream]):
     surface = Surface.OPENAI
     route_name = "completions"
 
-    def __init__(self, gateway: Gateway, body: bytes, request_id: str, now: float) -> None:
-        self.gateway = gateway
+    def __init__(self, context: FlowContext, body: bytes) -> None:
+        self.context = context
         self.request: CompletionRequest = parse_completion_request(body)
         # Unique per request (Ollama's are cmpl-<0..998>: pitfall 19).
-        self.completion_id = f"cmpl-{request_id}"
-        self.created = int(now)
+        self.completion_id = f"cmpl-{context.request_id}"
+        self.created = int(context.now)
         self._reset_stream_state(body)
 
     @property
@@ -61,7 +57,7 @@ class OpenAICompletionsFlow(NdjsonToSseStream[OllamaCompletionStream]):
         native = completion_request_to_ollama(
             self.request,
             model=route.target,
-            default_max_tokens=self.gateway.config.server.default_max_tokens,
+            default_max_tokens=self.context.default_max_tokens,
         )
         if self.request.stream:
             self._decoder = NDJSONDecoder()

@@ -10,8 +10,6 @@ answer with nothing (as :class:`~sansio_gateway.flows.local.LocalFlow`'s do).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import orjson
 
 from ..catalogue import Route
@@ -28,9 +26,6 @@ from ..openai_embeddings import (
 from ..usage import TokenUsage
 from .base import JSON_HEADERS, LocalAnswer, UpstreamCall
 
-if TYPE_CHECKING:
-    from ..gateway import Gateway
-
 __all__ = ["OpenAIEmbeddingsFlow"]
 
 
@@ -40,8 +35,7 @@ class OpenAIEmbeddingsFlow:
     stream_done = True  # never streams
     stream_failed = False
 
-    def __init__(self, gateway: Gateway, body: bytes, request_id: str, now: float) -> None:
-        self.gateway = gateway
+    def __init__(self, body: bytes) -> None:
         self.request: EmbeddingsRequest = parse_embeddings_request(body)
         self._prompt_bytes = len(body)
         self._usage: TokenUsage | None = None

@@ -17,7 +17,7 @@ the backend sends comments or multi-line events.  ``[DONE]`` and in-band
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -29,9 +29,6 @@ from ..http import Headers, IncomingRequest, Surface
 from ..openai_chat_request import remote_image_url_param
 from ..usage import TokenUsage
 from .base import JSON_HEADERS, SSE_HEADERS, LocalAnswer, UpstreamCall
-
-if TYPE_CHECKING:
-    from ..gateway import Gateway
 
 __all__ = ["OpenAIPassthroughFlow"]
 
@@ -54,9 +51,7 @@ def _usage_of(value: Any) -> TokenUsage | None:
 class OpenAIPassthroughFlow:
     surface = Surface.OPENAI
 
-    def __init__(
-        self, gateway: Gateway, request: IncomingRequest, request_id: str, now: float, model: str
-    ) -> None:
+    def __init__(self, request: IncomingRequest, model: str) -> None:
         data = orjson.loads(request.body)  # the route's parser already validated it
         if not isinstance(data, dict):
             raise InvalidRequest("The request body must be a JSON object.")

@@ -3,35 +3,32 @@
 The request is validated by the route's own parser when it arrives (a bad
 request never reaches a backend, whatever its kind); the flow that serves
 it -- a translation to Ollama, or the OpenAI passthrough -- comes from the
-Gateway's registry for the kind of backend each attempt reaches.
+Gateway's registry (through the flow context) for the kind of backend each attempt reaches.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from ..http import IncomingRequest, Surface
 from ..openai_chat_request import parse_chat_request
 from ..openai_completions import parse_completion_request
 from ..openai_embeddings import parse_embeddings_request
+from ..routing import Router
 from .base import Flow
+from .context import FlowContext, FlowFactory
 from .ollama_dispatch import NativeDispatch
-
-if TYPE_CHECKING:
-    from ..gateway import Gateway
-    from ..routing import Router
 
 __all__ = ["install_openai_routes"]
 
 
-def _route(route_name: str, model_of: Callable[[bytes], str]):  # type: ignore[no-untyped-def]
-    def create(gateway: Gateway, request: IncomingRequest, rid: str, now: float) -> Flow:
+def _route(route_name: str, model_of: Callable[[bytes], str]) -> FlowFactory:
+    def create(context: FlowContext, request: IncomingRequest) -> Flow:
         model = model_of(request.body)
 
         def make(kind: str) -> Flow | None:
-            maker = gateway.registry.maker(kind, route_name)
-            return None if maker is None else maker(gateway, request, rid, now, model)
+            maker = context.maker(kind, route_name)
+            return None if maker is None else maker(context, request, model)
 
         return NativeDispatch(route_name=route_name, model=model, make=make, surface=Surface.OPENAI)
 
