@@ -2,7 +2,7 @@
 
 Wire facts live in docs/wire-notes.md, limiter behaviour in docs/rate-limiting.md,
 and so on; a citation names the page and a heading, as in
-``docs/wire-notes.md, "Stream ids"``.  Numbered tags into notes kept outside the
+``docs/wire-notes.md, "Tool-call ids"``.  Numbered tags into notes kept outside the
 repo (pitfall numbers, numbered sections, the style and design files) mean
 nothing to a reader of a clone, so they fail here.
 
@@ -60,9 +60,7 @@ def _texts(path: Path) -> list[tuple[int, str]]:
     if block:
         found.append((start, " ".join(block)))
     for node in ast.walk(ast.parse(source)):
-        if isinstance(
-            node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
-        ):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             doc = ast.get_docstring(node, clean=False)
             if doc:
                 line = node.body[0].lineno if node.body else 1
@@ -79,7 +77,7 @@ def _headings(page: Path) -> set[str]:
     for line in page.read_text(encoding="utf-8").splitlines():
         match = re.match(r"#{1,6} (.+?)\s*(\{#[^}]*\})?\s*$", line)
         if match:
-            titles.add(match.group(1))
+            titles.add(match.group(1).replace("`", ""))
     return titles
 
 
@@ -90,7 +88,7 @@ def test_no_comment_cites_a_numbered_tag_or_a_file_outside_the_repo() -> None:
         for line, text in _texts(path)
         for match in FORBIDDEN.finditer(text)
     ]
-    assert offenders == []
+    assert not offenders, "\n".join(offenders)
 
 
 def test_every_doc_citation_names_an_existing_page_and_heading() -> None:
@@ -108,7 +106,7 @@ def test_every_doc_citation_names_an_existing_page_and_heading() -> None:
                 # A title may itself hold quotes: accept any heading followed by '"'.
                 if not any(rest.startswith(title + '"') for title in titles):
                     offenders.append(f"{where}: no heading in {page}: {rest[:50]!r}")
-    assert offenders == []
+    assert not offenders, "\n".join(offenders)
 
 
 def test_the_checks_see_a_bad_citation(tmp_path: Path) -> None:
