@@ -318,7 +318,8 @@ def _malformed(what: str) -> UpstreamError:
 
 def read_generate_line(value: Any) -> NativeGenerate:
     """Check one native value -- a whole body or one NDJSON line, same shape
-    (docs/wire-notes.md, "Errors in a stream") -- and raise :class:`UpstreamError` for an in-band
+    (docs/wire-notes.md, "Native endpoints clients call") -- and raise
+    :class:`UpstreamError` for an in-band
     ``{"error": ...}`` or anything malformed.  Native ``thinking`` is dropped:
     a completion has no field for it (and ``think: false`` was asked for)."""
     if type(value) is not dict:
