@@ -160,7 +160,7 @@ SQLITE_MAX_PENDING = 100_000
 class SQLiteLedger:
     """The usage ledger in one SQLite file (WAL), shared by ``--workers``.
 
-    **Durability** (docs/deployment.md, "What a crash can lose"): records
+    **Durability** (docs/deployment.md, "What a crash can lose: the usage ledger"): records
     wait in memory for at most ``FLUSH_INTERVAL`` (50 ms) and are then
     committed in one transaction.  While SQLite keeps failing they stay
     queued, at most ``max_pending`` (the oldest are dropped beyond, counted

@@ -1,8 +1,8 @@
 """What a request costs at admission, before any backend has counted it.
 
 Theory of operation: the Exchange charges rate limits before the request is
-sent (rate-limiting.md, "A request's life" and "What is charged").  The
-charge is an upper bound of what the backend can be made to do:
+sent (docs/rate-limiting.md, "Committing: estimates reconciled" and
+"What is charged").  The charge is an upper bound of what the backend can be made to do:
 
 * **prompt** -- every field of the body that is forwarded is counted
   (:mod:`sansio_gateway.tokens`): the known prompt fields by their text,

@@ -67,15 +67,15 @@ class _Discovery:
 
 
 def _with_latest(name: str) -> str:
-    # Ollama's name parser defaults the tag to "latest" (reference section 11).
+    # Ollama's name parser defaults the tag to "latest" (docs/wire-notes.md, "Model names").
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
 def ollama_canonical_name(name: str) -> str:
     """Ollama's own identity for a model name: its parser fills in the host
     ``registry.ollama.ai``, the namespace ``library`` and the tag ``latest``,
-    and its model store compares names case-insensitively (reference
-    section 11), so every spelling of one model maps to one string."""
+    and its model store compares names case-insensitively (docs/wire-notes.md,
+    "Model names"), so every spelling of one model maps to one string."""
     parts = _with_latest(name.lower()).split("/")
     if len(parts) == 1:
         parts = ["registry.ollama.ai", "library", *parts]
@@ -204,7 +204,8 @@ class Catalogue:
 
 
 def _namespace(name: str) -> str:
-    # Mirrors Ollama's owned_by: "hf.co/user/x" -> "user", "ns/x" -> "ns" (reference section 7).
+    # Mirrors Ollama's owned_by: "hf.co/user/x" -> "user", "ns/x" -> "ns" (docs/wire-notes.md,
+    # "Model owners").
     parts = name.split(":", 1)[0].split("/")
     if len(parts) >= 3:
         return parts[-2]

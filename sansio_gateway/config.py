@@ -159,7 +159,7 @@ class ServerConfig(_Strict):
     # `reasoning_content` (docs/openai-compatibility.md); Ollama itself says `reasoning`.
     reasoning_field: str = "reasoning_content"
     # With token limits: written upstream as the output cap when a client sends
-    # none (or an unbounded one), shrunk to fit the limits (rate-limiting.md,
+    # none (or an unbounded one), shrunk to fit the limits (docs/rate-limiting.md,
     # "What is charged").  4096 when token limits are set and this is not.
     default_max_tokens: int | None = Field(default=None, gt=0)
     # An unknown model triggers a fresh discovery at most this often.

@@ -165,8 +165,8 @@ def render_ollama_error(err: GatewayError) -> bytes:
 
 
 # Backend status -> (status we answer, OpenAI type, code).  Ollama answers
-# 400/404/429/500/503 with meaningful messages (reference section 8); we keep
-# the status where it means the same thing to the client and name the type
+# 400/404/429/500/503 with meaningful messages (docs/wire-notes.md, "Error statuses and shapes");
+# we keep the status where it means the same thing to the client and name the type
 # the way OpenAI does for that status.
 _UPSTREAM_STATUS_TABLE: dict[int, tuple[int, str, str | None]] = {
     400: (400, "invalid_request_error", None),

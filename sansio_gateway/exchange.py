@@ -456,7 +456,7 @@ class Exchange:
         body = plan.body
         if self._output_cap is not None:
             # The cap admission charged is the cap the backend reads, on
-            # every route and backend kind (rate-limiting.md, "What is charged").
+            # every route and backend kind (docs/rate-limiting.md, "What is charged").
             body = write_output_cap(self.flow.route_name, backend.kind, body, self._output_cap)
         return [
             SendUpstream(
@@ -671,7 +671,7 @@ class Exchange:
 
     def _limit_charge(self, outcome: str) -> int:
         """What the limits are charged for a request that reached a backend
-        (rate-limiting.md, "What is charged"): the backend's own counts when
+        (docs/rate-limiting.md, "What is charged"): the backend's own counts when
         it gave them; else nothing when every attempt ended before the
         backend could generate (no connection, or a 4xx refusal); else, for
         a stream the client left, the prompt and the output streamed so far

@@ -28,7 +28,7 @@ instead of being replaced with U+FFFD (a corrupt upstream must not become
 silently corrupt output), and ``retry`` is reported on the next dispatched
 event instead of setting a reconnection timer (the gateway never reconnects).
 
-The encoders produce the exact framing of the wire reference, section 9:
+The encoders produce the exact framing of docs/wire-notes.md, "Framing: NDJSON and SSE":
 ``data: <compact JSON>\\n\\n`` with ``data: [DONE]\\n\\n`` as terminator, and
 one compact JSON value plus ``\\n`` per NDJSON line.
 """

@@ -60,7 +60,7 @@ class Gateway:
         self.limits_on = _any_limit(config)
         if _any_token_limit(config) and config.server.default_max_tokens is None:
             # Estimates must be upper bounds, so an output cap is written
-            # upstream whenever the client gives none (rate-limiting.md).
+            # upstream whenever the client gives none (docs/rate-limiting.md, "What is charged").
             server = config.server.model_copy(update={"default_max_tokens": DEFAULT_OUTPUT_CAP})
             config = config.model_copy(update={"server": server})
         self.config = config

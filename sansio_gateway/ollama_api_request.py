@@ -6,8 +6,8 @@ checks the fields the gateway reads, and returns a frozen request value; the
 translators in :mod:`sansio_gateway.openai_from_ollama` take it from there.
 Nothing here knows about backends.
 
-The rules copy Ollama's own binding (reference section 2, "Binding uses Go
-``encoding/json``"; section 10 for the fields of each endpoint):
+The rules copy Ollama's own binding (docs/wire-notes.md, "How Ollama binds a
+request"; "Native endpoints clients call" for the fields of each endpoint):
 
 * unknown fields are ignored, an explicit ``null`` is the same as absent;
 * a field of the wrong JSON type is a 400 phrased as Go's decoder phrases it
@@ -60,7 +60,7 @@ _MAX_TOP_LOGPROBS = 20
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NativeToolCall:
     """An assistant tool call from the history; ``id`` is None when the
-    client sent none (ollama-python drops ids: reference section 10)."""
+    client sent none (ollama-python drops ids: docs/wire-notes.md, "Tool-call ids")."""
 
     id: str | None
     name: str
@@ -113,7 +113,8 @@ class NativeGenerateRequest(NativeGeneration):
 
     @property
     def is_load(self) -> bool:
-        """No prompt and no images: load (or unload) only (section 10)."""
+        """No prompt and no images: load (or unload) only (docs/wire-notes.md, "Native endpoints
+        clients call")."""
         return not self.prompt and not self.images
 
 
@@ -390,7 +391,7 @@ def _tool(value: Any) -> dict[str, Any]:
     if type(function) is not dict or type(function.get("name")) is not str:
         raise InvalidRequest("invalid tool: function name is required")
     # Passed on whole: every JSON-Schema keyword reaches the backend
-    # (Ollama's own struct drops many, pitfall 20).
+    # (Ollama's own struct drops many: docs/wire-notes.md, "Tool schemas").
     return {"type": "function", "function": function}
 
 

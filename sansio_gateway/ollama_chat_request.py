@@ -7,18 +7,18 @@ messages, ``options``, ``format``, ``tools``, ``think``, ``logprobs``.  It
 is a pure function of the request; everything it raises is an
 :class:`InvalidRequest` (400) naming the OpenAI parameter at fault.
 
-Where we deliberately differ from Ollama's own ``/v1`` layer (reference
-section 13, "pitfalls"):
+Where we deliberately differ from Ollama's own ``/v1`` layer (each point has
+its section in docs/wire-notes.md):
 
-* ``developer`` becomes ``system`` (pitfall 16);
-* ``max_completion_tokens`` is honoured (pitfall 1) and absent sampling
-  parameters stay absent, so Modelfile defaults apply (pitfall 2);
-* ``tool_choice`` is enforced with constrained decoding (pitfall 3);
-* tool schemas are passed through whole (pitfall 20);
+* ``developer`` becomes ``system`` ("The developer role");
+* ``max_completion_tokens`` is honoured ("Token caps") and absent sampling
+  parameters stay absent, so Modelfile defaults apply ("Absent sampling parameters");
+* ``tool_choice`` is enforced with constrained decoding ("tool_choice");
+* tool schemas are passed through whole ("Tool schemas");
 * array content becomes ONE native message, so a tool result or an assistant
-  turn keeps its ``tool_call_id``/``tool_calls`` (section 2.2);
-* native ``options``, ``keep_alive`` and ``think`` reach the backend (pitfall 9);
-* remote image URLs are a clear 400, never forwarded (pitfall 25).
+  turn keeps its ``tool_call_id``/``tool_calls`` ("Messages and tool results");
+* native ``options``, ``keep_alive`` and ``think`` reach the backend ("Native options over /v1");
+* remote image URLs are a clear 400, never forwarded ("Images").
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from .openai_chat_request import ChatRequest, ForcedTool
 
 __all__ = ["chat_request_to_ollama"]
 
-# Reference section 2.4: reasoning_effort -> native think.
+# reasoning_effort -> native think (docs/wire-notes.md, "Reasoning effort and think").
 _EFFORT_TO_THINK: dict[str, bool | str] = {
     "none": False,
     "minimal": "low",
@@ -45,7 +45,7 @@ _EFFORT_TO_THINK: dict[str, bool | str] = {
     "ultra": "max",
 }
 # Ollama's /v1 takes jpeg/jpg/png/webp data URLs only, case-sensitively
-# (section 2.2, pitfall 8).  We also take gif and any MIME case: the native
+# (docs/wire-notes.md, "Images").  We also take gif and any MIME case: the native
 # `images` field is just bytes, and decoding them is the backend's business.
 _IMAGE_MIMES = frozenset(("image/png", "image/jpeg", "image/jpg", "image/webp", "image/gif"))
 # Text parts of one message are joined with a newline so that "a" and "b"
@@ -121,11 +121,11 @@ def _options(req: ChatRequest, default_max_tokens: int | None) -> dict[str, Any]
     the explicitly mapped OpenAI parameters, which win for the same key (a
     top-level ``temperature`` is the documented spelling; ``options`` is the
     escape hatch).  Only parameters the client sent are written: absent ones
-    keep the Modelfile defaults (pitfall 2)."""
+    keep the Modelfile defaults (docs/wire-notes.md, "Absent sampling parameters")."""
     options = dict(req.native_options)
     num_predict = req.max_output_tokens if req.max_output_tokens is not None else default_max_tokens
     if num_predict is not None:
-        options["num_predict"] = num_predict  # pitfall 1: both max_* fields land here
+        options["num_predict"] = num_predict  # both max_* fields land here ("Token caps")
     for key in ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty"):
         value = getattr(req, key)
         if value is not None:
@@ -158,7 +158,7 @@ def _format(req: ChatRequest) -> str | dict[str, Any] | None:
 
 def forced_tool_schema(tools: tuple[dict[str, Any], ...], forced: ForcedTool) -> dict[str, Any]:
     """The JSON schema that makes the model's whole output a tool call
-    (Ollama has no tool_choice, pitfall 3; ``format`` drives constrained
+    (Ollama has no tool_choice: docs/wire-notes.md, "tool_choice"; ``format`` drives constrained
     decoding).  Named: the output is that function's arguments object.
     Otherwise: ``{"name": ..., "arguments": ...}`` with each name paired with
     its own parameter schema via ``anyOf``."""
@@ -220,7 +220,7 @@ def _messages(messages: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
             if images:
                 native["images"] = images
             out.append(native)
-        else:  # system and developer (pitfall 16: few templates know "developer")
+        else:  # system and developer (few templates know "developer")
             out.append({"role": "system", "content": _content(msg["content"], i)[0]})
     return out
 
@@ -250,7 +250,7 @@ def _content(content: Any, i: int) -> tuple[str, list[str]]:
 
 
 def _image(image_url: Any, param: str) -> str:
-    """The bare base64 payload of a ``data:`` image URL (reference section 2.2)."""
+    """The bare base64 payload of a ``data:`` image URL (docs/wire-notes.md, "Images")."""
     url: str = image_url if type(image_url) is str else image_url["url"]
     if url[:8].lower().startswith(("http://", "https://")):
         raise InvalidRequest(

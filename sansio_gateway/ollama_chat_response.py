@@ -2,8 +2,8 @@
 
 Theory of operation: :func:`read_native_line` checks one native value -- a
 whole non-stream body or one NDJSON stream line, they have the same shape
-(reference section 3 and 4) -- and returns a :class:`NativeLine` whose tool
-calls and logprobs are already in OpenAI form except for their ids.
+(docs/wire-notes.md, "The native chat answer" and "Chat stream chunks") -- and returns a
+:class:`NativeLine` whose tool calls and logprobs are already in OpenAI form except for their ids.
 :func:`ollama_chat_to_completion` (here) and
 :class:`sansio_gateway.ollama_chat_stream.OllamaChatStream` both build on it
 and on the small helpers below, so a streamed and a non-streamed answer to
@@ -16,9 +16,9 @@ Decisions (see docs/openai-compatibility.md):
 * ``system_fingerprint`` is the constant ``"fp_sansio"``;
 * a tool call without a native id gets ``call_<completion id suffix>_<i>``,
   ``i`` being its position among the answer's calls: stable, and the same in
-  both modes (Ollama before v0.12.10 sent no ids: pitfall 17);
+  both modes (Ollama before v0.12.10 sent no ids: docs/wire-notes.md, "Tool-call ids");
 * ``content`` is ``None`` when the answer is only tool calls (Ollama sends
-  ``""``, section 3); the reasoning key appears only when there was thinking;
+  ``""``, "The native chat answer"); the reasoning key appears only when there was thinking;
 * when ``tool_choice`` forced a call (:class:`ForcedTool`), the JSON content
   becomes that call; content that is not the expected JSON (e.g. cut short by
   ``length``) is returned as content with the backend's finish reason.
@@ -74,7 +74,7 @@ def _malformed(what: str) -> UpstreamError:
 
 def read_native_line(value: Any) -> NativeLine:
     """Check one native value; raises :class:`UpstreamError` for an in-band
-    ``{"error": ...}`` (reference section 4.3) or anything malformed."""
+    ``{"error": ...}`` (docs/wire-notes.md, "Errors in a stream") or anything malformed."""
     if type(value) is not dict:
         raise _malformed("not a JSON object")
     if "error" in value:
@@ -143,7 +143,8 @@ def _native_call(call: Any) -> NativeCall:
 
 def _logprob(entry: Any) -> dict[str, Any]:
     """A native logprob entry as OpenAI's (``bytes`` and ``top_logprobs`` are
-    required keys there; Ollama omits them when empty, section 3)."""
+    required keys there; Ollama omits them when empty: docs/wire-notes.md, "The native chat
+    answer")."""
     if type(entry) is not dict:
         raise _malformed("logprob entry is not an object")
     top = _list(entry.get("top_logprobs"), "top_logprobs")
@@ -223,8 +224,8 @@ def ollama_chat_to_completion(
 
     ``model`` is the name the client sent; ``reasoning_field`` is where native
     thinking goes (``reasoning_content`` as most clients read, or Ollama's
-    ``reasoning``: pitfall 6).  Raises :class:`UpstreamError` when the body
-    is an error or malformed.
+    ``reasoning``: docs/wire-notes.md, "The reasoning field").  Raises :class:`UpstreamError` when
+    the body is an error or malformed.
     """
     line = read_native_line(resp)
     calls = list(line.tool_calls)

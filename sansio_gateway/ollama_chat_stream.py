@@ -14,20 +14,21 @@ transport failure.  DONE and FAILED are final: every later call returns
 ``[]``, so nothing ever follows the finish/usage chunks or the error payload.
 
 Framing is OpenAI-exact, which is what Ollama >= v0.32.6 converged on
-(reference section 4.1), plus fixes for the pitfalls of section 13:
+(docs/wire-notes.md, "Chat stream chunks"), plus fixes for Ollama's known faults:
 
 * one ``id`` and one ``created`` for every chunk; ``role`` on the first only;
 * a line with thinking and content gives two chunks, reasoning first;
 * each tool call is one complete delta whose ``index`` is the running count of
   calls in this stream -- never the native index, which is often 0 for every
-  call and makes clients merge parallel calls (pitfall 4); its id is the
-  native id or the same synthesized id as the non-stream answer;
+  call and makes clients merge parallel calls (docs/wire-notes.md, "Tool-call indexes in streams");
+  its id is the native id or the same synthesized id as the non-stream answer;
 * the finish chunk ``{"index": 0, "delta": {}, "finish_reason": R}`` comes
   from the ``done`` line (``stop`` plus any call is ``tool_calls``; ``length``
   stays ``length``), then the usage chunk with ``choices: []`` when
   ``include_usage`` is set, in which case every other chunk has
   ``"usage": null`` as OpenAI's do;
-* errors become ``{"error": {...}}`` payloads (pitfall 13: Ollama loses them);
+* errors become ``{"error": {...}}`` payloads (Ollama loses them: docs/wire-notes.md, "Errors in a
+  stream");
 * with a forced ``tool_choice`` the JSON content is held back and released
   at ``done`` as one tool-call delta (or as content if it is not that JSON).
 
@@ -56,7 +57,7 @@ from .usage import TokenUsage
 __all__ = ["DEFAULT_MAX_FORCED_CHARS", "OllamaChatStream"]
 
 # A forced tool call is held in memory until the done line; the request's
-# num_predict already bounds it, this is the backstop (STYLE: every buffer
+# num_predict already bounds it, this is the backstop (every buffer
 # has a limit).
 DEFAULT_MAX_FORCED_CHARS = 4 * 1024 * 1024
 
@@ -145,7 +146,7 @@ class OllamaChatStream:
         logprobs = native.logprobs
         main = bool(content or calls)
         if native.thinking:
-            # Reasoning first, in a chunk of its own (section 4.1 step 2).
+            # Reasoning first, in a chunk of its own (docs/wire-notes.md, "Chat stream chunks").
             reasoning = {self._reasoning_field: native.thinking}
             out.append(self._chunk(reasoning, None if main else logprobs))
         if main or (logprobs and not native.thinking):

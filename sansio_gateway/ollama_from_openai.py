@@ -10,7 +10,8 @@ and get the native object back.  The small helpers below --
 stream translator (:mod:`sansio_gateway.ollama_from_openai_stream`), so a
 streamed and a whole answer agree field by field.
 
-Decisions (reference section 11; docs/ollama-compatibility.md):
+Decisions (docs/wire-notes.md, "Serving Ollama clients from an OpenAI backend";
+docs/ollama-compatibility.md):
 
 * ``model`` is the name the client asked for; ``created_at`` is RFC 3339 UTC
   of the ``now`` the caller passes in (the core reads no clock);
@@ -21,7 +22,7 @@ Decisions (reference section 11; docs/ollama-compatibility.md):
   that is not a JSON object is kept as ``{"raw": "<text>"}`` so native
   clients, which expect an object, still get one and lose nothing;
 * reasoning comes from ``reasoning_content`` or ``reasoning`` (servers
-  disagree on the name, section 12.2) and becomes ``thinking``;
+  disagree on the name: docs/wire-notes.md, "The reasoning field") and becomes ``thinking``;
 * ``prompt_eval_count``/``eval_count`` come from ``usage``; durations are
   omitted (optional on the wire; we would only be inventing them);
 * a 200 body that holds an ``error`` key is an upstream error.
@@ -241,7 +242,8 @@ def _calls_of(value: Any) -> list[tuple[str, str, Any]]:
 
 
 def logprobs_of(choice: dict[str, Any]) -> list[Any]:
-    """Chat logprob entries are already in the native shape (section 3):
+    """Chat logprob entries are already in the native shape (docs/wire-notes.md, "The native chat
+    answer"):
     ``{token, logprob, bytes, top_logprobs}``."""
     logprobs = choice.get("logprobs")
     content = logprobs.get("content") if type(logprobs) is dict else None

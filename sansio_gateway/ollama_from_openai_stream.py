@@ -17,12 +17,12 @@ chunks (``choices[0].text``).  States::
     STREAMING / FINISHING --error event, garbage, limit--> FAILED
     STREAMING --EOF--> FAILED            FINISHING --EOF--> DONE
 
-Rules (reference section 11, "Chat streaming"):
+Rules (docs/wire-notes.md, "Serving Ollama clients from an OpenAI backend"):
 
 * one native line per content or reasoning delta, ``done: false``;
 * tool-call fragments are buffered by ``index`` -- a new ``id`` at a known
-  index starts a new call, since some backends reuse index 0 (pitfall 4) --
-  and released as ONE line of complete calls with parsed-object arguments
+  index starts a new call, since some backends reuse index 0
+  (docs/wire-notes.md, "Tool-call indexes in streams") -- and released as ONE line of complete calls with parsed-object arguments
   when the finish chunk arrives (or at the end if none does);
 * the final line ``{..., message: {role, content: ""}, done: true,
   done_reason, prompt_eval_count, eval_count}`` follows the usage chunk that
@@ -33,7 +33,8 @@ Rules (reference section 11, "Chat streaming"):
 * an in-band error (``event: error`` or a payload with an ``error`` key),
   an unparseable event, or EOF before any finish becomes one
   ``{"error": "<message>"}`` line (ollama-python raises ``ResponseError``
-  on it, section 9) and the machine is failed.
+  on it: docs/wire-notes.md, "Framing: NDJSON and SSE") and the machine is
+  failed.
 
 Per-chunk code is the hot path: plain dicts, no validation models.
 """

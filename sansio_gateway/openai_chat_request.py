@@ -48,7 +48,7 @@ _OPENAI_PARAMS = frozenset((
     "top_p", "user", "verbosity", "web_search_options",
 ))
 # fmt: on
-# Ollama extensions (reference section 2.1 / pitfall 9: Ollama's own /v1 drops
+# Ollama extensions (docs/wire-notes.md, "Native options over /v1": Ollama's own /v1 drops
 # them, which is exactly why clients cannot set num_ctx there).  `reasoning`
 # is the object form of reasoning_effort that Ollama and OpenRouter accept.
 _EXTENSIONS = frozenset(
@@ -56,7 +56,8 @@ _EXTENSIONS = frozenset(
 )
 _KNOWN_PARAMS = _OPENAI_PARAMS | _EXTENSIONS
 
-# reasoning_effort values accepted (reference section 2.4; "" means absent).
+# reasoning_effort values accepted (docs/wire-notes.md, "Reasoning effort and think"; "" means
+# absent).
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "ultra", "max")
 _THINK_LEVELS = ("low", "medium", "high", "max")
 _ROLES = ("system", "user", "assistant", "tool", "developer")
@@ -75,7 +76,7 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ForcedTool:
-    """``tool_choice`` demands a tool call (Ollama has none: pitfall 3).
+    """``tool_choice`` demands a tool call (Ollama has none: docs/wire-notes.md, "tool_choice").
 
     The translator enforces it with constrained decoding and the response
     translators turn the JSON output back into a tool call:
@@ -504,7 +505,7 @@ def _parts(parts: list[Any], role: str, at: str) -> None:
 
 def _image_url(value: Any, at: str) -> None:
     # Both {"url": ...} and the bare-string form Ollama's own docs use
-    # (reference section 2.2) are accepted.
+    # (docs/wire-notes.md, "Images") are accepted.
     if type(value) is not str:
         _need(_object(value, at), at, "url", _string)
 

@@ -18,7 +18,8 @@ Theory of operation: three pure steps, in the order a request meets them.
 Decisions (docs/openai-compatibility.md has the full table):
 
 * **raw** -- Ollama's own ``/v1/completions`` runs the prompt through the
-  model's chat template (pitfall 10), so a client asking for a completion of
+  model's chat template (docs/wire-notes.md, "Completions and the chat
+  template"), so a client asking for a completion of
   ``"def fib("`` gets a chat answer.  A Completions client wants the model to
   continue *its* text, so native ``raw: true`` is the default.  Exception:
   with a ``suffix`` the template is needed (fill-in-the-middle templates
@@ -28,8 +29,8 @@ Decisions (docs/openai-compatibility.md has the full table):
   ``suffix`` is a 400 rather than a silently ignored suffix.
 * **think** -- native ``think: false`` is always sent: a completion has no
   field for reasoning, so thinking would spend ``max_tokens`` on text the
-  client never sees (pitfall 7), and in raw mode Ollama would cut
-  ``<think>`` spans out of the continuation.
+  client never sees (docs/wire-notes.md, "Reasoning effort and think"), and
+  in raw mode Ollama would cut ``<think>`` spans out of the continuation.
 * **prompt** -- a string, or a list holding exactly one string.  Several
   prompts would need n-way fan-out (one native request per prompt); that is
   a 400 instead.  Token arrays are a 400: Ollama models have their own
@@ -200,7 +201,7 @@ def _prompt(value: Any) -> str:
         raise _type_error("prompt", "a string or an array", value)
     if not value:
         # Ollama answers an empty prompt by loading the model (done_reason
-        # "load") without generating anything (reference section 10).
+        # "load") without generating anything (docs/wire-notes.md, "Native endpoints clients call").
         raise InvalidRequest(
             "Invalid 'prompt': empty string. The Ollama backend generates nothing for an "
             "empty prompt; send some text.",
@@ -283,7 +284,8 @@ def completion_request_to_ollama(
 def _options(req: CompletionRequest, default_max_tokens: int | None) -> dict[str, Any]:
     """Extension options first, then the mapped parameters, which win.  Only
     what the client sent is written (Ollama's /v1 injects temperature and
-    top_p 1.0 and penalties 0.0, overriding the Modelfile: pitfall 2)."""
+    top_p 1.0 and penalties 0.0, overriding the Modelfile: docs/wire-notes.md, "Absent sampling
+    parameters")."""
     options = dict(req.native_options)
     num_predict = req.max_tokens if req.max_tokens is not None else default_max_tokens
     if num_predict is not None:
@@ -316,7 +318,8 @@ def _malformed(what: str) -> UpstreamError:
 
 def read_generate_line(value: Any) -> NativeGenerate:
     """Check one native value -- a whole body or one NDJSON line, same shape
-    (reference section 10) -- and raise :class:`UpstreamError` for an in-band
+    (docs/wire-notes.md, "Native endpoints clients call") -- and raise
+    :class:`UpstreamError` for an in-band
     ``{"error": ...}`` or anything malformed.  Native ``thinking`` is dropped:
     a completion has no field for it (and ``think: false`` was asked for)."""
     if type(value) is not dict:

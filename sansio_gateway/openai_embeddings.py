@@ -16,7 +16,7 @@ Decisions (docs/openai-compatibility.md has the full table):
 * The native ``input`` is always a list, so the native answer always has one
   vector per input; a count mismatch is an upstream fault (502).
 * ``encoding_format: "base64"`` packs each vector as little-endian IEEE-754
-  float32 and encodes it with standard base64 (reference section 6) -- what
+  float32 and encodes it with standard base64 (docs/wire-notes.md, "Embeddings in base64") -- what
   openai-python decodes with ``numpy.frombuffer(dtype="float32")`` or
   ``array.array("f")``.  The SDK asks for base64 whenever its caller sets no
   ``encoding_format``, so this is the path most SDK calls take.
@@ -142,7 +142,7 @@ def _encoding_format(value: Any) -> str:
     if value is None:
         return "float"
     if value not in _FORMATS:
-        # OpenAI's wording (Ollama's /v1 copies it, reference section 6).
+        # OpenAI's wording (Ollama's /v1 copies it: docs/wire-notes.md, "Embeddings in base64").
         raise InvalidRequest(
             f"Invalid value for 'encoding_format' = {value}. Supported values: ['float', 'base64'].",
             param="encoding_format",

@@ -7,8 +7,8 @@ function here -- :func:`chat_to_openai`, :func:`generate_to_openai` or
 base URL, which ends in ``/v1``) and the JSON body to send.  Each is a pure
 function of the request, the backend's model name and an id prefix.
 
-The design is the reverse mapping of reference section 11.  Decisions (see
-docs/ollama-compatibility.md for the full table):
+The design is the mapping of docs/wire-notes.md, "Serving Ollama clients from an OpenAI backend".
+Decisions (see docs/ollama-compatibility.md for the full table):
 
 * ``stream`` is always explicit, and a stream always asks for
   ``stream_options.include_usage`` so the native final line can carry
@@ -29,7 +29,7 @@ docs/ollama-compatibility.md for the full table):
   ``min_p`` are sent as extra top-level keys (vLLM, llama.cpp and this
   gateway's ``/v1`` read them); every other option is dropped --
   ``repeat_penalty`` is never mapped onto ``frequency_penalty`` (neutral 1.0
-  versus 0.0, section 11);
+  versus 0.0);
 * ``format: "json"`` -> ``json_object``; a schema -> ``json_schema`` named
   ``"response"`` (OpenAI requires a name);
 * ``think``: ``false`` -> ``reasoning_effort: "none"``; ``true`` -> nothing
@@ -66,7 +66,7 @@ __all__ = [
 ]
 
 SCHEMA_NAME = "response"
-# Options mapped 1:1 onto OpenAI parameters of the same name (section 11).
+# Options mapped 1:1 onto OpenAI parameters of the same name.
 _SAME_NAME_OPTIONS = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty")
 # Options without an OpenAI parameter that common servers accept as extra keys.
 _EXTRA_OPTIONS = ("top_k", "min_p")
@@ -78,7 +78,7 @@ _THINK_TO_EFFORT: dict[bool | str, str | None] = {
     "high": "high",
     "max": "high",
 }
-# Magic bytes of the image formats vision backends take (section 11).
+# Magic bytes of the image formats vision backends take.
 _MAGIC: tuple[tuple[bytes, int, str], ...] = (
     (b"\x89PNG", 0, "image/png"),
     (b"\xff\xd8\xff", 0, "image/jpeg"),
@@ -242,7 +242,7 @@ class _Messages:
         return {"id": call_id, "type": "function", "function": function}
 
     def _pair(self, msg: NativeMessage) -> str:
-        """The id of the call this result answers (section 11: by id, then
+        """The id of the call this result answers (docs/wire-notes.md, "Tool-call ids": by id, then
         by name, then by order).  Unpaired: the client's id, or a fresh one,
         and the backend decides."""
         match = self._find(lambda c: c.id == msg.tool_call_id)
@@ -268,7 +268,7 @@ def generate_to_openai(req: NativeGenerateRequest, *, model: str) -> tuple[str, 
     Native ``/api/generate`` applies the chat template, so it becomes a chat
     completion of ``[system?, user(prompt + images)]``.  ``raw`` (no template)
     or a ``suffix`` (fill-in-the-middle) become a legacy ``/completions``
-    call with ``prompt``/``suffix`` (section 11), which has no images.
+    call with ``prompt``/``suffix``, which has no images.
     """
     if req.raw or req.suffix:
         return "/completions", _completion(req, model)

@@ -2,7 +2,7 @@
 
 Theory of operation: rate limits charge tokens at admission, before the
 backend has counted anything, and reconcile with the backend's real counts
-afterwards (rate-limiting.md, "A request's life").  An estimate that is too
+afterwards (docs/rate-limiting.md, "Committing: estimates reconciled").  An estimate that is too
 low lets concurrent requests overrun a tokens-per-minute limit, so the
 estimate errs high:
 

@@ -89,7 +89,8 @@ class OpenAIModelList(LocalFlow):
             for name, backend, info in self.context.catalogue.models()
             if self.visible(name)
         ]
-        # Always an array, never null (Ollama sends null when empty: pitfall 18).
+        # Always an array, never null (Ollama sends null when empty: docs/wire-notes.md, "Empty
+        # model lists").
         return _json({"object": "list", "data": data})
 
 
@@ -99,7 +100,8 @@ class OpenAIModelRetrieve(LocalFlow):
 
     def answer(self) -> LocalAnswer:
         # Ids contain "/" and ":" (hf.co/user/model:Q4); take the whole rest
-        # of the path, percent-decoded, rather than one segment (pitfall 14).
+        # of the path, percent-decoded, rather than one segment (docs/wire-notes.md, "Namespaced
+        # model ids").
         name = unquote(self.request.path[len("/v1/models/") :])
         for known, backend, info in self.context.catalogue.models():
             if known == name and self.visible(name):
@@ -138,7 +140,8 @@ class Status(LocalFlow):
     """``/status``: backends, their health and the models.  Backend URLs and
     probe errors (which name hosts and ports) are shown to admin keys only;
     other keys see the same document without them, and only the models
-    their allow-list admits (deployment.md, "Exposure")."""
+    their allow-list admits (docs/deployment.md,
+    "Exposure: what an outsider or an ordinary key can see and cost")."""
 
     route_name = "status"
 

@@ -4,8 +4,8 @@ Theory of operation, as for :mod:`sansio_gateway.flows.openai_chat` but in
 the other direction: the flow is built from the validated native request
 (a bad request never reaches a backend) and the already-resolved model
 (:mod:`sansio_gateway.flows.ollama_models`).  ``plan`` either answers a
-load/unload request locally (no messages, or no prompt: reference section
-10, ``done_reason: "load"``, or ``"unload"`` with ``keep_alive: 0``) or
+load/unload request locally (no messages, or no prompt: docs/wire-notes.md, "Native
+endpoints clients call"; ``done_reason: "load"``, or ``"unload"`` with ``keep_alive: 0``) or
 builds the OpenAI call (:mod:`sansio_gateway.openai_from_ollama`).  The
 answer is translated whole (:mod:`sansio_gateway.ollama_from_openai`) or
 event by event: ``framing.SSEDecoder`` ->
@@ -106,7 +106,8 @@ class _GenerationFlow:
         )
 
     def _load_answer(self) -> LocalAnswer:
-        """No backend call: an OpenAI server has nothing to load (section 11)."""
+        """No backend call: an OpenAI server has nothing to load (docs/wire-notes.md, "Native
+        endpoints clients call")."""
         reason = "unload" if is_zero_keep_alive(self.request.keep_alive) else "load"
         line = final_line(self.shape, self.request.model, self._created_at, reason, None)
         return LocalAnswer(status=200, headers=JSON_HEADERS, body=orjson.dumps(line))

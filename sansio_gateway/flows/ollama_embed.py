@@ -5,8 +5,9 @@ Theory of operation: one non-streaming flow for both endpoints (the
 request's ``legacy`` flag picks the answer's shape).  Nothing to embed --
 ``input: ""``, ``[]`` or absent, or an empty ``prompt`` -- is answered
 locally as Ollama answers it (``embeddings: []`` / ``embedding: []``,
-reference section 10); anything else is one ``/embeddings`` call whose
-``data`` is put back in ``index`` order (:mod:`sansio_gateway.ollama_from_openai`).
+docs/wire-notes.md, "Native endpoints clients call"); anything else is one
+``/embeddings`` call whose ``data`` is put back in ``index`` order
+(:mod:`sansio_gateway.ollama_from_openai`).
 """
 
 from __future__ import annotations

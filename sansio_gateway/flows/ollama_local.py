@@ -2,8 +2,9 @@
 
 Theory of operation: these flows never reach a backend (they build on
 :class:`~sansio_gateway.flows.local.LocalFlow`).  They present the merged
-model catalogue the way Ollama clients expect it (reference section 10 for
-the shapes ollama-python requires, section 11 for the decisions):
+model catalogue the way Ollama clients expect it (docs/wire-notes.md,
+"Native endpoints clients call" for the shapes ollama-python requires,
+"Model names" for the decisions):
 
 * ``GET``/``HEAD /`` -> ``Ollama is running`` (health probes);
 * ``GET /api/version`` -> a dotted numeric version (Open WebUI parses it);
@@ -210,7 +211,8 @@ class OllamaPull(NativeLocal):
         success = {"status": "success"}
         if data.get("stream") is False:
             return _json(success)
-        # Streamed progress ends with this very line (section 10).
+        # Streamed progress ends with this very line (docs/wire-notes.md, "Native endpoints clients
+        # call").
         return LocalAnswer(status=200, headers=NDJSON_HEADERS, body=encode_ndjson(success))
 
 

@@ -2,7 +2,7 @@
 
 Theory of operation: ``/api/tags`` lists every catalogue id with a tag,
 ``<id>:latest`` when the id has none, because Ollama's name parser and Open
-WebUI default the tag to ``latest`` (reference section 11, "Model names").
+WebUI default the tag to ``latest`` (docs/wire-notes.md, "Model names").
 Clients then send that tagged name back.  :func:`catalogue_name` undoes it:
 the tagged name when the catalogue knows it, else the untagged id when the
 catalogue knows *that*.  (``Catalogue.resolve`` already handles the other

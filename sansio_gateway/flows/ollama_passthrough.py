@@ -8,7 +8,7 @@ client's body with only ``model`` rewritten to the backend's name
 every NDJSON line of a stream.  It still reads ``prompt_eval_count`` and
 ``eval_count`` off the ``done`` line for accounting, and it still owns the
 stream's end: an ``{"error": ...}`` line or the ``done`` line ends it, and
-EOF before either becomes one more error line (reference section 4.3:
+EOF before either becomes one more error line (docs/wire-notes.md, "Errors in a stream":
 mid-stream errors are an extra NDJSON line with status 200).
 
 Whether the answer streams follows the native rule: ``stream`` absent means

@@ -108,7 +108,8 @@ def _local(cls: type[NativeLocal], *, head: bool = False) -> FlowFactory:
 
 
 def install_ollama_routes(router: Router) -> None:
-    """Register ``/`` and every ``/api/*`` route (reference section 10).
+    """Register ``/`` and every ``/api/*`` route (docs/wire-notes.md, "Native endpoints clients
+    call").
     ``/`` and ``/api/version`` are public, as health probes are."""
     for path, cls, access in (
         ("/", OllamaRoot, Access.PUBLIC),

@@ -39,7 +39,7 @@ class OpenAICompletionsFlow(NdjsonToSseStream[OllamaCompletionStream]):
     def __init__(self, context: FlowContext, body: bytes) -> None:
         self.context = context
         self.request: CompletionRequest = parse_completion_request(body)
-        # Unique per request (Ollama's are cmpl-<0..998>: pitfall 19).
+        # Unique per request (Ollama's are cmpl-<0..998>: docs/wire-notes.md, "Response ids").
         self.completion_id = f"cmpl-{context.request_id}"
         self.created = int(context.now)
         self._reset_stream_state(body)

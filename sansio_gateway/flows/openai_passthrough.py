@@ -6,7 +6,7 @@ answer).  Streams always ask the backend for ``stream_options.include_usage``
 so the gateway learns the real token counts; when the client did not ask
 for usage, the usage chunk is dropped on the way back (and a ``usage``
 field riding on an ordinary chunk is removed), so the client sees exactly
-what it asked for (rate-limiting.md, "Forward").
+what it asked for (docs/rate-limiting.md, "What is charged").
 
 The SSE stream is decoded and re-encoded event by event: the rewrite of
 ``model`` needs the JSON, and re-encoding guarantees clean framing even when

@@ -4,7 +4,7 @@ Build the limits of a request with :func:`build_specs`; decide with
 :func:`admit`, settle with :func:`commit`, read headers with :func:`peek`
 (or let :class:`MemoryLimitStore` hold the states); render headers and 429s
 with :func:`rate_limit_headers` and :func:`render_denial`.  The design is
-``rate-limiting.md``; the Redis store in ``adapters/limit_stores.py`` runs
+``docs/rate-limiting.md``; the Redis store in ``adapters/limit_stores.py`` runs
 the same integer steps in Lua.
 """
 

@@ -1,6 +1,6 @@
 """The rate limiter: three pure functions over one user's state.
 
-Theory of operation (rate-limiting.md is the design):
+Theory of operation (docs/rate-limiting.md describes the behaviour):
 
 * **GCRA, one TAT per rate limit.**  A cost c adds ``ceil(c * P / L)`` us to
   the limit's theoretical arrival time; the request passes when
@@ -131,7 +131,7 @@ def _rate_status(spec: RateSpec, tat: int, now: int, cost: int) -> tuple[Verdict
 def _rate_level(spec: RateSpec, tat: int, now: int) -> tuple[int, int, int]:
     debt = max(tat - now, 0)
     period, limit = spec.period_us, spec.limit
-    # "Used" (rate-limiting.md): the admitted cost not yet refilled, rounded
+    # "Used" (docs/rate-limiting.md): the admitted cost not yet refilled, rounded
     # up, so a burst of 2 reads "Used 2" (flooring said 1).  Each charge was
     # rounded up to the microsecond, at most 1 us per unit: that slack is
     # taken off first so that it never rounds up into a phantom unit.

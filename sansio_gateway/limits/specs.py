@@ -1,7 +1,7 @@
 """Which limits apply to a request, as plain integer specs.
 
 Theory of operation: :func:`build_specs` reads the operator's ``[limits]``
-table (rate-limiting.md, "Limits") for one user and one model and returns a
+table (docs/rate-limiting.md, "What is limited, and where") for one user and one model and returns a
 :class:`LimitSpecs`: the GCRA rate limits (requests and tokens per minute,
 per user and per user x model), the UTC-day token quota and the concurrency
 cap.  A limit left unset is not enforced.  ``[limits.users.<user>]`` replaces

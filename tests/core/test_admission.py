@@ -225,7 +225,7 @@ def test_tools_are_part_of_the_prompt() -> None:
     assert with_tools > without
 
 
-# ---- gaps against the design (rate-limiting.md, "A request's life") ----------------------
+# ---- gaps against docs/rate-limiting.md, "Committing: estimates reconciled" ---------------
 
 
 def test_a_generate_context_is_charged() -> None:

@@ -1,4 +1,5 @@
-"""The limiter's properties (rate-limiting.md, "Properties to test"), by Hypothesis.
+"""The limiter's properties (docs/rate-limiting.md, "The algorithms and their bounds"), by
+Hypothesis.
 
 Each test runs random histories of admits and commits at explicit times
 through the pure functions and checks one invariant along the way.  The

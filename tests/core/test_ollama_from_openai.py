@@ -407,7 +407,8 @@ def test_tool_calls_are_buffered_and_released_as_one_line() -> None:
 
 
 def test_a_new_id_at_the_same_index_is_a_new_call() -> None:
-    # Some backends put every parallel call at index 0 (pitfall 4).
+    # Some backends put every parallel call at index 0 (docs/wire-notes.md, "Tool-call indexes in
+    # streams").
     m = machine()
     out = run(
         m,

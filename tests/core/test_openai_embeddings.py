@@ -176,7 +176,7 @@ def test_float_answer() -> None:
 
 
 def test_base64_answer_matches_the_reference_example() -> None:
-    # Reference section 6: [0.1, -0.2, 0.3] -> "zczMPc3MTL6amZk+".
+    # docs/wire-notes.md, "Embeddings in base64": [0.1, -0.2, 0.3] -> "zczMPc3MTL6amZk+".
     body = answer(NATIVE, count=2, encoding_format="base64")
     assert body["data"][0]["embedding"] == "zczMPc3MTL6amZk+"
     assert decode(body["data"][1]["embedding"]) == [1.0, 0.0, 0.0]

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-The emulator speaks Ollama's native API (``docs/api.md``; our wire reference §3, §4, §8-§10)
+The emulator speaks Ollama's native API (``docs/api.md``; and docs/wire-notes.md)
 from one anyio code base, with h11 doing the HTTP/1.1 framing. Each connection runs a loop:
 read one request (h11 undoes Content-Length and chunked bodies), turn it into a ``_Plan``
 (status, headers and every body part, rendered up front by a synchronous handler), then write
@@ -315,7 +315,7 @@ def _native_tool_calls(reply: ScriptedReply, new_id: Callable[[], str]) -> list[
     for index, call in enumerate(reply.tool_calls):
         function = call.get("function", {})
         native: dict[str, Any] = {}
-        if reply.tool_call_ids:  # ids exist since Ollama 0.12.10 (wire reference §14)
+        if reply.tool_call_ids:  # native ids since 0.12.10: docs/wire-notes.md, "Tool-call ids"
             native["id"] = call.get("id") or new_id()
         native["function"] = {
             "index": index,
@@ -621,7 +621,8 @@ def _image_error(images: Any) -> str | None:
 
 
 def _thinking(request: dict[str, Any], name: str, capabilities: list[str]) -> bool | _Plan:
-    """Whether the model thinks. Thinking models do unless told not to (wire reference §2.4)."""
+    """Whether the model thinks. Thinking models do unless told not to (docs/wire-notes.md,
+    "Reasoning effort and think")."""
     think = request.get("think")
     if think is None:
         return "thinking" in capabilities

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 The emulator speaks OpenAI's wire format (the openapi ``CreateChatCompletionResponse``,
 ``CreateChatCompletionStreamResponse``, ``CreateCompletionResponse``,
-``CreateEmbeddingResponse`` and ``ErrorResponse`` schemas; our wire reference sections 4, 8, 9)
+``CreateEmbeddingResponse`` and ``ErrorResponse`` schemas; docs/wire-notes.md)
 from one anyio code base, with h11 doing the HTTP/1.1 framing, as ``tests.emulators.ollama``
 does for Ollama. Each connection runs a loop: read one request, record it, turn it into a
 ``_Plan`` (status, headers and every body part, rendered up front by a synchronous handler),

@@ -1,4 +1,4 @@
-"""The Ollama emulator must be faithful to the native wire (reference §3, §4, §8-§10).
+"""The Ollama emulator must be faithful to the native wire (docs/wire-notes.md).
 
 Every test runs a fresh emulator over loopback and talks to it with httpx or the official
 ``ollama`` SDK. No test sleeps: slow scripts are observed through ``emu.wait_for``.

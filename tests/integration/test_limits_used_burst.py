@@ -1,4 +1,4 @@
-"""A burst against a real gateway: the 429 says "Used" as rate-limiting.md
+"""A burst against a real gateway: the 429 says "Used" as docs/rate-limiting.md
 defines it (issue 16, item 7)."""
 
 from __future__ import annotations

@@ -219,7 +219,7 @@ def test_streamed_tool_calls_arrive_complete_in_one_line(
 def test_tool_results_are_paired_with_their_calls(
     client: ollama.Client, backend: OpenAIEmulator
 ) -> None:
-    # ollama-python drops tool-call ids (reference section 10); the backend
+    # ollama-python drops tool-call ids (docs/wire-notes.md, "Tool-call ids"); the backend
     # (like OpenAI) refuses a tool message that answers no call.
     history: list[dict[str, Any]] = [
         *MESSAGES,
