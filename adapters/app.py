@@ -17,7 +17,7 @@ from collections.abc import Callable
 import anyio
 import anyio.abc
 
-from sansio_gateway.catalogue import changed_clashes
+from sansio_gateway.backends.catalogue import changed_clashes
 from sansio_gateway.config import ConfigError, GatewayConfig, redact_url
 from sansio_gateway.errors import ServiceUnavailable
 from sansio_gateway.gateway import Gateway
@@ -279,5 +279,3 @@ class GatewayApp:
         lines.append(line)
         lines.append(f"usage ledger: store.usage = {redact_url(store.usage)}")
         return lines
-
-

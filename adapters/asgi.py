@@ -1,14 +1,14 @@
 """The ASGI adapter: the same Exchange, driven from any ASGI server or framework.
 
 Theory of operation: :func:`create_app` wires a gateway exactly as
-``sansio-gateway serve`` does (:class:`~adapters.app.GatewayApp`: the
+``sansio-gateway serve`` does (:class:`~sansio_gateway.adapters.app.GatewayApp`: the
 Gateway, upstream pool, limit store, usage ledger and metrics) and returns
 a :class:`GatewayASGI` callable.  Per HTTP request it first asks the core
 whether the head alone is refused (``Gateway.refuse_head``: no key, 401),
 so an unauthenticated body is never read; otherwise it reads the body under
 ``server.max_body_bytes`` and ``server.read_timeout``, then hands the
-request to the shared :class:`~adapters.executor.ActionExecutor` with an
-ASGI :class:`~adapters.executor.ResponseChannel`: ``StartResponse`` becomes
+request to the shared :class:`~sansio_gateway.adapters.executor.ActionExecutor` with an
+ASGI :class:`~sansio_gateway.adapters.executor.ResponseChannel`: ``StartResponse`` becomes
 ``http.response.start``, the ``SendBody`` of each batch of actions one
 ``http.response.body`` with ``more_body``, and ``EndResponse`` clears
 ``more_body`` on the last one (a whole answer is two messages; each stream
@@ -61,7 +61,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-# `uvicorn --factory adapters.asgi:create_app` calls create_app() with no
+# `uvicorn --factory sansio_gateway.adapters.asgi:create_app` calls create_app() with no
 # arguments; the config file then comes from this variable.
 CONFIG_ENV = "SANSIO_GATEWAY_CONFIG"
 

@@ -20,6 +20,13 @@ from pathlib import Path
 
 import anyio
 
+from sansio_gateway.accounting.usage_query import (
+    UsageQuery,
+    parse_time,
+    render_csv,
+    render_rows,
+    render_table,
+)
 from sansio_gateway.auth import Authenticator, anonymous_bind_problem
 from sansio_gateway.config import (
     ConfigError,
@@ -31,13 +38,6 @@ from sansio_gateway.config import (
 )
 from sansio_gateway.errors import GatewayError
 from sansio_gateway.gateway import Gateway
-from sansio_gateway.usage_query import (
-    UsageQuery,
-    parse_time,
-    render_csv,
-    render_rows,
-    render_table,
-)
 
 from .app import GatewayApp
 from .ledger import open_ledger

@@ -34,9 +34,7 @@ import anyio
 import anyio.to_thread
 import orjson
 
-from sansio_gateway.actions import UsageRecord
-from sansio_gateway.config import redact_url
-from sansio_gateway.usage_query import (
+from sansio_gateway.accounting.usage_query import (
     DaySpan,
     Totals,
     UsageQuery,
@@ -48,6 +46,8 @@ from sansio_gateway.usage_query import (
     day_span,
     rows_from_totals,
 )
+from sansio_gateway.actions import UsageRecord
+from sansio_gateway.config import redact_url
 
 if TYPE_CHECKING:
     import redis

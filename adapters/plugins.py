@@ -5,7 +5,7 @@ A package adds a kind by declaring, in its ``pyproject.toml``::
     [project.entry-points."sansio_gateway.backends"]
     tgi = "my_package.kind:TGI_KIND"
 
-where the object is a :class:`sansio_gateway.registry.BackendKind`, or a
+where the object is a :class:`sansio_gateway.backends.registry.BackendKind`, or a
 zero-argument callable returning one.  Reading entry points reads package
 metadata from disk, so it happens here, in the adapters, and the result is
 registered into the Gateway's own registry.
@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from importlib.metadata import entry_points
 
-from sansio_gateway.registry import BackendKind, Registry, builtin_registry
+from sansio_gateway.backends.registry import BackendKind, Registry, builtin_registry
 
 __all__ = ["ENTRY_POINT_GROUP", "load_registry"]
 

@@ -1,7 +1,7 @@
 """The HTTP/1.1 server: anyio + h11, driving one Exchange per request.
 
 A shell in the sans-IO sense: it reads bytes, feeds h11, and hands each
-whole request to the shared :class:`~adapters.executor.ActionExecutor`,
+whole request to the shared :class:`~sansio_gateway.adapters.executor.ActionExecutor`,
 which runs the Exchange's actions and writes the response through an h11
 channel.  The only decisions made here are transport ones: size limits on
 heads and bodies, read and write timeouts, keep-alive, pipelining, a

@@ -7,7 +7,7 @@ core's typed errors in one place, :func:`map_upstream_exception`, as
 httpcore's own ``map_exceptions`` does.
 
 Timeouts per backend: connect, first byte (the response head), idle (between
-body chunks) and total.  Connections come from :mod:`adapters.upstream_pool`.
+body chunks) and total.  Connections come from :mod:`sansio_gateway.adapters.upstream_pool`.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ def run_workers(n: int, child_args: list[str], host: str, port: int) -> int:
     if not metrics_dir:
         metrics_dir = tempfile.mkdtemp(prefix="sansio-gateway-metrics-")
         env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    cmd = [sys.executable, "-m", "adapters.cli", *child_args, "--port", str(port), "--reuse-port",
+    cmd = [sys.executable, "-m", "sansio_gateway.adapters.cli", *child_args, "--port", str(port), "--reuse-port",
            "--worker-count", str(n)]  # fmt: skip
     children = [subprocess.Popen([*cmd, "--worker-index", str(i)], env=env) for i in range(n)]
 

@@ -271,7 +271,7 @@ def main() -> None:
     with _process(emu_cmd, "listening on ") as (emu, emu_url):
         cfg = tmp / "gateway.toml"
         cfg.write_text(GATEWAY_CONFIG.format(emu=emu_url, digest=hash_key(KEY), tmp=tmp))
-        gw_cmd = [*_pin(0), PY, "-m", "adapters.cli", "--log-level", "WARNING", "serve",
+        gw_cmd = [*_pin(0), PY, "-m", "sansio_gateway.adapters.cli", "--log-level", "WARNING", "serve",
                   "--config", str(cfg), "--port", "0"]  # fmt: skip
         report["startup_s"] = {
             "gateway": round(
@@ -332,7 +332,7 @@ def _workers_scaling(emu_url: str, tmp: Path, args: argparse.Namespace) -> dict[
         if hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
         port = _free_port()
-        cmd = [PY, "-m", "adapters.cli", "--log-level", "WARNING", "serve", "--config", str(cfg),
+        cmd = [PY, "-m", "sansio_gateway.adapters.cli", "--log-level", "WARNING", "serve", "--config", str(cfg),
                "--port", str(port), "--workers", str(workers)]  # fmt: skip
         with _process(cmd, None):
             asyncio.run(_wait_first_answer("127.0.0.1", port, "/v1/chat/completions", AUTH))

@@ -17,7 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from adapters.ledger import SQLiteLedger
+from sansio_gateway.adapters.ledger import SQLiteLedger
+
 from sansio_gateway.actions import UsageRecord
 
 

@@ -25,8 +25,8 @@ import sys
 import time
 
 import redis
+from sansio_gateway.adapters.limit_stores import RedisLimitStore
 
-from adapters.limit_stores import RedisLimitStore
 from sansio_gateway.config import LimitsConfig
 from sansio_gateway.limits import Costs, build_specs
 from tests.redis_servers import redis_cluster, redis_server

@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable
 
 import redis
+from sansio_gateway.adapters.limit_stores import RedisLimitStore
 
-from adapters.limit_stores import RedisLimitStore
 from sansio_gateway.config import LimitsConfig, LimitValues
 from sansio_gateway.limits import Costs, MemoryLimitStore, build_specs
 

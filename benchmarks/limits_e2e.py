@@ -268,7 +268,7 @@ def main() -> None:
             cfg.write_text(
                 CONFIG.format(emu=emu_url, digest=hash_key(KEY), store=store, usage=usage)
             )
-            cmd = [*_pin(0), PY, "-m", "adapters.cli", "--log-level", "WARNING", "serve",
+            cmd = [*_pin(0), PY, "-m", "sansio_gateway.adapters.cli", "--log-level", "WARNING", "serve",
                    "--config", str(cfg), "--port", "0"]  # fmt: skip
             _proc, url = stack.enter_context(_process(cmd, "listening on "))
             targets[name] = url

@@ -19,15 +19,15 @@ from collections.abc import Callable
 import orjson
 
 from sansio_gateway.actions import UpstreamChunkReceived, UpstreamClosed, UpstreamResponseStarted
-from sansio_gateway.catalogue import DiscoveredModel
+from sansio_gateway.backends.catalogue import DiscoveredModel
 from sansio_gateway.config import LimitsConfig
 from sansio_gateway.framing import NDJSONDecoder, SSEDecoder, encode_sse_json
 from sansio_gateway.gateway import Gateway
 from sansio_gateway.http import IncomingRequest
 from sansio_gateway.limits import Costs, MemoryLimitStore, build_specs
-from sansio_gateway.ollama_chat_request import chat_request_to_ollama
-from sansio_gateway.ollama_chat_stream import OllamaChatStream
-from sansio_gateway.openai_chat_request import parse_chat_request
+from sansio_gateway.openai_over_ollama.chat_request import chat_request_to_ollama
+from sansio_gateway.openai_over_ollama.chat_stream import OllamaChatStream
+from sansio_gateway.wire.openai_chat import parse_chat_request
 from tests.helpers import make_config
 
 

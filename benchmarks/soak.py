@@ -5,7 +5,7 @@
 What it does:
 
 * starts the emulated Ollama (``python -m tests.emulators.ollama --fast``,
-  32-piece answers) and the gateway (``python -m adapters.cli serve``, a
+  32-piece answers) and the gateway (``python -m sansio_gateway.adapters.cli serve``, a
   SQLite usage ledger in a temporary directory, access log on) as
   subprocesses, the gateway pinned to CPU 0 and the rest to CPU 1 when
   ``taskset`` exists;
@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                 f'[[backends]]\nname = "emu"\nkind = "ollama"\nurl = "{emulator.url}"\n'
                 f'[store]\nusage = "sqlite:///{tmp}/usage.db"\n'
             )
-            gateway_cmd = [*_pin(0), PY, "-m", "adapters.cli", "serve", "--config", str(config),
+            gateway_cmd = [*_pin(0), PY, "-m", "sansio_gateway.adapters.cli", "serve", "--config", str(config),
                            "--port", "0"]  # fmt: skip
             with _process(gateway_cmd, "listening on ") as gateway:
                 print(

@@ -24,7 +24,8 @@ import platform
 import statistics
 import time
 
-from adapters.limit_stores import MemoryStore
+from sansio_gateway.adapters.limit_stores import MemoryStore
+
 from sansio_gateway.limits import Costs, LimitSpecs, LimitState, MemoryLimitStore, commit, is_idle
 
 NOW = 1_764_000_000_000_000

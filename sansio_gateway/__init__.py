@@ -63,6 +63,7 @@ Backend kinds
 
 from __future__ import annotations
 
+from .accounting.usage import TokenUsage
 from .actions import (
     Action,
     CancelUpstream,
@@ -88,6 +89,7 @@ from .actions import (
     UsageQueried,
     UsageRecord,
 )
+from .backends.registry import BackendKind, Registry, builtin_registry
 from .config import (
     AuthConfig,
     AuthKey,
@@ -142,30 +144,32 @@ from .limits import (
     rate_limit_headers,
     render_denial,
 )
-from .ollama_api_request import NativeChatRequest
-from .ollama_api_request import parse_chat_request as parse_native_chat_request
-from .ollama_chat_request import chat_request_to_ollama
-from .ollama_chat_response import ollama_chat_to_completion, usage_from_ollama
-from .ollama_chat_stream import OllamaChatStream
-from .ollama_from_openai import chat_completion_to_ollama
-from .ollama_from_openai_stream import OpenAIChatToOllamaStream
-from .openai_chat_request import ChatRequest, parse_chat_request
-from .openai_completions import (
+from .ollama_over_openai.requests import chat_to_openai
+from .ollama_over_openai.responses import chat_completion_to_ollama
+from .ollama_over_openai.stream import OpenAIChatToOllamaStream
+from .openai_over_ollama.chat_request import chat_request_to_ollama
+from .openai_over_ollama.chat_response import ollama_chat_to_completion, usage_from_ollama
+from .openai_over_ollama.chat_stream import OllamaChatStream
+from .openai_over_ollama.completions import (
     OllamaCompletionStream,
     completion_request_to_ollama,
     ollama_generate_to_completion,
-    parse_completion_request,
 )
-from .openai_embeddings import (
+from .openai_over_ollama.embeddings import (
     embeddings_request_to_ollama,
     ollama_embed_to_openai,
-    parse_embeddings_request,
 )
-from .openai_from_ollama import chat_to_openai
-from .registry import BackendKind, Registry, builtin_registry
 from .rendering import error_response
 from .routing import Router
-from .usage import TokenUsage
+from .wire.ollama import NativeChatRequest
+from .wire.ollama import parse_chat_request as parse_native_chat_request
+from .wire.openai_chat import ChatRequest, parse_chat_request
+from .wire.openai_completions import (
+    parse_completion_request,
+)
+from .wire.openai_embeddings import (
+    parse_embeddings_request,
+)
 
 __version__ = "0.1.0"
 

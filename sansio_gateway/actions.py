@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .accounting.usage_query import UsageQuery, UsageRow
 from .errors import GatewayError
 from .http import Headers
 from .limits import Costs, Decision, LimitSpecs
-from .usage_query import UsageQuery, UsageRow
 
 __all__ = [
     "Action",

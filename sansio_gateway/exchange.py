@@ -29,6 +29,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from .accounting.admission import (
+    DEFAULT_OUTPUT_CAP,
+    LIMITED_ROUTES,
+    admission_charge,
+    fitted_cap,
+    write_output_cap,
+)
+from .accounting.usage_query import UsageQuery, render_usage
 from .actions import (
     Action,
     CancelUpstream,
@@ -54,15 +62,9 @@ from .actions import (
     UsageQueried,
     UsageRecord,
 )
-from .admission import (
-    DEFAULT_OUTPUT_CAP,
-    LIMITED_ROUTES,
-    admission_charge,
-    fitted_cap,
-    write_output_cap,
-)
-from .backend_health import BackendHealth
-from .catalogue import Catalogue, Route
+from .backends.catalogue import Catalogue, Route
+from .backends.health import BackendHealth
+from .backends.retry import next_step, parse_retry_after, targets_for
 from .config import GatewayConfig
 from .errors import (
     GatewayError,
@@ -79,9 +81,7 @@ from .http import Headers, IncomingRequest, Surface, header_value
 from .identity import ANONYMOUS, Identity
 from .limits import Costs, Decision, LimitSpecs, Unit, rate_limit_headers, render_denial
 from .rendering import error_response, request_id_from
-from .retry import next_step, parse_retry_after, targets_for
 from .routing import RouteEntry, surface_of
-from .usage_query import UsageQuery, render_usage
 
 __all__ = ["Exchange", "ExchangeState", "ExchangeStateError", "GatewayView", "RequestSummary"]
 

@@ -13,20 +13,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .admission import DEFAULT_OUTPUT_CAP
+from .accounting.admission import DEFAULT_OUTPUT_CAP
 from .auth import ANONYMOUS, Authenticator, Forbidden, Identity
-from .backend_health import BackendHealth, BackendStatus, StoreStatus
-from .catalogue import Catalogue, DiscoveredModel, Route
+from .backends.catalogue import Catalogue, DiscoveredModel, Route
+from .backends.health import BackendHealth, BackendStatus, StoreStatus
+from .backends.registry import Registry, builtin_registry
 from .config import ConfigError, GatewayConfig, LimitValues
 from .errors import GatewayError
 from .exchange import Exchange
 from .flows.context import FlowContext
-from .flows.local import install_local_routes
 from .flows.ollama_routes import install_ollama_routes
 from .flows.openai_routes import install_openai_routes
 from .http import Headers
 from .limits import LimitSpecs, build_specs, lease_ttl_for
-from .registry import Registry, builtin_registry
+from .local.gateway import install_local_routes
 from .routing import Access, RouteEntry, Router
 
 __all__ = ["BackendStatus", "Gateway", "StoreStatus", "default_router"]

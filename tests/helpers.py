@@ -16,9 +16,9 @@ from typing import Any
 
 import anyio.from_thread
 import orjson
+from sansio_gateway.adapters.app import GatewayApp
+from sansio_gateway.adapters.ledger import MemoryLedger
 
-from adapters.app import GatewayApp
-from adapters.ledger import MemoryLedger
 from sansio_gateway.actions import (
     Action,
     CancelUpstream,

@@ -5,7 +5,7 @@ sent (docs/rate-limiting.md, "Committing: estimates reconciled" and
 "What is charged").  The charge is an upper bound of what the backend can be made to do:
 
 * **prompt** -- every field of the body that is forwarded is counted
-  (:mod:`sansio_gateway.tokens`): the known prompt fields by their text,
+  (:mod:`sansio_gateway.accounting.tokens`): the known prompt fields by their text,
   images at a flat rate, ``context`` token ids one each, and any other
   field (``template``, ``format``, ``response_format``, tools, ...) by its
   text, so a prompt-bearing field cannot ride along uncounted.  Only

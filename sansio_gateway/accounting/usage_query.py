@@ -27,7 +27,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from .errors import InvalidRequest
+from ..errors import InvalidRequest
 
 __all__ = [
     "DaySpan",

@@ -1,4 +1,4 @@
-"""The flow makers of the built-in backend kinds (see ``registry.py``).
+"""The flow makers of the built-in backend kinds (see ``backends/registry.py``).
 
 Each maker builds, for one attempt, the flow that serves a route from a
 backend of its kind: ``(context, request, model) -> Flow`` (flows/context.py)
@@ -7,16 +7,21 @@ where ``model`` is the catalogue's name for what the client asked.
 
 from __future__ import annotations
 
+from ..flows.base import Flow
+from ..flows.context import FlowContext
+from ..flows.ollama_routes import (
+    translate_chat,
+    translate_embed,
+    translate_generate,
+    translate_show,
+)
 from ..http import IncomingRequest
-from ..ollama_api_request import parse_model_request
-from .base import Flow
-from .context import FlowContext
-from .ollama_passthrough import OllamaPassthroughFlow
-from .ollama_routes import translate_chat, translate_embed, translate_generate, translate_show
-from .openai_chat import OpenAIChatFlow
-from .openai_completions import OpenAICompletionsFlow
-from .openai_embeddings import OpenAIEmbeddingsFlow
-from .openai_passthrough import OpenAIPassthroughFlow
+from ..openai_over_ollama.chat import OpenAIChatFlow
+from ..openai_over_ollama.completions import OpenAICompletionsFlow
+from ..openai_over_ollama.embeddings import OpenAIEmbeddingsFlow
+from ..passthrough.ollama import OllamaPassthroughFlow
+from ..passthrough.openai import OpenAIPassthroughFlow
+from ..wire.ollama import parse_model_request
 
 __all__ = [
     "ollama_chat_over_openai",

@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from .config import GatewayConfig
+from ..config import GatewayConfig
 
 __all__ = [
     "Catalogue",

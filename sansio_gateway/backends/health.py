@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .limits.breaker import Breaker, BreakerState, attempt, failed, succeeded
+from ..limits.breaker import Breaker, BreakerState, attempt, failed, succeeded
 
 __all__ = ["BackendHealth", "BackendStatus", "StoreStatus"]
 

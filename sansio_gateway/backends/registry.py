@@ -21,9 +21,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from ..flows.context import FlowMaker
+from . import builtin_makers as makers
 from .catalogue import DiscoveredModel, parse_ollama_tags, parse_openai_models
-from .flows import builtin_makers as makers
-from .flows.context import FlowMaker
 
 __all__ = ["BackendKind", "FlowMaker", "Registry", "builtin_registry"]
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import GatewayError, UpstreamTimeout
 from .catalogue import Route
-from .errors import GatewayError, UpstreamTimeout
 
 __all__ = ["RetryStep", "next_step", "targets_for"]
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..catalogue import Route
+from ..accounting.usage import TokenUsage
+from ..accounting.usage_query import UsageQuery
+from ..backends.catalogue import Route
 from ..config import BackendConfig
 from ..errors import GatewayError
 from ..http import Headers, Surface
-from ..usage import TokenUsage
-from ..usage_query import UsageQuery
 
 __all__ = [
     "JSON_HEADERS",

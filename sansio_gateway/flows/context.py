@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from ..backend_health import BackendStatus, StoreStatus
-from ..catalogue import Catalogue
+from ..backends.catalogue import Catalogue
+from ..backends.health import BackendStatus, StoreStatus
 from ..config import BackendConfig
 from ..http import IncomingRequest
 from ..identity import Identity

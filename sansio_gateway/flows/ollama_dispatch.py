@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..catalogue import Route
+from ..accounting.usage import TokenUsage
+from ..backends.catalogue import Route
 from ..config import BackendConfig
 from ..errors import GatewayError, InvalidRequest
 from ..http import Headers, Surface
-from ..usage import TokenUsage
 from .base import NDJSON_HEADERS, SSE_HEADERS, Flow, LocalAnswer, UpstreamCall
 
 __all__ = ["NativeDispatch"]
@@ -51,7 +51,7 @@ class NativeDispatch:
 
     @property
     def model(self) -> str:
-        """The catalogue name (``:latest`` handled: flows/ollama_models.py)."""
+        """The catalogue name (``:latest`` handled: local/ollama_names.py)."""
         return self._model
 
     def plan(

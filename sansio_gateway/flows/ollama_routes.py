@@ -3,18 +3,18 @@
 Theory of operation: a model-addressed route reads just enough of the body
 to learn the model (``model is required`` otherwise), maps a synthetic
 ``:latest`` back to the catalogue name
-(:func:`~sansio_gateway.flows.ollama_models.catalogue_name`), and returns a
+(:func:`~sansio_gateway.local.ollama_names.catalogue_name`), and returns a
 :class:`~sansio_gateway.flows.ollama_dispatch.NativeDispatch`, which picks
 per attempt, by the backend's ``kind``:
 
-* ``"ollama"`` -> :class:`~sansio_gateway.flows.ollama_passthrough.OllamaPassthroughFlow`,
+* ``"ollama"`` -> :class:`~sansio_gateway.passthrough.ollama.OllamaPassthroughFlow`,
   same format, only ``model`` rewritten;
 * ``"openai"`` -> full native validation, then the translating flow
-  (:mod:`~sansio_gateway.flows.ollama_chat`, :mod:`~sansio_gateway.flows.ollama_embed`,
+  (:mod:`~sansio_gateway.ollama_over_openai.chat`, :mod:`~sansio_gateway.ollama_over_openai.embed`,
   or the local ``/api/show`` answer);
 * anything else -> 400: the gateway has no translator for it.
 
-Model-less routes are local (:mod:`sansio_gateway.flows.ollama_local`).
+Model-less routes are local (:mod:`sansio_gateway.local.ollama`).
 :func:`install_ollama_routes` registers everything on a router; it is the
 only thing ``gateway.default_router`` needs to call.
 """
@@ -22,20 +22,7 @@ only thing ``gateway.default_router`` needs to call.
 from __future__ import annotations
 
 from ..http import IncomingRequest
-from ..ollama_api_request import (
-    parse_chat_request,
-    parse_embed_request,
-    parse_embeddings_request,
-    parse_generate_request,
-    parse_model_request,
-)
-from ..routing import Access, Router
-from .base import Flow
-from .context import FlowContext, FlowFactory
-from .ollama_chat import OllamaChatFlow, OllamaGenerateFlow
-from .ollama_dispatch import NativeDispatch
-from .ollama_embed import OllamaEmbedFlow
-from .ollama_local import (
+from ..local.ollama import (
     HeadOnly,
     ModelManagement,
     NativeLocal,
@@ -46,7 +33,20 @@ from .ollama_local import (
     OllamaTags,
     OllamaVersion,
 )
-from .ollama_models import catalogue_name
+from ..local.ollama_names import catalogue_name
+from ..ollama_over_openai.chat import OllamaChatFlow, OllamaGenerateFlow
+from ..ollama_over_openai.embed import OllamaEmbedFlow
+from ..routing import Access, Router
+from ..wire.ollama import (
+    parse_chat_request,
+    parse_embed_request,
+    parse_embeddings_request,
+    parse_generate_request,
+    parse_model_request,
+)
+from .base import Flow
+from .context import FlowContext, FlowFactory
+from .ollama_dispatch import NativeDispatch
 
 __all__ = ["install_ollama_routes"]
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..http import IncomingRequest, Surface
-from ..openai_chat_request import parse_chat_request
-from ..openai_completions import parse_completion_request
-from ..openai_embeddings import parse_embeddings_request
 from ..routing import Router
+from ..wire.openai_chat import parse_chat_request
+from ..wire.openai_completions import parse_completion_request
+from ..wire.openai_embeddings import parse_embeddings_request
 from .base import Flow
 from .context import FlowContext, FlowFactory
 from .ollama_dispatch import NativeDispatch

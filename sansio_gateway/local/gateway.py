@@ -11,15 +11,15 @@ from urllib.parse import unquote
 
 import orjson
 
-from ..catalogue import Route
+from ..accounting.usage import TokenUsage
+from ..accounting.usage_query import parse_usage_query
+from ..backends.catalogue import Route
 from ..config import BackendConfig
 from ..errors import GatewayError, NotFound
+from ..flows.base import JSON_HEADERS, LedgerQuery, LocalAnswer, MetricsScrape, UpstreamCall
+from ..flows.context import FlowContext
 from ..http import Headers, IncomingRequest, Surface, header_value
 from ..routing import Access, Router
-from ..usage import TokenUsage
-from ..usage_query import parse_usage_query
-from .base import JSON_HEADERS, LedgerQuery, LocalAnswer, MetricsScrape, UpstreamCall
-from .context import FlowContext
 
 __all__ = ["LocalFlow", "install_local_routes"]
 

@@ -1,7 +1,7 @@
 """Ollama API endpoints the gateway answers itself.
 
 Theory of operation: these flows never reach a backend (they build on
-:class:`~sansio_gateway.flows.local.LocalFlow`).  They present the merged
+:class:`~sansio_gateway.local.gateway.LocalFlow`).  They present the merged
 model catalogue the way Ollama clients expect it (docs/wire-notes.md,
 "Native endpoints clients call" for the shapes ollama-python requires,
 "Model names" for the decisions):
@@ -29,16 +29,16 @@ from typing import Any
 
 import orjson
 
-from ..catalogue import DiscoveredModel, Route
+from ..backends.catalogue import DiscoveredModel, Route
 from ..config import BackendConfig
 from ..errors import GatewayError
+from ..flows.base import JSON_HEADERS, NDJSON_HEADERS, LocalAnswer
 from ..framing import encode_ndjson
 from ..http import Headers, Surface
-from ..ollama_api_request import load_object
-from ..ollama_from_openai import rfc3339
-from .base import JSON_HEADERS, NDJSON_HEADERS, LocalAnswer
-from .local import LocalFlow
-from .ollama_models import is_listed, listed_name
+from ..ollama_over_openai.responses import rfc3339
+from ..wire.ollama import load_object
+from .gateway import LocalFlow
+from .ollama_names import is_listed, listed_name
 
 __all__ = [
     "OLLAMA_VERSION",

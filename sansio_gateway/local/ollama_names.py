@@ -16,7 +16,7 @@ not use, so an allow-list does not reveal what else exists.
 
 from __future__ import annotations
 
-from ..catalogue import Catalogue
+from ..backends.catalogue import Catalogue
 
 __all__ = [
     "LATEST",

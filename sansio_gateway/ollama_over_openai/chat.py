@@ -1,15 +1,15 @@
 """``POST /api/chat`` and ``POST /api/generate`` served from an OpenAI-compatible backend.
 
-Theory of operation, as for :mod:`sansio_gateway.flows.openai_chat` but in
+Theory of operation, as for :mod:`sansio_gateway.openai_over_ollama.chat` but in
 the other direction: the flow is built from the validated native request
 (a bad request never reaches a backend) and the already-resolved model
-(:mod:`sansio_gateway.flows.ollama_models`).  ``plan`` either answers a
+(:mod:`sansio_gateway.local.ollama_names`).  ``plan`` either answers a
 load/unload request locally (no messages, or no prompt: docs/wire-notes.md, "Native
 endpoints clients call"; ``done_reason: "load"``, or ``"unload"`` with ``keep_alive: 0``) or
-builds the OpenAI call (:mod:`sansio_gateway.openai_from_ollama`).  The
-answer is translated whole (:mod:`sansio_gateway.ollama_from_openai`) or
+builds the OpenAI call (:mod:`sansio_gateway.ollama_over_openai.requests`).  The
+answer is translated whole (:mod:`sansio_gateway.ollama_over_openai.responses`) or
 event by event: ``framing.SSEDecoder`` ->
-:class:`~sansio_gateway.ollama_from_openai_stream.OpenAIChatToOllamaStream`
+:class:`~sansio_gateway.ollama_over_openai.stream.OpenAIChatToOllamaStream`
 -> ``encode_ndjson``.
 
 Every native answer carries the model name the client sent and
@@ -23,28 +23,28 @@ from typing import Any
 
 import orjson
 
-from ..catalogue import Route
+from ..accounting.usage import TokenUsage
+from ..backends.catalogue import Route
 from ..config import BackendConfig
 from ..errors import GatewayError, UpstreamError
+from ..flows.base import JSON_HEADERS, NDJSON_HEADERS, LocalAnswer, UpstreamCall
+from ..flows.context import FlowContext
 from ..framing import FramingError, SSEDecoder, encode_ndjson
 from ..http import Headers, Surface
-from ..ollama_api_request import (
+from ..wire.ollama import (
     NativeChatRequest,
     NativeGenerateRequest,
     is_zero_keep_alive,
 )
-from ..ollama_from_openai import (
+from .requests import chat_to_openai, generate_to_openai
+from .responses import (
     Shape,
     chat_completion_to_ollama,
     completion_to_ollama,
     final_line,
     rfc3339,
 )
-from ..ollama_from_openai_stream import OpenAIChatToOllamaStream
-from ..openai_from_ollama import chat_to_openai, generate_to_openai
-from ..usage import TokenUsage
-from .base import JSON_HEADERS, NDJSON_HEADERS, LocalAnswer, UpstreamCall
-from .context import FlowContext
+from .stream import OpenAIChatToOllamaStream
 
 __all__ = ["OllamaChatFlow", "OllamaGenerateFlow"]
 

@@ -7,7 +7,7 @@ request's ``legacy`` flag picks the answer's shape).  Nothing to embed --
 locally as Ollama answers it (``embeddings: []`` / ``embedding: []``,
 docs/wire-notes.md, "Native endpoints clients call"); anything else is one
 ``/embeddings`` call whose ``data`` is put back in ``index`` order
-(:mod:`sansio_gateway.ollama_from_openai`).
+(:mod:`sansio_gateway.ollama_over_openai.responses`).
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from typing import Any
 
 import orjson
 
-from ..catalogue import Route
+from ..accounting.usage import TokenUsage
+from ..backends.catalogue import Route
 from ..config import BackendConfig
 from ..errors import GatewayError
+from ..flows.base import JSON_HEADERS, LocalAnswer, UpstreamCall
 from ..http import Headers, Surface
-from ..ollama_api_request import NativeEmbedRequest
-from ..ollama_from_openai import embeddings_to_ollama
-from ..openai_from_ollama import embed_to_openai
-from ..usage import TokenUsage
-from .base import JSON_HEADERS, LocalAnswer, UpstreamCall
+from ..wire.ollama import NativeEmbedRequest
+from .requests import embed_to_openai
+from .responses import embeddings_to_ollama
 
 __all__ = ["OllamaEmbedFlow"]
 

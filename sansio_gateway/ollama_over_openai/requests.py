@@ -1,7 +1,7 @@
 """Translate validated native requests into OpenAI-compatible request bodies.
 
 Theory of operation: the flows parse a native body with
-:mod:`sansio_gateway.ollama_api_request`, resolve the model, then call one
+:mod:`sansio_gateway.wire.ollama`, resolve the model, then call one
 function here -- :func:`chat_to_openai`, :func:`generate_to_openai` or
 :func:`embed_to_openai` -- which returns the path (relative to the backend's
 base URL, which ends in ``/v1``) and the JSON body to send.  Each is a pure
@@ -46,8 +46,8 @@ from typing import Any
 
 import orjson
 
-from .errors import InvalidRequest
-from .ollama_api_request import (
+from ..errors import InvalidRequest
+from ..wire.ollama import (
     NativeChatRequest,
     NativeEmbedRequest,
     NativeGenerateRequest,

@@ -7,7 +7,7 @@ for ``/api/generate`` in raw/suffix mode) or :func:`embeddings_to_ollama`,
 and get the native object back.  The small helpers below --
 :func:`rfc3339`, :func:`done_reason`, :func:`tool_arguments`,
 :func:`native_tool_calls`, :func:`usage_from_openai` -- are shared with the
-stream translator (:mod:`sansio_gateway.ollama_from_openai_stream`), so a
+stream translator (:mod:`sansio_gateway.ollama_over_openai.stream`), so a
 streamed and a whole answer agree field by field.
 
 Decisions (docs/wire-notes.md, "Serving Ollama clients from an OpenAI backend";
@@ -39,8 +39,8 @@ from typing import Any
 
 import orjson
 
-from .errors import UpstreamError
-from .usage import TokenUsage
+from ..accounting.usage import TokenUsage
+from ..errors import UpstreamError
 
 __all__ = [
     "Shape",

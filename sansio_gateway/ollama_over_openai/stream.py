@@ -47,8 +47,9 @@ from typing import Any
 
 import orjson
 
-from .errors import GatewayError, UpstreamError
-from .ollama_from_openai import (
+from ..accounting.usage import TokenUsage
+from ..errors import GatewayError, UpstreamError
+from .responses import (
     Shape,
     body_line,
     done_reason,
@@ -59,7 +60,6 @@ from .ollama_from_openai import (
     reasoning_of,
     usage_from_openai,
 )
-from .usage import TokenUsage
 
 __all__ = ["DEFAULT_MAX_TOOL_CHARS", "OpenAIChatToOllamaStream"]
 

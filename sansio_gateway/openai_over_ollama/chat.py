@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import orjson
 
-from ..catalogue import Route
+from ..backends.catalogue import Route
 from ..config import BackendConfig
 from ..errors import UpstreamError
+from ..flows.base import LocalAnswer, UpstreamCall
+from ..flows.context import FlowContext
 from ..framing import NDJSONDecoder
 from ..http import Surface
-from ..ollama_chat_request import chat_request_to_ollama
-from ..ollama_chat_response import ollama_chat_to_completion, usage_from_ollama
-from ..ollama_chat_stream import OllamaChatStream
-from ..openai_chat_request import ChatRequest, parse_chat_request
-from .base import LocalAnswer, UpstreamCall
-from .context import FlowContext
+from ..wire.openai_chat import ChatRequest, parse_chat_request
+from .chat_request import chat_request_to_ollama
+from .chat_response import ollama_chat_to_completion, usage_from_ollama
+from .chat_stream import OllamaChatStream
 from .sse_stream import NdjsonToSseStream
 
 __all__ = ["OpenAIChatFlow"]

@@ -28,8 +28,8 @@ from typing import Any
 
 import orjson
 
-from .errors import InvalidRequest
-from .openai_chat_request import ChatRequest, ForcedTool
+from ..errors import InvalidRequest
+from ..wire.openai_chat import ChatRequest, ForcedTool
 
 __all__ = ["chat_request_to_ollama"]
 

@@ -5,7 +5,7 @@ whole non-stream body or one NDJSON stream line, they have the same shape
 (docs/wire-notes.md, "The native chat answer" and "Chat stream chunks") -- and returns a
 :class:`NativeLine` whose tool calls and logprobs are already in OpenAI form except for their ids.
 :func:`ollama_chat_to_completion` (here) and
-:class:`sansio_gateway.ollama_chat_stream.OllamaChatStream` both build on it
+:class:`sansio_gateway.openai_over_ollama.chat_stream.OllamaChatStream` both build on it
 and on the small helpers below, so a streamed and a non-streamed answer to
 the same backend output agree on content, reasoning, tool-call ids, finish
 reason and usage.
@@ -30,9 +30,9 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from .errors import UpstreamError
-from .openai_chat_request import ForcedTool
-from .usage import TokenUsage
+from ..accounting.usage import TokenUsage
+from ..errors import UpstreamError
+from ..wire.openai_chat import ForcedTool
 
 __all__ = [
     "SYSTEM_FINGERPRINT",

@@ -40,8 +40,10 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
-from .errors import GatewayError, UpstreamError, openai_error_body
-from .ollama_chat_response import (
+from ..accounting.usage import TokenUsage
+from ..errors import GatewayError, UpstreamError, openai_error_body
+from ..wire.openai_chat import ForcedTool
+from .chat_response import (
     SYSTEM_FINGERPRINT,
     NativeCall,
     NativeLine,
@@ -51,8 +53,6 @@ from .ollama_chat_response import (
     tool_call_id,
     usage_from_ollama,
 )
-from .openai_chat_request import ForcedTool
-from .usage import TokenUsage
 
 __all__ = ["DEFAULT_MAX_FORCED_CHARS", "OllamaChatStream"]
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import Any, Generic, Protocol, TypeVar
 
+from ..accounting.usage import TokenUsage
 from ..errors import GatewayError, UpstreamError
+from ..flows.base import SSE_HEADERS
 from ..framing import SSE_DONE, FramingError, NDJSONDecoder, encode_sse_json
 from ..http import Headers
-from ..usage import TokenUsage
-from .base import SSE_HEADERS
 
 __all__ = ["NdjsonToSseStream", "StreamTranslator"]
 

@@ -23,14 +23,14 @@ from typing import Any
 
 import orjson
 
-from ..catalogue import Route
+from ..accounting.usage import TokenUsage
+from ..backends.catalogue import Route
 from ..config import BackendConfig
 from ..errors import GatewayError, UpstreamError
+from ..flows.base import NDJSON_HEADERS, LocalAnswer, UpstreamCall
 from ..framing import FramingError, NDJSONDecoder, encode_ndjson
 from ..http import Headers, Surface
-from ..ollama_chat_response import usage_from_ollama
-from ..usage import TokenUsage
-from .base import NDJSON_HEADERS, LocalAnswer, UpstreamCall
+from ..openai_over_ollama.chat_response import usage_from_ollama
 
 __all__ = ["OllamaPassthroughFlow"]
 

@@ -21,14 +21,14 @@ from typing import Any
 
 import orjson
 
-from ..catalogue import Route
+from ..accounting.usage import TokenUsage
+from ..backends.catalogue import Route
 from ..config import BackendConfig
 from ..errors import GatewayError, InvalidRequest, UpstreamError, openai_error_body
+from ..flows.base import JSON_HEADERS, SSE_HEADERS, LocalAnswer, UpstreamCall
 from ..framing import SSE_DONE, FramingError, SSEDecoder, encode_sse_json
 from ..http import Headers, IncomingRequest, Surface
-from ..openai_chat_request import remote_image_url_param
-from ..usage import TokenUsage
-from .base import JSON_HEADERS, SSE_HEADERS, LocalAnswer, UpstreamCall
+from ..wire.openai_chat import remote_image_url_param
 
 __all__ = ["OpenAIPassthroughFlow"]
 
@@ -185,7 +185,7 @@ class OpenAIPassthroughFlow:
 
 
 def _refuse_image_urls(data: dict[str, Any]) -> None:
-    # The same 400 as the Ollama path (ollama_chat_request._image): a remote
+    # The same 400 as the Ollama path (openai_over_ollama.chat_request._image): a remote
     # image URL would be fetched by the backend, from inside the network.
     param = remote_image_url_param(data.get("messages"))
     if param is not None:

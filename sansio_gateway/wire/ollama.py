@@ -3,7 +3,7 @@
 
 Theory of operation: each ``parse_*`` function decodes the body with orjson,
 checks the fields the gateway reads, and returns a frozen request value; the
-translators in :mod:`sansio_gateway.openai_from_ollama` take it from there.
+translators in :mod:`sansio_gateway.ollama_over_openai.requests` take it from there.
 Nothing here knows about backends.
 
 The rules copy Ollama's own binding (docs/wire-notes.md, "How Ollama binds a
@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from .errors import InvalidRequest
+from ..errors import InvalidRequest
 
 __all__ = [
     "NativeChatRequest",
@@ -338,7 +338,7 @@ def _check_base64(image: str) -> None:
 def parse_chat_request(body: bytes) -> NativeChatRequest:
     """Validate an ``/api/chat`` body.  Raises :class:`InvalidRequest` (400).
 
-    Next: :func:`sansio_gateway.openai_from_ollama.chat_to_openai`, unless
+    Next: :func:`sansio_gateway.ollama_over_openai.requests.chat_to_openai`, unless
     ``is_load`` (answer locally).
     """
     data = load_object(body, "api.ChatRequest")

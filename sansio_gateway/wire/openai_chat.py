@@ -15,7 +15,7 @@ documented Ollama extensions (``options``, ``keep_alive``, ``think`` and the
 sends through ``extra_body``).  Features that are valid OpenAI but that the
 *backend* cannot honour (``n > 1``, ``logit_bias``, audio, remote image URLs,
 file parts, ``web_search_options``) pass here and are rejected by the backend
-translator (:mod:`sansio_gateway.ollama_chat_request`), so a backend that can
+translator (:mod:`sansio_gateway.openai_over_ollama.chat_request`), so a backend that can
 honour them needs no parser change.  Deprecated ``functions``/``function_call``
 and ``role: "function"`` are rejected here: a gateway that answered them with
 ``tool_calls`` would break the very clients that send them.
@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from .errors import InvalidRequest
+from ..errors import InvalidRequest
 
 __all__ = ["ChatRequest", "ForcedTool", "parse_chat_request", "remote_image_url_param"]
 
@@ -229,7 +229,7 @@ def parse_chat_request(body: bytes) -> ChatRequest:
 
     Raises :class:`InvalidRequest` (400) naming the offending parameter.
     Next: hand the result to a backend translator such as
-    :func:`sansio_gateway.ollama_chat_request.chat_request_to_ollama`.
+    :func:`sansio_gateway.openai_over_ollama.chat_request.chat_request_to_ollama`.
     """
     data = _load(body)
     for key in data:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import anyio
 import pytest
+from sansio_gateway.adapters.ledger import MemoryLedger, SQLiteLedger, aggregate, open_ledger
 
-from adapters.ledger import MemoryLedger, SQLiteLedger, aggregate, open_ledger
+from sansio_gateway.accounting.usage_query import UsageQuery, parse_time
 from sansio_gateway.actions import UsageRecord
-from sansio_gateway.usage_query import UsageQuery, parse_time
 
 DAY1 = parse_time("2026-11-25", param="t") + 3600
 DAY2 = parse_time("2026-11-26", param="t") + 3600

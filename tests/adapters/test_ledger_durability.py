@@ -8,11 +8,11 @@ from pathlib import Path
 
 import anyio
 import pytest
+from sansio_gateway.adapters.ledger import RedisLedger, SQLiteLedger, open_ledger
 
-from adapters.ledger import RedisLedger, SQLiteLedger, open_ledger
+from sansio_gateway.accounting.usage_query import UsageQuery
 from sansio_gateway.actions import UsageRecord
 from sansio_gateway.config import ConfigError, parse_config
-from sansio_gateway.usage_query import UsageQuery
 
 
 def rec(n: int) -> UsageRecord:

@@ -20,15 +20,15 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from adapters.ledger import (
+from sansio_gateway.adapters.ledger import (
     DEFAULT_RETENTION_DAYS,
     RedisLedger,
     SQLiteLedger,
     open_ledger,
 )
+
+from sansio_gateway.accounting.usage_query import UsageQuery
 from sansio_gateway.actions import UsageRecord
-from sansio_gateway.usage_query import UsageQuery
 from tests.redis_servers import SLOT_RANGES, RedisServer, redis_cluster, redis_server
 
 # Never skipped: a machine without redis-server should fail these loudly.

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sansio_gateway.adapters.limit_stores import LimitStoreConfigError, RedisLimitStore
 
-from adapters.limit_stores import LimitStoreConfigError, RedisLimitStore
 from sansio_gateway.config import LimitsConfig
 from sansio_gateway.limits import Costs, build_specs
 from tests.adapters.test_limit_stores_redis import (

@@ -9,11 +9,11 @@ drive Exchanges without sockets and feed their summaries to the real
 from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
+from sansio_gateway.adapters.metrics import GatewayMetrics
 
-from adapters.metrics import GatewayMetrics
 from sansio_gateway.actions import UpstreamChunkReceived, UpstreamClosed, UpstreamResponseStarted
 from sansio_gateway.auth import hash_key
-from sansio_gateway.catalogue import DiscoveredModel
+from sansio_gateway.backends.catalogue import DiscoveredModel
 from sansio_gateway.gateway import Gateway
 
 from ..helpers import NOW, ExchangeDriver, make_config

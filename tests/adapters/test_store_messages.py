@@ -7,9 +7,9 @@ import asyncio
 import logging
 
 import pytest
+from sansio_gateway.adapters.ledger import RedisLedger
+from sansio_gateway.adapters.limit_stores import open_limit_store
 
-from adapters.ledger import RedisLedger
-from adapters.limit_stores import open_limit_store
 from sansio_gateway.actions import UsageRecord
 from sansio_gateway.config import LimitsConfig, StoreConfig
 from sansio_gateway.limits import Costs, build_specs

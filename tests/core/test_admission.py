@@ -13,13 +13,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sansio_gateway.admission import (
+from sansio_gateway.accounting.admission import (
     DEFAULT_OUTPUT_CAP,
     LIMITED_ROUTES,
     admission_tokens,
     prompt_tokens,
 )
-from sansio_gateway.tokens import (
+from sansio_gateway.accounting.tokens import (
     IMAGE_TOKENS,
     PROMPT_OVERHEAD,
     estimate_messages,

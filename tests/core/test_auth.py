@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sansio_gateway.auth import ANONYMOUS, Authenticator, hash_key
-from sansio_gateway.catalogue import DiscoveredModel
+from sansio_gateway.backends.catalogue import DiscoveredModel
 from sansio_gateway.config import ConfigError
 from sansio_gateway.errors import Unauthorized
 from sansio_gateway.gateway import Gateway

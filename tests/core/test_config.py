@@ -97,7 +97,7 @@ def test_a_lone_model_name_is_a_one_item_list() -> None:
 
 
 def test_a_clash_is_reported_once_and_again_when_it_changes() -> None:
-    from sansio_gateway.catalogue import changed_clashes
+    from sansio_gateway.backends.catalogue import changed_clashes
 
     first = {"llama3": ("a", "b")}
     assert changed_clashes({}, first) == [("llama3", ("a", "b"))]

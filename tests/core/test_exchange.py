@@ -17,7 +17,7 @@ from sansio_gateway.actions import (
     UpstreamFailed,
     UpstreamResponseStarted,
 )
-from sansio_gateway.catalogue import DiscoveredModel
+from sansio_gateway.backends.catalogue import DiscoveredModel
 from sansio_gateway.errors import UpstreamError, UpstreamTimeout
 from sansio_gateway.exchange import ExchangeState, ExchangeStateError
 from sansio_gateway.gateway import Gateway

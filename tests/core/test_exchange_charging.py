@@ -16,6 +16,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sansio_gateway.accounting.tokens import IMAGE_TOKENS, estimate_text
 from sansio_gateway.actions import (
     CheckLimits,
     ClientDisconnected,
@@ -24,11 +25,10 @@ from sansio_gateway.actions import (
     UpstreamFailed,
     UpstreamResponseStarted,
 )
-from sansio_gateway.catalogue import DiscoveredModel
+from sansio_gateway.backends.catalogue import DiscoveredModel
 from sansio_gateway.errors import UpstreamError, UpstreamTimeout
 from sansio_gateway.gateway import Gateway
 from sansio_gateway.limits import MemoryLimitStore
-from sansio_gateway.tokens import IMAGE_TOKENS, estimate_text
 
 from ..helpers import NOW, ExchangeDriver, make_config
 

@@ -16,7 +16,7 @@ from sansio_gateway.actions import (
     UpstreamFailed,
     UpstreamResponseStarted,
 )
-from sansio_gateway.catalogue import DiscoveredModel
+from sansio_gateway.backends.catalogue import DiscoveredModel
 from sansio_gateway.errors import UpstreamError
 from sansio_gateway.exchange import ExchangeState
 from sansio_gateway.gateway import Gateway
@@ -292,7 +292,9 @@ def test_completion_default_max_tokens_from_config() -> None:
 
 
 def test_completion_passes_through_to_an_openai_backend() -> None:
-    gw = Gateway(make_config('[[backends]]\nname="o"\nkind="openai"\nurl="http://127.0.0.1:9/v1"\n'))
+    gw = Gateway(
+        make_config('[[backends]]\nname="o"\nkind="openai"\nurl="http://127.0.0.1:9/v1"\n')
+    )
     d = ExchangeDriver(gw)
     d.start("POST", COMPLETIONS, completion())
     [up] = d.seen.upstream

@@ -13,7 +13,7 @@ from sansio_gateway.actions import (
     UpstreamFailed,
     UpstreamResponseStarted,
 )
-from sansio_gateway.catalogue import DiscoveredModel
+from sansio_gateway.backends.catalogue import DiscoveredModel
 from sansio_gateway.errors import UpstreamError
 from sansio_gateway.gateway import Gateway
 from sansio_gateway.limits import MemoryLimitStore
@@ -71,7 +71,11 @@ def test_requests_per_minute_denies_with_openai_headers_and_body() -> None:
 def test_the_ollama_surface_gets_the_same_429_in_its_own_form() -> None:
     gw = gateway("[limits]\nrequests_per_minute = 6\n")
     store = MemoryLimitStore()
-    body = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "Hi"}], "stream": False}
+    body = {
+        "model": "llama3.2:1b",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "stream": False,
+    }
     ExchangeDriver(gw, limits=store).start("POST", "/api/chat", body)
     d = ExchangeDriver(gw, request_id="r2", limits=store)
     d.start("POST", "/api/chat", body, now=NOW + 1)

@@ -16,10 +16,10 @@ from sansio_gateway.actions import (
     UpstreamResponseStarted,
 )
 from sansio_gateway.auth import hash_key
-from sansio_gateway.catalogue import DiscoveredModel
+from sansio_gateway.backends.catalogue import DiscoveredModel
+from sansio_gateway.backends.registry import BackendKind, builtin_registry
 from sansio_gateway.errors import UpstreamError
 from sansio_gateway.gateway import Gateway
-from sansio_gateway.registry import BackendKind, builtin_registry
 
 from ..helpers import NOW, ExchangeDriver, make_config
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import orjson
 
 from sansio_gateway.auth import Forbidden, hash_key
-from sansio_gateway.catalogue import DiscoveredModel
+from sansio_gateway.backends.catalogue import DiscoveredModel
 from sansio_gateway.errors import Unauthorized
 from sansio_gateway.gateway import Gateway
 

@@ -8,14 +8,14 @@ from typing import Any
 import pytest
 
 from sansio_gateway.auth import hash_key
-from sansio_gateway.catalogue import DiscoveredModel, parse_openai_models
-from sansio_gateway.flows import builtin_makers
+from sansio_gateway.backends import builtin_makers
+from sansio_gateway.backends.catalogue import DiscoveredModel, parse_openai_models
+from sansio_gateway.backends.registry import BackendKind, builtin_registry
 from sansio_gateway.flows.base import Flow
 from sansio_gateway.flows.context import FlowContext
 from sansio_gateway.gateway import Gateway
 from sansio_gateway.http import IncomingRequest
 from sansio_gateway.identity import ANONYMOUS
-from sansio_gateway.registry import BackendKind, builtin_registry
 
 from ..helpers import NOW, ExchangeDriver, make_config
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sansio_gateway.auth import hash_key
-from sansio_gateway.catalogue import DiscoveredModel, ollama_canonical_name
+from sansio_gateway.backends.catalogue import DiscoveredModel, ollama_canonical_name
 from sansio_gateway.gateway import Gateway
 from sansio_gateway.limits import MemoryLimitStore
 

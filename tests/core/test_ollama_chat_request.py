@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sansio_gateway.errors import InvalidRequest
-from sansio_gateway.ollama_chat_request import chat_request_to_ollama
-from sansio_gateway.openai_chat_request import parse_chat_request
+from sansio_gateway.openai_over_ollama.chat_request import chat_request_to_ollama
+from sansio_gateway.wire.openai_chat import parse_chat_request
 
 USER: dict[str, Any] = {"role": "user", "content": "hi"}
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()

@@ -6,15 +6,15 @@ from typing import Any
 
 import pytest
 
+from sansio_gateway.accounting.usage import TokenUsage
 from sansio_gateway.errors import UpstreamError
-from sansio_gateway.ollama_chat_response import (
+from sansio_gateway.openai_over_ollama.chat_response import (
     finish_reason,
     ollama_chat_to_completion,
     tool_call_id,
     usage_from_ollama,
 )
-from sansio_gateway.openai_chat_request import ForcedTool
-from sansio_gateway.usage import TokenUsage
+from sansio_gateway.wire.openai_chat import ForcedTool
 
 NAMED = ForcedTool(name="get", names=("get", "put"))
 REQUIRED = ForcedTool(name=None, names=("get", "put"))

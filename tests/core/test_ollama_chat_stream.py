@@ -8,11 +8,11 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sansio_gateway.accounting.usage import TokenUsage
 from sansio_gateway.errors import UpstreamError, UpstreamTimeout
-from sansio_gateway.ollama_chat_response import ollama_chat_to_completion
-from sansio_gateway.ollama_chat_stream import OllamaChatStream
-from sansio_gateway.openai_chat_request import ForcedTool
-from sansio_gateway.usage import TokenUsage
+from sansio_gateway.openai_over_ollama.chat_response import ollama_chat_to_completion
+from sansio_gateway.openai_over_ollama.chat_stream import OllamaChatStream
+from sansio_gateway.wire.openai_chat import ForcedTool
 
 CID = "chatcmpl-s1"
 NAMED = ForcedTool(name="get", names=("get",))

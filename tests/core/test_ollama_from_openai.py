@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sansio_gateway.accounting.usage import TokenUsage
 from sansio_gateway.errors import UpstreamError
-from sansio_gateway.ollama_from_openai import (
+from sansio_gateway.ollama_over_openai.responses import (
     Shape,
     chat_completion_to_ollama,
     completion_to_ollama,
@@ -22,8 +23,7 @@ from sansio_gateway.ollama_from_openai import (
     rfc3339,
     tool_arguments,
 )
-from sansio_gateway.ollama_from_openai_stream import OpenAIChatToOllamaStream
-from sansio_gateway.usage import TokenUsage
+from sansio_gateway.ollama_over_openai.stream import OpenAIChatToOllamaStream
 
 AT = "2026-11-24T16:00:00.5Z"
 USAGE = {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15}

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from sansio_gateway.errors import InvalidRequest
-from sansio_gateway.openai_chat_request import ChatRequest, ForcedTool, parse_chat_request
+from sansio_gateway.wire.openai_chat import ChatRequest, ForcedTool, parse_chat_request
 
 USER = {"role": "user", "content": "hi"}
 TOOL_A = {"type": "function", "function": {"name": "a", "parameters": {"type": "object"}}}

@@ -10,15 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sansio_gateway.accounting.usage import TokenUsage
 from sansio_gateway.errors import InvalidRequest, UpstreamError, UpstreamTimeout
-from sansio_gateway.openai_completions import (
-    CompletionRequest,
+from sansio_gateway.openai_over_ollama.completions import (
     OllamaCompletionStream,
     completion_request_to_ollama,
     ollama_generate_to_completion,
+)
+from sansio_gateway.wire.openai_completions import (
+    CompletionRequest,
     parse_completion_request,
 )
-from sansio_gateway.usage import TokenUsage
 
 CID = "cmpl-r1"
 CREATED = 1700000000

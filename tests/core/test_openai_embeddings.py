@@ -13,11 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sansio_gateway.errors import InvalidRequest, UpstreamError
-from sansio_gateway.openai_embeddings import (
-    MAX_INPUTS,
-    EmbeddingsRequest,
+from sansio_gateway.openai_over_ollama.embeddings import (
     embeddings_request_to_ollama,
     ollama_embed_to_openai,
+)
+from sansio_gateway.wire.openai_embeddings import (
+    MAX_INPUTS,
+    EmbeddingsRequest,
     parse_embeddings_request,
 )
 

@@ -11,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sansio_gateway.errors import InvalidRequest
-from sansio_gateway.ollama_api_request import (
+from sansio_gateway.ollama_over_openai.requests import (
+    chat_to_openai,
+    embed_to_openai,
+    generate_to_openai,
+    image_data_url,
+    sniff_image_mime,
+)
+from sansio_gateway.openai_over_ollama.chat_request import chat_request_to_ollama
+from sansio_gateway.wire.ollama import (
     NativeChatRequest,
     is_zero_keep_alive,
     parse_chat_request,
@@ -20,15 +28,7 @@ from sansio_gateway.ollama_api_request import (
     parse_generate_request,
     parse_model_request,
 )
-from sansio_gateway.ollama_chat_request import chat_request_to_ollama
-from sansio_gateway.openai_chat_request import parse_chat_request as parse_openai_chat
-from sansio_gateway.openai_from_ollama import (
-    chat_to_openai,
-    embed_to_openai,
-    generate_to_openai,
-    image_data_url,
-    sniff_image_mime,
-)
+from sansio_gateway.wire.openai_chat import parse_chat_request as parse_openai_chat
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 16).decode()
 JPEG = base64.b64encode(b"\xff\xd8\xff\xe0" + b"\0" * 16).decode()

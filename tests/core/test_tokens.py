@@ -1,6 +1,6 @@
 """Token estimates made before a request is sent: upper bounds, monotone, exact rules.
 
-The rules (tokens.py): ceil(UTF-8 bytes / 2) per text; 8 per message; 16 per
+The rules (accounting/tokens.py): ceil(UTF-8 bytes / 2) per text; 8 per message; 16 per
 prompt; 1,024 per image; JSON (tool schemas, tool calls) by its rendered
 length.  The properties: the estimate never falls below ceil(bytes / 4) of
 any text the prompt contains (about what real BPE tokenizers spend on
@@ -16,7 +16,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sansio_gateway.tokens import (
+from sansio_gateway.accounting.tokens import (
     IMAGE_TOKENS,
     MESSAGE_OVERHEAD,
     PROMPT_OVERHEAD,

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from sansio_gateway.errors import InvalidRequest
-from sansio_gateway.usage_query import (
+from sansio_gateway.accounting.usage_query import (
     UsageQuery,
     UsageRow,
     parse_time,
     parse_usage_query,
     render_rows,
 )
+from sansio_gateway.errors import InvalidRequest
 
 
 def test_dates_times_and_unix_seconds() -> None:
@@ -61,7 +61,7 @@ def test_format_comes_from_the_query_or_the_accept_header() -> None:
 
 
 def test_json_has_totals_and_csv_and_the_table_agree() -> None:
-    from sansio_gateway.usage_query import render_csv, render_table, render_usage
+    from sansio_gateway.accounting.usage_query import render_csv, render_table, render_usage
 
     rows = [
         UsageRow(user="a", model="m", day="2026-11-26", requests=2, prompt_tokens=10,
@@ -79,7 +79,7 @@ def test_json_has_totals_and_csv_and_the_table_agree() -> None:
 
 
 def test_a_day_is_read_whole_cut_or_skipped() -> None:
-    from sansio_gateway.usage_query import DaySpan, day_span
+    from sansio_gateway.accounting.usage_query import DaySpan, day_span
 
     q = UsageQuery(since=100.0, until=200.0)
     assert day_span(q, 120.0, 180.0) is DaySpan.WHOLE

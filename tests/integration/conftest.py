@@ -48,8 +48,9 @@ def any_server(
         with running_gateway(_config(emulator), runtime=str(request.param)) as gw:
             yield gw
         return
-    from adapters.asgi import create_app
-    from adapters.ledger import MemoryLedger
+    from sansio_gateway.adapters.asgi import create_app
+    from sansio_gateway.adapters.ledger import MemoryLedger
+
     from tests.integration.test_asgi import serve_uvicorn
 
     ledger = MemoryLedger()

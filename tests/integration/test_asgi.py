@@ -24,13 +24,13 @@ import openai
 import pytest
 import uvicorn
 from anyio.from_thread import start_blocking_portal
+from sansio_gateway.adapters.asgi import GatewayASGI, create_app, route_path
+from sansio_gateway.adapters.ledger import MemoryLedger
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
-from adapters.asgi import GatewayASGI, create_app, route_path
-from adapters.ledger import MemoryLedger
 from tests.emulators.ollama import OllamaEmulator, ScriptedReply
 from tests.helpers import make_config, wait_for
 

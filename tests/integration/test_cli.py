@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sansio_gateway.auth import hash_key
 from tests.emulators.ollama import OllamaEmulator
 
-CLI = [sys.executable, "-m", "adapters.cli"]
+CLI = [sys.executable, "-m", "sansio_gateway.adapters.cli"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -65,15 +65,30 @@ def _wait_healthy(url: str) -> None:
     raise AssertionError("gateway did not come up")
 
 
-def test_two_workers_share_the_port_and_their_metrics(emulator: OllamaEmulator, tmp_path: Path) -> None:
+def test_two_workers_share_the_port_and_their_metrics(
+    emulator: OllamaEmulator, tmp_path: Path
+) -> None:
     cfg = tmp_path / "gw.toml"
     cfg.write_text(
         f'[store]\nusage = "sqlite:///{tmp_path}/usage.db"\n'
         f'[[backends]]\nname = "local"\nurl = "{emulator.url}"\n'
     )
     proc = subprocess.Popen(
-        [*CLI, "--log-level", "WARNING", "serve", "--config", str(cfg), "--port", "0", "--workers", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            *CLI,
+            "--log-level",
+            "WARNING",
+            "serve",
+            "--config",
+            str(cfg),
+            "--port",
+            "0",
+            "--workers",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -88,7 +103,10 @@ def test_two_workers_share_the_port_and_their_metrics(emulator: OllamaEmulator, 
         total = 0.0
         for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
             for sample in family.samples:
-                if sample.name == "gateway_requests_total" and sample.labels["route"] == "chat.completions":
+                if (
+                    sample.name == "gateway_requests_total"
+                    and sample.labels["route"] == "chat.completions"
+                ):
                     total += sample.value
         assert total == 12  # whichever worker answered the scrape counts both
         proc.send_signal(signal.SIGTERM)

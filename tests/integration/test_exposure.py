@@ -12,9 +12,9 @@ from typing import Any
 import anyio
 import orjson
 import pytest
+from sansio_gateway.adapters.asgi import create_app
+from sansio_gateway.adapters.ledger import MemoryLedger
 
-from adapters.asgi import create_app
-from adapters.ledger import MemoryLedger
 from sansio_gateway.auth import hash_key
 from tests.emulators.ollama import OllamaEmulator
 from tests.helpers import RunningGateway, make_config, running_gateway, wait_for

@@ -31,8 +31,8 @@ import httpx
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
+from sansio_gateway.adapters.limit_stores import ResilientLimitStore
 
-from adapters.limit_stores import ResilientLimitStore
 from tests.emulators.ollama import OllamaEmulator, run_ollama_emulator
 from tests.helpers import RunningGateway, make_config, running_gateway, wait_for
 from tests.integration.test_limits_end_to_end import (

@@ -4,7 +4,7 @@
   process) and the emulated Ollama: 429s with their headers and bodies, which
   of them the openai SDK retries, 401/403/404, and ``/admin/usage`` totals
   that equal what the backend reported.
-* Four real gateway processes (``python -m adapters.cli serve``) sharing one
+* Four real gateway processes (``python -m sansio_gateway.adapters.cli serve``) sharing one
   redis-server -- and then a 3-primary Redis Cluster -- under a burst from
   one key: admitted requests (and tokens) stay within ``burst + W * rate``
   and reach at least the burst; the Redis usage ledger adds up.
@@ -43,15 +43,15 @@ import orjson
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
+from sansio_gateway.adapters.app import GatewayApp
+from sansio_gateway.adapters.ledger import RedisLedger
+from sansio_gateway.adapters.limit_stores import ResilientLimitStore
 
-from adapters.app import GatewayApp
-from adapters.ledger import RedisLedger
-from adapters.limit_stores import ResilientLimitStore
-from sansio_gateway.admission import admission_tokens
+from sansio_gateway.accounting.admission import admission_tokens
+from sansio_gateway.accounting.usage_query import UsageQuery
 from sansio_gateway.auth import hash_key
 from sansio_gateway.config import ConfigError
 from sansio_gateway.limits import Fallback
-from sansio_gateway.usage_query import UsageQuery
 from tests.emulators.ollama import OllamaEmulator, ScriptedReply, run_ollama_emulator, token_chunks
 from tests.helpers import RunningGateway, make_config, running_gateway, wait_for
 from tests.redis_servers import free_port, redis_cluster, redis_server
@@ -408,7 +408,7 @@ def gateway_processes(config: Path, count: int) -> Iterator[list[str]]:
     try:
         for _ in range(count):
             proc = subprocess.Popen(
-                [sys.executable, "-m", "adapters.cli", "--log-level", "WARNING", "serve",
+                [sys.executable, "-m", "sansio_gateway.adapters.cli", "--log-level", "WARNING", "serve",
                  "--config", str(config), "--port", "0"],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             )  # fmt: skip

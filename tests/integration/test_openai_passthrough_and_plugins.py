@@ -9,8 +9,8 @@ from pathlib import Path
 
 import openai
 import pytest
+from sansio_gateway.adapters.plugins import ENTRY_POINT_GROUP, load_registry
 
-from adapters.plugins import ENTRY_POINT_GROUP, load_registry
 from tests.emulators.openai_backend import OpenAIEmulator, ScriptedReply, run_openai_emulator
 from tests.helpers import RunningGateway, make_config, running_gateway, wait_for
 
@@ -92,9 +92,9 @@ def test_models_list_shows_the_discovered_backend_models(client: openai.OpenAI) 
 
 
 PLUGIN = """
-from sansio_gateway.catalogue import parse_openai_models
-from sansio_gateway.flows import builtin_makers
-from sansio_gateway.registry import BackendKind
+from sansio_gateway.backends.catalogue import parse_openai_models
+from sansio_gateway.backends import builtin_makers
+from sansio_gateway.backends.registry import BackendKind
 
 def make_kind():
     return BackendKind(

@@ -50,7 +50,7 @@ def test_a_first_chat_through_both_emulators(tmp_path: Path) -> None:
             f'[[backends]]\nname = "local"\nkind = "ollama"\nurl = "{ollama_url}"\n'
             f'[[backends]]\nname = "cloud"\nkind = "openai"\nurl = "{openai_url}"\n'
         )
-        serve = ("adapters.cli", "serve", "--config", str(config), "--port", "0")
+        serve = ("sansio_gateway.adapters.cli", "serve", "--config", str(config), "--port", "0")
         with started(*serve, marker="sansio-gateway listening on") as (_, line):
             url = line.split(" on ")[1].split()[0]
             for model in ("llama3.2:1b", "gpt-4o-mini"):

@@ -25,9 +25,10 @@ def slow_emulator() -> Iterator[OllamaEmulator]:
 def _stream(url: str, outcomes: list[str], first_chunk: threading.Semaphore) -> None:
     body = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     try:
-        with httpx.Client(timeout=30) as client, client.stream(
-            "POST", url + "/v1/chat/completions", json=body
-        ) as response:
+        with (
+            httpx.Client(timeout=30) as client,
+            client.stream("POST", url + "/v1/chat/completions", json=body) as response,
+        ):
             released = False
             payloads = []
             for line in response.iter_lines():
@@ -48,10 +49,13 @@ def _stream(url: str, outcomes: list[str], first_chunk: threading.Semaphore) -> 
         outcomes.append(f"exception:{exc!r}")
 
 
-@pytest.mark.parametrize(("chunk_delay", "grace", "expected"), [
-    (0.01, 10.0, "finished"),  # streams end well within the grace period
-    (0.2, 0.3, "error_event:shutdown"),  # streams outlive it and are cut with an error event
-])
+@pytest.mark.parametrize(
+    ("chunk_delay", "grace", "expected"),
+    [
+        (0.01, 10.0, "finished"),  # streams end well within the grace period
+        (0.2, 0.3, "error_event:shutdown"),  # streams outlive it and are cut with an error event
+    ],
+)
 def test_shutdown_with_20_active_streams(
     slow_emulator: OllamaEmulator, chunk_delay: float, grace: float, expected: str
 ) -> None:
@@ -63,7 +67,8 @@ def test_shutdown_with_20_active_streams(
     first_chunk = threading.Semaphore(0)
     with running_gateway(config) as gw:
         threads = [
-            threading.Thread(target=_stream, args=(gw.url, outcomes, first_chunk)) for _ in range(STREAMS)
+            threading.Thread(target=_stream, args=(gw.url, outcomes, first_chunk))
+            for _ in range(STREAMS)
         ]
         for t in threads:
             t.start()
@@ -89,10 +94,13 @@ def test_sigterm_to_the_real_process_drains_and_keeps_every_record(
     import subprocess
     import sys
 
-    from adapters.ledger import SQLiteLedger
-    from sansio_gateway.usage_query import UsageQuery
+    from sansio_gateway.adapters.ledger import SQLiteLedger
 
-    slow_emulator.set_reply("llama3.2:1b", ScriptedReply(chunks=["w "] * 40, delay_between_chunks=0.2))
+    from sansio_gateway.accounting.usage_query import UsageQuery
+
+    slow_emulator.set_reply(
+        "llama3.2:1b", ScriptedReply(chunks=["w "] * 40, delay_between_chunks=0.2)
+    )
     db = tmp_path / "usage.db"
     cfg = tmp_path / "gw.toml"
     cfg.write_text(
@@ -100,8 +108,19 @@ def test_sigterm_to_the_real_process_drains_and_keeps_every_record(
         f'[[backends]]\nname = "local"\nurl = "{slow_emulator.url}"\n'
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "adapters.cli", "serve", "--config", str(cfg), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "sansio_gateway.adapters.cli",
+            "serve",
+            "--config",
+            str(cfg),
+            "--port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -112,7 +131,10 @@ def test_sigterm_to_the_real_process_drains_and_keeps_every_record(
                 break
         outcomes: list[str] = []
         first_chunk = threading.Semaphore(0)
-        threads = [threading.Thread(target=_stream, args=(url, outcomes, first_chunk)) for _ in range(STREAMS)]
+        threads = [
+            threading.Thread(target=_stream, args=(url, outcomes, first_chunk))
+            for _ in range(STREAMS)
+        ]
         for t in threads:
             t.start()
         for _ in range(STREAMS):

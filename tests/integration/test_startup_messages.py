@@ -6,9 +6,9 @@ import logging
 
 import anyio
 import pytest
+from sansio_gateway.adapters.app import GatewayApp
+from sansio_gateway.adapters.ledger import MemoryLedger
 
-from adapters.app import GatewayApp
-from adapters.ledger import MemoryLedger
 from tests.emulators.ollama import OllamaEmulator
 from tests.helpers import make_config
 
@@ -115,9 +115,7 @@ def test_an_unreachable_redis_store_is_one_line_at_startup(
     app = GatewayApp(config, ledger=MemoryLedger())
 
     def said() -> list[str]:
-        return [
-            r.getMessage() for r in caplog.records if "(store.url) not ready" in r.getMessage()
-        ]
+        return [r.getMessage() for r in caplog.records if "(store.url) not ready" in r.getMessage()]
 
     with caplog.at_level(logging.WARNING), anyio.from_thread.start_blocking_portal() as portal:
         future, _ = portal.start_task(app.serve, "127.0.0.1", 0)
@@ -131,5 +129,7 @@ def test_an_unreachable_redis_store_is_one_line_at_startup(
                 future.result(timeout=10)
     # One line, although the warm-up keeps retrying every 0.1 s.
     [line] = said()
-    assert line.startswith(f"rate-limit store redis://:***@127.0.0.1:{port}/0 (store.url) not ready")
+    assert line.startswith(
+        f"rate-limit store redis://:***@127.0.0.1:{port}/0 (store.url) not ready"
+    )
     assert "hunter2" not in line

@@ -16,8 +16,8 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+from sansio_gateway.adapters.ledger import RedisLedger, SQLiteLedger, UsageLedger, open_ledger
 
-from adapters.ledger import RedisLedger, SQLiteLedger, UsageLedger, open_ledger
 from sansio_gateway.actions import UsageRecord
 from sansio_gateway.auth import hash_key
 from tests.emulators.ollama import OllamaEmulator
@@ -25,7 +25,7 @@ from tests.helpers import make_config, running_gateway
 from tests.redis_servers import redis_cluster, redis_server
 
 DAY = 1_795_651_200.0  # 2026-11-26T00:00:00Z
-CLI = [sys.executable, "-m", "adapters.cli"]
+CLI = [sys.executable, "-m", "sansio_gateway.adapters.cli"]
 
 
 def rec(n: int, user: str, model: str, at: float) -> UsageRecord:
@@ -97,7 +97,12 @@ def usage(url: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[s
 def test_the_cli_prints_the_same_rows_from_every_ledger(
     usage_url: str, filters: tuple[str, ...], tmp_path: Path
 ) -> None:
-    from sansio_gateway.usage_query import UsageQuery, aggregate, parse_time, render_table
+    from sansio_gateway.accounting.usage_query import (
+        UsageQuery,
+        aggregate,
+        parse_time,
+        render_table,
+    )
 
     args = dict(zip(filters[::2], filters[1::2], strict=True))
     query = UsageQuery(

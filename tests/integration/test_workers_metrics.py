@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.emulators.ollama import OllamaEmulator
 
-CLI = [sys.executable, "-m", "adapters.cli"]
+CLI = [sys.executable, "-m", "sansio_gateway.adapters.cli"]
 
 
 def _samples(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
