@@ -32,6 +32,7 @@ from sansio_gateway.errors import GatewayError
 
 from .app import GatewayApp
 from .ledger import open_ledger
+from .rlimits import raise_open_file_limit
 from .wiring import checked_config, load_config
 from .workers import run_workers
 
@@ -68,6 +69,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             args.worker_count,
             args.worker_count,
         )
+    fds = raise_open_file_limit()  # each stream holds two sockets
+    if args.worker_index == 0:
+        logging.getLogger("sansio_gateway").info("%s", fds.describe())
     app = GatewayApp(
         config,
         worker_count=args.worker_count,
