@@ -11,6 +11,7 @@ from sansio_gateway.transport import (
     body_too_large,
     content_length,
     malformed_request,
+    no_api_keys,
     read_timed_out,
     refuse_head,
     render_refusal,
@@ -96,6 +97,7 @@ def test_content_length(headers: Headers, expected: int | None) -> None:
         (read_timed_out(), 408),
         (too_many_connections(), 503),
         (shutting_down(), 503),
+        (no_api_keys("no keys and not on loopback"), 503),
     ],
 )
 def test_each_situation_has_its_status(error: GatewayError, status: int) -> None:
