@@ -40,6 +40,7 @@ from sansio_gateway.errors import GatewayError
 from sansio_gateway.gateway import Gateway
 
 from .app import GatewayApp
+from .emulator.command import add_emulate_parser
 from .ledger import open_ledger
 from .plugins import load_registry
 from .workers import run_workers
@@ -264,6 +265,8 @@ def _parser() -> argparse.ArgumentParser:
         "--admin", action="store_true", help="an admin key: may also read GET /admin/usage"
     )
     new_key.set_defaults(func=_cmd_new_key)
+
+    add_emulate_parser(sub)
     return parser
 
 
