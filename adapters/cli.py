@@ -43,6 +43,7 @@ from .app import GatewayApp
 from .emulator.command import add_emulate_parser
 from .ledger import open_ledger
 from .plugins import load_registry
+from .rlimits import raise_open_file_limit
 from .workers import run_workers
 
 __all__ = ["load_config", "main"]
@@ -106,6 +107,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             args.worker_count,
             args.worker_count,
         )
+    fds = raise_open_file_limit()  # each stream holds two sockets
+    if args.worker_index == 0:
+        logging.getLogger("sansio_gateway").info("%s", fds.describe())
     app = GatewayApp(
         config,
         worker_count=args.worker_count,
