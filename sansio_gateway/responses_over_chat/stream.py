@@ -19,8 +19,9 @@ from 0:
   and sends ``response.completed`` (or ``response.incomplete``) carrying
   the whole response with usage.
 
-:meth:`fail` sends ``response.failed`` with the error and the items closed
-so far; a failed or finished stream ignores further input.
+:meth:`fail` closes the open item as ``incomplete`` and sends
+``response.failed`` with the error and the items so far; a failed or
+finished stream ignores further input.
 """
 
 from __future__ import annotations
@@ -108,9 +109,11 @@ class ChatToResponsesStream:
         if self.done or self.failed:
             return []
         self.failed = True
+        out = self._close("incomplete")  # what arrived of the open item stays readable
         code = "rate_limit_exceeded" if error.status_code == 429 else "server_error"
         failure = {"code": code, "message": error.message}
-        return [self._event("response.failed", response=self._response("failed", error=failure))]
+        response = self._response("failed", error=failure)
+        return [*out, self._event("response.failed", response=response)]
 
     # -- internals ---------------------------------------------------------------
 
