@@ -310,3 +310,18 @@ def test_whole_answer_reads_reasoning_under_either_name_and_dict_arguments() -> 
         {"type": "tool_use", "id": "c", "name": "f", "input": {"a": 1}},
     ]
     assert out["usage"] == {"input_tokens": 0, "output_tokens": 0}
+
+
+def test_broken_arguments_in_the_last_block_fail_the_finish() -> None:
+    stream = ChatToMessagesStream(model="m", message_id="msg_1")
+    call = {"index": 0, "id": "c", "function": {"name": "f", "arguments": '{"a":'}}
+    out = stream.feed({"choices": [{"delta": {"tool_calls": [call]}, "finish_reason": "stop"}]})
+    events = decode_events(b"".join(out + stream.finish()))
+    check_grammar(events)
+    assert events[-1][0] == "error" and stream.failed
+
+
+def test_usage_without_integer_counts_is_ignored() -> None:
+    stream = ChatToMessagesStream(model="m", message_id="msg_1")
+    stream.feed({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": None}})
+    assert stream.usage is None

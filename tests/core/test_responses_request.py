@@ -269,3 +269,18 @@ def test_input_items_round_trip_through_the_chat_dialect(turns: list[list[Any]])
     req = ResponsesRequest(model="m", items=items)
     assert back_to_items(responses_to_chat_body(req)["messages"]) == items
     responses_to_chat(req)
+
+
+def test_a_json_schema_format_keeps_its_description() -> None:
+    fmt = {"type": "json_schema", "name": "o", "schema": {}, "description": "the output"}
+    assert body_of(text={"format": fmt})["response_format"] == {
+        "type": "json_schema", "json_schema": {"name": "o", "schema": {}, "description": "the output"}
+    }  # fmt: skip
+
+
+def test_an_image_without_detail() -> None:
+    part = {"type": "input_image", "image_url": "data:image/png;base64,AA"}
+    req = parse(input=[{"role": "user", "content": [part]}])
+    assert req.items[0] == InputMessage(
+        role="user", content=({"type": "image_url", "image_url": {"url": part["image_url"]}},)
+    )

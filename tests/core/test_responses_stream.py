@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from openai import OpenAI
 
 from sansio_gateway.errors import GatewayError, UpstreamError
+from sansio_gateway.framing import SSEDecoder
 from sansio_gateway.responses_over_chat.response import chat_to_response
 from sansio_gateway.responses_over_chat.stream import ChatToResponsesStream
 from sansio_gateway.wire.openai_responses import ResponsesRequest, parse_responses_request
@@ -234,3 +235,45 @@ def test_a_cut_answer_is_incomplete_in_its_last_item_only() -> None:
 def test_whole_answer_without_choices_is_an_upstream_error() -> None:
     with pytest.raises(UpstreamError, match="no choices"):
         chat_to_response({}, REQUEST, response_id="resp_abc", created_at=1)
+
+
+@pytest.mark.parametrize(
+    ("fields", "text", "tool_choice"),
+    [
+        ({"text": {"format": {"type": "json_object"}}}, {"format": {"type": "json_object"}},
+         "auto"),
+        ({"text": {"verbosity": "low"}, "tools": [{"type": "function", "name": "f"}],
+          "tool_choice": {"type": "function", "name": "f"}},
+         {"format": {"type": "text"}}, {"type": "function", "name": "f"}),
+        ({"tools": [{"type": "function", "name": "f"}],
+          "tool_choice": {"type": "allowed_tools", "mode": "required",
+                          "tools": [{"type": "function", "name": "f"}]}},
+         {"format": {"type": "text"}},
+         {"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": "f"}]}),
+        ({"tool_choice": "none"}, {"format": {"type": "text"}}, "none"),
+    ],
+)  # fmt: skip
+def test_text_format_and_tool_choice_are_echoed(
+    fields: dict[str, Any], text: Any, tool_choice: Any
+) -> None:
+    req = parse_responses_request(orjson.dumps({"model": "m", "input": "x", **fields}))
+    out = chat_to_response(
+        Answer("", "x", (), "stop", None, None).completion(), req, response_id="r", created_at=1
+    )
+    assert (out["text"], out["tool_choice"]) == (text, tool_choice)
+
+
+@PROPERTY
+@given(answer_and_chunks(), st.data())
+def test_sse_decode_is_chunking_invariant(
+    case: tuple[Answer, list[dict[str, Any]]], data: st.DataObject
+) -> None:
+    _, chunks = case
+    _, body = run(REQUEST, chunks)
+    cuts = sorted(data.draw(st.sets(st.integers(0, len(body)), max_size=12)))
+    decoder = SSEDecoder()
+    events = []
+    for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True):
+        events += decoder.feed(body[a:b])
+    events += decoder.feed_eof()
+    assert [(e.event, orjson.loads(e.data)) for e in events] == decode_events(body)
