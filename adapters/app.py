@@ -9,6 +9,7 @@ backends' health probe) and on demand when a client names an unknown model.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -23,6 +24,8 @@ from sansio_gateway.errors import ServiceUnavailable
 from sansio_gateway.gateway import Gateway
 from sansio_gateway.limits.breaker import StoreHealth
 
+from .fast_server import FastGatewayServer
+from .fast_upstream import FastUpstreamClient
 from .ledger import UsageLedger, open_ledger
 from .limit_stores import ResilientLimitStore, open_limit_store
 from .metrics import GatewayMetrics
@@ -33,6 +36,14 @@ from .upstream import TRANSPORT_ERRORS, UpstreamClient, map_upstream_exception
 __all__ = ["GatewayApp"]
 
 log = logging.getLogger("sansio_gateway")
+
+
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 _BREAKER_GAUGE = {"closed": 0, "half_open": 1, "open": 2}
@@ -48,6 +59,7 @@ class GatewayApp:
         reuse_port: bool = False,
         clock: Callable[[], float] = time.time,
         worker_index: int = 0,
+        transport: str | None = None,
     ) -> None:
         self.config = config
         # Under --workers, only worker 0 prints the startup listing and clashes.
@@ -76,15 +88,30 @@ class GatewayApp:
         if isinstance(self.limit_store, ResilientLimitStore):
             self.limit_store.on_health = self._store_changed
             self._store_changed(self.limit_store.health)
-        self.upstream = UpstreamClient()
         self.clock = clock
         self.ledger = ledger if ledger is not None else open_ledger(config.store.usage)
-        server = config.server
         self.metrics = GatewayMetrics()
-        self.server = GatewayServer(
+        self.upstream: UpstreamClient | FastUpstreamClient
+        self.server: GatewayServer | FastGatewayServer
+        # The fast transport (asyncio.Protocol) on asyncio; anyio on trio and
+        # under ASGI (which passes transport="anyio").
+        self._build_transport(
+            (transport or config.server.transport) == "fast" and config.server.runtime == "asyncio"
+        )
+        self._refreshing: anyio.Event | None = None
+        self._accepting: anyio.CancelScope | None = None
+        self._listener: asyncio.Server | None = None
+        self._drained = anyio.Event()
+
+    def _build_transport(self, fast: bool) -> None:
+        self.fast = fast
+        self.upstream = FastUpstreamClient() if fast else UpstreamClient()
+        server = self.config.server
+        server_class = FastGatewayServer if fast else GatewayServer
+        self.server = server_class(
             metrics=self.metrics,
             gateway=self.gateway,
-            upstream=self.upstream,
+            upstream=self.upstream,  # type: ignore[arg-type]
             ledger=self.ledger,
             limits=ServerLimits(
                 max_body_bytes=server.max_body_bytes,
@@ -94,13 +121,10 @@ class GatewayApp:
                 keepalive_timeout=server.keepalive_timeout,
                 max_connections=server.max_connections,
             ),
-            clock=clock,
+            clock=self.clock,
             refresh_catalogue=self.refresh_on_miss,
             limit_store=self.limit_store,
         )
-        self._refreshing: anyio.Event | None = None
-        self._accepting: anyio.CancelScope | None = None
-        self._drained = anyio.Event()
 
     # ---- the shared limit store -------------------------------------------
 
@@ -207,6 +231,13 @@ class GatewayApp:
             startup.start_soon(self.discover_all)
             startup.start_soon(self.warm_store)
         self._export_health()
+        if self.fast and not _on_asyncio():
+            # Served under trio although the config names asyncio (tests
+            # pick the event loop themselves): trio has only the anyio transport.
+            self._build_transport(False)
+        if isinstance(self.server, FastGatewayServer):
+            await self._serve_fast(self.server, host, port, task_status)
+            return
         listener = await anyio.create_tcp_listener(
             local_host=host, local_port=port, reuse_port=self.reuse_port
         )
@@ -214,10 +245,7 @@ class GatewayApp:
         address = (str(bound[0]), int(bound[1]))
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._probe_forever)
-                tg.start_soon(self.ledger.run)
-                if isinstance(self.limit_store, ResilientLimitStore):
-                    tg.start_soon(self.limit_store.run)
+                self._start_background(tg)
                 # Connections live in their own task group, so closing the
                 # listener (shutdown) does not cancel requests in flight.
                 async with anyio.create_task_group() as connections:
@@ -230,9 +258,50 @@ class GatewayApp:
         finally:
             with anyio.CancelScope(shield=True):
                 await listener.aclose()
-                await self.upstream.aclose()
-                await self.ledger.aclose()
-                await self.limit_store.aclose()
+                await self._close_stores()
+
+    def _start_background(self, tg: anyio.abc.TaskGroup) -> None:
+        tg.start_soon(self._probe_forever)
+        tg.start_soon(self.ledger.run)
+        if isinstance(self.limit_store, ResilientLimitStore):
+            tg.start_soon(self.limit_store.run)
+
+    async def _close_stores(self) -> None:
+        await self.upstream.aclose()
+        await self.ledger.aclose()
+        await self.limit_store.aclose()
+
+    async def _serve_fast(
+        self,
+        server: FastGatewayServer,
+        host: str,
+        port: int,
+        task_status: anyio.abc.TaskStatus[tuple[str, int]],
+    ) -> None:
+        """The asyncio.Protocol server: the loop accepts and calls back; no
+        task per accept (docs/architecture.md, "The fast transport")."""
+        loop = asyncio.get_running_loop()
+        listener = await loop.create_server(
+            server.protocol,
+            host,
+            port,
+            reuse_port=self.reuse_port or None,
+            backlog=65535,
+        )
+        self._listener = listener
+        bound = listener.sockets[0].getsockname()
+        address = (str(bound[0]), int(bound[1]))
+        try:
+            async with anyio.create_task_group() as tg:
+                self._start_background(tg)
+                task_status.started(address)
+                await self._drained.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                listener.close()
+                await server.close_all()
+                await self._close_stores()
 
     async def shutdown(self, grace: float | None = None) -> int:
         """Graceful shutdown: stop accepting, give requests in flight up to
@@ -243,6 +312,8 @@ class GatewayApp:
         grace = self.config.server.shutdown_grace if grace is None else grace
         if self._accepting is not None:
             self._accepting.cancel()
+        if self._listener is not None:
+            self._listener.close()
         self.server.begin_drain()
         with anyio.move_on_after(grace):
             await self.server.wait_quiet()

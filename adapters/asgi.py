@@ -101,8 +101,11 @@ class GatewayASGI:
         worker_count: int = 1,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        # GatewayApp holds the wiring `serve` uses; only its listener goes unused.
-        self.app = GatewayApp(config, ledger=ledger, worker_count=worker_count, clock=clock)
+        # GatewayApp holds the wiring `serve` uses; only its listener goes
+        # unused.  The anyio upstream client: an ASGI server may run on trio.
+        self.app = GatewayApp(
+            config, ledger=ledger, worker_count=worker_count, clock=clock, transport="anyio"
+        )
         self.executor = ActionExecutor(
             gateway=self.app.gateway,
             upstream=self.app.upstream,
