@@ -29,12 +29,19 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sansio_gateway.actions import UsageRecord
 from tests.emulators.ollama import OllamaEmulator, ScriptedReply, run_ollama_emulator
-from tests.helpers import RunningGateway, make_config, running_gateway, wait_for
+from tests.helpers import TEST_TRANSPORT, RunningGateway, make_config, running_gateway, wait_for
 
 MODEL = "llama3.2:1b"
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 CHAT = {"model": MODEL, "messages": MESSAGES}
 SLACK = 1.5  # seconds a timeout may overrun on a loaded machine
+
+
+@pytest.fixture(autouse=True, params=["fast", "anyio"])
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every fault, on both transports of the asyncio runtime."""
+    monkeypatch.setenv(TEST_TRANSPORT, str(request.param))
+    return str(request.param)
 
 
 @pytest.fixture
