@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import secrets
 import signal
 import sys
@@ -28,52 +27,16 @@ from sansio_gateway.accounting.usage_query import (
     render_table,
 )
 from sansio_gateway.auth import Authenticator, anonymous_bind_problem
-from sansio_gateway.config import (
-    ConfigError,
-    GatewayConfig,
-    default_config,
-    parse_config,
-    redact_url,
-    sqlite_path,
-)
+from sansio_gateway.config import ConfigError, GatewayConfig, redact_url, sqlite_path
 from sansio_gateway.errors import GatewayError
-from sansio_gateway.gateway import Gateway
 
 from .app import GatewayApp
 from .ledger import open_ledger
-from .plugins import load_registry
 from .rlimits import raise_open_file_limit
+from .wiring import checked_config, load_config
 from .workers import run_workers
 
-__all__ = ["load_config", "main"]
-
-
-def load_config(path: str | None) -> GatewayConfig:
-    """The config from ``path``, or the no-config defaults."""
-    if path is None:
-        return default_config(os.environ)
-    file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    return parse_config(text, source=path, env=os.environ)
-
-
-def checked_config(path: str | None) -> GatewayConfig:
-    """The config, with everything ``serve`` would refuse already refused:
-    ``check-config`` and ``serve`` run this one check, so they agree."""
-    config = load_config(path)
-    try:
-        Gateway(config, registry=load_registry())  # what only the app can check: backend kinds
-    except ConfigError as exc:
-        raise ConfigError(f"{path or '(defaults)'}: {exc}") from None
-    usage = config.store.usage
-    if usage.startswith("sqlite:///") and not Path(sqlite_path(usage)).parent.is_dir():
-        raise ConfigError(
-            f"{path or '(defaults)'}: store.usage: the directory of {usage!r} does not exist"
-        )
-    return config
+__all__ = ["main"]
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

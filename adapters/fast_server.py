@@ -24,37 +24,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import Awaitable, Callable
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import h11
 
-from sansio_gateway.errors import (
-    GatewayError,
-    InvalidRequest,
-    PayloadTooLarge,
-    ServiceUnavailable,
+from sansio_gateway.http import Headers, IncomingRequest
+from sansio_gateway.transport import (
+    content_length,
+    has_header,
+    header_fields_too_large,
+    malformed_request,
+    too_many_connections,
 )
-from sansio_gateway.gateway import Gateway
-from sansio_gateway.http import Headers, IncomingRequest, Surface
-from sansio_gateway.rendering import error_response
-from sansio_gateway.routing import surface_of
 
-from .executor import ActionExecutor, ClientGone
-from .ledger import UsageLedger
-from .limit_stores import LimitStore, MemoryStore
-from .metrics import GatewayMetrics
-from .server import (
-    LINGER_BYTES,
-    LINGER_SECONDS,
-    REFUSING_LINGER_MAX,
-    ServerLimits,
-    _content_length,
-    _has,
-    _reason,
-)
-from .upstream import UpstreamClient
+from .executor import ClientGone
+from .front import Refused, ServerLimits, TransportFront, reason_phrase
+from .server import LINGER_BYTES, LINGER_SECONDS, REFUSING_LINGER_MAX
 
 __all__ = ["FastGatewayServer"]
 
@@ -65,46 +52,26 @@ class _Gone(Exception):
     """The client connection is unusable."""
 
 
-class _Failure(Exception):
-    def __init__(self, error: GatewayError, *, path: str = "") -> None:
-        super().__init__(error.message)
-        self.error = error
-        self.path = path
-
-
 class _TimedOut(Exception):
     pass
 
 
 @dataclass
 class FastGatewayServer:
-    """Same interface as :class:`~sansio_gateway.adapters.server.GatewayServer`;
-    :meth:`protocol` is the factory for ``loop.create_server``."""
+    """The asyncio.Protocol transport of a
+    :class:`~sansio_gateway.adapters.front.TransportFront`, with the interface
+    of :class:`~sansio_gateway.adapters.server.GatewayServer`; :meth:`protocol`
+    is the factory for ``loop.create_server``."""
 
-    gateway: Gateway
-    upstream: UpstreamClient
-    ledger: UsageLedger
-    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
-    refresh_catalogue: Callable[[], Awaitable[None]] | None = None
-    limit_store: LimitStore = field(default_factory=MemoryStore)
-    limits: ServerLimits = field(default_factory=ServerLimits)
-    clock: Callable[[], float] = time.time
+    front: TransportFront
     draining: bool = False
-    connections: int = 0
-    executor: ActionExecutor = field(init=False)
-    _refusing: int = 0
+    connections: int = 0  # open client connections being served
+    _refusing: int = 0  # connections past max_connections, being answered 503
     _open: set[_ClientProtocol] = field(default_factory=set)
 
-    def __post_init__(self) -> None:
-        self.executor = ActionExecutor(
-            gateway=self.gateway,
-            upstream=self.upstream,
-            ledger=self.ledger,
-            metrics=self.metrics,
-            limit_store=self.limit_store,
-            refresh_catalogue=self.refresh_catalogue,
-            clock=self.clock,
-        )
+    @property
+    def limits(self) -> ServerLimits:
+        return self.front.limits
 
     def protocol(self) -> asyncio.Protocol:
         return _ClientProtocol(self)
@@ -112,19 +79,21 @@ class FastGatewayServer:
     # ---- graceful shutdown (as GatewayServer) ----------------------------
 
     def begin_drain(self) -> None:
+        """Stop reading new requests: idle keep-alive connections close now,
+        busy ones after their current response."""
         self.draining = True
         for conn in list(self._open):
-            conn.wake()  # an idle keep-alive connection closes now
+            conn.wake()
 
     async def wait_quiet(self) -> None:
-        await self.executor.wait_idle()
+        await self.front.wait_idle()
 
-    def abort_in_flight(self, error: GatewayError) -> int:
-        return self.executor.abort_in_flight(error)
+    def abort_in_flight(self) -> int:
+        return self.front.abort_in_flight()
 
     @property
     def active(self) -> int:
-        return self.executor.active
+        return self.front.active
 
     async def close_all(self) -> None:
         """After the drain: whatever is still open is cut, and its task
@@ -256,11 +225,12 @@ class _ClientProtocol(asyncio.Protocol):
         if remaining <= 0:
             raise _TimedOut()
         waiter = self.waiter = self.loop.create_future()
-        timer = self.loop.call_later(remaining, _expire, waiter)
+        timer = None if remaining == math.inf else self.loop.call_later(remaining, _expire, waiter)
         try:
             await waiter
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
             self.waiter = None
 
     def kill(self) -> None:
@@ -320,7 +290,7 @@ class _ClientProtocol(asyncio.Protocol):
                 if request is None:
                     break
                 channel = _Channel(self)
-                served = await self.server.executor.serve(request, channel)
+                served = await self.server.front.serve(request, channel)
                 if served.client_gone or self.server.draining:
                     self.closed = True
                 h = self.h11
@@ -362,16 +332,7 @@ class _ClientProtocol(asyncio.Protocol):
     async def _refuse(self) -> None:
         """Past ``max_connections``: a 503 without reading the request."""
         server = self.server
-        err = ServiceUnavailable(
-            "The gateway has too many open connections; retry shortly.",
-            code="too_many_connections",
-            retry_after=1,
-        )
-        status, headers, body = error_response(Surface.GATEWAY, err)
-        head = [f"HTTP/1.1 {status} {_reason(status).decode()}".encode()]
-        head += [k + b": " + v for k, v in headers]
-        head += [b"content-length: " + str(len(body)).encode(), b"connection: close"]
-        self.out += b"\r\n".join(head) + b"\r\n\r\n" + body
+        self.out += server.front.raw_refusal(too_many_connections())
         server._refusing += 1
         try:
             self.write_out()
@@ -390,12 +351,12 @@ class _ClientProtocol(asyncio.Protocol):
         try:
             return await self._read_request_inner()
         except h11.RemoteProtocolError as exc:
-            status = exc.error_status_hint
-            message = "Request header fields too large" if status == 431 else f"Bad request: {exc}"
-            self._send_error(InvalidRequest(message, status_code=status), "")
+            self._send_refusal(Refused(malformed_request(exc.error_status_hint, str(exc)), ""))
             return None
-        except _Failure as failure:
-            self._send_error(failure.error, failure.path)
+        except Refused as refused:
+            # A refusal without a path is rendered for the surface of the
+            # path, when the head got that far.
+            self._send_refusal(refused)
             return None
 
     async def _read_request_inner(self) -> IncomingRequest | None:
@@ -404,7 +365,7 @@ class _ClientProtocol(asyncio.Protocol):
         self._resume_reading()
         # Idle keep-alive connections get the keep-alive timeout; once the
         # first byte of a request is in, the whole request must arrive within
-        # read_timeout (slowloris protection).
+        # read_timeout (the front's reading deadline: slowloris protection).
         idle_deadline = self.loop.time() + limits.keepalive_timeout
         while self.h11.their_state is h11.IDLE and not self.h11.trailing_data[0]:
             if self.eof or server.draining:
@@ -416,26 +377,21 @@ class _ClientProtocol(asyncio.Protocol):
         if server.draining:
             return None
         self.path = ""
-        deadline = self.loop.time() + limits.read_timeout
-        try:
-            return await self._read_head_and_body(deadline)
-        except _TimedOut:
-            err = InvalidRequest("Timed out reading the request", status_code=408)
-            self._send_error(err, self.path)
-            return None
+        with server.front.reading():
+            return await self._read_head_and_body()
 
-    async def _next_event(self, deadline: float) -> h11.Event | type[h11.PAUSED]:
+    async def _next_event(self) -> h11.Event | type[h11.PAUSED]:
         while True:
             event = self.h11.next_event()
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]
             if self.eof:
                 raise _Gone()
-            await self._wait(deadline)
+            await self._wait(math.inf)
 
-    async def _read_head_and_body(self, deadline: float) -> IncomingRequest | None:
-        limits = self.server.limits
-        event = await self._next_event(deadline)
+    async def _read_head_and_body(self) -> IncomingRequest | None:
+        front = self.server.front
+        event = await self._next_event()
         if isinstance(event, h11.ConnectionClosed):
             return None
         if not isinstance(event, h11.Request):
@@ -445,67 +401,43 @@ class _ClientProtocol(asyncio.Protocol):
         # h11 bounds only an *incomplete* head; one that arrives whole in a
         # single read is checked here, request line included.
         head_size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
-        if head_size > limits.max_header_bytes:
-            raise _Failure(
-                InvalidRequest("Request header fields too large", status_code=431), path=path
-            )
+        if head_size > front.limits.max_header_bytes:
+            raise Refused(header_fields_too_large(), path)  # only its surface is used
         self.path = path
-        if _has(event.headers, b"transfer-encoding") and _has(event.headers, b"content-length"):
-            # RFC 9112 6.3: ambiguous framing is how requests are smuggled.
-            raise _Failure(
-                InvalidRequest("Content-Length together with Transfer-Encoding is not allowed"),
-                path=path,
-            )
+        headers: Headers = tuple(event.headers)
+        length = content_length(headers)
         method = event.method.decode("ascii", "replace")
-        length = _content_length(event.headers)
-        if length != 0 and (length is not None or _has(event.headers, b"transfer-encoding")):
-            # A body is coming: the core judges the head (auth) before a byte
-            # of it is read.
-            refusal = self.server.gateway.refuse_head(method, path, tuple(event.headers))
-            if refusal is not None:
-                raise _Failure(refusal, path=path)
-        if length is not None and length > limits.max_body_bytes:
-            raise _Failure(_too_large(limits), path=path)
+        front.check_head(
+            method, path, headers,
+            body_follows=length != 0 and (length is not None or has_header(headers, b"transfer-encoding")),
+        )  # fmt: skip
         if self.h11.client_is_waiting_for_100_continue:
             self.queue(h11.InformationalResponse(status_code=100, headers=[]))
             self.write_out()
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            body_event = await self._next_event(deadline)
-            if isinstance(body_event, h11.Data):
-                size += len(body_event.data)
-                if size > limits.max_body_bytes:
-                    raise _Failure(_too_large(limits), path=path)
-                parts.append(body_event.data)
-            elif isinstance(body_event, h11.EndOfMessage):
-                break
-            else:
-                raise _Gone()
+        body = await front.read_body(self._body_piece, path)
         return IncomingRequest(
-            method=method,
-            path=path,
-            query=query,
-            headers=tuple((k, v) for k, v in event.headers),
-            body=b"".join(parts),
-            client=self.peer,
+            method=method, path=path, query=query, headers=headers, body=body, client=self.peer
         )
 
-    def _send_error(self, err: GatewayError, path: str) -> None:
-        """An error found by the transport itself; the connection closes after."""
+    async def _body_piece(self) -> bytes | None:
+        event = await self._next_event()
+        if isinstance(event, h11.Data):
+            return bytes(event.data)
+        if isinstance(event, h11.EndOfMessage):
+            return None
+        raise _Gone()
+
+    def _send_refusal(self, refused: Refused) -> None:
+        """An answer of the transport itself; the connection closes after."""
         self.closed = True
+        status, headers, body = self.server.front.refusal(refused, self.path)
         if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
-        status, headers, body = error_response(surface_of(path), err)
-        all_headers = [
-            *headers,
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
+        response = h11.Response(
+            status_code=status, headers=list(headers), reason=reason_phrase(status)
+        )
         try:
-            self.queue(
-                h11.Response(status_code=status, headers=all_headers, reason=_reason(status))
-            )
+            self.queue(response)
             self.queue(h11.Data(data=body))
             self.queue(h11.EndOfMessage())
         except h11.LocalProtocolError:
@@ -523,7 +455,7 @@ class _Channel:
 
     def start_response(self, status: int, headers: Headers) -> None:
         self.conn.queue(
-            h11.Response(status_code=status, headers=list(headers), reason=_reason(status))
+            h11.Response(status_code=status, headers=list(headers), reason=reason_phrase(status))
         )
 
     def send_body(self, data: bytes) -> None:
@@ -553,14 +485,9 @@ class _Channel:
         """Only for executors that do not use :meth:`watch_disconnect`."""
         conn = self.conn
         while not (conn.lost or conn.eof):
-            with contextlib.suppress(_TimedOut):
-                await conn._wait(conn.loop.time() + 3600)
+            await conn._wait(math.inf)
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(_TimedOut())
-
-
-def _too_large(limits: ServerLimits) -> GatewayError:
-    return PayloadTooLarge(f"Request body too large: the limit is {limits.max_body_bytes} bytes")
