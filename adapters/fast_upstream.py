@@ -63,8 +63,9 @@ class _Timeout(TimeoutError):
 class _BackendProtocol(asyncio.Protocol):
     """One backend connection: buffers what arrives, wakes one reader."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, owner: FastUpstreamClient) -> None:
         self.loop = loop
+        self.owner = owner
         self.transport: asyncio.Transport | None = None
         self.h11 = h11.Connection(h11.CLIENT)
         self.buffer: list[bytes] = []
@@ -75,7 +76,6 @@ class _BackendProtocol(asyncio.Protocol):
         self.deadline = math.inf  # of the current wait (first byte or idle)
         self.timer: asyncio.TimerHandle | None = None
         self.idle_since = 0.0
-        self.pauses = 0  # how often a slow reader paused this socket
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -86,7 +86,7 @@ class _BackendProtocol(asyncio.Protocol):
         self.buffered += len(data)
         if self.buffered >= HIGH_WATER and not self.paused and self.transport is not None:
             self.paused = True
-            self.pauses += 1
+            self.owner.pauses += 1
             self.transport.pause_reading()
         self._wake()
 
@@ -182,7 +182,9 @@ class FastUpstreamClient:
     _idle: dict[Origin, list[_BackendProtocol]] = field(default_factory=dict)
     _ssl: ssl.SSLContext | None = None
     closed: bool = False
-    pauses: int = 0  # backend sockets paused by slow readers, over all connections
+    pauses: int = 0  # how often a slow client paused a backend's socket
+    # The connections reading a response now (for tests and diagnostics).
+    busy: set[_BackendProtocol] = field(default_factory=set)
 
     async def aclose(self) -> None:
         self.closed = True
@@ -203,7 +205,7 @@ class FastUpstreamClient:
         try:
             _, protocol = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: _BackendProtocol(loop),
+                    lambda: _BackendProtocol(loop, self),
                     origin.host,
                     origin.port,
                     ssl=context,
@@ -227,8 +229,6 @@ class FastUpstreamClient:
         return await self._connect(origin, connect_timeout)
 
     def _release(self, origin: Origin, conn: _BackendProtocol, *, reusable: bool) -> None:
-        self.pauses += conn.pauses
-        conn.pauses = 0
         conn.deadline = math.inf
         h = conn.h11
         if (
@@ -329,9 +329,11 @@ class FastUpstreamClient:
                 )
                 phase = "reading"
                 done = False
+                self.busy.add(conn)
                 try:
                     done = await self._read(conn, response, backend, deliver)
                 finally:
+                    self.busy.discard(conn)
                     self._release(origin, conn, reusable=done)
         except GatewayError as err:
             await deliver(UpstreamFailed(error=err))

@@ -188,12 +188,13 @@ async def _noop() -> None:
     return None
 
 
-def wait_for(predicate: Any, *, timeout: float = 10.0) -> None:
+def wait_for(predicate: Any, *, timeout: float = 10.0, what: Any = None) -> None:
     """Poll ``predicate`` until true (tests never sleep to wait)."""
     import time
 
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
+            detail = f": {what()}" if what is not None else ""
+            raise AssertionError(f"condition not met in time{detail}")
         time.sleep(0.002)
