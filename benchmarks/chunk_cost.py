@@ -182,7 +182,9 @@ async def _drive(url: str, concurrency: int, seconds: float) -> dict[str, Any]:
             "ttfts": ttfts, "totals": totals}  # fmt: skip
 
 
-def measure(transport: str, levels: list[int], seconds: float, tokens: int, tmp: Path) -> list[dict[str, Any]]:
+def measure(
+    transport: str, levels: list[int], seconds: float, tokens: int, tmp: Path
+) -> list[dict[str, Any]]:
     rows = []
     backend_cmd = [PY, "-m", "benchmarks.chunk_cost", "--backend", "--tokens", str(tokens)]
     with _process(backend_cmd, "chunk backend on ") as (_, backend):
