@@ -50,6 +50,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         updates["port"] = args.port
     if args.runtime:
         updates["runtime"] = args.runtime
+    if args.transport:
+        updates["transport"] = args.transport
     if updates:
         config = config.model_copy(update={"server": server.model_copy(update=updates)})
     problem = anonymous_bind_problem(config.server.host, Authenticator(config.auth))
@@ -59,7 +61,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         child = ["--log-level", args.log_level, "serve",
                  *(["--config", args.config] if args.config else []),
-                 "--host", config.server.host, "--runtime", config.server.runtime]  # fmt: skip
+                 "--host", config.server.host, "--runtime", config.server.runtime,
+                 "--transport", config.server.transport]  # fmt: skip
         if args.allow_anonymous:
             child.append("--allow-anonymous")
         return run_workers(args.workers, child, config.server.host, config.server.port)
@@ -107,7 +110,8 @@ async def _serve(app: GatewayApp) -> None:
             for line in app.describe():
                 print(line, flush=True)
         print(
-            f"sansio-gateway listening on http://{host}:{port} ({app.config.server.runtime})",
+            f"sansio-gateway listening on http://{host}:{port}"
+            f" ({app.config.server.runtime}, {'fast' if app.fast else 'anyio'} transport)",
             flush=True,
         )
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -199,6 +203,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument(
         "--runtime", choices=["asyncio", "trio"], help="event loop (default asyncio)"
+    )
+    serve.add_argument(
+        "--transport",
+        choices=["fast", "anyio"],
+        help="on asyncio: fast (asyncio.Protocol, the default) or anyio (as on trio)",
     )
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the port")
     serve.add_argument(

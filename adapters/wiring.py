@@ -36,6 +36,7 @@ from sansio_gateway.gateway import Gateway
 from sansio_gateway.limits.breaker import StoreHealth
 
 from .executor import ActionExecutor
+from .fast_upstream import FastUpstreamClient
 from .front import ServerLimits, TransportFront
 from .ledger import UsageLedger, open_ledger
 from .limit_stores import ResilientLimitStore, open_limit_store
@@ -90,6 +91,7 @@ class Wiring:
         worker_count: int = 1,
         clock: Callable[[], float] = time.time,
         worker_index: int = 0,
+        fast: bool = False,
     ) -> None:
         self.config = config
         # Under --workers, only worker 0 prints the startup listing and clashes.
@@ -117,7 +119,11 @@ class Wiring:
         if isinstance(self.limit_store, ResilientLimitStore):
             self.limit_store.on_health = self._store_changed
             self._store_changed(self.limit_store.health)
-        self.upstream = UpstreamClient()
+        # fast: the asyncio.Protocol client (docs/architecture.md, "The fast
+        # transport"); asyncio only, so never under ASGI or trio.
+        self.upstream: UpstreamClient | FastUpstreamClient = (
+            FastUpstreamClient() if fast else UpstreamClient()
+        )
         self.clock = clock
         self.ledger = ledger if ledger is not None else open_ledger(config.store.usage)
         self.metrics = GatewayMetrics()
