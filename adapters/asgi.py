@@ -44,7 +44,7 @@ from sansio_gateway.config import GatewayConfig
 from sansio_gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, ServiceUnavailable
 from sansio_gateway.http import Headers, IncomingRequest
 from sansio_gateway.rendering import error_response
-from sansio_gateway.routing import surface_of
+from sansio_gateway.routes import surface_of
 
 from .app import GatewayApp
 from .cli import load_config

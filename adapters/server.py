@@ -31,7 +31,7 @@ from sansio_gateway.errors import (
 from sansio_gateway.gateway import Gateway
 from sansio_gateway.http import Headers, IncomingRequest, Surface
 from sansio_gateway.rendering import error_response
-from sansio_gateway.routing import surface_of
+from sansio_gateway.routes import surface_of
 
 from .executor import ActionExecutor, ClientGone
 from .ledger import UsageLedger

@@ -40,6 +40,7 @@ from typing import Any
 import orjson
 
 from ..accounting.usage import TokenUsage
+from ..accounting.usage import read_openai_usage as usage_from_openai
 from ..errors import UpstreamError
 
 __all__ = [
@@ -117,20 +118,6 @@ def native_tool_calls(calls: list[tuple[str, str, Any]]) -> list[dict[str, Any]]
         {"id": call_id, "function": {"index": i, "name": name, "arguments": tool_arguments(args)}}
         for i, (call_id, name, args) in enumerate(calls)
     ]
-
-
-def usage_from_openai(value: Any) -> TokenUsage | None:
-    """OpenAI's ``usage`` object, or None when it is absent or not one."""
-    if type(value) is not dict:
-        return None
-    return TokenUsage(
-        prompt_tokens=_count(value.get("prompt_tokens")),
-        completion_tokens=_count(value.get("completion_tokens")),
-    )
-
-
-def _count(value: Any) -> int:
-    return value if type(value) is int and value > 0 else 0
 
 
 def reasoning_of(obj: dict[str, Any]) -> str:
