@@ -1,7 +1,9 @@
 """Ollama API endpoints the gateway answers itself.
 
-Theory of operation: these flows never reach a backend (they build on
-:class:`~sansio_gateway.local.gateway.LocalFlow`).  They present the merged
+Theory of operation: these flows never reach a backend.  The model-less
+ones build on :class:`~sansio_gateway.local.gateway.LocalFlow`; ``show`` and
+``pull`` name a model, so they are built like any model-addressed flow,
+from the typed request and the resolved model (routes.py).  They present the merged
 model catalogue the way Ollama clients expect it (docs/wire-notes.md,
 "Native endpoints clients call" for the shapes ollama-python requires,
 "Model names" for the decisions):

@@ -6,7 +6,8 @@ or ``/api/generate``), :func:`completion_to_ollama` (a ``text_completion``,
 for ``/api/generate`` in raw/suffix mode) or :func:`embeddings_to_ollama`,
 and get the native object back.  The small helpers below --
 :func:`rfc3339`, :func:`done_reason`, :func:`tool_arguments`,
-:func:`native_tool_calls`, :func:`usage_from_openai` -- are shared with the
+:func:`native_tool_calls`, and the dialect's one usage reader
+:func:`usage_from_openai` (accounting/usage.py) -- are shared with the
 stream translator (:mod:`sansio_gateway.ollama_over_openai.stream`), so a
 streamed and a whole answer agree field by field.
 

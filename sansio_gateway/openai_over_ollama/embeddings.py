@@ -54,8 +54,8 @@ def ollama_embed_to_openai(
 
     ``model`` is the name the client sent and ``count`` the number of inputs.
     Raises :class:`UpstreamError` for an error body or a malformed one.  Read
-    the usage with ``openai_over_ollama.chat_response.usage_from_ollama`` (the native
-    ``prompt_eval_count``).
+    the usage with :func:`~sansio_gateway.accounting.usage.read_ollama_usage`
+    (the native ``prompt_eval_count``).
     """
     vectors = _vectors(resp, count)
     encode = _base64 if encoding_format == "base64" else None
