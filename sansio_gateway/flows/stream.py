@@ -79,6 +79,7 @@ class TranslatedStream(Generic[R]):
         headers: Headers,
         prompt_bytes: int,
         trailer: bytes = b"",
+        count_error: bool = True,
     ) -> None:
         self._decoder = decoder
         self._records = records
@@ -86,6 +87,9 @@ class TranslatedStream(Generic[R]):
         self._headers = headers
         self._prompt_bytes = prompt_bytes
         self._trailer = trailer  # sent after the last payload of a stream that is done
+        # Whether the in-band error payload counts in the estimate: the
+        # translators have always counted it, the OpenAI passthrough not.
+        self._count_error = count_error
         self._state = _State.STREAMING
         self._payloads_out = 0
 
@@ -149,6 +153,8 @@ class TranslatedStream(Generic[R]):
     def _send(self, payloads: list[Any]) -> bytes:
         out = b"".join([self._encode(p) for p in payloads])
         self._payloads_out += len(payloads)
+        if self._records.failed and payloads and not self._count_error:
+            self._payloads_out -= 1  # the error payload is the last one
         if self._records.failed:
             self._state = _State.FAILED
         elif self._records.done:

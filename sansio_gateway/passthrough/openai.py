@@ -79,6 +79,7 @@ class OpenAIPassthroughFlow:
             headers=SSE_HEADERS,
             prompt_bytes=self._prompt_bytes,
             trailer=SSE_DONE,
+            count_error=False,
         )
         return UpstreamCall(method="POST", path=self._path, body=orjson.dumps(body), stream=stream)
 

@@ -37,7 +37,7 @@ class Echo:
         return [{"error": error.message}]
 
 
-def stream(records: Echo) -> TranslatedStream[Any]:
+def stream(records: Echo, *, count_error: bool = True) -> TranslatedStream[Any]:
     return TranslatedStream(
         decoder=NDJSONDecoder(),
         records=records,
@@ -45,6 +45,7 @@ def stream(records: Echo) -> TranslatedStream[Any]:
         headers=((b"content-type", b"application/x-ndjson"),),
         prompt_bytes=40,
         trailer=b"END\n",
+        count_error=count_error,
     )
 
 
@@ -108,3 +109,14 @@ def test_the_estimate_counts_payloads_sent() -> None:
     s = stream(Echo())
     s.feed(b'{"a": 1}\n{"a": 2}\n')
     assert s.estimate_usage() == TokenUsage(prompt_tokens=11, completion_tokens=2)
+
+
+def test_the_error_payload_counts_unless_told_otherwise() -> None:
+    for count_error, expected in ((True, 2), (False, 1)):
+        s = stream(Echo(), count_error=count_error)
+        s.feed(b'{"a": 1}\n{"bad": "boom"}\n')
+        assert s.estimate_usage().completion_tokens == expected
+        s = stream(Echo(), count_error=count_error)
+        s.feed(b'{"a": 1}\n')
+        s.fail(UpstreamError("reset"))
+        assert s.estimate_usage().completion_tokens == expected
