@@ -89,7 +89,7 @@ from .http import Headers, IncomingRequest, Surface, header_value
 from .identity import ANONYMOUS, Identity
 from .limits import Costs, Decision, LimitSpecs, Unit, rate_limit_headers, render_denial
 from .rendering import error_response, request_id_from
-from .routes import RouteDecl, surface_of
+from .routes import ParsedRequest, RouteDecl, surface_of
 
 __all__ = ["Exchange", "ExchangeState", "ExchangeStateError", "GatewayView", "RequestSummary"]
 
@@ -176,7 +176,7 @@ class Exchange:
         self.state = ExchangeState.IDLE
         self.route: RouteDecl | None = None  # once the request is parsed
         self.model: str | None = None  # the catalogue's name, on model-addressed routes
-        self._request: Any = None  # what the route's parser made of the body
+        self._request: ParsedRequest | None = None  # what the route's parser made of the body
         self._context: FlowContext | None = None
         self.flow: Flow | None = None  # the route's, or the current attempt's
         # The current attempt's answer translator: exactly one, once planned.
@@ -291,8 +291,8 @@ class Exchange:
         if decl.parse is not None:
             # The one parse of the body: a bad request never reaches a
             # backend, whatever its kind.
-            self._request = decl.parse(request.body)
-            self.model = model = decl.model_name(context.catalogue, self._request.model)
+            parsed = self._request = decl.parse(request.body)
+            self.model = model = decl.model_name(context.catalogue, parsed.model)
             self.route = decl
             self.model_label = UNKNOWN_MODEL_LABEL
             route = gateway.catalogue.resolve(model)
@@ -349,7 +349,7 @@ class Exchange:
         """Ask for admission, charging an upper-bound estimate (or None when
         no limit applies to this request)."""
         gateway = self.gateway
-        assert self.route is not None
+        assert self.route is not None and self._request is not None
         if not gateway.limits_on or not self.route.limited:
             return None
         generates = self.route.generates

@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .backends.catalogue import Catalogue
 from .errors import MethodNotAllowed, NotFound
@@ -63,6 +63,7 @@ __all__ = [
     "DEFAULT_ROUTES",
     "LIMITED_ROUTES",
     "Access",
+    "ParsedRequest",
     "RouteDecl",
     "RouteTable",
     "default_route_table",
@@ -74,6 +75,18 @@ class Access(enum.Enum):
     PUBLIC = "public"  # health probes
     KEY = "key"  # any valid key (or anonymous when no keys are configured)
     ADMIN = "admin"  # an admin key
+
+
+class ParsedRequest(Protocol):
+    """What a route's parser returns, whatever else it holds."""
+
+    @property
+    def model(self) -> str:
+        """The model as the client named it."""
+
+    @property
+    def decoded(self) -> dict[str, Any]:
+        """The body as decoded once on arrival (admission charges it)."""
 
 
 def _as_asked(catalogue: Catalogue, requested: str) -> str:
@@ -91,7 +104,7 @@ class RouteDecl:
     access: Access = Access.KEY
     # Model-addressed routes: body -> typed request (with ``.model``, the
     # client's name, and ``.decoded``, the body as decoded once).
-    parse: Callable[[bytes], Any] | None = None
+    parse: Callable[[bytes], ParsedRequest] | None = None
     # The catalogue's name for the client's (Ollama's synthetic ``:latest``
     # mapped back: local/ollama_names.py).
     model_name: Callable[[Catalogue, str], str] = _as_asked
@@ -164,7 +177,9 @@ def _local(cls: type[LocalFlow]) -> LocalFlowFactory:
     return cls
 
 
-def _openai(name: str, path: str, parse: Callable[[bytes], Any], *, generates: bool) -> RouteDecl:
+def _openai(
+    name: str, path: str, parse: Callable[[bytes], ParsedRequest], *, generates: bool
+) -> RouteDecl:
     return RouteDecl(
         name=name,
         methods=("POST",),
