@@ -22,7 +22,7 @@ from collections.abc import Callable
 from .errors import GatewayError, InvalidRequest, PayloadTooLarge, ServiceUnavailable
 from .http import Headers
 from .rendering import error_response
-from .routing import surface_of
+from .routes import surface_of
 
 __all__ = [
     "ambiguous_framing",
