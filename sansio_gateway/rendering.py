@@ -2,13 +2,15 @@
 
 ``error_response`` is the one place that decides how a failure looks on the
 wire: OpenAI's four-key envelope on ``/v1`` (and gateway endpoints), Ollama's
-``{"error": "..."}`` on ``/api``.
+``{"error": "..."}`` on ``/api``.  ``whole_response`` is the one shape of
+an answer known in full before it is sent.
 """
 
 from __future__ import annotations
 
 import math
 
+from .actions import Action, EndResponse, SendBody, StartResponse
 from .errors import (
     GatewayError,
     MethodNotAllowed,
@@ -18,7 +20,7 @@ from .errors import (
 )
 from .http import Headers, Surface, header_value
 
-__all__ = ["error_response", "request_id_from"]
+__all__ = ["error_response", "request_id_from", "whole_response"]
 
 _JSON: Headers = ((b"content-type", b"application/json"),)
 _MAX_REQUEST_ID = 128
@@ -49,3 +51,14 @@ def request_id_from(headers: Headers, generated: str) -> str:
     if value is not None and _is_safe_id(value):
         return value.decode("ascii")
     return generated
+
+
+def whole_response(status: int, headers: Headers, body: bytes, *, head_only: bool) -> list[Action]:
+    """The actions of a response known in full: head (with its length), body, end."""
+    start = StartResponse(
+        status=status, headers=(*headers, (b"content-length", str(len(body)).encode()))
+    )
+    if head_only:
+        # HEAD: the same head as GET would get, and no body (RFC 9110 9.3.2).
+        return [start, EndResponse()]
+    return [start, SendBody(data=body), EndResponse()]
