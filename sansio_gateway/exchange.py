@@ -36,16 +36,14 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, Protocol, assert_never
+from typing import Any, assert_never, get_args
 
 from .accounting.admission import (
     DEFAULT_OUTPUT_CAP,
     LIMITED_ROUTES,
-    admission_charge,
-    fitted_cap,
     write_output_cap,
 )
-from .accounting.lease import LimitLease, charge, token_ceiling
+from .accounting.lease import LimitLease, charge, lease_for
 from .accounting.report import RequestFacts, RequestSummary, summary, usage_record
 from .accounting.usage_query import UsageQuery, render_usage
 from .actions import (
@@ -73,9 +71,8 @@ from .actions import (
     UsageQueried,
 )
 from .backends.attempts import Attempts
-from .backends.catalogue import Catalogue, Route
-from .backends.health import BackendHealth, BreakerPreview
-from .config import GatewayConfig
+from .backends.catalogue import Route
+from .backends.health import BreakerPreview
 from .errors import (
     GatewayError,
     InternalError,
@@ -86,12 +83,12 @@ from .errors import (
     error_from_upstream,
 )
 from .flows.base import Flow, LedgerQuery, LocalAnswer, MetricsScrape, UpstreamCall
-from .flows.context import FlowContext
+from .gateway_view import GatewayView
 from .http import Headers, IncomingRequest, Surface, header_value
 from .identity import ANONYMOUS, Identity
-from .limits import Decision, LimitSpecs, rate_limit_headers, render_denial
+from .limits import Decision, rate_limit_headers, render_denial
 from .rendering import error_response, request_id_from, whole_response
-from .routing import RouteEntry, surface_of
+from .routing import surface_of
 
 __all__ = ["Exchange", "ExchangeState", "ExchangeStateError", "GatewayView", "RequestSummary"]
 
@@ -101,33 +98,6 @@ MAX_UPSTREAM_BODY = 64 * 1024 * 1024
 # The metrics label of a model the catalogue does not name (see RequestSummary).
 UNKNOWN_MODEL_LABEL = "unknown"
 _JSON: Headers = ((b"content-type", b"application/json"),)
-
-
-class GatewayView(Protocol):
-    """What an Exchange uses of the :class:`~sansio_gateway.gateway.Gateway`
-    that made it.  A protocol, so that this module does not import
-    ``gateway.py`` (which imports this one): the import graph has no circle
-    (tests/core/test_import_graph.py).  Every member only reads."""
-
-    config: GatewayConfig
-    catalogue: Catalogue
-    health: BackendHealth
-    limits_on: bool
-    random: Callable[[], float]
-
-    def authorize(
-        self, method: str, path: str, headers: Headers
-    ) -> tuple[RouteEntry, Identity]: ...
-
-    def flow_context(self, request_id: str, now: float, identity: Identity) -> FlowContext: ...
-
-    def may_use(self, identity: Identity, route: Route) -> bool: ...
-
-    def may_refresh_on_miss(self, now: float) -> bool: ...
-
-    def limit_specs(self, user: str, route: Route) -> LimitSpecs: ...
-
-    def upstream_headers(self, backend: str, request_id: str) -> Headers: ...
 
 
 class ExchangeStateError(RuntimeError):
@@ -309,22 +279,14 @@ class Exchange:
         specs = gateway.limit_specs(self.identity.user, route)
         if specs.empty:
             return None
-        ceiling = token_ceiling(specs)
-        estimate = fitted_cap(
-            admission_charge(
-                self._body,
-                default_output_cap=gateway.config.server.default_max_tokens or DEFAULT_OUTPUT_CAP,
-                generates=generates,
-                route=self.flow.route_name,
-            ),
-            ceiling,
-        )
-        self._lease = LimitLease(
-            key=self.identity.user,
+        self._lease = lease_for(
+            body=self._body,
+            route=self.flow.route_name,
+            generates=generates,
             specs=specs,
+            key=self.identity.user,
             request_id=self.request_id,
-            estimate=estimate.total,
-            output_cap=estimate.cap if generates and ceiling is not None else None,
+            default_output_cap=gateway.config.server.default_max_tokens or DEFAULT_OUTPUT_CAP,
         )
         return self._lease.check()
 
@@ -604,30 +566,14 @@ class Exchange:
 
 _Handler = Callable[[Exchange, Any, float], Step]
 _Row = tuple[_Handler, frozenset[ExchangeState]]
-_X = Exchange
-_UPSTREAM_RESULTS = (UpstreamResponseStarted, UpstreamChunkReceived, UpstreamClosed, UpstreamFailed)
-_ALL_RESULTS: tuple[type, ...] = (
-    *_UPSTREAM_RESULTS,
-    ClientDisconnected,
-    UsageQueried,
-    MetricsCollected,
-    CatalogueRefreshed,
-    LimitsDecided,
-)
-
-
-def _to(*states: ExchangeState) -> frozenset[ExchangeState]:
-    return frozenset(states)
-
-
-_DONE = _to(_S.DONE)
-_ATTEMPTED = _to(_S.AWAITING_UPSTREAM, _S.DONE)  # an attempt was sent, or the request ended
-_ROUTED = _to(_S.AWAITING_LIMITS, *_ATTEMPTED)  # the model found a route, or not
-_GONE: _Row = (_X._on_client_gone, _DONE)
-_GONE_EARLY: _Row = (_X._on_client_gone_early, _DONE)
-_STARTS = _to(
-    _S.AWAITING_CATALOGUE, _S.AWAITING_LIMITS, _S.AWAITING_LEDGER, _S.AWAITING_METRICS, *_ATTEMPTED
-)
+_X, _to = Exchange, frozenset
+_DONE = _to({_S.DONE})
+_ATTEMPTED = _to({_S.AWAITING_UPSTREAM, _S.DONE})  # an attempt was sent, or the request ended
+_STARTS = _ATTEMPTED | {_S.AWAITING_CATALOGUE, _S.AWAITING_LIMITS, _S.AWAITING_LEDGER}
+_STARTS |= {_S.AWAITING_METRICS}
+_GONE: _Row = (_X._on_client_gone, _DONE)  # a backend may have the request: cancel, record
+_GONE_EARLY: _Row = (_X._on_client_gone_early, _DONE)  # nothing was sent yet
+_LATE: tuple[type, ...] = get_args(Result)  # every result type
 
 
 def _rows(state: ExchangeState) -> Mapping[type, _Row]:
@@ -636,46 +582,41 @@ def _rows(state: ExchangeState) -> Mapping[type, _Row]:
         case _S.IDLE:
             return {ClientDisconnected: _GONE_EARLY}
         case _S.AWAITING_CATALOGUE:
+            routed = _ATTEMPTED | {_S.AWAITING_LIMITS}
             return {
-                CatalogueRefreshed: (_X._on_catalogue_refreshed, _ROUTED),
+                CatalogueRefreshed: (_X._on_catalogue_refreshed, routed),
                 ClientDisconnected: _GONE_EARLY,
             }
         case _S.AWAITING_LIMITS:
-            return {
-                LimitsDecided: (_X._on_limits_decided, _ATTEMPTED),
-                ClientDisconnected: (
-                    _X._on_limits_client_gone,
-                    _to(_S.AWAITING_LIMITS_CLIENT_GONE),
-                ),
-            }
+            gone = (_X._on_limits_client_gone, _to({_S.AWAITING_LIMITS_CLIENT_GONE}))
+            return {LimitsDecided: (_X._on_limits_decided, _ATTEMPTED), ClientDisconnected: gone}
         case _S.AWAITING_LIMITS_CLIENT_GONE:
-            return {
-                LimitsDecided: (_X._on_limits_decided_client_gone, _DONE),
-                ClientDisconnected: (_X._stay, _to(state)),
-            }
+            decided = (_X._on_limits_decided_client_gone, _DONE)
+            return {LimitsDecided: decided, ClientDisconnected: (_X._stay, _to({state}))}
         case _S.AWAITING_LEDGER:
             return {UsageQueried: (_X._on_ledger_rows, _DONE), ClientDisconnected: _GONE_EARLY}
         case _S.AWAITING_METRICS:
             return {MetricsCollected: (_X._on_metrics, _DONE), ClientDisconnected: _GONE_EARLY}
         case _S.AWAITING_UPSTREAM:
-            answered = _to(_S.BUFFERING, _S.BUFFERING_ERROR, _S.STREAMING)
+            answered = _to({_S.BUFFERING, _S.BUFFERING_ERROR, _S.STREAMING})
             return {
                 UpstreamResponseStarted: (_X._on_head, answered),
                 UpstreamFailed: (_X._on_upstream_failed, _ATTEMPTED),
                 ClientDisconnected: _GONE,
             }
         case _S.BUFFERING | _S.BUFFERING_ERROR:
-            closed = _X._on_buffer_closed if state is _S.BUFFERING else _X._on_error_closed
+            # An error answer may be retried; a whole answer is final.
+            error = state is _S.BUFFERING_ERROR
+            closed = (_X._on_error_closed, _ATTEMPTED) if error else (_X._on_buffer_closed, _DONE)
             return {
-                UpstreamChunkReceived: (_X._on_buffer_chunk, _to(state, _S.DONE)),
-                # An error answer may be retried; a whole answer is final.
-                UpstreamClosed: (closed, _ATTEMPTED if closed is _X._on_error_closed else _DONE),
+                UpstreamChunkReceived: (_X._on_buffer_chunk, _DONE | {state}),
+                UpstreamClosed: closed,
                 UpstreamFailed: (_X._on_upstream_failed, _ATTEMPTED),
                 ClientDisconnected: _GONE,
             }
         case _S.STREAMING:
             return {
-                UpstreamChunkReceived: (_X._on_stream_chunk, _to(_S.STREAMING, _S.DONE)),
+                UpstreamChunkReceived: (_X._on_stream_chunk, _DONE | {state}),
                 UpstreamClosed: (_X._on_stream_closed, _DONE),
                 UpstreamFailed: (_X._on_stream_failed, _DONE),
                 ClientDisconnected: _GONE,
@@ -683,14 +624,12 @@ def _rows(state: ExchangeState) -> Mapping[type, _Row]:
         case _S.DONE:
             # Late results are ignored: the response may end at Ollama's
             # done line before the upstream socket closes.
-            return {kind: (_X._stay, _DONE) for kind in _ALL_RESULTS}
+            return {kind: (_X._stay, _DONE) for kind in _LATE}
         case _:
             assert_never(state)
 
 
-_TABLE: dict[tuple[ExchangeState, type], _Row] = {
-    (state, kind): row for state in ExchangeState for kind, row in _rows(state).items()
-}
+_TABLE = {(state, kind): row for state in ExchangeState for kind, row in _rows(state).items()}
 
 
 def next_states(state: ExchangeState, result: type) -> frozenset[ExchangeState] | None:

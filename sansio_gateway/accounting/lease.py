@@ -16,8 +16,9 @@ from dataclasses import dataclass, replace
 
 from ..actions import CheckLimits, CommitLimits
 from ..limits import Costs, LimitSpecs, Unit
+from .admission import admission_charge, fitted_cap
 
-__all__ = ["LimitLease", "charge", "token_ceiling"]
+__all__ = ["LimitLease", "charge", "lease_for", "token_ceiling"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,3 +95,31 @@ def token_ceiling(specs: LimitSpecs) -> int | None:
     if specs.tokens_per_day is not None:
         bounds.append(specs.tokens_per_day)
     return min(bounds) if bounds else None
+
+
+def lease_for(
+    *,
+    body: bytes,
+    route: str,
+    generates: bool,
+    specs: LimitSpecs,
+    key: str,
+    request_id: str,
+    default_output_cap: int,
+) -> LimitLease:
+    """The lease to ask for: an upper-bound estimate of what the request
+    costs (accounting/admission.py), fitted under the token limits."""
+    ceiling = token_ceiling(specs)
+    estimate = fitted_cap(
+        admission_charge(
+            body, default_output_cap=default_output_cap, generates=generates, route=route
+        ),
+        ceiling,
+    )
+    return LimitLease(
+        key=key,
+        specs=specs,
+        request_id=request_id,
+        estimate=estimate.total,
+        output_cap=estimate.cap if generates and ceiling is not None else None,
+    )
