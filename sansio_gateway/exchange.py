@@ -7,28 +7,24 @@ Whenever something happens -- the upstream answered, sent bytes, closed,
 failed, or the client went away -- the adapter reports it with
 :meth:`Exchange.handle` and executes the returned actions in order.
 
-Each wait is a state of its own, and one table, ``_TABLE``, gives for every
-(state, result type) pair the handler and the states it may lead to; the
-handler returns the next state with its actions and ``handle`` checks it
-against the table.  A pair missing from the table is an adapter bug and
-raises :class:`ExchangeStateError`.  Client and upstream faults never
-raise: a handler's ``GatewayError`` ends the Exchange in DONE (the one edge
-every state has, as any h11 state may go to ERROR) with a rendered error
-response, or an in-band stream error, in the caller's wire format.
+Each wait is a state, and one table (``_rows``) gives for every (state,
+result type) pair the handler and the states it may lead to; ``handle``
+checks the handler's next state against it.  A pair missing from the table
+is an adapter bug and raises :class:`ExchangeStateError`.  Client and
+upstream faults never raise: a handler's ``GatewayError`` ends in DONE (the
+edge every state has, like h11's ERROR) with a rendered error response or
+an in-band stream error.  Shared Gateway state changes only through actions
+(actions.py, ``SharedWrite``); the retries live in ``backends/attempts.py``,
+the limit lease in ``accounting/lease.py``.
 
-The Exchange writes no shared state: changes to the Gateway (breakers, the
-refresh-on-miss clock) are actions the adapter applies before awaiting
-anything (actions.py, ``SharedWrite``).  The retries live in
-``backends/attempts.py``, the limit lease in ``accounting/lease.py``.
-
-Invariants the Exchange keeps, whatever the path:
+Invariants, whatever the path:
 
 * exactly one ``StartResponse`` and one ``EndResponse`` per request (unless
   the client disconnected, in which case nothing more is sent to it);
 * a request that reached a backend produces exactly one ``RecordUsage``;
-* an admitted request produces exactly one ``CommitLimits``, at most one;
-* once DONE, further upstream results are ignored (the response may end
-  at Ollama's ``done`` line before the upstream socket closes).
+* an admitted request produces exactly one ``CommitLimits``;
+* once DONE, further results are ignored (the response may end at Ollama's
+  ``done`` line before the upstream socket closes).
 """
 
 from __future__ import annotations
@@ -77,7 +73,6 @@ from .errors import (
     GatewayError,
     InternalError,
     InvalidRequest,
-    NotFound,
     ServiceUnavailable,
     UpstreamError,
     error_from_upstream,
@@ -87,7 +82,7 @@ from .gateway_view import GatewayView
 from .http import Headers, IncomingRequest, Surface, header_value
 from .identity import ANONYMOUS, Identity
 from .limits import Decision, rate_limit_headers, render_denial
-from .rendering import error_response, request_id_from, whole_response
+from .rendering import error_response, model_not_found, request_id_from, whole_response
 from .routing import surface_of
 
 __all__ = ["Exchange", "ExchangeState", "ExchangeStateError", "GatewayView", "RequestSummary"]
@@ -241,19 +236,10 @@ class Exchange:
             return self._answer(plan.status, plan.headers, plan.body)
         raise InternalError(f"{flow.route_name}: a model-less flow asked for an upstream")
 
-    def _model_not_found(self, model: str) -> NotFound:
-        # Hidden and missing models look the same, so a key's allow-list
-        # does not reveal what else exists; each surface in its own words.
-        if self.surface is Surface.OLLAMA:
-            message = f'model "{model}" not found, try pulling it first'
-        else:
-            message = f"The model `{model}` does not exist or you do not have access to it."
-        return NotFound(message, code="model_not_found", param="model")
-
     def _route_to(self, route: Route | None, model: str, now: float) -> Step:
         # The allow-list judges the model reached, not the spelling asked for.
         if route is None or not self.gateway.may_use(self.identity, route):
-            raise self._model_not_found(model)
+            raise model_not_found(self.surface, model)
         self.model_label = self.gateway.catalogue.known_name(route) or UNKNOWN_MODEL_LABEL
         self._attempts = Attempts.for_route(route)
         check = self._check_limits(route)

@@ -14,13 +14,14 @@ from .actions import Action, EndResponse, SendBody, StartResponse
 from .errors import (
     GatewayError,
     MethodNotAllowed,
+    NotFound,
     ServiceUnavailable,
     render_ollama_error,
     render_openai_error,
 )
 from .http import Headers, Surface, header_value
 
-__all__ = ["error_response", "request_id_from", "whole_response"]
+__all__ = ["error_response", "model_not_found", "request_id_from", "whole_response"]
 
 _JSON: Headers = ((b"content-type", b"application/json"),)
 _MAX_REQUEST_ID = 128
@@ -35,6 +36,16 @@ def error_response(surface: Surface, err: GatewayError) -> tuple[int, Headers, b
         seconds = max(1, math.ceil(err.retry_after))  # whole seconds, rounded up
         headers = (*headers, (b"retry-after", str(seconds).encode("ascii")))
     return err.status_code, headers, body
+
+
+def model_not_found(surface: Surface, model: str) -> NotFound:
+    """The one answer for a missing model and a hidden one, so a key's
+    allow-list does not reveal what else exists; each surface in its own words."""
+    if surface is Surface.OLLAMA:
+        message = f'model "{model}" not found, try pulling it first'
+    else:
+        message = f"The model `{model}` does not exist or you do not have access to it."
+    return NotFound(message, code="model_not_found", param="model")
 
 
 def _is_safe_id(value: bytes) -> bool:
