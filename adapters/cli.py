@@ -42,6 +42,7 @@ from sansio_gateway.gateway import Gateway
 from .app import GatewayApp
 from .ledger import open_ledger
 from .plugins import load_registry
+from .rlimits import raise_open_file_limit
 from .workers import run_workers
 
 __all__ = ["load_config", "main"]
@@ -105,6 +106,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             args.worker_count,
             args.worker_count,
         )
+    fds = raise_open_file_limit()  # each stream holds two sockets
+    if args.worker_index == 0:
+        logging.getLogger("sansio_gateway").info("%s", fds.describe())
     app = GatewayApp(
         config,
         worker_count=args.worker_count,

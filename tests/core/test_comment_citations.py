@@ -119,3 +119,45 @@ def test_the_checks_see_a_bad_citation(tmp_path: Path) -> None:
     texts = _texts(bad)
     assert any(FORBIDDEN.search(text) for _, text in texts)
     assert any(CITATION.search(text) for _, text in texts)
+
+
+# The user guide and the README are read by people with only a clone, too.
+PAGES = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
+LINK = re.compile(r"\]\(([\w./-]+\.md)(?:#([\w-]+))?\)")
+
+
+def _slug(title: str) -> str:
+    """The anchor Python-Markdown's table of contents gives a heading."""
+    text = re.sub(r"[^\w\s-]", "", title.lower())
+    return re.sub(r"[\s]+", "-", text.strip())
+
+
+def test_no_page_cites_a_numbered_tag_or_a_file_outside_the_repo() -> None:
+    offenders = [
+        f"{page.relative_to(ROOT)}:{n}: {match.group(0)!r}"
+        for page in PAGES
+        for n, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1)
+        for match in FORBIDDEN.finditer(line)
+    ]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_every_link_between_pages_names_an_existing_page_and_heading() -> None:
+    offenders = []
+    for page in PAGES:
+        for n, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+            for match in LINK.finditer(line):
+                target = (page.parent / match.group(1)).resolve()
+                where = f"{page.relative_to(ROOT)}:{n}"
+                if not target.is_file():
+                    offenders.append(f"{where}: no page {match.group(1)}")
+                elif match.group(2) and match.group(2) not in {_slug(t) for t in _headings(target)}:
+                    offenders.append(f"{where}: no heading #{match.group(2)} in {target.name}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_page_checks_see_a_bad_link() -> None:
+    assert _slug("tool_choice") == "tool_choice"
+    assert _slug("Native options over /v1") == "native-options-over-v1"
+    match = LINK.search("see [x](wire-notes.md#no-such-heading).")
+    assert match is not None and match.group(2) == "no-such-heading"
