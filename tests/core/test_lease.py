@@ -54,14 +54,14 @@ def test_the_estimate_is_fitted_under_the_token_ceiling() -> None:
     assert token_ceiling(SPECS) is not None
     assert token_ceiling(build_specs(LimitsConfig(requests_per_minute=6), "u", "m")) is None
     made = lease_for(
-        body=BODY, route="chat.completions", generates=True, specs=SPECS, key="u",
+        decoded=orjson.loads(BODY), route="chat.completions", generates=True, specs=SPECS, key="u",
         request_id="r", default_output_cap=4096,
     )  # fmt: skip
     ceiling = token_ceiling(SPECS)
     assert ceiling is not None and made.estimate <= ceiling and made.output_cap is not None
     free = build_specs(LimitsConfig(users={"u": LimitValues(requests_per_minute=6)}), "u", "m")
     unlimited = lease_for(
-        body=BODY, route="chat.completions", generates=True, specs=free, key="u",
+        decoded=orjson.loads(BODY), route="chat.completions", generates=True, specs=free, key="u",
         request_id="r", default_output_cap=4096,
     )  # fmt: skip
     assert unlimited.output_cap is None  # no token limit: nothing to write upstream
