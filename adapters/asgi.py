@@ -42,9 +42,8 @@ import anyio
 
 from sansio_gateway.auth import anonymous_bind_problem
 from sansio_gateway.config import GatewayConfig
-from sansio_gateway.errors import ServiceUnavailable
 from sansio_gateway.http import Headers, IncomingRequest
-from sansio_gateway.transport import content_length
+from sansio_gateway.transport import content_length, no_api_keys
 
 from .executor import ClientGone
 from .front import Refused, TransportFront
@@ -205,8 +204,7 @@ class GatewayASGI:
         path = route_path(scope)
         problem = self._open_to_the_network(scope)
         if problem is not None:
-            refused = Refused(ServiceUnavailable(problem, code="no_api_keys"), path)
-            await channel.send_refusal(*self.front.refusal(refused))
+            await channel.send_refusal(*self.front.refusal(Refused(no_api_keys(problem), path)))
             return
         await self._ensure_started()
         try:

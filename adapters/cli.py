@@ -31,6 +31,7 @@ from sansio_gateway.config import ConfigError, GatewayConfig, redact_url, sqlite
 from sansio_gateway.errors import GatewayError
 
 from .app import GatewayApp
+from .emulator.command import add_emulate_parser
 from .ledger import open_ledger
 from .rlimits import raise_open_file_limit
 from .wiring import checked_config, load_config
@@ -240,6 +241,8 @@ def _parser() -> argparse.ArgumentParser:
         "--admin", action="store_true", help="an admin key: may also read GET /admin/usage"
     )
     new_key.set_defaults(func=_cmd_new_key)
+
+    add_emulate_parser(sub)
     return parser
 
 

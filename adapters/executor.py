@@ -62,7 +62,7 @@ from sansio_gateway.exchange import Exchange, ExchangeState
 from sansio_gateway.gateway import Gateway
 from sansio_gateway.http import Headers, IncomingRequest
 from sansio_gateway.rendering import error_response
-from sansio_gateway.routing import surface_of
+from sansio_gateway.routes import surface_of
 
 from .ledger import UsageLedger
 from .limit_stores import LimitStore

@@ -31,11 +31,11 @@ from typing import Any, Protocol
 
 from .accounting.admission import (
     DEFAULT_OUTPUT_CAP,
-    LIMITED_ROUTES,
-    admission_charge,
     fitted_cap,
+    request_charge,
     write_output_cap,
 )
+from .accounting.usage import TokenUsage
 from .accounting.usage_query import UsageQuery, render_usage
 from .actions import (
     Action,
@@ -75,13 +75,21 @@ from .errors import (
     UpstreamError,
     error_from_upstream,
 )
-from .flows.base import Flow, LedgerQuery, LocalAnswer, MetricsScrape, UpstreamCall
-from .flows.context import FlowContext
+from .flows.base import (
+    Flow,
+    LedgerQuery,
+    LocalAnswer,
+    MetricsScrape,
+    StreamAnswer,
+    UpstreamCall,
+    WholeAnswer,
+)
+from .flows.context import FlowConstructor, FlowContext
 from .http import Headers, IncomingRequest, Surface, header_value
 from .identity import ANONYMOUS, Identity
 from .limits import Costs, Decision, LimitSpecs, Unit, rate_limit_headers, render_denial
 from .rendering import error_response, request_id_from
-from .routing import RouteEntry, surface_of
+from .routes import ParsedRequest, RouteDecl, surface_of
 
 __all__ = ["Exchange", "ExchangeState", "ExchangeStateError", "GatewayView", "RequestSummary"]
 
@@ -128,11 +136,11 @@ class GatewayView(Protocol):
     limits_on: bool
     random: Callable[[], float]
 
-    def authorize(
-        self, method: str, path: str, headers: Headers
-    ) -> tuple[RouteEntry, Identity]: ...
+    def authorize(self, method: str, path: str, headers: Headers) -> tuple[RouteDecl, Identity]: ...
 
     def flow_context(self, request_id: str, now: float, identity: Identity) -> FlowContext: ...
+
+    def flow_for(self, kind: str, route: str) -> FlowConstructor | None: ...
 
     def may_use(self, identity: Identity, route: Route) -> bool: ...
 
@@ -166,7 +174,14 @@ class Exchange:
         self.request_id = request_id
         self.trace_id = request_id
         self.state = ExchangeState.IDLE
-        self.flow: Flow | None = None
+        self.route: RouteDecl | None = None  # once the request is parsed
+        self.model: str | None = None  # the catalogue's name, on model-addressed routes
+        self._request: ParsedRequest | None = None  # what the route's parser made of the body
+        self._context: FlowContext | None = None
+        self.flow: Flow | None = None  # the route's, or the current attempt's
+        # The current attempt's answer translator: exactly one, once planned.
+        self._whole: WholeAnswer | None = None
+        self._streamed: StreamAnswer | None = None
         self.identity: Identity = ANONYMOUS
         self.surface = Surface.GATEWAY
         self.status = 0
@@ -184,7 +199,6 @@ class Exchange:
         self._client_gone = False
         self._response_started = False
         self._head_only = False
-        self._body = b""
         self._admitted = False
         self._settled = False
         self._estimate = 0
@@ -214,7 +228,6 @@ class Exchange:
         # gateway's own id, so reusing an id cannot replace another
         # request's lease or usage record.
         self.trace_id = request_id_from(request.headers, self.request_id)
-        self._body = request.body
         try:
             return self._with_commit(self._start(request, now))
         except GatewayError as err:
@@ -237,17 +250,16 @@ class Exchange:
 
         Holds no prompt text and no key, by construction.
         """
-        flow = self.flow
-        usage = flow.usage if flow is not None else None
-        if usage is None and flow is not None and self._reached_backend:
-            usage = flow.estimate_usage()
+        usage = self._usage()
+        if usage is None and self._reached_backend:
+            usage = self._estimate_usage()
         return RequestSummary(
             request_id=self.trace_id,
             surface=self.surface.value,
-            route=flow.route_name if flow is not None else "unknown",
+            route=self.route.name if self.route is not None else "unknown",
             key_id=self.identity.key_id,
             user=self.identity.user,
-            model=(flow.model if flow is not None else None) or "",
+            model=self.model or "",
             backend=self.backend,
             resolved_model=self.resolved_model,
             status=self.status or 0,
@@ -272,14 +284,16 @@ class Exchange:
         # Before the body is parsed: an unauthenticated caller learns
         # nothing about what the gateway would accept.  (Adapters ask the
         # same question before reading the body: Gateway.refuse_head.)
-        entry, self.identity = gateway.authorize(request.method, request.path, request.headers)
+        decl, self.identity = gateway.authorize(request.method, request.path, request.headers)
         if self.identity is not ANONYMOUS:
             request = replace(request, identity=self.identity)
-        flow = entry.factory(gateway.flow_context(self.request_id, now, self.identity), request)
-        self.flow = flow
-        route = backend = None
-        model = flow.model
-        if model is not None:
+        context = self._context = gateway.flow_context(self.request_id, now, self.identity)
+        if decl.parse is not None:
+            # The one parse of the body: a bad request never reaches a
+            # backend, whatever its kind.
+            parsed = self._request = decl.parse(request.body)
+            self.model = model = decl.model_name(context.catalogue, parsed.model)
+            self.route = decl
             self.model_label = UNKNOWN_MODEL_LABEL
             route = gateway.catalogue.resolve(model)
             if (
@@ -291,7 +305,10 @@ class Exchange:
                 self.state = ExchangeState.AWAITING_ADAPTER
                 return [RefreshCatalogue()]
             return self._route_to(route, model, now)
-        plan = flow.plan(route, backend)
+        assert decl.local is not None
+        flow = self.flow = decl.local(context, request)
+        self.route = decl
+        plan = flow.plan(None, None)
         if isinstance(plan, LedgerQuery):
             self.state = ExchangeState.AWAITING_ADAPTER
             self._ledger_query = plan.query
@@ -303,7 +320,7 @@ class Exchange:
             self.state = ExchangeState.DONE
             self.status = plan.status
             return self._whole_response(plan.status, plan.headers, plan.body)
-        raise InternalError(f"{flow.route_name}: a model-less flow asked for an upstream")
+        raise InternalError(f"{decl.name}: a model-less flow asked for an upstream")
 
     def _model_not_found(self, model: str) -> NotFound:
         # Hidden and missing models look the same, so a key's allow-list
@@ -332,19 +349,20 @@ class Exchange:
         """Ask for admission, charging an upper-bound estimate (or None when
         no limit applies to this request)."""
         gateway = self.gateway
-        assert self.flow is not None
-        generates = LIMITED_ROUTES.get(self.flow.route_name)
-        if not gateway.limits_on or generates is None:
+        assert self.route is not None and self._request is not None
+        if not gateway.limits_on or not self.route.limited:
             return None
+        generates = self.route.generates
         specs = gateway.limit_specs(self.identity.user, route)
         if specs.empty:
             return None
         charge = fitted_cap(
-            admission_charge(
-                self._body,
+            # From the body as the route's parser decoded it on arrival.
+            request_charge(
+                self._request.decoded,
                 default_output_cap=gateway.config.server.default_max_tokens or DEFAULT_OUTPUT_CAP,
                 generates=generates,
-                route=self.flow.route_name,
+                route=self.route.name,
             ),
             _token_ceiling(specs),
         )
@@ -362,11 +380,10 @@ class Exchange:
     def _on_limits_decided(self, result: LimitsDecided, now: float) -> list[Action]:
         decision = result.decision
         self.limit_decision = decision
-        assert self.flow is not None
         if not decision.allowed:
             self.state = ExchangeState.DONE
             status, headers, body = render_denial(
-                decision, surface=self.surface, model=self.flow.model or "", organization="gateway"
+                decision, surface=self.surface, model=self.model or "", organization="gateway"
             )
             self.status = status
             return self._whole_response(status, headers, body)
@@ -404,8 +421,8 @@ class Exchange:
         return [*actions, commit]
 
     def _on_catalogue_refreshed(self, result: CatalogueRefreshed, now: float) -> list[Action]:
-        assert self.flow is not None and self.flow.model is not None
-        model = self.flow.model
+        assert self.model is not None
+        model = self.model
         try:
             return self._route_to(self.gateway.catalogue.resolve(model), model, now)
         except GatewayError as err:
@@ -415,7 +432,7 @@ class Exchange:
 
     def _attempt(self, delay: float, now: float) -> list[Action]:
         """Plan the current target and ask for it to be sent."""
-        assert self.flow is not None
+        assert self.route is not None and self._context is not None
         health = self.gateway.health
         # Backends whose breaker is open are skipped while another target remains.
         while not health.may_send(self._targets[self._target_index].backend, now + delay):
@@ -435,7 +452,16 @@ class Exchange:
         backend = self.gateway.config.backend(route.backend)
         self.backend = route.backend
         self.resolved_model = route.target
+        # A fresh flow per attempt (no state from a failed attempt survives),
+        # for this backend's kind: a fallback may be of another kind.
+        make = self.route.flow or self.gateway.flow_for(backend.kind, self.route.name)
+        if make is None:
+            raise InvalidRequest(
+                f"backend {backend.name!r} of kind {backend.kind!r} cannot serve {self.route.name}"
+            )
         try:
+            assert self.model is not None
+            self.flow = make(self._context, self._request, self.model)
             plan = self.flow.plan(route, backend)
         except TypeError:
             # orjson encodes 254 levels of nesting but parses 1024: a body
@@ -446,10 +472,11 @@ class Exchange:
             if isinstance(plan, LocalAnswer):
                 self.status = plan.status
                 return self._whole_response(plan.status, plan.headers, plan.body)
-            raise InternalError(f"{self.flow.route_name}: unexpected plan for a model route")
+            raise InternalError(f"{self.route.name}: unexpected plan for a model route")
         self.state = ExchangeState.AWAITING_UPSTREAM
         self._reached_backend = True
-        self._stream = plan.stream
+        self._whole, self._streamed = plan.whole, plan.stream
+        self._stream = plan.stream is not None
         self._attempts += 1
         self._buffer = bytearray()
         headers = self.gateway.upstream_headers(self.backend, self.trace_id)
@@ -457,7 +484,7 @@ class Exchange:
         if self._output_cap is not None:
             # The cap admission charged is the cap the backend reads, on
             # every route and backend kind (docs/rate-limiting.md, "What is charged").
-            body = write_output_cap(self.flow.route_name, backend.kind, body, self._output_cap)
+            body = write_output_cap(backend.kind, body, self._output_cap)
         return [
             SendUpstream(
                 backend=self.backend,
@@ -519,11 +546,11 @@ class Exchange:
         if not self._stream:
             self.state = ExchangeState.BUFFERING
             return []
-        assert self.flow is not None
+        assert self._streamed is not None
         self.state = ExchangeState.STREAMING
         self.status = 200
         self._response_started = True
-        return [StartResponse(status=200, headers=self._headers(self.flow.stream_headers()))]
+        return [StartResponse(status=200, headers=self._headers(self._streamed.headers))]
 
     def _on_buffer_chunk(self, result: UpstreamChunkReceived, now: float) -> list[Action]:
         if len(self._buffer) + len(result.data) > MAX_UPSTREAM_BODY:
@@ -532,8 +559,8 @@ class Exchange:
         return []
 
     def _on_buffer_closed(self, result: UpstreamClosed, now: float) -> list[Action]:
-        assert self.flow is not None
-        body = self.flow.complete(bytes(self._buffer))
+        assert self._whole is not None
+        body = self._whole.complete(bytes(self._buffer))
         self.state = ExchangeState.DONE
         self.status = 200
         self.first_byte_at = now
@@ -543,32 +570,31 @@ class Exchange:
         again = self._try_again(now, status=self._upstream_status, error=None)
         if again is not None:
             return again
-        model = self.flow.model if self.flow else None
-        err = error_from_upstream(self._upstream_status, bytes(self._buffer), model=model)
+        err = error_from_upstream(self._upstream_status, bytes(self._buffer), model=self.model)
         return self._fail(err, now, outcome="upstream_error")
 
     def _on_stream_chunk(self, result: UpstreamChunkReceived, now: float) -> list[Action]:
-        assert self.flow is not None
-        out = self.flow.feed(result.data)
+        assert self._streamed is not None
+        out = self._streamed.feed(result.data)
         actions: list[Action] = []
         if out:
             if self.first_byte_at is None:
                 self.first_byte_at = now
             actions.append(SendBody(data=out))
-        if self.flow.stream_done:
+        if self._streamed.done:
             actions += self._end_stream(now)
         return actions
 
     def _on_stream_closed(self, result: UpstreamClosed, now: float) -> list[Action]:
-        assert self.flow is not None
-        out = self.flow.finish()
+        assert self._streamed is not None
+        out = self._streamed.finish()
         actions: list[Action] = [SendBody(data=out)] if out else []
         return actions + self._end_stream(now)
 
     def _on_stream_failed(self, result: UpstreamFailed, now: float) -> list[Action]:
-        assert self.flow is not None
+        assert self._streamed is not None
         self.gateway.health.record(self.backend, False, now)
-        out = self.flow.fail(result.error)
+        out = self._streamed.fail(result.error)
         self.status = result.error.status_code
         actions: list[Action] = [SendBody(data=out)] if out else []
         self.state = ExchangeState.DONE
@@ -620,9 +646,9 @@ class Exchange:
     # ---- helpers ---------------------------------------------------------
 
     def _end_stream(self, now: float) -> list[Action]:
-        assert self.flow is not None
+        assert self._streamed is not None
         self.state = ExchangeState.DONE
-        outcome = "failed_mid_stream" if self.flow.stream_failed else "ok"
+        outcome = "failed_mid_stream" if self._streamed.failed else "ok"
         return [EndResponse(), self._record(now, outcome)]
 
     def flow_json_headers(self) -> Headers:
@@ -656,8 +682,8 @@ class Exchange:
         if self.state is ExchangeState.DONE:
             return []
         if self._response_started:
-            assert self.flow is not None
-            out = self.flow.fail(err)
+            assert self._streamed is not None
+            out = self._streamed.fail(err)
             self.state = ExchangeState.DONE
             self.status = err.status_code
             actions: list[Action] = [SendBody(data=out)] if out else []
@@ -679,22 +705,30 @@ class Exchange:
         upstream error after the send, a malformed answer, a first-byte
         timeout, a non-stream client disconnect or an answer without counts
         may all have generated."""
-        assert self.flow is not None
-        reported = self.flow.usage
+        reported = self._usage()
         if reported is not None:
             return reported.total_tokens
         if not self._maybe_generated:
             return 0
         if outcome == "client_disconnected" and self._stream:
-            return self.flow.estimate_usage().total_tokens
+            return self._estimate_usage().total_tokens
         return self._estimate
 
+    def _usage(self) -> TokenUsage | None:
+        """What the current attempt's backend reported, if anything."""
+        answer = self._whole if self._whole is not None else self._streamed
+        return answer.usage if answer is not None else None
+
+    def _estimate_usage(self) -> TokenUsage:
+        answer = self._whole if self._whole is not None else self._streamed
+        return answer.estimate_usage() if answer is not None else TokenUsage()
+
     def _record(self, now: float, outcome: str) -> RecordUsage:
-        assert self.flow is not None
-        usage = self.flow.usage
+        assert self.route is not None
+        usage = self._usage()
         reported = usage is not None
         if usage is None:
-            usage = self.flow.estimate_usage()
+            usage = self._estimate_usage()
         self._settle(self._limit_charge(outcome))
         ttft = None if self.first_byte_at is None else self.first_byte_at - self.started_at
         return RecordUsage(
@@ -703,11 +737,11 @@ class Exchange:
                 time=self.started_at,
                 key_id=self.identity.key_id,
                 user=self.identity.user,
-                model=self.flow.model or "",
+                model=self.model or "",
                 resolved_model=self.resolved_model,
                 backend=self.backend,
                 surface=self.surface.value,
-                route=self.flow.route_name,
+                route=self.route.name,
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
                 status=self.status,

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from .errors import GatewayError, InvalidRequest, PayloadTooLarge, ServiceUnavailable
 from .http import Headers
 from .rendering import error_response
-from .routing import surface_of
+from .routes import surface_of
 
 __all__ = [
     "ambiguous_framing",
@@ -31,6 +31,7 @@ __all__ = [
     "has_header",
     "header_fields_too_large",
     "malformed_request",
+    "no_api_keys",
     "read_timed_out",
     "refuse_head",
     "render_refusal",
@@ -72,6 +73,11 @@ def too_many_connections() -> ServiceUnavailable:
         code="too_many_connections",
         retry_after=1,
     )
+
+
+def no_api_keys(problem: str) -> ServiceUnavailable:
+    """An open gateway (no keys) reached on an address it must not answer on."""
+    return ServiceUnavailable(problem, code="no_api_keys")
 
 
 def shutting_down() -> ServiceUnavailable:

@@ -40,7 +40,16 @@ import hashlib
 from array import array
 from bisect import bisect_left
 
-__all__ = ["FANOUT", "FRESH", "MAX_IDS", "DoneIds", "add_done", "id_digest", "newest_expiry"]
+__all__ = [
+    "FANOUT",
+    "FRESH",
+    "MAX_IDS",
+    "DoneIds",
+    "add_done",
+    "id_digest",
+    "newest_expiry",
+    "trim_done",
+]
 
 FRESH = 256
 FANOUT = 16
@@ -170,6 +179,22 @@ def add_done(done: DoneIds, request_id: str, now: int, expiry: int) -> DoneIds:
         frozen, small = frozen[1:], min(small, len(frozen) - 1)
     newest = max(done.newest, expiry) if count else 0
     return DoneIds(fresh, frozen, small=small, max_ids=done.max_ids, count=count, newest=newest)
+
+
+def trim_done(done: DoneIds, most: int) -> DoneIds:
+    """``done`` with its oldest segments dropped until at most ``most`` ids
+    remain (or only the fresh dict is left): the store-wide budget's trim,
+    with the same guarantee as the per-user bound."""
+    if done.count <= most or not done._frozen:
+        return done
+    frozen, small, count = done._frozen, done._small, done.count
+    while count > most and frozen:
+        count -= len(frozen[0][1])
+        frozen, small = frozen[1:], min(small, len(frozen) - 1)
+    newest = done.newest if count else 0
+    return DoneIds(
+        done._fresh, frozen, small=small, max_ids=done.max_ids, count=count, newest=newest
+    )
 
 
 def newest_expiry(done: DoneIds) -> int:

@@ -17,16 +17,28 @@ O(TATs + leases), never O(committed ids) (it reads the ids' newest expiry).
 So the sweep costs amortised O(1) per operation and never stalls the caller
 (issue 17, item 6).  The grace keeps a state whose clock is still ahead of
 a (briefly) backwards-going caller clock.
+
+The committed ids of all states together stay within ``max_done_bytes``
+(8 MiB by default, 16 bytes an id), however long the store runs and however
+many users commit: over budget, the state being written keeps at most its
+share of the budget, its oldest ids dropped first, with the per-user bound's
+guarantee (:mod:`.done_ids`).  Without it, ids would pile up for the lease
+lifetime: 16 bytes x requests per second x 31 minutes.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .core import LimitState, admit, commit, peek
 from .decision import Decision, RateHeaders
-from .done_ids import newest_expiry
+from .done_ids import newest_expiry, trim_done
 from .specs import DAY_US, Costs, LimitSpecs
 
-__all__ = ["MemoryLimitStore", "is_idle"]
+__all__ = ["DONE_BUDGET_BYTES", "MemoryLimitStore", "is_idle"]
+
+ID_BYTES = 16  # a committed id: its 64-bit digest and its expiry
+DONE_BUDGET_BYTES = 8 * 1024 * 1024
 
 
 def is_idle(state: LimitState, now: int) -> bool:
@@ -50,8 +62,12 @@ class MemoryLimitStore:
         sweep_interval_us: int = 60_000_000,
         idle_grace_us: int = 600_000_000,
         sweep_batch: int = 64,
+        max_done_bytes: int = DONE_BUDGET_BYTES,
     ) -> None:
         self._states: dict[str, LimitState] = {}
+        # Committed ids held by every state together, and their budget.
+        self._done_ids = 0
+        self._max_done_ids = max(1, max_done_bytes // ID_BYTES)
         self._min_sweep_size = min_sweep_size
         self._sweep_interval_us = sweep_interval_us
         self._idle_grace_us = idle_grace_us
@@ -76,7 +92,7 @@ class MemoryLimitStore:
         state = self.state(key)
         decision, new = admit(specs, state, now_us, costs, request_id)
         if new is not state:
-            self._states[key] = new
+            self._put(key, state, new)
         self._maybe_sweep(now_us)
         return decision
 
@@ -93,8 +109,25 @@ class MemoryLimitStore:
         state = self.state(key)
         new = commit(specs, state, now_us, request_id, estimate, actual)
         if new is not state:
-            self._states[key] = new
+            self._put(key, state, new)
         self._maybe_sweep(now_us)
+
+    @property
+    def done_ids(self) -> int:
+        """Committed ids held by every state together (16 bytes each)."""
+        return self._done_ids
+
+    def _put(self, key: str, old: LimitState, new: LimitState) -> None:
+        self._done_ids += len(new.done) - len(old.done)
+        if self._done_ids > self._max_done_ids:
+            # Over budget: this state keeps at most its share, oldest ids
+            # first to go (docs/rate-limiting.md, "The memory store's memory").
+            share = self._max_done_ids // max(1, len(self._states) + (key not in self._states))
+            if len(new.done) > share:
+                trimmed = trim_done(new.done, share)
+                self._done_ids += len(trimmed) - len(new.done)
+                new = replace(new, done=trimmed)
+        self._states[key] = new
 
     def peek(self, key: str, specs: LimitSpecs, now_us: int) -> RateHeaders:
         return peek(specs, self.state(key), now_us)
@@ -122,6 +155,7 @@ class MemoryLimitStore:
                 and is_idle(state, horizon)
             ):
                 del self._states[key]
+                self._done_ids -= len(state.done)
                 dropped += 1
         self._cursor = end
         if end == len(self._pass):

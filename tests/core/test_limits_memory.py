@@ -206,3 +206,78 @@ def test_one_operation_examines_a_bounded_number_of_states(monkeypatch) -> None:
         store.admit(f"user{i}", specs, START + 10 * i, Costs(tokens=1), "r")
     assert max(examined) <= 32
     assert len(store) <= 256  # still bounded: the sweep keeps up with the growth
+
+
+def _committed(store: MemoryLimitStore, specs: LimitSpecs, user: str, rid: str, now: int) -> None:
+    decision = store.admit(user, specs, now, Costs(tokens=10), rid)
+    assert decision.allowed
+    store.commit(user, specs, now, rid, 10, 10)
+
+
+def test_committed_ids_stay_within_the_store_budget_however_many_users_commit() -> None:
+    """Issue 13 item 4: bounded in bytes whatever the run length, not only
+    per user (16 bytes x rate x lease lifetime before)."""
+    from sansio_gateway.config import LimitsConfig
+    from sansio_gateway.limits import build_specs
+    from sansio_gateway.limits.done_ids import FRESH
+
+    budget_ids = 3_000
+    store = MemoryLimitStore(max_done_bytes=16 * budget_ids, min_sweep_size=10**9)
+    users = [f"u{i}" for i in range(12)]
+    specs = {
+        u: build_specs(LimitsConfig(requests_per_minute=10**9), u, "m", lease_ttl_us=3_600 * 10**6)
+        for u in users
+    }
+    now = START
+    most = 0
+    for n in range(24_000):  # 2,000 commits a user, all within one lease lifetime
+        user = users[n % len(users)]
+        now += 1_000
+        _committed(store, specs[user], user, f"{user}-{n}", now)
+        held = sum(len(store.state(u).done) for u in users)
+        assert store.done_ids == held  # the running total is exact
+        most = max(most, held)
+    # Each state keeps at least its unfrozen newest ids (FRESH), which a trim
+    # never drops; beyond those, the budget holds.
+    assert most <= budget_ids + FRESH * len(users)
+    assert store.done_ids <= budget_ids + FRESH * len(users)
+    # ... and a bigger budget keeps them all.
+    roomy = MemoryLimitStore(min_sweep_size=10**9)
+    for n in range(24_000):
+        user = users[n % len(users)]
+        _committed(roomy, specs[user], user, f"{user}-{n}", START + 1_000 * (n + 1))
+    assert roomy.done_ids == 24_000
+
+
+def test_a_repeat_of_an_id_trimmed_for_the_budget_charges_nothing_but_its_surcharge() -> None:
+    """The budget's guarantee is the per-user bound's (limits/done_ids.py):
+    a repeated commit the store no longer recognises counts as a commit whose
+    lease expired -- no refund, no day counter, no lease; only a surcharge."""
+    from sansio_gateway.config import LimitsConfig
+    from sansio_gateway.limits import build_specs
+
+    store = MemoryLimitStore(max_done_bytes=16 * 1_000, min_sweep_size=10**9)
+    specs = build_specs(
+        LimitsConfig(tokens_per_minute=10**9, tokens_per_day=10**12),
+        "alice",
+        "m",
+        lease_ttl_us=3_600 * 10**6,
+    )
+    now = START + 60 * 10**6
+    for n in range(5_000):
+        now += 1_000
+        _committed(store, specs, "alice", f"r{n}", now)
+    state = store.state("alice")
+    assert "r0" not in state.done and "r4999" in state.done  # the oldest went first
+    now += 1_000
+    store.commit("alice", specs, now, "r0", 10, 10)  # a repeat, no overage
+    after = store.state("alice")
+    assert (after.tats, after.day_used, after.inflight) == (
+        state.tats,
+        state.day_used,
+        state.inflight,
+    )
+    store.commit("alice", specs, now, "r1", 10, 500)  # a repeat with overage
+    charged = store.state("alice")
+    assert charged.day_used == state.day_used and not charged.inflight
+    assert any(charged.tats[k] > after.tats.get(k, 0) for k in charged.tats)
