@@ -25,12 +25,14 @@ from sansio_gateway.adapters.emulator.openai import ScriptedReply as ChatReply
 from sansio_gateway.auth import hash_key
 from tests.emulators.ollama import OllamaEmulator
 from tests.emulators.ollama import ScriptedReply as NativeReply
-from tests.helpers import RunningGateway, make_config, running_gateway
+from tests.helpers import RunningGateway, make_config, running_gateway, wait_for
 
 HELLO = "Hello! How can I help you today?"
 KEY = "sk-test-surfaces-0123456789abcdef"
 TINY = "sk-test-tiny-0123456789abcdef"  # one request a minute
+METERED = "sk-test-metered-0123456789abcdef"  # a token limit
 MODELS = {"ollama": "llama3.2:1b", "openai": "gpt-4o-mini"}
+THINKERS = {"ollama": "qwen3:0.6b", "openai": "o4-mini"}  # the emulators' reasoning models
 WEATHER_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {"city": {"type": "string"}},
@@ -42,12 +44,13 @@ _TIMEOUTS = "first_byte_timeout = 10\nidle_timeout = 10\nmax_retries = 0\n"
 def _config(ollama_url: str, openai_url: str) -> str:
     keys = "".join(
         f'[[auth.keys]]\nid = "{user}-key"\nuser = "{user}"\nsha256 = "{hash_key(key)}"\n'
-        for user, key in (("main", KEY), ("tiny", TINY))
+        for user, key in (("main", KEY), ("tiny", TINY), ("metered", METERED))
     )
     return (
         f'[[backends]]\nname = "ol"\nkind = "ollama"\nurl = "{ollama_url}"\n{_TIMEOUTS}'
         f'[[backends]]\nname = "oa"\nkind = "openai"\nurl = "{openai_url}"\n{_TIMEOUTS}'
         f"{keys}[limits.users.tiny]\nrequests_per_minute = 1\n"
+        "[limits.users.metered]\ntokens_per_minute = 6000000\n"
         '[store]\nurl = "memory://"\nusage = "memory://"\n'
     )
 
@@ -84,15 +87,17 @@ Script = Callable[..., None]
 def script(kind: str, emulator: OllamaEmulator, backend: OpenAIEmulator) -> Iterator[Script]:
     """Set what the backend of ``kind`` answers next: text, or tool calls."""
 
-    def set_reply(content: str = HELLO, calls: list[dict[str, Any]] | None = None) -> None:
+    def set_reply(
+        content: str = HELLO, calls: list[dict[str, Any]] | None = None, **more: Any
+    ) -> None:
         if kind == "ollama":
+            capabilities = ["completion", "tools"]
             native = NativeReply(content=content, tool_calls=list(calls or []),
-                                 capabilities=["completion", "tools"])  # fmt: skip
+                                 capabilities=capabilities, **more)  # fmt: skip
             emulator.set_reply(MODELS[kind], native)
         else:
-            backend.set_reply(
-                MODELS[kind], ChatReply(content=content, tool_calls=list(calls or []))
-            )
+            reply = ChatReply(content=content, tool_calls=list(calls or []), **more)
+            backend.set_reply(MODELS[kind], reply)
 
     set_reply()
     backend.clear_requests()
@@ -205,6 +210,80 @@ def test_messages_tool_use_round_trip(
         messages = sent_chat(backend)["messages"]
         assert messages[1]["tool_calls"][0]["id"] == use.id
         assert messages[2] == {"role": "tool", "tool_call_id": use.id, "content": "sunny"}
+
+
+def test_messages_thinking(claude: anthropic.Anthropic, kind: str) -> None:
+    thinking: Any = {"type": "enabled", "budget_tokens": 1024}
+    hello: Any = [{"role": "user", "content": "Say hello"}]
+    message = claude.messages.create(
+        model=THINKERS[kind], max_tokens=2048, thinking=thinking, messages=hello
+    )
+    with claude.messages.stream(
+        model=THINKERS[kind], max_tokens=2048, thinking=thinking, messages=hello
+    ) as stream:
+        streamed = stream.get_final_message()
+    for answer in (message, streamed):
+        assert [b.type for b in answer.content] == ["thinking", "text"]
+        assert answer.content[0].thinking  # type: ignore[union-attr]
+        assert answer.content[1].text == HELLO  # type: ignore[union-attr]
+
+
+def test_messages_stream_cut_short_is_an_error_event(
+    claude: anthropic.Anthropic, gateway: RunningGateway, model: str, script: Script
+) -> None:
+    script(die_after_chunks=2)
+    before = len(gateway.ledger.records)
+    with (
+        pytest.raises(anthropic.APIStatusError) as failed,
+        claude.messages.stream(
+            model=model, max_tokens=200, messages=[{"role": "user", "content": "Say hello"}]
+        ) as stream,
+    ):
+        stream.until_done()
+    assert failed.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+    wait_for(lambda: len(gateway.ledger.records) > before)
+    assert gateway.ledger.records[-1].outcome == "failed_mid_stream"
+
+
+def test_usage_is_recorded_under_each_route(
+    claude: anthropic.Anthropic,
+    client: openai.OpenAI,
+    gateway: RunningGateway,
+    model: str,
+    kind: str,
+    script: Script,
+) -> None:
+    hello: Any = [{"role": "user", "content": "Say hello"}]
+    before = len(gateway.ledger.records)
+    claude.messages.create(model=model, max_tokens=200, messages=hello)
+    with claude.messages.stream(model=model, max_tokens=200, messages=hello) as stream:
+        stream.until_done()
+    client.responses.create(model=model, input="Say hello")
+    with client.responses.stream(model=model, input="Say hello") as events:
+        events.until_done()
+    wait_for(lambda: len(gateway.ledger.records) >= before + 4)
+    records = list(gateway.ledger.records)[before:]
+    assert [(r.route, r.surface) for r in records] == [
+        ("anthropic.messages", "anthropic"),
+        ("anthropic.messages", "anthropic"),
+        ("responses", "openai"),
+        ("responses", "openai"),
+    ]
+    assert all(r.outcome == "ok" and r.usage_reported for r in records)
+    assert all(r.prompt_tokens == 26 and r.completion_tokens > 0 for r in records)
+    assert {r.backend for r in records} == {"ol" if kind == "ollama" else "oa"}
+
+
+def test_overloaded_backend_is_529(
+    claude: anthropic.Anthropic, model: str, kind: str, script: Script
+) -> None:
+    script(error_status=503)
+    with pytest.raises(anthropic.APIStatusError) as overloaded:
+        claude.messages.create(
+            model=model, max_tokens=200, messages=[{"role": "user", "content": "Say hello"}]
+        )
+    assert overloaded.value.status_code == 529
+    assert overloaded.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
 
 
 def test_count_tokens(claude: anthropic.Anthropic, model: str) -> None:
@@ -325,6 +404,25 @@ def test_responses_function_call_round_trip(
     if kind == "openai":
         messages = sent_chat(backend)["messages"]
         assert messages[-1] == {"role": "tool", "tool_call_id": call.call_id, "content": "sunny"}  # type: ignore[union-attr]
+
+
+def test_the_charged_output_cap_is_the_one_the_backend_reads(
+    gateway: RunningGateway, backend: OpenAIEmulator
+) -> None:
+    # A Responses request without max_output_tokens is charged the gateway's
+    # cap, which is then written into the chat body the backend reads.
+    model = MODELS["openai"]
+    with (
+        openai.OpenAI(base_url=gateway.url + "/v1", api_key=METERED, max_retries=0) as metered,
+        anthropic.Anthropic(base_url=gateway.url, api_key=METERED, max_retries=0) as claude,
+    ):
+        metered.responses.create(model=model, input="Say hello")
+        assert sent_chat(backend)["max_tokens"] == 4096
+        metered.responses.create(model=model, input="Say hello", max_output_tokens=33)
+        assert sent_chat(backend)["max_tokens"] == 33
+        hello: Any = [{"role": "user", "content": "Say hello"}]
+        claude.messages.create(model=model, max_tokens=77, messages=hello)
+        assert sent_chat(backend)["max_tokens"] == 77
 
 
 def test_responses_store_is_refused(client: openai.OpenAI) -> None:
