@@ -135,7 +135,7 @@ from .framing import (
     encode_sse,
     encode_sse_json,
 )
-from .gateway import BackendStatus, Gateway, default_router
+from .gateway import BackendStatus, Gateway
 from .http import Headers, IncomingRequest, Surface, header_value
 from .limits import (
     Costs,
@@ -166,7 +166,7 @@ from .openai_over_ollama.embeddings import (
     ollama_embed_to_openai,
 )
 from .rendering import error_response
-from .routing import Router
+from .routes import RouteDecl, RouteTable, default_route_table
 from .wire.ollama import NativeChatRequest
 from .wire.ollama import parse_chat_request as parse_native_chat_request
 from .wire.openai_chat import ChatRequest, parse_chat_request
@@ -233,7 +233,8 @@ __all__ = [
     "Registry",
     "RequestSummary",
     "Result",
-    "Router",
+    "RouteDecl",
+    "RouteTable",
     "SSEDecoder",
     "SSEEvent",
     "SendBody",
@@ -264,7 +265,7 @@ __all__ = [
     "commit",
     "completion_request_to_ollama",
     "default_config",
-    "default_router",
+    "default_route_table",
     "embeddings_request_to_ollama",
     "encode_ndjson",
     "encode_sse",

@@ -34,13 +34,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, assert_never, get_args
 
-from .accounting.admission import (
-    DEFAULT_OUTPUT_CAP,
-    LIMITED_ROUTES,
-    write_output_cap,
-)
+from .accounting.admission import DEFAULT_OUTPUT_CAP, write_output_cap
 from .accounting.lease import LimitLease, charge, lease_for
 from .accounting.report import RequestFacts, RequestSummary, summary, usage_record
+from .accounting.usage import TokenUsage
 from .accounting.usage_query import UsageQuery, render_usage
 from .actions import (
     Action,
@@ -77,13 +74,22 @@ from .errors import (
     UpstreamError,
     error_from_upstream,
 )
-from .flows.base import Flow, LedgerQuery, LocalAnswer, MetricsScrape, UpstreamCall
+from .flows.base import (
+    Flow,
+    LedgerQuery,
+    LocalAnswer,
+    MetricsScrape,
+    StreamAnswer,
+    UpstreamCall,
+    WholeAnswer,
+)
+from .flows.context import FlowContext
 from .gateway_view import GatewayView
 from .http import Headers, IncomingRequest, Surface, header_value
 from .identity import ANONYMOUS, Identity
 from .limits import Decision, rate_limit_headers, render_denial
 from .rendering import error_response, model_not_found, request_id_from, whole_response
-from .routing import surface_of
+from .routes import ParsedRequest, RouteDecl, surface_of
 
 __all__ = ["Exchange", "ExchangeState", "ExchangeStateError", "GatewayView", "RequestSummary"]
 
@@ -126,7 +132,14 @@ class Exchange:
         self.request_id = request_id
         self.trace_id = request_id
         self.state = _S.IDLE
-        self.flow: Flow | None = None
+        self.route: RouteDecl | None = None  # once the request is parsed
+        self.model: str | None = None  # the catalogue's name, on model-addressed routes
+        self._request: ParsedRequest | None = None  # what the route's parser made of the body
+        self._context: FlowContext | None = None
+        self.flow: Flow | None = None  # the route's, or the current attempt's
+        # The current attempt's answer translator: exactly one, once planned.
+        self._whole: WholeAnswer | None = None
+        self._streamed: StreamAnswer | None = None
         self.identity: Identity = ANONYMOUS
         self.surface = Surface.GATEWAY
         self.method = ""
@@ -137,7 +150,6 @@ class Exchange:
         self.started_at = 0.0
         self.first_byte_at: float | None = None
         self.limit_decision: Decision | None = None
-        self._body = b""
         self._buffer = bytearray()
         self._upstream_status = 0
         self._attempts = Attempts(targets=())
@@ -160,7 +172,6 @@ class Exchange:
         # gateway's own id, so reusing an id cannot replace another
         # request's lease or usage record.
         self.trace_id = request_id_from(request.headers, self.request_id)
-        self._body = request.body
         return self._step(lambda: self._start(request, now), _STARTS, "start()", now)
 
     def handle(self, result: Result, now: float) -> list[Action]:
@@ -178,10 +189,9 @@ class Exchange:
 
         Holds no prompt text and no key, by construction.
         """
-        flow = self.flow
-        usage = flow.usage if flow is not None else None
-        if usage is None and flow is not None and self._attempts.made:
-            usage = flow.estimate_usage()
+        usage = self._usage()
+        if usage is None and self._attempts.made:
+            usage = self._estimate_usage()
         return summary(self._facts(self.trace_id), usage, model_label=self.model_label, now=now)
 
     @property
@@ -212,21 +222,26 @@ class Exchange:
         # Before the body is parsed: an unauthenticated caller learns
         # nothing about what the gateway would accept.  (Adapters ask the
         # same question before reading the body: Gateway.refuse_head.)
-        entry, self.identity = gateway.authorize(request.method, request.path, request.headers)
+        decl, self.identity = gateway.authorize(request.method, request.path, request.headers)
         if self.identity is not ANONYMOUS:
             request = replace(request, identity=self.identity)
-        flow = entry.factory(gateway.flow_context(self.request_id, now, self.identity), request)
-        self.flow = flow
-        route = backend = None
-        model = flow.model
-        if model is not None:
+        context = self._context = gateway.flow_context(self.request_id, now, self.identity)
+        if decl.parse is not None:
+            # The one parse of the body: a bad request never reaches a
+            # backend, whatever its kind.
+            parsed = self._request = decl.parse(request.body)
+            self.model = model = decl.model_name(context.catalogue, parsed.model)
+            self.route = decl
             self.model_label = UNKNOWN_MODEL_LABEL
             route = gateway.catalogue.resolve(model)
             if route is None and self.identity.may_use(model) and gateway.may_refresh_on_miss(now):
                 # Perhaps the model was pulled since the last discovery.
                 return _S.AWAITING_CATALOGUE, [RefreshCatalogue()]
             return self._route_to(route, model, now)
-        plan = flow.plan(route, backend)
+        assert decl.local is not None
+        flow = self.flow = decl.local(context, request)
+        self.route = decl
+        plan = flow.plan(None, None)
         if isinstance(plan, LedgerQuery):
             self._ledger_query = plan.query
             return _S.AWAITING_LEDGER, [QueryUsage(query=plan.query)]
@@ -234,7 +249,7 @@ class Exchange:
             return _S.AWAITING_METRICS, [CollectMetrics()]
         if isinstance(plan, LocalAnswer):
             return self._answer(plan.status, plan.headers, plan.body)
-        raise InternalError(f"{flow.route_name}: a model-less flow asked for an upstream")
+        raise InternalError(f"{decl.name}: a model-less flow asked for an upstream")
 
     def _route_to(self, route: Route | None, model: str, now: float) -> Step:
         # The allow-list judges the model reached, not the spelling asked for.
@@ -248,8 +263,8 @@ class Exchange:
         return self._attempt(0.0, now)
 
     def _on_catalogue_refreshed(self, result: CatalogueRefreshed, now: float) -> Step:
-        assert self.flow is not None and self.flow.model is not None
-        model = self.flow.model
+        assert self.model is not None
+        model = self.model
         return self._route_to(self.gateway.catalogue.resolve(model), model, now)
 
     # ---- rate limits ------------------------------------------------------
@@ -258,17 +273,17 @@ class Exchange:
         """Ask for admission, charging an upper-bound estimate (or None when
         no limit applies to this request)."""
         gateway = self.gateway
-        assert self.flow is not None
-        generates = LIMITED_ROUTES.get(self.flow.route_name)
-        if not gateway.limits_on or generates is None:
+        assert self.route is not None and self._request is not None
+        if not gateway.limits_on or not self.route.limited:
             return None
         specs = gateway.limit_specs(self.identity.user, route)
         if specs.empty:
             return None
         self._lease = lease_for(
-            body=self._body,
-            route=self.flow.route_name,
-            generates=generates,
+            # From the body as the route's parser decoded it on arrival.
+            body=self._request.decoded,
+            route=self.route.name,
+            generates=self.route.generates,
             specs=specs,
             key=self.identity.user,
             request_id=self.request_id,
@@ -279,10 +294,10 @@ class Exchange:
     def _on_limits_decided(self, result: LimitsDecided, now: float) -> Step:
         decision = result.decision
         self.limit_decision = decision
-        assert self.flow is not None and self._lease is not None
+        assert self._lease is not None
         if not decision.allowed:
             status, headers, body = render_denial(
-                decision, surface=self.surface, model=self.flow.model or "", organization="gateway"
+                decision, surface=self.surface, model=self.model or "", organization="gateway"
             )
             return self._answer(status, headers, body)
         self._lease = self._lease.admit()
@@ -311,7 +326,7 @@ class Exchange:
 
     def _attempt(self, delay: float, now: float) -> Step:
         """Plan the current target and ask for it to be sent."""
-        assert self.flow is not None
+        assert self.route is not None and self._context is not None
         self._attempts, delay, free = self._attempts.choose(self._breakers, now, delay)
         route = self._attempts.current
         self.backend = route.backend
@@ -319,7 +334,16 @@ class Exchange:
             raise self._attempts.unavailable(self._breakers, now)
         backend = self.gateway.config.backend(route.backend)
         self.resolved_model = route.target
+        # A fresh flow per attempt (no state from a failed attempt survives),
+        # for this backend's kind: a fallback may be of another kind.
+        make = self.route.flow or self.gateway.flow_for(backend.kind, self.route.name)
+        if make is None:
+            raise InvalidRequest(
+                f"backend {backend.name!r} of kind {backend.kind!r} cannot serve {self.route.name}"
+            )
         try:
+            assert self.model is not None
+            self.flow = make(self._context, self._request, self.model)
             plan = self.flow.plan(route, backend)
         except TypeError:
             # orjson encodes 254 levels of nesting but parses 1024: a body
@@ -328,17 +352,16 @@ class Exchange:
         if not isinstance(plan, UpstreamCall):
             if isinstance(plan, LocalAnswer):
                 return self._answer(plan.status, plan.headers, plan.body)
-            raise InternalError(f"{self.flow.route_name}: unexpected plan for a model route")
-        self._attempts = self._attempts.sent(stream=plan.stream)
+            raise InternalError(f"{self.route.name}: unexpected plan for a model route")
+        self._whole, self._streamed = plan.whole, plan.stream
+        self._attempts = self._attempts.sent(stream=plan.stream is not None)
         self._buffer = bytearray()
         headers = self.gateway.upstream_headers(self.backend, self.trace_id)
         body = plan.body
         if self._lease is not None and self._lease.output_cap is not None:
             # The cap admission charged is the cap the backend reads, on
             # every route and backend kind (docs/rate-limiting.md, "What is charged").
-            body = write_output_cap(
-                self.flow.route_name, backend.kind, body, self._lease.output_cap
-            )
+            body = write_output_cap(backend.kind, body, self._lease.output_cap)
         call = SendUpstream(
             backend=self.backend,
             method=plan.method,
@@ -383,9 +406,9 @@ class Exchange:
         self._breakers.record(self.backend, True, now)
         if not self._attempts.stream:
             return _S.BUFFERING, []
-        assert self.flow is not None
+        assert self._streamed is not None
         self.status = 200
-        headers = self._headers(self.flow.stream_headers())
+        headers = self._headers(self._streamed.headers)
         return _S.STREAMING, [StartResponse(status=200, headers=headers)]
 
     def _on_buffer_chunk(self, result: UpstreamChunkReceived, now: float) -> Step:
@@ -396,8 +419,8 @@ class Exchange:
         return self.state, []
 
     def _on_buffer_closed(self, result: UpstreamClosed, now: float) -> Step:
-        assert self.flow is not None
-        body = self.flow.complete(bytes(self._buffer))
+        assert self._whole is not None
+        body = self._whole.complete(bytes(self._buffer))
         self.first_byte_at = now
         state, actions = self._answer(200, _JSON, body)
         return state, [*actions, self._record(now, "ok")]
@@ -406,25 +429,24 @@ class Exchange:
         again = self._try_again(now, status=self._upstream_status, error=None)
         if again is not None:
             return again
-        model = self.flow.model if self.flow else None
-        err = error_from_upstream(self._upstream_status, bytes(self._buffer), model=model)
+        err = error_from_upstream(self._upstream_status, bytes(self._buffer), model=self.model)
         return self._fail(err, now, outcome="upstream_error")
 
     def _on_stream_chunk(self, result: UpstreamChunkReceived, now: float) -> Step:
-        assert self.flow is not None
-        out = self.flow.feed(result.data)
+        assert self._streamed is not None
+        out = self._streamed.feed(result.data)
         actions: list[Action] = []
         if out:
             if self.first_byte_at is None:
                 self.first_byte_at = now
             actions.append(SendBody(data=out))
-        if self.flow.stream_done:
+        if self._streamed.done:
             return self._end_stream(now, actions)
         return _S.STREAMING, actions
 
     def _on_stream_closed(self, result: UpstreamClosed, now: float) -> Step:
-        assert self.flow is not None
-        out = self.flow.finish()
+        assert self._streamed is not None
+        out = self._streamed.finish()
         return self._end_stream(now, [SendBody(data=out)] if out else [])
 
     def _on_stream_failed(self, result: UpstreamFailed, now: float) -> Step:
@@ -466,8 +488,8 @@ class Exchange:
     # ---- helpers ---------------------------------------------------------
 
     def _end_stream(self, now: float, actions: list[Action]) -> Step:
-        assert self.flow is not None
-        outcome = "failed_mid_stream" if self.flow.stream_failed else "ok"
+        assert self._streamed is not None
+        outcome = "failed_mid_stream" if self._streamed.failed else "ok"
         return _S.DONE, [*actions, EndResponse(), self._record(now, outcome)]
 
     def _headers(self, headers: Headers) -> Headers:
@@ -489,8 +511,8 @@ class Exchange:
         if self.state is _S.DONE:
             return _S.DONE, []
         if self.state is _S.STREAMING:
-            assert self.flow is not None
-            out = self.flow.fail(err)
+            assert self._streamed is not None
+            out = self._streamed.fail(err)
             self.status = err.status_code
             actions: list[Action] = [SendBody(data=out)] if out else []
             end = EndResponse(keep_alive=False)
@@ -504,27 +526,33 @@ class Exchange:
     def _limit_charge(self, outcome: str) -> int:
         """What the limits are charged for a request that reached a backend
         (accounting/lease.py, ``charge``)."""
-        flow = self.flow
-        assert flow is not None
         if self._lease is None or not self._lease.open:
             return 0
-        reported = flow.usage
+        reported = self._usage()
         return charge(
             reported=None if reported is None else reported.total_tokens,
             maybe_generated=self._attempts.maybe_generated,
             left_stream=outcome == "client_disconnected" and self._attempts.stream,
-            streamed=lambda: flow.estimate_usage().total_tokens,
+            streamed=lambda: self._estimate_usage().total_tokens,
             estimate=self._lease.estimate,
         )
 
+    def _usage(self) -> TokenUsage | None:
+        """What the current attempt's backend reported, if anything."""
+        answer = self._whole if self._whole is not None else self._streamed
+        return answer.usage if answer is not None else None
+
+    def _estimate_usage(self) -> TokenUsage:
+        answer = self._whole if self._whole is not None else self._streamed
+        return answer.estimate_usage() if answer is not None else TokenUsage()
+
     def _facts(self, request_id: str) -> RequestFacts:
-        flow = self.flow
         return RequestFacts(
             request_id=request_id,
             identity=self.identity,
             surface=self.surface.value,
-            route=flow.route_name if flow is not None else "unknown",
-            model=(flow.model if flow is not None else None) or "",
+            route=self.route.name if self.route is not None else "unknown",
+            model=self.model or "",
             backend=self.backend,
             resolved_model=self.resolved_model,
             status=self.status or 0,
@@ -534,11 +562,10 @@ class Exchange:
         )
 
     def _record(self, now: float, outcome: str) -> RecordUsage:
-        assert self.flow is not None
-        usage = self.flow.usage
+        usage = self._usage()
         reported = usage is not None
         if usage is None:
-            usage = self.flow.estimate_usage()
+            usage = self._estimate_usage()
         self._settle(self._limit_charge(outcome))
         facts = self._facts(self.request_id)
         return usage_record(facts, usage, reported=reported, outcome=outcome, now=now)

@@ -1,4 +1,4 @@
-"""The Gateway: configuration, catalogue and routes, shared by every Exchange.
+"""The Gateway: configuration, catalogue, route table and registry, shared by every Exchange.
 
 Theory of operation: an adapter builds one :class:`Gateway` from a config at
 startup and asks it for an :class:`~sansio_gateway.exchange.Exchange` per
@@ -24,23 +24,12 @@ from .backends.registry import Registry, builtin_registry
 from .config import ConfigError, GatewayConfig, LimitValues
 from .errors import GatewayError
 from .exchange import Exchange
-from .flows.context import FlowContext
-from .flows.ollama_routes import install_ollama_routes
-from .flows.openai_routes import install_openai_routes
+from .flows.context import FlowConstructor, FlowContext
 from .http import Headers
 from .limits import LimitSpecs, build_specs, lease_ttl_for
-from .local.gateway import install_local_routes
-from .routing import Access, RouteEntry, Router
+from .routes import Access, RouteDecl, RouteTable, default_route_table
 
-__all__ = ["BackendStatus", "Gateway", "StoreStatus", "default_router"]
-
-
-def default_router() -> Router:
-    router = Router()
-    install_openai_routes(router)
-    install_local_routes(router)
-    install_ollama_routes(router)
-    return router
+__all__ = ["BackendStatus", "Gateway", "StoreStatus"]
 
 
 class Gateway:
@@ -48,7 +37,7 @@ class Gateway:
         self,
         config: GatewayConfig,
         *,
-        router: Router | None = None,
+        routes: RouteTable | None = None,
         random: Callable[[], float] | None = None,
         limit_divisor: int = 1,
         registry: Registry | None = None,
@@ -73,7 +62,7 @@ class Gateway:
         self.catalogue = Catalogue(config)
         # [limits.models] by canonical route, rebuilt when the catalogue changes.
         self._model_limits: tuple[Catalogue | None, dict[str, LimitValues]] = (None, {})
-        self.router = router or default_router()
+        self.routes = routes if routes is not None else default_route_table()
         self.authenticator = Authenticator(config.auth)
         # A uniform [0, 1) source for retry jitter, injected by the adapter;
         # the default (no jitter: the midpoint) keeps tests deterministic.
@@ -171,17 +160,17 @@ class Gateway:
             for r in self._config_routes(pattern)
         )
 
-    def authorize(self, method: str, path: str, headers: Headers) -> tuple[RouteEntry, Identity]:
-        """The route and the caller's identity, from the request head alone;
-        raises ``NotFound``/``MethodNotAllowed`` (no such route),
-        ``Unauthorized`` (401) or ``Forbidden`` (403, admin routes)."""
-        entry = self.router.match(method, path)
+    def authorize(self, method: str, path: str, headers: Headers) -> tuple[RouteDecl, Identity]:
+        """The route's declaration and the caller's identity, from the
+        request head alone; raises ``NotFound``/``MethodNotAllowed`` (no such
+        route), ``Unauthorized`` (401) or ``Forbidden`` (403, admin routes)."""
+        route = self.routes.match(method, path)
         identity = ANONYMOUS
-        if entry.access is not Access.PUBLIC:
+        if route.access is not Access.PUBLIC:
             identity = self.authenticator.authenticate(headers)
-            if entry.access is Access.ADMIN and not identity.admin:
+            if route.access is Access.ADMIN and not identity.admin:
                 raise Forbidden("This endpoint needs an admin key.")
-        return entry, identity
+        return route, identity
 
     def refuse_head(self, method: str, path: str, headers: Headers) -> GatewayError | None:
         """For adapters, between a request's head and its body: the error to
@@ -212,8 +201,11 @@ class Gateway:
             backend_status=self.backend_status,
             circuit=self.health.state,
             store_status=self.store_status,
-            maker=self.registry.maker,
         )
+
+    def flow_for(self, kind: str, route: str) -> FlowConstructor | None:
+        """The registry's flow constructor for ``route`` on a backend of ``kind``."""
+        return self.registry.flow(kind, route)
 
     def upstream_headers(self, backend: str, request_id: str) -> Headers:
         return self._upstream_headers[backend] + ((b"x-request-id", request_id.encode("ascii")),)

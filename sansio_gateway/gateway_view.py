@@ -14,11 +14,11 @@ from typing import Protocol
 from .backends.catalogue import Catalogue, Route
 from .backends.health import BackendHealth
 from .config import GatewayConfig
-from .flows.context import FlowContext
+from .flows.context import FlowConstructor, FlowContext
 from .http import Headers
 from .identity import Identity
 from .limits import LimitSpecs
-from .routing import RouteEntry
+from .routes import RouteDecl
 
 __all__ = ["GatewayView"]
 
@@ -30,11 +30,11 @@ class GatewayView(Protocol):
     limits_on: bool
     random: Callable[[], float]
 
-    def authorize(
-        self, method: str, path: str, headers: Headers
-    ) -> tuple[RouteEntry, Identity]: ...
+    def authorize(self, method: str, path: str, headers: Headers) -> tuple[RouteDecl, Identity]: ...
 
     def flow_context(self, request_id: str, now: float, identity: Identity) -> FlowContext: ...
+
+    def flow_for(self, kind: str, route: str) -> FlowConstructor | None: ...
 
     def may_use(self, identity: Identity, route: Route) -> bool: ...
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -153,6 +154,9 @@ class ExchangeDriver:
         return self._take(self.exchange.handle(result, self.now))
 
 
+TEST_TRANSPORT = "SANSIO_GATEWAY_TEST_TRANSPORT"
+
+
 @dataclass
 class RunningGateway:
     app: GatewayApp
@@ -162,7 +166,16 @@ class RunningGateway:
 
 
 @contextlib.contextmanager
-def running_gateway(config: GatewayConfig, *, runtime: str = "asyncio") -> Iterator[RunningGateway]:
+def running_gateway(
+    config: GatewayConfig, *, runtime: str = "asyncio", transport: str | None = None
+) -> Iterator[RunningGateway]:
+    """``transport`` (fast or anyio) matters on asyncio only; by default the
+    config's, or TEST_TRANSPORT from the environment, which runs a whole
+    suite on the other transport (docs/architecture.md, "The fast transport")."""
+    transport = transport or os.environ.get(TEST_TRANSPORT)
+    if transport:
+        server = config.server.model_copy(update={"transport": transport})
+        config = config.model_copy(update={"server": server})
     ledger = MemoryLedger()
     app = GatewayApp(config, ledger=ledger)
     with anyio.from_thread.start_blocking_portal(backend=runtime) as portal:
@@ -180,12 +193,13 @@ async def _noop() -> None:
     return None
 
 
-def wait_for(predicate: Any, *, timeout: float = 10.0) -> None:
+def wait_for(predicate: Any, *, timeout: float = 10.0, what: Any = None) -> None:
     """Poll ``predicate`` until true (tests never sleep to wait)."""
     import time
 
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
+            detail = f": {what()}" if what is not None else ""
+            raise AssertionError(f"condition not met in time{detail}")
         time.sleep(0.002)

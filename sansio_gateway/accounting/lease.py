@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from ..actions import CheckLimits, CommitLimits
 from ..limits import Costs, LimitSpecs, Unit
-from .admission import admission_charge, fitted_cap
+from .admission import fitted_cap, request_charge
 
 __all__ = ["LimitLease", "charge", "lease_for", "token_ceiling"]
 
@@ -99,7 +100,7 @@ def token_ceiling(specs: LimitSpecs) -> int | None:
 
 def lease_for(
     *,
-    body: bytes,
+    body: dict[str, Any],
     route: str,
     generates: bool,
     specs: LimitSpecs,
@@ -108,10 +109,11 @@ def lease_for(
     default_output_cap: int,
 ) -> LimitLease:
     """The lease to ask for: an upper-bound estimate of what the request
-    costs (accounting/admission.py), fitted under the token limits."""
+    costs (accounting/admission.py), from its body as the route's parser
+    decoded it, fitted under the token limits."""
     ceiling = token_ceiling(specs)
     estimate = fitted_cap(
-        admission_charge(
+        request_charge(
             body, default_output_cap=default_output_cap, generates=generates, route=route
         ),
         ceiling,

@@ -11,7 +11,7 @@ from sansio_gateway.config import LimitsConfig, LimitValues
 from sansio_gateway.limits import Costs, build_specs
 
 SPECS = build_specs(LimitsConfig(requests_per_minute=60, tokens_per_minute=6000), "u", "m")
-BODY = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "Hi"}]})
+BODY = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
 
 
 def lease() -> LimitLease:
@@ -65,4 +65,6 @@ def test_the_estimate_is_fitted_under_the_token_ceiling() -> None:
         request_id="r", default_output_cap=4096,
     )  # fmt: skip
     assert unlimited.output_cap is None  # no token limit: nothing to write upstream
-    assert unlimited.estimate == admission_tokens(BODY, default_output_cap=4096, generates=True)
+    assert unlimited.estimate == admission_tokens(
+        orjson.dumps(BODY), default_output_cap=4096, generates=True
+    )
