@@ -5,8 +5,9 @@ HTTP chunk per line as Ollama sends it, one token every ``1/rate`` seconds.
 Thousands of streams are paced by one timer that ticks every millisecond
 and writes the lines that are due, rather than one sleeping task per
 stream, so the backend's own cost stays far below the gateway's it is
-there to measure.  (The full emulator, ``tests/emulators``, models much
-more of Ollama and costs more per request.)
+there to measure.  (The full emulator, ``sansio_gateway.adapters.emulator``
+or ``tests/emulators``, models much more of Ollama and costs more per
+request.)
 
     python -m benchmarks.paced_backend --port 0 --rate 20 --tokens 100
 

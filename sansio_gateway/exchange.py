@@ -226,12 +226,12 @@ class Exchange:
         if self.identity is not ANONYMOUS:
             request = replace(request, identity=self.identity)
         context = self._context = gateway.flow_context(self.request_id, now, self.identity)
+        self.route = decl
         if decl.parse is not None:
             # The one parse of the body: a bad request never reaches a
             # backend, whatever its kind.
             parsed = self._request = decl.parse(request.body)
             self.model = model = decl.model_name(context.catalogue, parsed.model)
-            self.route = decl
             self.model_label = UNKNOWN_MODEL_LABEL
             route = gateway.catalogue.resolve(model)
             if route is None and self.identity.may_use(model) and gateway.may_refresh_on_miss(now):
@@ -240,7 +240,6 @@ class Exchange:
             return self._route_to(route, model, now)
         assert decl.local is not None
         flow = self.flow = decl.local(context, request)
-        self.route = decl
         plan = flow.plan(None, None)
         if isinstance(plan, LedgerQuery):
             self._ledger_query = plan.query
@@ -281,7 +280,7 @@ class Exchange:
             return None
         self._lease = lease_for(
             # From the body as the route's parser decoded it on arrival.
-            body=self._request.decoded,
+            decoded=self._request.decoded,
             route=self.route.name,
             generates=self.route.generates,
             specs=specs,
@@ -342,7 +341,7 @@ class Exchange:
                 f"backend {backend.name!r} of kind {backend.kind!r} cannot serve {self.route.name}"
             )
         try:
-            assert self.model is not None
+            assert self.model is not None and self._request is not None
             self.flow = make(self._context, self._request, self.model)
             plan = self.flow.plan(route, backend)
         except TypeError:
@@ -537,15 +536,6 @@ class Exchange:
             estimate=self._lease.estimate,
         )
 
-    def _usage(self) -> TokenUsage | None:
-        """What the current attempt's backend reported, if anything."""
-        answer = self._whole if self._whole is not None else self._streamed
-        return answer.usage if answer is not None else None
-
-    def _estimate_usage(self) -> TokenUsage:
-        answer = self._whole if self._whole is not None else self._streamed
-        return answer.estimate_usage() if answer is not None else TokenUsage()
-
     def _facts(self, request_id: str) -> RequestFacts:
         return RequestFacts(
             request_id=request_id,
@@ -560,6 +550,15 @@ class Exchange:
             first_byte_at=self.first_byte_at,
             attempts=self._attempts.made,
         )
+
+    def _usage(self) -> TokenUsage | None:
+        """What the current attempt's backend reported, if anything."""
+        answer = self._whole if self._whole is not None else self._streamed
+        return answer.usage if answer is not None else None
+
+    def _estimate_usage(self) -> TokenUsage:
+        answer = self._whole if self._whole is not None else self._streamed
+        return answer.estimate_usage() if answer is not None else TokenUsage()
 
     def _record(self, now: float, outcome: str) -> RecordUsage:
         usage = self._usage()

@@ -100,7 +100,7 @@ def token_ceiling(specs: LimitSpecs) -> int | None:
 
 def lease_for(
     *,
-    body: dict[str, Any],
+    decoded: dict[str, Any],
     route: str,
     generates: bool,
     specs: LimitSpecs,
@@ -109,12 +109,11 @@ def lease_for(
     default_output_cap: int,
 ) -> LimitLease:
     """The lease to ask for: an upper-bound estimate of what the request
-    costs (accounting/admission.py), from its body as the route's parser
-    decoded it, fitted under the token limits."""
+    costs (accounting/admission.py), fitted under the token limits."""
     ceiling = token_ceiling(specs)
     estimate = fitted_cap(
         request_charge(
-            body, default_output_cap=default_output_cap, generates=generates, route=route
+            decoded, default_output_cap=default_output_cap, generates=generates, route=route
         ),
         ceiling,
     )

@@ -11,7 +11,7 @@ from sansio_gateway.config import LimitsConfig, LimitValues
 from sansio_gateway.limits import Costs, build_specs
 
 SPECS = build_specs(LimitsConfig(requests_per_minute=60, tokens_per_minute=6000), "u", "m")
-BODY = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
+BODY = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "Hi"}]})
 
 
 def lease() -> LimitLease:
@@ -54,17 +54,15 @@ def test_the_estimate_is_fitted_under_the_token_ceiling() -> None:
     assert token_ceiling(SPECS) is not None
     assert token_ceiling(build_specs(LimitsConfig(requests_per_minute=6), "u", "m")) is None
     made = lease_for(
-        body=BODY, route="chat.completions", generates=True, specs=SPECS, key="u",
+        decoded=orjson.loads(BODY), route="chat.completions", generates=True, specs=SPECS, key="u",
         request_id="r", default_output_cap=4096,
     )  # fmt: skip
     ceiling = token_ceiling(SPECS)
     assert ceiling is not None and made.estimate <= ceiling and made.output_cap is not None
     free = build_specs(LimitsConfig(users={"u": LimitValues(requests_per_minute=6)}), "u", "m")
     unlimited = lease_for(
-        body=BODY, route="chat.completions", generates=True, specs=free, key="u",
+        decoded=orjson.loads(BODY), route="chat.completions", generates=True, specs=free, key="u",
         request_id="r", default_output_cap=4096,
     )  # fmt: skip
     assert unlimited.output_cap is None  # no token limit: nothing to write upstream
-    assert unlimited.estimate == admission_tokens(
-        orjson.dumps(BODY), default_output_cap=4096, generates=True
-    )
+    assert unlimited.estimate == admission_tokens(BODY, default_output_cap=4096, generates=True)
