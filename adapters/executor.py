@@ -34,6 +34,7 @@ from typing import Protocol, assert_never
 import anyio
 
 from sansio_gateway.actions import (
+    SHARED_WRITES,
     Action,
     CancelUpstream,
     CatalogueRefreshed,
@@ -41,10 +42,12 @@ from sansio_gateway.actions import (
     ClientDisconnected,
     CollectMetrics,
     CommitLimits,
+    CountBackendAttempt,
     EndResponse,
     LimitsDecided,
     MetricsCollected,
     QueryUsage,
+    RecordBackendOutcome,
     RecordUsage,
     RefreshCatalogue,
     Result,
@@ -309,6 +312,12 @@ class _Request:
 
     async def perform(self, actions: list[Action]) -> None:
         """Execute ``actions`` in order, feeding back the results they produce."""
+        # Writes to the shared Gateway first, before any await: the Exchange
+        # decided on a preview of exactly the state they produce, and no
+        # other Exchange may run in between.
+        for action in actions:
+            if isinstance(action, SHARED_WRITES):
+                self.executor.gateway.apply_write(action, self.executor.clock())
         for index, action in enumerate(actions):
             try:
                 if not isinstance(action, _QUEUED):
@@ -359,6 +368,8 @@ class _Request:
                 await self.feed(executor.collect_metrics())
             case RefreshCatalogue():
                 await self.feed(await executor.refresh())
+            case CountBackendAttempt() | RecordBackendOutcome():
+                pass  # applied when the list arrived (perform)
             case QueryUsage():
                 await self.feed(await executor.query_usage(action))
             case _:
@@ -504,4 +515,12 @@ async def _send_internal_error(channel: ResponseChannel, path: str) -> None:
 
 # Actions that at most queue response bytes; anything else may wait on I/O,
 # so what is queued is flushed first.
-_QUEUED = (StartResponse, SendBody, EndResponse, RecordUsage, CancelUpstream)
+_QUEUED = (
+    StartResponse,
+    SendBody,
+    EndResponse,
+    RecordUsage,
+    CancelUpstream,
+    CountBackendAttempt,
+    RecordBackendOutcome,
+)

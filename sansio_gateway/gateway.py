@@ -5,15 +5,18 @@ startup and asks it for an :class:`~sansio_gateway.exchange.Exchange` per
 request.  Long-lived, changing knowledge -- discovered models, backend
 health -- is held here as immutable snapshots that the adapter replaces
 (``record_discovery``); Exchanges read whatever snapshot is current when
-they start.  There are no module-level singletons: two Gateways in one
+they start, and change the rest only through the writes they return as
+actions (``apply_write``).  There are no module-level singletons: two Gateways in one
 process share nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import assert_never
 
 from .accounting.admission import DEFAULT_OUTPUT_CAP
+from .actions import CountBackendAttempt, RecordBackendOutcome, RefreshCatalogue, SharedWrite
 from .auth import ANONYMOUS, Authenticator, Forbidden, Identity
 from .backends.catalogue import Catalogue, DiscoveredModel, Route
 from .backends.health import BackendHealth, BackendStatus, StoreStatus
@@ -237,15 +240,28 @@ class Gateway:
         """The adapter's view of the shared limit store changed."""
         self.store_status = StoreStatus(ready=ready, serving=serving, reason=reason)
 
-    def should_refresh_on_miss(self, now: float) -> bool:
+    def may_refresh_on_miss(self, now: float) -> bool:
         """An unknown model may be new: refresh discovery, but at most once
-        per ``discovery_ttl`` so unknown names cannot make us hammer backends."""
+        per ``discovery_ttl`` so unknown names cannot make us hammer backends.
+        Only asks: executing the ``RefreshCatalogue`` notes the time."""
         if not any(b.discover for b in self.config.backends):
             return False
-        if now - self._last_miss_refresh < self.config.server.discovery_ttl:
-            return False
-        self._last_miss_refresh = now
-        return True
+        return now - self._last_miss_refresh >= self.config.server.discovery_ttl
+
+    def apply_write(self, action: SharedWrite, now: float) -> None:
+        """Apply one of an Exchange's writes to the shared state (``now``:
+        the adapter's clock).  Adapters call this for every ``SharedWrite``
+        as soon as they receive the list holding it, before awaiting
+        anything (actions.py)."""
+        match action:
+            case CountBackendAttempt(backend=backend, at=at):
+                self.health.count_attempt(backend, at)
+            case RecordBackendOutcome(backend=backend, ok=ok, at=at):
+                self.health.record(backend, ok, at)
+            case RefreshCatalogue():
+                self._last_miss_refresh = now
+            case _:
+                assert_never(action)
 
     def discovery_path(self, backend: str) -> str:
         return self.registry.kind(self.config.backend(backend).kind).discovery_path

@@ -21,6 +21,7 @@ from sansio_gateway.adapters.app import GatewayApp
 from sansio_gateway.adapters.ledger import MemoryLedger
 
 from sansio_gateway.actions import (
+    SHARED_WRITES,
     Action,
     CancelUpstream,
     CatalogueRefreshed,
@@ -87,6 +88,7 @@ class ExchangeDriver:
         request_id: str = "req1",
         limits: MemoryLimitStore | None = None,
     ) -> None:
+        self.gateway = gateway
         self.exchange: Exchange = gateway.exchange(request_id)
         self.seen = Collected()
         self.limits = limits if limits is not None else MemoryLimitStore()
@@ -94,6 +96,9 @@ class ExchangeDriver:
 
     def _take(self, actions: list[Action]) -> list[Action]:
         seen = self.seen
+        for action in actions:  # as the adapter would: shared writes first, before anything
+            if isinstance(action, SHARED_WRITES):
+                self.gateway.apply_write(action, self.now)
         for action in actions:
             seen.actions.append(action)
             if isinstance(action, StartResponse):

@@ -38,6 +38,7 @@ from sansio_gateway import (
     ClientDisconnected,
     CollectMetrics,
     CommitLimits,
+    CountBackendAttempt,
     EndResponse,
     Exchange,
     ExchangeState,
@@ -48,6 +49,7 @@ from sansio_gateway import (
     MemoryLimitStore,
     MetricsCollected,
     QueryUsage,
+    RecordBackendOutcome,
     RecordUsage,
     RefreshCatalogue,
     Result,
@@ -185,6 +187,11 @@ class MinimalAdapter:
         self, exchange: Exchange, actions: list[Action], writer: asyncio.StreamWriter
     ) -> None:
         """Do what each action asks; feed any result back and do what that asks."""
+        # Writes to the shared Gateway first, before any await: the Exchange
+        # decided on a preview of exactly the state they produce.
+        for action in actions:
+            if isinstance(action, (CountBackendAttempt, RecordBackendOutcome, RefreshCatalogue)):
+                self.gateway.apply_write(action, time.time())
         for action in actions:
             result = await self.perform(exchange, action, writer)
             if result is not None:
@@ -225,6 +232,8 @@ class MinimalAdapter:
                 return UsageQueried(rows=[])  # this adapter keeps no ledger
             case CollectMetrics():
                 return MetricsCollected(body=b"", content_type=b"text/plain")
+            case CountBackendAttempt() | RecordBackendOutcome():
+                pass  # applied as the list arrived (execute)
             case _:  # CancelUpstream: proxy() stops reading once the Exchange is done
                 pass
         return None

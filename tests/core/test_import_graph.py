@@ -101,7 +101,7 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_walk_sees_the_whole_core() -> None:
     graph = import_graph()
     assert f"{PACKAGE}.exchange" in graph and f"{PACKAGE}.flows.base" in graph
-    assert f"{PACKAGE}.flows.context" in graph[f"{PACKAGE}.exchange"]
+    assert f"{PACKAGE}.flows.context" in graph[f"{PACKAGE}.gateway_view"]
 
 
 def test_type_checking_and_function_level_imports_are_edges(tmp_path: Path) -> None:
