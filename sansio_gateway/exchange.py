@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from .accounting.admission import DEFAULT_OUTPUT_CAP, write_output_cap
+from .accounting.admission import DEFAULT_OUTPUT_CAP
 from .accounting.lease import LimitLease, charge, lease_for
 from .accounting.report import RequestFacts, RequestSummary, summary, usage_record
 from .accounting.usage import TokenUsage
@@ -54,7 +54,6 @@ from .actions import (
     RefreshCatalogue,
     Result,
     SendBody,
-    SendUpstream,
     StartResponse,
     UpstreamChunkReceived,
     UpstreamClosed,
@@ -64,7 +63,7 @@ from .actions import (
 )
 from .backends.attempts import Attempts
 from .backends.catalogue import Route
-from .backends.health import BreakerPreview
+from .backends.health import BreakerPreview, answered_alive
 from .errors import (
     GatewayError,
     InternalError,
@@ -338,30 +337,16 @@ class Exchange:
         self._attempts = self._attempts.sent(stream=plan.stream is not None)
         self._buffer = bytearray()
         headers = self.gateway.upstream_headers(self.backend, self.trace_id)
-        body = plan.body
-        if self._lease is not None and self._lease.output_cap is not None:
-            # The cap admission charged is the cap the backend reads, on
-            # every route and backend kind (docs/rate-limiting.md, "What is charged").
-            body = write_output_cap(backend.kind, body, self._lease.output_cap)
-        call = SendUpstream(
-            backend=self.backend,
-            method=plan.method,
-            url=backend.url + plan.path,
-            headers=headers,
-            body=body,
-            delay=delay,
-        )
+        body = plan.body if self._lease is None else self._lease.capped(backend.kind, plan.body)
+        call = plan.send(backend, headers=headers, body=body, delay=delay)
         return _S.AWAITING_UPSTREAM, [call]
 
     def _try_again(
         self, now: float, *, status: int | None, error: GatewayError | None
     ) -> Step | None:
         """Another attempt, if the policy allows one (nothing was sent yet)."""
-        # Only signs that the backend is unreachable or broken count against
-        # its breaker: transport failures, and 502/504 from a proxy in front
-        # of it.  A backend that answers 500 or 503 is alive -- those are
-        # about one request or a busy moment, and retries handle them.
-        self._breakers.record(self.backend, error is None and status not in (502, 504), now)
+        alive = answered_alive(status, failed=error is not None)
+        self._breakers.record(self.backend, alive, now)
         backend = self.gateway.config.backend(self.backend)
         after = self._attempts.after_failure(
             status=status,
