@@ -227,7 +227,11 @@ class SQLiteLedger:
             return
         batch, self._pending = self._pending, []
         try:
-            await anyio.to_thread.run_sync(self._write, batch)
+            # Shielded: the batch has left _pending, and a cancellation (the
+            # writer task stopped at shutdown) before the thread starts would
+            # drop it.  The write is one short transaction.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._write, batch)
         except sqlite3.Error:
             log.exception("usage ledger write failed; keeping %d records for retry", len(batch))
             self._pending[:0] = batch

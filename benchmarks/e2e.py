@@ -1,17 +1,23 @@
 """End-to-end benchmark: direct vs the gateway vs LiteLLM's proxy, one command.
 
-    .venv/bin/python -m benchmarks.e2e [--duration 4] [--rounds 3] [--out docs/benchmarks]
+    .venv/bin/python -m benchmarks.e2e [--pinned] [--duration 4] [--rounds 3] [--out docs/benchmarks]
 
 What it does:
 
-* starts a fast emulated Ollama (``tests.emulators.ollama --fast``, 20-token
-  answers) pinned to CPU 1, where this harness (the load generator) also runs;
-* starts the gateway pinned to CPU 0 as a deployment runs it: API keys and
-  memory-store limits on (limits high enough never to deny);
+* starts the emulated Ollama (``sansio-gateway emulate --fast``, 20-token
+  answers), which sends a stream as Ollama does: each NDJSON line its own
+  HTTP chunk;
+* starts the gateway as a deployment runs it: API keys, memory-store limits
+  on (high enough never to deny), the SQLite usage ledger, and the JSON
+  access log going to a file;
 * if ``LITELLM_VENV`` points at a virtualenv with ``litellm[proxy]``, starts
-  LiteLLM's proxy pinned to CPU 0 on the same backend (one worker, a master
-  key, ``LITELLM_LOCAL_MODEL_COST_MAP=True`` so it never goes online);
-  otherwise LiteLLM is skipped and said so;
+  LiteLLM's proxy on the same backend (one worker, a master key,
+  ``LITELLM_LOCAL_MODEL_COST_MAP=True`` so it never goes online); otherwise
+  LiteLLM is skipped and said so;
+* by default nothing is pinned and nothing is paused: every process shares
+  the machine, as a user runs them (issue 13's conditions).  ``--pinned``
+  is the second mode: the backend and this harness on CPU 1, the server
+  under test alone on CPU 0, the other server stopped while one is measured;
 * measures non-stream and stream chat at concurrency 1, 16 and 64, the
   targets interleaved within each round, and reports the median round:
   req/s, p50/p95/p99 latency, time to first token, CPU% of the server under
@@ -38,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,8 +93,11 @@ litellm_settings:
 """
 
 
+PINNED = False  # set by --pinned
+
+
 def _pin(cpu: int) -> list[str]:
-    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
+    if PINNED and shutil.which("taskset") and (os.cpu_count() or 1) > 1:
         return ["taskset", "-c", str(cpu)]
     return []
 
@@ -112,7 +122,17 @@ def _process(
             if marker in line:
                 url = line.strip().split(marker, 1)[1].split()[0]
                 break
-        yield proc, url
+        # The rest of its output (the access log) goes to a file, as in a
+        # deployment; an unread pipe would fill and stall the process.
+        out = proc.stdout
+        with tempfile.NamedTemporaryFile("w", prefix="sgw-bench-", suffix=".log") as log:
+
+            def drain() -> None:
+                with contextlib.suppress(ValueError):  # the file closes first at exit
+                    log.writelines(out)
+
+            threading.Thread(target=drain, daemon=True).start()
+            yield proc, url
     finally:
         proc.terminate()
         try:
@@ -155,7 +175,10 @@ def _tree(pid: int) -> list[int]:
 def _pause_others(targets: list[Target], measured: Target | None) -> None:
     """Stop every server under test but the one being measured (SIGSTOP),
     so that one's idle timers and background tasks (LiteLLM has several)
-    do not steal the pinned core from the other; resume the measured one."""
+    do not steal the pinned core from the other; resume the measured one.
+    Only in ``--pinned`` mode: unpinned, every process runs all the time."""
+    if not PINNED:
+        return
     for target in targets:
         if target.name == "direct":
             continue  # the backend serves every target
@@ -249,29 +272,28 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
     parser.add_argument("--no-workers", action="store_true", help="skip the --workers 2 run")
+    parser.add_argument(
+        "--pinned", action="store_true", help="pin the server under test alone to CPU 0"
+    )
     args = parser.parse_args()
+    global PINNED
+    PINNED = args.pinned
     levels = [int(c) for c in args.concurrency.split(",")]
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+    if PINNED and hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {1})  # the load generator shares CPU 1 with the backend
     tmp = Path(tempfile.mkdtemp(prefix="sgw-bench-"))
     litellm_venv = os.environ.get("LITELLM_VENV")
     report: dict[str, Any] = {"machine": _machine(), "args": vars(args)}
 
-    emu_cmd = [
-        *_pin(1),
-        PY,
-        "-m",
-        "tests.emulators.ollama",
-        "--port",
-        "0",
-        "--fast",
-        "--tokens",
-        "20",
-    ]
+    # --fast caches rendered answers; streams still go one chunk per line.
+    emu_cmd = [*_pin(1), PY, "-m", "sansio_gateway.adapters.cli", "emulate", "--port", "0",
+               "--fast", "--tokens", "20"]  # fmt: skip
     with _process(emu_cmd, "listening on ") as (emu, emu_url):
         cfg = tmp / "gateway.toml"
         cfg.write_text(GATEWAY_CONFIG.format(emu=emu_url, digest=hash_key(KEY), tmp=tmp))
-        gw_cmd = [*_pin(0), PY, "-m", "sansio_gateway.adapters.cli", "--log-level", "WARNING", "serve",
+        # INFO: the JSON access log is on, one line a request, as users run it
+        # (_process sends the gateway's stdout to a file once it is up).
+        gw_cmd = [*_pin(0), PY, "-m", "sansio_gateway.adapters.cli", "--log-level", "INFO", "serve",
                   "--config", str(cfg), "--port", "0"]  # fmt: skip
         report["startup_s"] = {
             "gateway": round(

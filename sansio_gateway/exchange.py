@@ -7,10 +7,11 @@ Whenever something happens -- the upstream answered, sent bytes, closed,
 failed, or the client went away -- the adapter reports it with
 :meth:`Exchange.handle` and executes the returned actions in order.
 
-Each wait is a state, and one table (``_rows``) gives for every (state,
-result type) pair the handler and the states it may lead to; ``handle``
-checks the handler's next state against it.  A pair missing from the table
-is an adapter bug and raises :class:`ExchangeStateError`.  Client and
+Each wait is a state, and one table (``exchange_table.py``) gives for
+every (state, result type) pair the handler's name and the states it may
+lead to; ``handle`` checks the handler's next state against it.  A pair
+missing from the table is an adapter bug and raises
+:class:`ExchangeStateError`.  Client and
 upstream faults never raise: a handler's ``GatewayError`` ends in DONE (the
 edge every state has, like h11's ERROR) with a rendered error response or
 an in-band stream error.  Shared Gateway state changes only through actions
@@ -29,12 +30,10 @@ Invariants, whatever the path:
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, assert_never, get_args
 
-from .accounting.admission import DEFAULT_OUTPUT_CAP, write_output_cap
+from .accounting.admission import DEFAULT_OUTPUT_CAP
 from .accounting.lease import LimitLease, charge, lease_for
 from .accounting.report import RequestFacts, RequestSummary, summary, usage_record
 from .accounting.usage import TokenUsage
@@ -55,7 +54,6 @@ from .actions import (
     RefreshCatalogue,
     Result,
     SendBody,
-    SendUpstream,
     StartResponse,
     UpstreamChunkReceived,
     UpstreamClosed,
@@ -65,7 +63,7 @@ from .actions import (
 )
 from .backends.attempts import Attempts
 from .backends.catalogue import Route
-from .backends.health import BreakerPreview
+from .backends.health import BreakerPreview, answered_alive
 from .errors import (
     GatewayError,
     InternalError,
@@ -74,6 +72,8 @@ from .errors import (
     UpstreamError,
     error_from_upstream,
 )
+from .exchange_table import STARTS, ExchangeState, ExchangeStateError, Step, row
+from .exchange_table import next_states as next_states
 from .flows.base import (
     Flow,
     LedgerQuery,
@@ -101,27 +101,7 @@ UNKNOWN_MODEL_LABEL = "unknown"
 _JSON: Headers = ((b"content-type", b"application/json"),)
 
 
-class ExchangeStateError(RuntimeError):
-    """The adapter reported a result the Exchange cannot accept now."""
-
-
-class ExchangeState(enum.Enum):
-    IDLE = "idle"
-    AWAITING_CATALOGUE = "awaiting_catalogue"  # RefreshCatalogue issued
-    AWAITING_LIMITS = "awaiting_limits"  # CheckLimits issued
-    AWAITING_LIMITS_CLIENT_GONE = "awaiting_limits_client_gone"  # ... and the client left
-    AWAITING_LEDGER = "awaiting_ledger"  # QueryUsage issued
-    AWAITING_METRICS = "awaiting_metrics"  # CollectMetrics issued
-    AWAITING_UPSTREAM = "awaiting_upstream"  # SendUpstream issued, no head yet
-    BUFFERING = "buffering"  # non-stream answer being collected
-    BUFFERING_ERROR = "buffering_error"  # upstream error body being collected
-    STREAMING = "streaming"  # client response started, translating chunks
-    DONE = "done"
-
-
 _S = ExchangeState
-# A handler's outcome: the next state and the actions that get there.
-Step = tuple[ExchangeState, list[Action]]
 
 
 class Exchange:
@@ -172,17 +152,18 @@ class Exchange:
         # gateway's own id, so reusing an id cannot replace another
         # request's lease or usage record.
         self.trace_id = request_id_from(request.headers, self.request_id)
-        return self._step(lambda: self._start(request, now), _STARTS, "start()", now)
+        return self._step(lambda: self._start(request, now), STARTS, "start()", now)
 
     def handle(self, result: Result, now: float) -> list[Action]:
         """Feed one result; returns the actions it calls for."""
-        row = _TABLE.get((self.state, type(result)))
-        if row is None:
+        found = row(self.state, type(result))
+        if found is None:
             raise ExchangeStateError(
                 f"{type(result).__name__} not valid in state {self.state.name}"
             )
-        handler, leads_to = row
-        return self._step(lambda: handler(self, result, now), leads_to, type(result).__name__, now)
+        name, leads_to = found
+        handler: Callable[[Result, float], Step] = getattr(self, name)
+        return self._step(lambda: handler(result, now), leads_to, type(result).__name__, now)
 
     def summary(self, now: float) -> RequestSummary:
         """What happened, for the one log line and the metrics of a request.
@@ -356,30 +337,16 @@ class Exchange:
         self._attempts = self._attempts.sent(stream=plan.stream is not None)
         self._buffer = bytearray()
         headers = self.gateway.upstream_headers(self.backend, self.trace_id)
-        body = plan.body
-        if self._lease is not None and self._lease.output_cap is not None:
-            # The cap admission charged is the cap the backend reads, on
-            # every route and backend kind (docs/rate-limiting.md, "What is charged").
-            body = write_output_cap(backend.kind, body, self._lease.output_cap)
-        call = SendUpstream(
-            backend=self.backend,
-            method=plan.method,
-            url=backend.url + plan.path,
-            headers=headers,
-            body=body,
-            delay=delay,
-        )
+        body = plan.body if self._lease is None else self._lease.capped(backend.kind, plan.body)
+        call = plan.send(backend, headers=headers, body=body, delay=delay)
         return _S.AWAITING_UPSTREAM, [call]
 
     def _try_again(
         self, now: float, *, status: int | None, error: GatewayError | None
     ) -> Step | None:
         """Another attempt, if the policy allows one (nothing was sent yet)."""
-        # Only signs that the backend is unreachable or broken count against
-        # its breaker: transport failures, and 502/504 from a proxy in front
-        # of it.  A backend that answers 500 or 503 is alive -- those are
-        # about one request or a busy moment, and retries handle them.
-        self._breakers.record(self.backend, error is None and status not in (502, 504), now)
+        alive = answered_alive(status, failed=error is not None)
+        self._breakers.record(self.backend, alive, now)
         backend = self.gateway.config.backend(self.backend)
         after = self._attempts.after_failure(
             status=status,
@@ -568,83 +535,3 @@ class Exchange:
         self._settle(self._limit_charge(outcome))
         facts = self._facts(self.request_id)
         return usage_record(facts, usage, reported=reported, outcome=outcome, now=now)
-
-
-# ---- the table -----------------------------------------------------------
-#
-# For each state, the results it accepts: the handler, and the states it
-# may lead to.  Handlers take the specific result type their row names; Any
-# keeps the table declarative without a cast per entry.
-
-_Handler = Callable[[Exchange, Any, float], Step]
-_Row = tuple[_Handler, frozenset[ExchangeState]]
-_X, _to = Exchange, frozenset
-_DONE = _to({_S.DONE})
-_ATTEMPTED = _to({_S.AWAITING_UPSTREAM, _S.DONE})  # an attempt was sent, or the request ended
-_STARTS = _ATTEMPTED | {_S.AWAITING_CATALOGUE, _S.AWAITING_LIMITS, _S.AWAITING_LEDGER}
-_STARTS |= {_S.AWAITING_METRICS}
-_GONE: _Row = (_X._on_client_gone, _DONE)  # a backend may have the request: cancel, record
-_GONE_EARLY: _Row = (_X._on_client_gone_early, _DONE)  # nothing was sent yet
-_LATE: tuple[type, ...] = get_args(Result)  # every result type
-
-
-def _rows(state: ExchangeState) -> Mapping[type, _Row]:
-    # One case per state, so mypy proves none is forgotten.
-    match state:
-        case _S.IDLE:
-            return {ClientDisconnected: _GONE_EARLY}
-        case _S.AWAITING_CATALOGUE:
-            routed = _ATTEMPTED | {_S.AWAITING_LIMITS}
-            return {
-                CatalogueRefreshed: (_X._on_catalogue_refreshed, routed),
-                ClientDisconnected: _GONE_EARLY,
-            }
-        case _S.AWAITING_LIMITS:
-            gone = (_X._on_limits_client_gone, _to({_S.AWAITING_LIMITS_CLIENT_GONE}))
-            return {LimitsDecided: (_X._on_limits_decided, _ATTEMPTED), ClientDisconnected: gone}
-        case _S.AWAITING_LIMITS_CLIENT_GONE:
-            decided = (_X._on_limits_decided_client_gone, _DONE)
-            return {LimitsDecided: decided, ClientDisconnected: (_X._stay, _to({state}))}
-        case _S.AWAITING_LEDGER:
-            return {UsageQueried: (_X._on_ledger_rows, _DONE), ClientDisconnected: _GONE_EARLY}
-        case _S.AWAITING_METRICS:
-            return {MetricsCollected: (_X._on_metrics, _DONE), ClientDisconnected: _GONE_EARLY}
-        case _S.AWAITING_UPSTREAM:
-            answered = _to({_S.BUFFERING, _S.BUFFERING_ERROR, _S.STREAMING})
-            return {
-                UpstreamResponseStarted: (_X._on_head, answered),
-                UpstreamFailed: (_X._on_upstream_failed, _ATTEMPTED),
-                ClientDisconnected: _GONE,
-            }
-        case _S.BUFFERING | _S.BUFFERING_ERROR:
-            # An error answer may be retried; a whole answer is final.
-            error = state is _S.BUFFERING_ERROR
-            closed = (_X._on_error_closed, _ATTEMPTED) if error else (_X._on_buffer_closed, _DONE)
-            return {
-                UpstreamChunkReceived: (_X._on_buffer_chunk, _DONE | {state}),
-                UpstreamClosed: closed,
-                UpstreamFailed: (_X._on_upstream_failed, _ATTEMPTED),
-                ClientDisconnected: _GONE,
-            }
-        case _S.STREAMING:
-            return {
-                UpstreamChunkReceived: (_X._on_stream_chunk, _DONE | {state}),
-                UpstreamClosed: (_X._on_stream_closed, _DONE),
-                UpstreamFailed: (_X._on_stream_failed, _DONE),
-                ClientDisconnected: _GONE,
-            }
-        case _S.DONE:
-            # Late results are ignored: the response may end at Ollama's
-            # done line before the upstream socket closes.
-            return {kind: (_X._stay, _DONE) for kind in _LATE}
-        case _:
-            assert_never(state)
-
-
-_TABLE = {(state, kind): row for state in ExchangeState for kind, row in _rows(state).items()}
-
-
-def next_states(state: ExchangeState, result: type) -> frozenset[ExchangeState] | None:
-    """The states ``result`` may lead to from ``state`` (None: not accepted)."""
-    row = _TABLE.get((state, result))
-    return None if row is None else row[1]

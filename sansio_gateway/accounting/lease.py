@@ -17,7 +17,7 @@ from typing import Any
 
 from ..actions import CheckLimits, CommitLimits
 from ..limits import Costs, LimitSpecs, Unit
-from .admission import fitted_cap, request_charge
+from .admission import fitted_cap, request_charge, write_output_cap
 
 __all__ = ["LimitLease", "charge", "lease_for", "token_ceiling"]
 
@@ -39,6 +39,13 @@ class LimitLease:
             costs=Costs(tokens=self.estimate, requests=1),
             request_id=self.request_id,
         )
+
+    def capped(self, kind: str, body: bytes) -> bytes:
+        """``body`` (an upstream request to a backend of ``kind``) with the
+        output cap admission charged written in, when token limits apply:
+        the cap charged is the cap the backend reads, on every route and
+        backend kind (docs/rate-limiting.md, "What is charged")."""
+        return body if self.output_cap is None else write_output_cap(kind, body, self.output_cap)
 
     def admit(self) -> LimitLease:
         return replace(self, admitted=True)

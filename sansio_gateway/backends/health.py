@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from ..actions import CountBackendAttempt, RecordBackendOutcome
 from ..limits.breaker import Breaker, BreakerState, attempt, failed, succeeded
 
-__all__ = ["BackendHealth", "BackendStatus", "BreakerPreview", "StoreStatus"]
+__all__ = ["BackendHealth", "BackendStatus", "BreakerPreview", "StoreStatus", "answered_alive"]
 
 US = 1_000_000
 
@@ -129,3 +129,14 @@ class BreakerPreview:
 
     def retry_after(self, backend: str, now: float) -> float:
         return _retry_after(self._breaker(backend), now)
+
+
+def answered_alive(status: int | None, *, failed: bool) -> bool:
+    """Whether a failed attempt still shows its backend alive, for its breaker.
+
+    Only signs that the backend is unreachable or broken count against its
+    breaker: transport failures (``failed``), and 502/504 from a proxy in
+    front of it.  A backend that answers 500 or 503 is alive -- those are
+    about one request or a busy moment, and retries handle them.
+    """
+    return not failed and status not in (502, 504)

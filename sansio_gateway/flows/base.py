@@ -18,6 +18,7 @@ from typing import Protocol
 
 from ..accounting.usage import TokenUsage
 from ..accounting.usage_query import UsageQuery
+from ..actions import SendUpstream
 from ..backends.catalogue import Route
 from ..config import BackendConfig
 from ..errors import GatewayError
@@ -105,6 +106,21 @@ class UpstreamCall:
     def __post_init__(self) -> None:
         if (self.whole is None) == (self.stream is None):
             raise ValueError("an UpstreamCall has exactly one translator: whole or stream")
+
+    def send(
+        self, backend: BackendConfig, *, headers: Headers, body: bytes, delay: float
+    ) -> SendUpstream:
+        """The action that sends this call to ``backend``; ``body`` is this
+        call's body as the request's limit lease capped it."""
+        url = backend.url + self.path
+        return SendUpstream(
+            backend=backend.name,
+            method=self.method,
+            url=url,
+            headers=headers,
+            body=body,
+            delay=delay,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

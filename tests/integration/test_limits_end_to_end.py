@@ -19,6 +19,7 @@ sleeps to wait (conditions are polled, with bounds).  Tests marked xfail
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import math
 import queue
@@ -615,8 +616,13 @@ def test_redis_dies_and_returns_under_each_policy(emulator: OllamaEmulator) -> N
             assert {_store(gw).fallback_mode for gw in gws.values()} == set(policies)
             # Local limits still hold on "local" (10 at once at 60/min);
             # "open" lets everything through.
+            # All 15 at once, so that a slow (loaded) machine cannot let the
+            # bucket refill between them.
             began = time.monotonic()
-            local_burst = [chat(gws["local"].url, "local").status_code for _ in range(15)]
+            with concurrent.futures.ThreadPoolExecutor(15) as pool:
+                local_burst = list(
+                    pool.map(lambda _: chat(gws["local"].url, "local").status_code, range(15))
+                )
             took = time.monotonic() - began  # GCRA: 10 at once, then one a second
             assert 10 <= local_burst.count(200) <= 11 + int(took), (local_burst, took)
             assert set(local_burst) == {200, 429}
@@ -649,8 +655,13 @@ def test_redis_dies_and_returns_under_each_policy(emulator: OllamaEmulator) -> N
                 t.join(timeout=15)
 
     for policy, flow in flows.items():
-        # Never a hang: every answer came within a second, whatever Redis did.
-        slowest = max(s.done - s.sent for s in flow.log)
+        # Never a hang: every answer came within a second, whatever Redis did
+        # (on "local", leaving out the requests that queued behind the burst).
+        slowest = max(
+            s.done - s.sent
+            for s in flow.log
+            if policy != "local" or not began - 1.0 <= s.sent <= began + took
+        )
         assert slowest < 1.0, (policy, slowest)
         outage = [s.response for s in flow.between(killed, restarting)]
         assert outage
