@@ -9,6 +9,8 @@ and the Anthropic non-stream case runs once more through the ASGI app.
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -286,6 +288,37 @@ def test_overloaded_backend_is_529(
     assert overloaded.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
 
 
+def test_messages_images_base64_and_url_refused(
+    claude: anthropic.Anthropic, model: str, kind: str, script: Script, backend: OpenAIEmulator
+) -> None:
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 32).decode()
+    inline: Any = {"type": "base64", "media_type": "image/png", "data": png}
+    looked = claude.messages.create(
+        model=model,
+        max_tokens=200,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "source": inline},
+                    {"type": "text", "text": "What is this?"},
+                ],
+            }
+        ],
+    )
+    assert looked.content[0].text == HELLO  # type: ignore[union-attr]
+    if kind == "openai":
+        parts = sent_chat(backend)["messages"][0]["content"]
+        assert parts[0]["image_url"]["url"] == f"data:image/png;base64,{png}"
+    remote: Any = {"type": "url", "url": "https://example.com/cat.png"}
+    with pytest.raises(anthropic.BadRequestError):
+        claude.messages.create(
+            model=model,
+            max_tokens=200,
+            messages=[{"role": "user", "content": [{"type": "image", "source": remote}]}],
+        )
+
+
 def test_count_tokens(claude: anthropic.Anthropic, model: str) -> None:
     counted = claude.messages.count_tokens(
         model=model, messages=[{"role": "user", "content": "Say hello"}]
@@ -423,6 +456,22 @@ def test_the_charged_output_cap_is_the_one_the_backend_reads(
         hello: Any = [{"role": "user", "content": "Say hello"}]
         claude.messages.create(model=model, max_tokens=77, messages=hello)
         assert sent_chat(backend)["max_tokens"] == 77
+
+
+def test_responses_json_schema_output(
+    client: openai.OpenAI, model: str, kind: str, script: Script, backend: OpenAIEmulator
+) -> None:
+    schema = {"type": "object", "properties": {"greeting": {"type": "string"}}}
+    script(content='{"greeting":"hello"}')
+    response = client.responses.create(
+        model=model,
+        input="Greet me in JSON",
+        text={"format": {"type": "json_schema", "name": "greeting", "schema": schema}},
+    )
+    assert json.loads(response.output_text) == {"greeting": "hello"}
+    if kind == "openai":
+        sent = sent_chat(backend)["response_format"]
+        assert sent["type"] == "json_schema" and sent["json_schema"]["schema"] == schema
 
 
 def test_responses_store_is_refused(client: openai.OpenAI) -> None:
