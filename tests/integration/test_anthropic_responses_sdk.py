@@ -327,6 +327,10 @@ def test_count_tokens(claude: anthropic.Anthropic, model: str) -> None:
         model=model, messages=[{"role": "user", "content": "Say hello " * 50}]
     )
     assert 0 < counted.input_tokens < longer.input_tokens
+    with pytest.raises(anthropic.NotFoundError):
+        claude.messages.count_tokens(
+            model="no-such-model", messages=[{"role": "user", "content": "Say hello"}]
+        )
 
 
 def test_messages_errors_are_typed(gateway: RunningGateway, claude: anthropic.Anthropic) -> None:
