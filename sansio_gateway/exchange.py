@@ -39,6 +39,7 @@ from .accounting.admission import (
 from .accounting.usage_query import UsageQuery, render_usage
 from .actions import (
     Action,
+    AssetLoaded,
     CancelUpstream,
     CatalogueRefreshed,
     CheckLimits,
@@ -48,6 +49,7 @@ from .actions import (
     EndResponse,
     LimitsDecided,
     MetricsCollected,
+    OverviewCollected,
     QueryUsage,
     RecordUsage,
     RefreshCatalogue,
@@ -75,7 +77,14 @@ from .errors import (
     UpstreamError,
     error_from_upstream,
 )
-from .flows.base import Flow, LedgerQuery, LocalAnswer, MetricsScrape, UpstreamCall
+from .flows.base import (
+    AdapterAnswer,
+    Flow,
+    LedgerQuery,
+    LocalAnswer,
+    MetricsScrape,
+    UpstreamCall,
+)
 from .flows.context import FlowContext
 from .http import Headers, IncomingRequest, Surface, header_value
 from .identity import ANONYMOUS, Identity
@@ -151,7 +160,8 @@ class ExchangeState(enum.Enum):
     IDLE = "idle"
     AWAITING_UPSTREAM = "awaiting_upstream"  # SendUpstream issued, no head yet
     AWAITING_LIMITS = "awaiting_limits"  # CheckLimits issued
-    AWAITING_ADAPTER = "awaiting_adapter"  # QueryUsage / CollectMetrics issued
+    # QueryUsage / CollectMetrics / an AdapterAnswer's action issued
+    AWAITING_ADAPTER = "awaiting_adapter"
     BUFFERING = "buffering"  # non-stream answer being collected
     BUFFERING_ERROR = "buffering_error"  # upstream error body being collected
     STREAMING = "streaming"  # client response started, translating chunks
@@ -194,6 +204,7 @@ class Exchange:
         self._rate_headers: Headers = ()
         self.limit_decision: Decision | None = None
         self._ledger_query = UsageQuery()
+        self._render: Callable[[OverviewCollected | AssetLoaded], LocalAnswer] | None = None
         self._targets: list[Route] = []
         self._target_index = 0
         self._retries_on_target = 0
@@ -299,6 +310,10 @@ class Exchange:
         if isinstance(plan, MetricsScrape):
             self.state = ExchangeState.AWAITING_ADAPTER
             return [CollectMetrics()]
+        if isinstance(plan, AdapterAnswer):
+            self.state = ExchangeState.AWAITING_ADAPTER
+            self._render = plan.render
+            return [plan.ask]
         if isinstance(plan, LocalAnswer):
             self.state = ExchangeState.DONE
             self.status = plan.status
@@ -606,6 +621,15 @@ class Exchange:
         self.status = 200
         return self._whole_response(200, ((b"content-type", result.content_type),), result.body)
 
+    def _on_adapter_answer(
+        self, result: OverviewCollected | AssetLoaded, now: float
+    ) -> list[Action]:
+        assert self._render is not None
+        answer = self._render(result)
+        self.state = ExchangeState.DONE
+        self.status = answer.status
+        return self._whole_response(answer.status, answer.headers, answer.body)
+
     def _on_ledger_client_gone(self, result: ClientDisconnected, now: float) -> list[Action]:
         self.state = ExchangeState.DONE
         return []
@@ -759,6 +783,8 @@ _TRANSITIONS: dict[tuple[ExchangeState, type], _Handler] = {
     (_S.AWAITING_LIMITS, LimitsDecided): Exchange._on_limits_decided,
     (_S.AWAITING_LIMITS, ClientDisconnected): Exchange._on_limits_client_gone,
     (_S.AWAITING_ADAPTER, MetricsCollected): Exchange._on_metrics,
+    (_S.AWAITING_ADAPTER, OverviewCollected): Exchange._on_adapter_answer,
+    (_S.AWAITING_ADAPTER, AssetLoaded): Exchange._on_adapter_answer,
     (_S.AWAITING_ADAPTER, CatalogueRefreshed): Exchange._on_catalogue_refreshed,
     (_S.AWAITING_ADAPTER, ClientDisconnected): Exchange._on_ledger_client_gone,
     (_S.IDLE, ClientDisconnected): Exchange._on_client_gone_idle,
@@ -769,6 +795,8 @@ _TRANSITIONS: dict[tuple[ExchangeState, type], _Handler] = {
     (_S.DONE, ClientDisconnected): Exchange._ignore,
     (_S.DONE, UsageQueried): Exchange._ignore,
     (_S.DONE, MetricsCollected): Exchange._ignore,
+    (_S.DONE, OverviewCollected): Exchange._ignore,
+    (_S.DONE, AssetLoaded): Exchange._ignore,
     (_S.DONE, LimitsDecided): Exchange._ignore,
     (_S.DONE, CatalogueRefreshed): Exchange._ignore,
 }

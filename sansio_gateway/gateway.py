@@ -27,6 +27,7 @@ from .flows.openai_routes import install_openai_routes
 from .http import Headers
 from .limits import LimitSpecs, build_specs, lease_ttl_for
 from .local.gateway import install_local_routes
+from .local.ui import install_status_page_routes
 from .routing import Access, RouteEntry, Router
 
 __all__ = ["BackendStatus", "Gateway", "StoreStatus", "default_router"]
@@ -36,6 +37,7 @@ def default_router() -> Router:
     router = Router()
     install_openai_routes(router)
     install_local_routes(router)
+    install_status_page_routes(router)
     install_ollama_routes(router)
     return router
 

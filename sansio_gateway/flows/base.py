@@ -7,16 +7,21 @@ upstream request once the model is resolved, and translates the upstream
 answer -- whole (``complete``) or as a stream (``feed``/``finish``/``fail``).
 
 Flows that answer locally (model lists, health) return a
-:class:`LocalAnswer` from ``plan`` and never see an upstream.
+:class:`LocalAnswer` from ``plan`` and never see an upstream.  Those whose
+answer needs data only the adapter holds (the status page's files, its
+live statistics) return an :class:`AdapterAnswer`: the Exchange issues its
+action and renders the result with the flow's own function.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from ..accounting.usage import TokenUsage
 from ..accounting.usage_query import UsageQuery
+from ..actions import AssetLoaded, CollectOverview, LoadAsset, OverviewCollected
 from ..backends.catalogue import Route
 from ..config import BackendConfig
 from ..errors import GatewayError
@@ -26,6 +31,7 @@ __all__ = [
     "JSON_HEADERS",
     "NDJSON_HEADERS",
     "SSE_HEADERS",
+    "AdapterAnswer",
     "Flow",
     "LedgerQuery",
     "LocalAnswer",
@@ -66,6 +72,15 @@ class LocalAnswer:
     status: int
     headers: Headers
     body: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdapterAnswer:
+    """The answer is rendered in the core from what the adapter reports:
+    the Exchange issues ``ask`` and hands its result to ``render``."""
+
+    ask: CollectOverview | LoadAsset
+    render: Callable[[OverviewCollected | AssetLoaded], LocalAnswer]
 
 
 class Flow(Protocol):

@@ -16,7 +16,14 @@ from ..accounting.usage_query import parse_usage_query
 from ..backends.catalogue import Route
 from ..config import BackendConfig
 from ..errors import GatewayError, NotFound
-from ..flows.base import JSON_HEADERS, LedgerQuery, LocalAnswer, MetricsScrape, UpstreamCall
+from ..flows.base import (
+    JSON_HEADERS,
+    AdapterAnswer,
+    LedgerQuery,
+    LocalAnswer,
+    MetricsScrape,
+    UpstreamCall,
+)
 from ..flows.context import FlowContext
 from ..http import Headers, IncomingRequest, Surface, header_value
 from ..routing import Access, Router
@@ -49,7 +56,7 @@ class LocalFlow:
 
     def plan(
         self, route: Route | None, backend: BackendConfig | None
-    ) -> UpstreamCall | LocalAnswer | LedgerQuery | MetricsScrape:
+    ) -> UpstreamCall | LocalAnswer | LedgerQuery | MetricsScrape | AdapterAnswer:
         return self.answer()
 
     def stream_headers(self) -> Headers:
