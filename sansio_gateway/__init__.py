@@ -18,11 +18,14 @@ Actions and results
     What the Exchange asks for (``SendUpstream``, ``StartResponse``,
     ``SendBody``, ``EndResponse``, ``CancelUpstream``, ``RecordUsage``,
     ``CheckLimits``, ``CommitLimits``, ``QueryUsage``, ``CollectMetrics``,
-    ``RefreshCatalogue``) and what the adapter reports back
-    (``UpstreamResponseStarted``, ``UpstreamChunkReceived``,
-    ``UpstreamClosed``, ``UpstreamFailed``, ``ClientDisconnected``,
-    ``LimitsDecided``, ``UsageQueried``, ``MetricsCollected``,
-    ``CatalogueRefreshed``).
+    ``CollectOverview``, ``LoadAsset``, ``RefreshCatalogue``) and what the
+    adapter reports back (``UpstreamResponseStarted``,
+    ``UpstreamChunkReceived``, ``UpstreamClosed``, ``UpstreamFailed``,
+    ``ClientDisconnected``, ``LimitsDecided``, ``UsageQueried``,
+    ``MetricsCollected``, ``OverviewCollected``, ``AssetLoaded``,
+    ``CatalogueRefreshed``).  For ``CollectOverview`` (the status page's
+    data) an adapter keeps a :class:`LiveStats` and answers an
+    :class:`OverviewSnapshot`.
 
 Configuration
     :func:`parse_config` (TOML text -> :class:`GatewayConfig`, or a
@@ -66,15 +69,19 @@ from __future__ import annotations
 from .accounting.usage import TokenUsage
 from .actions import (
     Action,
+    AssetLoaded,
     CancelUpstream,
     CatalogueRefreshed,
     CheckLimits,
     ClientDisconnected,
     CollectMetrics,
+    CollectOverview,
     CommitLimits,
     EndResponse,
     LimitsDecided,
+    LoadAsset,
     MetricsCollected,
+    OverviewCollected,
     QueryUsage,
     RecordUsage,
     RefreshCatalogue,
@@ -144,6 +151,8 @@ from .limits import (
     rate_limit_headers,
     render_denial,
 )
+from .local.live_stats import LiveStats
+from .local.overview_data import OverviewSnapshot
 from .ollama_over_openai.requests import chat_to_openai
 from .ollama_over_openai.responses import chat_completion_to_ollama
 from .ollama_over_openai.stream import OpenAIChatToOllamaStream
@@ -176,6 +185,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SSE_DONE",
     "Action",
+    "AssetLoaded",
     "AuthConfig",
     "AuthKey",
     "BackendConfig",
@@ -187,6 +197,7 @@ __all__ = [
     "CheckLimits",
     "ClientDisconnected",
     "CollectMetrics",
+    "CollectOverview",
     "CommitLimits",
     "ConfigError",
     "Costs",
@@ -208,6 +219,8 @@ __all__ = [
     "LimitValues",
     "LimitsConfig",
     "LimitsDecided",
+    "LiveStats",
+    "LoadAsset",
     "MemoryLimitStore",
     "MethodNotAllowed",
     "MetricsCollected",
@@ -218,6 +231,8 @@ __all__ = [
     "OllamaChatStream",
     "OllamaCompletionStream",
     "OpenAIChatToOllamaStream",
+    "OverviewCollected",
+    "OverviewSnapshot",
     "PayloadTooLarge",
     "QueryUsage",
     "RecordUsage",
