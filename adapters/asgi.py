@@ -1,13 +1,14 @@
 """The ASGI adapter: the same Exchange, driven from any ASGI server or framework.
 
 Theory of operation: :func:`create_app` wires a gateway exactly as
-``sansio-gateway serve`` does (:class:`~sansio_gateway.adapters.app.GatewayApp`: the
-Gateway, upstream pool, limit store, usage ledger and metrics) and returns
-a :class:`GatewayASGI` callable.  Per HTTP request it first asks the core
-whether the head alone is refused (``Gateway.refuse_head``: no key, 401),
-so an unauthenticated body is never read; otherwise it reads the body under
-``server.max_body_bytes`` and ``server.read_timeout``, then hands the
-request to the shared :class:`~sansio_gateway.adapters.executor.ActionExecutor` with an
+``sansio-gateway serve`` does (:class:`~sansio_gateway.adapters.wiring.Wiring`: the
+Gateway, upstream pool, limit store, usage ledger, metrics and the shared
+transport front) and returns a :class:`GatewayASGI` callable.  Per HTTP
+request it drives the front as its contract says
+(``adapters/front.py``): the head is judged before the body is read (no
+key: 401, so an unauthenticated body is never read), the body is read
+under ``server.max_body_bytes`` and ``server.read_timeout``, and the
+request goes to the shared executor with an
 ASGI :class:`~sansio_gateway.adapters.executor.ResponseChannel`: ``StartResponse`` becomes
 ``http.response.start``, the ``SendBody`` of each batch of actions one
 ``http.response.body`` with ``more_body``, and ``EndResponse`` clears
@@ -41,16 +42,13 @@ import anyio
 
 from sansio_gateway.auth import anonymous_bind_problem
 from sansio_gateway.config import GatewayConfig
-from sansio_gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, ServiceUnavailable
 from sansio_gateway.http import Headers, IncomingRequest
-from sansio_gateway.rendering import error_response
-from sansio_gateway.routing import surface_of
+from sansio_gateway.transport import content_length, no_api_keys
 
-from .app import GatewayApp
-from .cli import load_config
-from .executor import ActionExecutor, ClientGone
+from .executor import ClientGone
+from .front import Refused, TransportFront
 from .ledger import UsageLedger
-from .limit_stores import ResilientLimitStore
+from .wiring import Wiring, load_config
 
 __all__ = ["CONFIG_ENV", "GatewayASGI", "create_app", "route_path"]
 
@@ -101,17 +99,9 @@ class GatewayASGI:
         worker_count: int = 1,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        # GatewayApp holds the wiring `serve` uses; only its listener goes unused.
-        self.app = GatewayApp(config, ledger=ledger, worker_count=worker_count, clock=clock)
-        self.executor = ActionExecutor(
-            gateway=self.app.gateway,
-            upstream=self.app.upstream,
-            ledger=self.app.ledger,
-            metrics=self.app.metrics,
-            limit_store=self.app.limit_store,
-            refresh_catalogue=self.app.refresh_on_miss,
-            clock=clock,
-        )
+        # The wiring `serve` uses, without its TCP listener.
+        self.app = Wiring(config, ledger=ledger, worker_count=worker_count, clock=clock)
+        self.front: TransportFront = self.app.front
         self.allow_anonymous = allow_anonymous
         self._started = False
         self._closed = False
@@ -142,18 +132,13 @@ class GatewayASGI:
     async def lifespan(self, _app: object = None) -> AsyncIterator[None]:
         """Startup and shutdown as an async context manager, for frameworks:
         ``Starlette(routes=[Mount("/llm", app=gw)], lifespan=gw.lifespan)``."""
-        await self.app.discover_all()
-        await self.app.warm_store()  # the shared limit store, before serving (issue 11)
+        await self.app.start()
         self._started = True
         if self.app.gateway.authenticator.open and not self.allow_anonymous:
             log.warning("no API keys configured: only loopback clients will be served")
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self.app.ledger.run)
-                # Discovery doubles as the health probe (GatewayApp's loop).
-                tg.start_soon(self.app._probe_forever)
-                if isinstance(self.app.limit_store, ResilientLimitStore):
-                    tg.start_soon(self.app.limit_store.run)  # keeps it warm
+                tg.start_soon(self.app.run_services)
                 try:
                     yield
                 finally:
@@ -169,18 +154,14 @@ class GatewayASGI:
         if self._closed:
             return
         self._closed = True
-        cut = self.executor.abort_in_flight(
-            ServiceUnavailable("The gateway is shutting down; retry the request.", code="shutdown")
-        )
+        cut = self.front.abort_in_flight()
         with anyio.CancelScope(shield=True):
             if cut:
                 log.warning("shutdown: %d requests in flight were cut short", cut)
                 # Their usage is recorded as they end; the ledger must still be open.
                 with anyio.move_on_after(5):
-                    await self.executor.wait_idle()
-            await self.app.upstream.aclose()
-            await self.app.ledger.aclose()
-            await self.app.limit_store.aclose()
+                    await self.front.wait_idle()
+            await self.app.aclose()
 
     async def _lifespan_protocol(self, receive: Receive, send: Send) -> None:
         await receive()  # lifespan.startup
@@ -223,17 +204,17 @@ class GatewayASGI:
         path = route_path(scope)
         problem = self._open_to_the_network(scope)
         if problem is not None:
-            await channel.send_error(ServiceUnavailable(problem, code="no_api_keys"), path)
+            await channel.send_refusal(*self.front.refusal(Refused(no_api_keys(problem), path)))
             return
         await self._ensure_started()
         try:
             request = await self._read_request(scope, receive, path)
-        except _Rejected as rejected:
-            await channel.send_error(rejected.error, path)
+        except Refused as refused:
+            await channel.send_refusal(*self.front.refusal(refused, path))
             return
         except ClientGone:
             return
-        await self.executor.serve(request, channel)
+        await self.front.serve(request, channel)
 
     def _open_to_the_network(self, scope: Scope) -> str | None:
         """serve's loopback rule, per server address: an open gateway (no keys)
@@ -253,67 +234,37 @@ class GatewayASGI:
 
     async def _read_request(self, scope: Scope, receive: Receive, path: str) -> IncomingRequest:
         headers: Headers = tuple((bytes(k), bytes(v)) for k, v in scope["headers"])
-        limit = self.config.server.max_body_bytes
-        declared = _content_length(headers)
-        if declared != 0:
-            # The core judges the head (auth) before a byte of the body is
-            # read; the Exchange repeats the check, so a pass grants nothing.
-            refusal = self.app.gateway.refuse_head(scope["method"], path, headers)
-            if refusal is not None:
-                raise _Rejected(refusal)
-        if declared is not None and declared > limit:
-            raise _Rejected(_too_large(limit))  # refused before reading a byte of it
-        # The whole request must arrive within read_timeout (slowloris protection).
-        with anyio.move_on_after(self.config.server.read_timeout):
-            body = await _read_body(receive, limit)
-            client = scope.get("client")
-            return IncomingRequest(
-                method=scope["method"],
-                path=path,
-                query=bytes(scope.get("query_string", b"")).decode("latin-1"),
-                headers=headers,
-                body=body,
-                client=str(client[0]) if client else None,
-            )
-        raise _Rejected(InvalidRequest("Timed out reading the request", status_code=408))
+        method = str(scope["method"])
+        with self.front.reading(path):
+            # Without a content-length a body may still come (chunked, HTTP/2).
+            self.front.check_head(method, path, headers, body_follows=content_length(headers) != 0)
+            body = await self.front.read_body(_BodyReader(receive), path)
+        client = scope.get("client")
+        return IncomingRequest(
+            method=method,
+            path=path,
+            query=bytes(scope.get("query_string", b"")).decode("latin-1"),
+            headers=headers,
+            body=body,
+            client=str(client[0]) if client else None,
+        )
 
 
-class _Rejected(Exception):
-    """The transport refused the request before the Exchange saw it."""
+class _BodyReader:
+    """The pieces of an ASGI request body, then None (the front's ``receive``)."""
 
-    def __init__(self, error: GatewayError) -> None:
-        super().__init__(error.message)
-        self.error = error
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._ended = False
 
-
-def _too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"Request body too large: the limit is {limit} bytes")
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
+    async def __call__(self) -> bytes | None:
+        if self._ended:
+            return None
+        message = await self._receive()
         if message["type"] == "http.disconnect":
             raise ClientGone()
-        chunk = bytes(message.get("body", b""))
-        size += len(chunk)
-        if size > limit:
-            raise _Rejected(_too_large(limit))
-        parts.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(parts)
-
-
-def _content_length(headers: Headers) -> int | None:
-    for name, value in headers:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+        self._ended = not message.get("more_body", False)
+        return bytes(message.get("body", b""))
 
 
 def route_path(scope: Scope) -> str:
@@ -380,11 +331,9 @@ class _ASGIChannel:
             if message["type"] == "http.disconnect":
                 return
 
-    async def send_error(self, err: GatewayError, path: str) -> None:
-        """An error found before the Exchange ran, in the path's dialect."""
-        status, headers, body = error_response(surface_of(path), err)
-        length = (b"content-length", str(len(body)).encode())
-        self.start_response(status, (*headers, length, (b"connection", b"close")))
+    async def send_refusal(self, status: int, headers: Headers, body: bytes) -> None:
+        """An answer of the transport itself (adapters/front.py), written at once."""
+        self.start_response(status, headers)
         self.send_body(body)
         self.end_response(keep_alive=False)
         with contextlib.suppress(ClientGone):

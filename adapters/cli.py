@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import secrets
 import signal
 import sys
@@ -28,52 +27,17 @@ from sansio_gateway.accounting.usage_query import (
     render_table,
 )
 from sansio_gateway.auth import Authenticator, anonymous_bind_problem
-from sansio_gateway.config import (
-    ConfigError,
-    GatewayConfig,
-    default_config,
-    parse_config,
-    redact_url,
-    sqlite_path,
-)
+from sansio_gateway.config import ConfigError, GatewayConfig, redact_url, sqlite_path
 from sansio_gateway.errors import GatewayError
-from sansio_gateway.gateway import Gateway
 
 from .app import GatewayApp
+from .emulator.command import add_emulate_parser
 from .ledger import open_ledger
-from .plugins import load_registry
 from .rlimits import raise_open_file_limit
+from .wiring import checked_config, load_config
 from .workers import run_workers
 
-__all__ = ["load_config", "main"]
-
-
-def load_config(path: str | None) -> GatewayConfig:
-    """The config from ``path``, or the no-config defaults."""
-    if path is None:
-        return default_config(os.environ)
-    file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    return parse_config(text, source=path, env=os.environ)
-
-
-def checked_config(path: str | None) -> GatewayConfig:
-    """The config, with everything ``serve`` would refuse already refused:
-    ``check-config`` and ``serve`` run this one check, so they agree."""
-    config = load_config(path)
-    try:
-        Gateway(config, registry=load_registry())  # what only the app can check: backend kinds
-    except ConfigError as exc:
-        raise ConfigError(f"{path or '(defaults)'}: {exc}") from None
-    usage = config.store.usage
-    if usage.startswith("sqlite:///") and not Path(sqlite_path(usage)).parent.is_dir():
-        raise ConfigError(
-            f"{path or '(defaults)'}: store.usage: the directory of {usage!r} does not exist"
-        )
-    return config
+__all__ = ["main"]
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -86,6 +50,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         updates["port"] = args.port
     if args.runtime:
         updates["runtime"] = args.runtime
+    if args.transport:
+        updates["transport"] = args.transport
     if updates:
         config = config.model_copy(update={"server": server.model_copy(update=updates)})
     problem = anonymous_bind_problem(config.server.host, Authenticator(config.auth))
@@ -95,7 +61,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         child = ["--log-level", args.log_level, "serve",
                  *(["--config", args.config] if args.config else []),
-                 "--host", config.server.host, "--runtime", config.server.runtime]  # fmt: skip
+                 "--host", config.server.host, "--runtime", config.server.runtime,
+                 "--transport", config.server.transport]  # fmt: skip
         if args.allow_anonymous:
             child.append("--allow-anonymous")
         return run_workers(args.workers, child, config.server.host, config.server.port)
@@ -143,7 +110,8 @@ async def _serve(app: GatewayApp) -> None:
             for line in app.describe():
                 print(line, flush=True)
         print(
-            f"sansio-gateway listening on http://{host}:{port} ({app.config.server.runtime})",
+            f"sansio-gateway listening on http://{host}:{port}"
+            f" ({app.config.server.runtime}, {'fast' if app.fast else 'anyio'} transport)",
             flush=True,
         )
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -236,6 +204,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--runtime", choices=["asyncio", "trio"], help="event loop (default asyncio)"
     )
+    serve.add_argument(
+        "--transport",
+        choices=["fast", "anyio"],
+        help="on asyncio: fast (asyncio.Protocol, the default) or anyio (as on trio)",
+    )
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the port")
     serve.add_argument(
         "--allow-anonymous",
@@ -268,6 +241,8 @@ def _parser() -> argparse.ArgumentParser:
         "--admin", action="store_true", help="an admin key: may also read GET /admin/usage"
     )
     new_key.set_defaults(func=_cmd_new_key)
+
+    add_emulate_parser(sub)
     return parser
 
 

@@ -15,7 +15,10 @@ While a request waits on its backend, a watcher task awaits
 or a write to it fails, the Exchange hears ``ClientDisconnected`` and
 answers ``CancelUpstream`` (the upstream task is cancelled) and
 ``RecordUsage`` (accounting is never lost).  One lock serialises the two
-tasks that feed the Exchange: the upstream reader and the watcher.
+tasks that feed the Exchange: the upstream reader and the watcher.  A
+channel that is told of a hang-up by its transport (``watch_disconnect``,
+the asyncio.Protocol server) needs no watcher task: its callback cancels
+the upstream call instead.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Protocol, assert_never
 import anyio
 
 from sansio_gateway.actions import (
+    SHARED_WRITES,
     Action,
     AssetLoaded,
     CancelUpstream,
@@ -42,12 +46,14 @@ from sansio_gateway.actions import (
     CollectMetrics,
     CollectOverview,
     CommitLimits,
+    CountBackendAttempt,
     EndResponse,
     LimitsDecided,
     LoadAsset,
     MetricsCollected,
     OverviewCollected,
     QueryUsage,
+    RecordBackendOutcome,
     RecordUsage,
     RefreshCatalogue,
     Result,
@@ -59,6 +65,7 @@ from sansio_gateway.actions import (
     UsageQueried,
     UsageRecord,
 )
+from sansio_gateway.config import BackendConfig
 from sansio_gateway.errors import GatewayError, InternalError
 from sansio_gateway.exchange import Exchange, ExchangeState
 from sansio_gateway.gateway import Gateway
@@ -72,16 +79,32 @@ from sansio_gateway.local.overview_data import (
     overview_users,
 )
 from sansio_gateway.rendering import error_response
-from sansio_gateway.routing import surface_of
+from sansio_gateway.routes import surface_of
 
 from .ledger import UsageLedger
 from .limit_stores import LimitStore
 from .metrics import GatewayMetrics, log_request
-from .upstream import UpstreamClient
+from .upstream import Deliver
 
-__all__ = ["ActionExecutor", "ClientGone", "ResponseChannel", "Served", "new_request_id"]
+__all__ = [
+    "ActionExecutor",
+    "ClientGone",
+    "ResponseChannel",
+    "Served",
+    "Upstream",
+    "new_request_id",
+]
 
 log = logging.getLogger("sansio_gateway.executor")
+
+
+class Upstream(Protocol):
+    """What the executor needs of an upstream client (adapters/upstream.py,
+    adapters/fast_upstream.py)."""
+
+    async def request(
+        self, action: SendUpstream, backend: BackendConfig, deliver: Deliver
+    ) -> None: ...
 
 
 class ClientGone(Exception):
@@ -143,7 +166,7 @@ class ActionExecutor:
         self,
         *,
         gateway: Gateway,
-        upstream: UpstreamClient,
+        upstream: Upstream,
         ledger: UsageLedger,
         metrics: GatewayMetrics,
         limit_store: LimitStore,
@@ -315,7 +338,10 @@ class _Request:
         self.exchange = exchange
         self.channel = channel
         self.client_gone = False
-        self.lock = anyio.Lock()
+        # fast_acquire: no checkpoint per chunk when the lock is free (it
+        # almost always is: the watcher takes it only when the client leaves).
+        self.lock = anyio.Lock(fast_acquire=True)
+        self.pushed_gone = False
         self.in_run = False
         self.run_scope: anyio.CancelScope | None = None  # upstream task and watcher
         self.upstream_scope: anyio.CancelScope | None = None  # the current attempt
@@ -345,6 +371,12 @@ class _Request:
 
     async def perform(self, actions: list[Action]) -> None:
         """Execute ``actions`` in order, feeding back the results they produce."""
+        # Writes to the shared Gateway first, before any await: the Exchange
+        # decided on a preview of exactly the state they produce, and no
+        # other Exchange may run in between.
+        for action in actions:
+            if isinstance(action, SHARED_WRITES):
+                self.executor.gateway.apply_write(action, self.executor.clock())
         for index, action in enumerate(actions):
             try:
                 if not isinstance(action, _QUEUED):
@@ -399,6 +431,8 @@ class _Request:
                 await self.feed(AssetLoaded(body=_package_file(action.name)))
             case RefreshCatalogue():
                 await self.feed(await executor.refresh())
+            case CountBackendAttempt() | RecordBackendOutcome():
+                pass  # applied when the list arrived (perform)
             case QueryUsage():
                 await self.feed(await executor.query_usage(action))
             case _:
@@ -445,31 +479,61 @@ class _Request:
 
     async def _run_upstream(self, action: SendUpstream) -> None:
         executor = self.executor
-        call: SendUpstream | None = action
         executor._runs.add(self)
         self.in_run = True
+        watch: Callable[[Callable[[], None] | None], None] | None = getattr(
+            self.channel, "watch_disconnect", None
+        )
         try:
-            async with anyio.create_task_group() as tg:
-                self.run_scope = tg.cancel_scope
-                tg.start_soon(self._watch_client)
-                # The Exchange may answer a failed attempt with another
-                # SendUpstream (a retry after a backoff, or a fallback target).
-                while call is not None and self.abort_error is None:
-                    self.next_call = None
-                    with anyio.CancelScope() as self.upstream_scope:
-                        if call.delay > 0:
-                            await anyio.sleep(call.delay)
-                        backend = executor.gateway.config.backend(call.backend)
-                        await executor.upstream.request(call, backend, self.deliver)
-                    call = self.next_call
-                if self.abort_error is not None:
-                    with anyio.CancelScope(shield=True):
-                        await self.deliver(UpstreamFailed(error=self.abort_error))
-                tg.cancel_scope.cancel()
+            if watch is None:
+                async with anyio.create_task_group() as tg:
+                    self.run_scope = tg.cancel_scope
+                    tg.start_soon(self._watch_client)
+                    await self._attempts(action)
+                    tg.cancel_scope.cancel()
+                return
+            # A channel that is told of a hang-up (an asyncio.Protocol's
+            # connection_lost) needs no watcher task: the callback cancels the
+            # run, and the Exchange hears ClientDisconnected right after it.
+            with anyio.CancelScope() as self.run_scope:
+                watch(self._pushed_disconnect)
+                try:
+                    await self._attempts(action)
+                finally:
+                    watch(None)
+            if self.pushed_gone:
+                with anyio.CancelScope(shield=True):
+                    async with self.lock:
+                        if self.exchange.state is not ExchangeState.DONE:
+                            await self._client_went_away()
         finally:
             self.in_run = False
             self.run_scope = None
             executor._runs.discard(self)
+
+    async def _attempts(self, action: SendUpstream) -> None:
+        executor = self.executor
+        call: SendUpstream | None = action
+        # The Exchange may answer a failed attempt with another SendUpstream
+        # (a retry after a backoff, or a fallback target).
+        while call is not None and self.abort_error is None:
+            self.next_call = None
+            with anyio.CancelScope() as self.upstream_scope:
+                if call.delay > 0:
+                    await anyio.sleep(call.delay)
+                backend = executor.gateway.config.backend(call.backend)
+                await executor.upstream.request(call, backend, self.deliver)
+            call = self.next_call
+        if self.abort_error is not None:
+            with anyio.CancelScope(shield=True):
+                await self.deliver(UpstreamFailed(error=self.abort_error))
+
+    def _pushed_disconnect(self) -> None:
+        self.pushed_gone = True
+        # While a result is being handled (the lock is held) its flush
+        # raises ClientGone and ends the run; otherwise end it now.
+        if not self.lock.locked():
+            self._cancel_run()
 
     async def deliver(self, result: Result) -> bool:
         """The upstream client's callback: True while more results are wanted."""
@@ -523,4 +587,12 @@ def _package_file(name: str) -> bytes | None:
 
 # Actions that at most queue response bytes; anything else may wait on I/O,
 # so what is queued is flushed first.
-_QUEUED = (StartResponse, SendBody, EndResponse, RecordUsage, CancelUpstream)
+_QUEUED = (
+    StartResponse,
+    SendBody,
+    EndResponse,
+    RecordUsage,
+    CancelUpstream,
+    CountBackendAttempt,
+    RecordBackendOutcome,
+)

@@ -58,7 +58,6 @@ __all__ = [
     "RedisLedger",
     "SQLiteLedger",
     "UsageLedger",
-    "aggregate",
     "open_ledger",
 ]
 

@@ -33,7 +33,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, assert_never
 from urllib.parse import quote
 
 import anyio
@@ -44,7 +44,6 @@ from sansio_gateway.limits import (
     BreakerState,
     Costs,
     Decision,
-    DenyReason,
     Fallback,
     LimitSpecs,
     MemoryLimitStore,
@@ -52,7 +51,6 @@ from sansio_gateway.limits import (
     Reading,
     Verdict,
     decide,
-    divide_specs,
 )
 from sansio_gateway.limits.breaker import (
     Phase,
@@ -63,6 +61,16 @@ from sansio_gateway.limits.breaker import (
     warmed,
 )
 from sansio_gateway.limits.decision import headers_from
+from sansio_gateway.limits.fallback import (
+    Route,
+    claims_orphan,
+    commit_plan,
+    fallback_admit,
+    leaves_orphan,
+    local_decision,
+    local_specs,
+    peek_route,
+)
 from sansio_gateway.limits.specs import MAX_NOW_US, Unit, clamp_cost
 
 from .limits_lua import ADMIT_LUA, COMMIT_LUA
@@ -507,40 +515,54 @@ class RedisLimitStore:
         return anyio.fail_after(self.decision_timeout)
 
     async def _evalsha_standalone(self, script: Any, keys: list[str], args: list[str | int]) -> Any:
-        from redis.exceptions import NoScriptError, ResponseError
+        from redis.exceptions import NoScriptError
 
         pool = self._standalone().connection_pool
         with _connect_phase(self.connect_timeout, "connecting to the limit store"):
             conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
+            evalsha = ("EVALSHA", script.sha, len(keys), *keys, *args)
             for loaded in (False, True):
-                try:
-                    with self._decision_scope(), map_redis_errors():
-                        try:
-                            await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                            reply = await conn.read_response()
-                        except NoScriptError:
-                            if loaded:
-                                raise
-                            reply = _NOSCRIPT
-                        except ResponseError:
-                            raise
-                        except BaseException:
-                            # a reply may still be on its way: never reuse this one
-                            with anyio.CancelScope(shield=True):
-                                await conn.disconnect()
-                            raise
-                except TimeoutError as exc:
-                    raise LimitStoreUnavailable("limit store decision timed out") from exc
-                if reply is not _NOSCRIPT:
+                reply = await self._round_trip(conn, [evalsha], (NoScriptError,))
+                if not isinstance(reply, NoScriptError):
                     self.round_trips += 1
                     return reply
+                if loaded:
+                    with map_redis_errors():
+                        raise reply
                 # flushed or restarted behind our back: load it (not the decision)
                 with _connect_phase(self.connect_timeout, "loading the limit-store script"):
                     await conn.send_command("SCRIPT", "LOAD", script.script)
                     await conn.read_response()
         finally:
             await pool.release(conn)
+
+    async def _round_trip(
+        self, conn: Any, commands: list[tuple[Any, ...]], answers: tuple[type[Exception], ...]
+    ) -> Any:
+        """Send ``commands`` in one write on ``conn`` and read their replies,
+        within ``decision_timeout``: the last reply, or an error of
+        ``answers`` (replies that say the script did not run; the connection
+        is in step: every reply was read).  On any other failure a reply may
+        still be on its way, so ``conn`` is never reused."""
+        from redis.exceptions import ResponseError
+
+        try:
+            with self._decision_scope(), map_redis_errors():
+                try:
+                    await conn.send_packed_command(conn.pack_commands(commands))
+                    replies = [await conn.read_response() for _ in commands]
+                    return replies[-1]
+                except answers as exc:
+                    return exc
+                except ResponseError:
+                    raise
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        await conn.disconnect()
+                    raise
+        except TimeoutError as exc:
+            raise LimitStoreUnavailable("limit store decision timed out") from exc
 
     def _cluster(self) -> RedisCluster:
         from redis.asyncio import RedisCluster
@@ -617,7 +639,6 @@ class RedisLimitStore:
             ClusterDownError,
             MovedError,
             NoScriptError,
-            ResponseError,
             TryAgainError,
         )
 
@@ -625,29 +646,8 @@ class RedisLimitStore:
             conn = node.acquire_connection()
             await _fresh(conn)
         try:
-            try:
-                with self._decision_scope(), map_redis_errors():
-                    try:
-                        await conn.send_packed_command(conn.pack_commands(commands))
-                        replies = [await conn.read_response() for _ in commands]
-                        return replies[-1]
-                    except (
-                        AskError,
-                        MovedError,
-                        TryAgainError,
-                        NoScriptError,
-                        ClusterDownError,
-                    ) as exc:
-                        # the connection is in step: ASKING's reply was read first
-                        return exc
-                    except ResponseError:
-                        raise
-                    except BaseException:
-                        with anyio.CancelScope(shield=True):
-                            await conn.disconnect()
-                        raise
-            except TimeoutError as exc:
-                raise LimitStoreUnavailable("limit store decision timed out") from exc
+            redirections = (AskError, MovedError, TryAgainError, NoScriptError, ClusterDownError)
+            return await self._round_trip(conn, commands, redirections)
         finally:
             node.release(conn)
 
@@ -663,9 +663,6 @@ async def _fresh(conn: Any) -> None:
         if stale:
             await conn.disconnect()
     await conn.connect()
-
-
-_NOSCRIPT: Any = object()
 
 
 @contextmanager
@@ -849,7 +846,8 @@ class ResilientLimitStore:
         if not health.serving:
             self._kick()
 
-    def _failure(self, exc: BaseException) -> None:
+    def _failure(self, exc: BaseException) -> Phase:
+        """Count a failed call; returns the phase it failed in."""
         self.store_errors += 1
         phase = Phase.CONNECT if isinstance(exc, LimitStoreNotReady) else Phase.DECISION
         before = self.health
@@ -865,6 +863,7 @@ class ResilientLimitStore:
             log.error("%s failing (%r); on_error=%s applies", self.label, exc, self.policy)
         else:
             log.warning("%s error: %r", self.label, exc)
+        return phase
 
     def _success(self) -> None:
         if self.breaker.state is not BreakerState.CLOSED:
@@ -1024,8 +1023,7 @@ class ResilientLimitStore:
                 self.store_busy += 1
                 log.warning("%s: %s; on_error=%s applies", self.label, exc, self.policy)
             except (LimitStoreUnavailable, TimeoutError) as exc:
-                self._failure(exc)
-                if not isinstance(exc, LimitStoreNotReady):
+                if leaves_orphan(self._failure(exc)):
                     self._orphans[request_id] = costs.tokens
                     while len(self._orphans) > _MAX_OWNERS:
                         self._orphans.popitem(last=False)
@@ -1035,7 +1033,7 @@ class ResilientLimitStore:
                 return decision
         decision = await self._fallback_admit(user_key, specs, costs, request_id, now_us)
         tokens = self._orphans.get(request_id)
-        if not decision.allowed and tokens is not None:
+        if tokens is not None and claims_orphan(decision):
             del self._orphans[request_id]
             self._unclaimed[request_id] = (user_key, specs, tokens)
             while len(self._unclaimed) > _MAX_OWNERS:
@@ -1053,22 +1051,16 @@ class ResilientLimitStore:
         mode = Fallback(self.policy)
         self.fallback_decisions[mode] += 1
         now = self._clock() if now_us is None else now_us
-        if mode is Fallback.CLOSED:
-            return Decision(
-                allowed=False,
-                now_us=now,
-                retry_after_us=1_000_000,
-                reason=DenyReason.STORE_UNAVAILABLE,
-                fallback=mode,
-            )
-        self._owners[request_id] = mode
-        while len(self._owners) > _MAX_OWNERS:
-            self._owners.popitem(last=False)
-        if mode is Fallback.OPEN:
-            return Decision(allowed=True, now_us=now, fallback=mode)
-        local_specs = divide_specs(specs, self.instances)
-        decision = await self.local.admit(user_key, local_specs, costs, request_id, now)
-        return replace(decision, fallback=mode)
+        plan = fallback_admit(mode, specs, self.instances, now)
+        if plan.owner is not None:
+            self._owners[request_id] = plan.owner
+            while len(self._owners) > _MAX_OWNERS:
+                self._owners.popitem(last=False)
+        if plan.decision is not None:
+            return plan.decision
+        assert plan.specs is not None
+        decision = await self.local.admit(user_key, plan.specs, costs, request_id, now)
+        return local_decision(decision)
 
     async def commit(
         self,
@@ -1083,17 +1075,21 @@ class ResilientLimitStore:
         counted and logged, not raised: the commit is queued for replay."""
         owner = self._owners.pop(request_id, None)
         orphan = self._orphans.pop(request_id, None)
+        plan = commit_plan(owner, orphaned=orphan is not None)
         if orphan is not None:
             await self._release_orphan(user_key, specs, request_id, orphan, now_us)
-        if owner is Fallback.LOCAL:
-            local_specs = divide_specs(specs, self.instances)
-            await self.local.commit(user_key, local_specs, request_id, estimate, actual, now_us)
-            return
-        if owner is Fallback.OPEN or orphan is not None:
-            return  # no lease of the store's own to settle (beyond the orphan's)
-        await self._commit_or_queue(
-            request_id, _PendingCommit(user_key, specs, estimate, actual, now_us)
-        )
+        match plan.route:
+            case Route.LOCAL:
+                local = local_specs(specs, self.instances)
+                await self.local.commit(user_key, local, request_id, estimate, actual, now_us)
+            case Route.SHARED:
+                await self._commit_or_queue(
+                    request_id, _PendingCommit(user_key, specs, estimate, actual, now_us)
+                )
+            case Route.NOWHERE:
+                pass
+            case _:
+                assert_never(plan.route)
 
     async def _commit_or_queue(self, request_id: str, item: _PendingCommit) -> None:
         if not self.health.serving:
@@ -1126,7 +1122,9 @@ class ResilientLimitStore:
     async def peek(
         self, user_key: str, specs: LimitSpecs, now_us: int | None = None
     ) -> RateHeaders:
-        if self.health.serving:
+        policy = Fallback(self.policy)
+        route = peek_route(self.health.serving, policy)
+        if route is Route.SHARED:
             try:
                 with anyio.fail_after(self.connect_timeout + self.decision_timeout):
                     return await self.primary.peek(user_key, specs, now_us)
@@ -1135,8 +1133,9 @@ class ResilientLimitStore:
                 raise
             except (LimitStoreUnavailable, TimeoutError) as exc:
                 self._failure(exc)
-        if self.policy == "local":
-            return await self.local.peek(user_key, divide_specs(specs, self.instances), now_us)
+                route = peek_route(False, policy)
+        if route is Route.LOCAL:
+            return await self.local.peek(user_key, local_specs(specs, self.instances), now_us)
         return RateHeaders()
 
     async def aclose(self) -> None:

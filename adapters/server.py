@@ -1,43 +1,35 @@
 """The HTTP/1.1 server: anyio + h11, driving one Exchange per request.
 
-A shell in the sans-IO sense: it reads bytes, feeds h11, and hands each
-whole request to the shared :class:`~sansio_gateway.adapters.executor.ActionExecutor`,
-which runs the Exchange's actions and writes the response through an h11
-channel.  The only decisions made here are transport ones: size limits on
-heads and bodies, read and write timeouts, keep-alive, pipelining, a
-lingering close, and noticing that a client went away (the channel's
-``wait_disconnected`` reads the socket while a request waits on its
-backend).
+A shell in the sans-IO sense: it reads bytes, feeds h11, and drives the
+shared :class:`~sansio_gateway.adapters.front.TransportFront` (body cap,
+timeouts, early refusal, refusals' rendering, the executor that runs the
+Exchange's actions) as its contract says; responses go out through an h11
+channel.  What is left here is h11's own: the head size, framing facts,
+keep-alive, pipelining, a lingering close, and noticing that a client went
+away (the channel's ``wait_disconnected`` reads the socket while a request
+waits on its backend).
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from http import HTTPStatus
 
 import anyio
 import anyio.abc
 import h11
 
-from sansio_gateway.errors import (
-    GatewayError,
-    InvalidRequest,
-    PayloadTooLarge,
-    ServiceUnavailable,
+from sansio_gateway.http import Headers, IncomingRequest
+from sansio_gateway.transport import (
+    content_length,
+    has_header,
+    header_fields_too_large,
+    malformed_request,
+    too_many_connections,
 )
-from sansio_gateway.gateway import Gateway
-from sansio_gateway.http import Headers, IncomingRequest, Surface
-from sansio_gateway.rendering import error_response
-from sansio_gateway.routing import surface_of
 
-from .executor import ActionExecutor, ClientGone
-from .ledger import UsageLedger
-from .limit_stores import LimitStore, MemoryStore
-from .metrics import GatewayMetrics
-from .upstream import UpstreamClient
+from .executor import ClientGone
+from .front import Refused, ServerLimits, TransportFront, reason_phrase
 
 __all__ = ["GatewayServer", "ServerLimits"]
 
@@ -49,25 +41,8 @@ LINGER_BYTES = 1 << 20
 REFUSING_LINGER_MAX = 64  # refused connections closed gracefully at once
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ServerLimits:
-    max_body_bytes: int = 16 * 1024 * 1024
-    max_header_bytes: int = 64 * 1024
-    read_timeout: float = 30.0
-    write_timeout: float = 60.0
-    keepalive_timeout: float = 75.0
-    max_connections: int = 500
-
-
 class _ClientGone(Exception):
     """The client connection is unusable (closed or reset)."""
-
-
-class _HttpFailure(Exception):
-    def __init__(self, error: GatewayError, *, path: str = "") -> None:
-        super().__init__(error.message)
-        self.error = error
-        self.path = path
 
 
 @dataclass
@@ -83,17 +58,17 @@ class _Connection:
 
 @dataclass
 class GatewayServer:
-    gateway: Gateway
-    upstream: UpstreamClient
-    ledger: UsageLedger
-    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
-    refresh_catalogue: Callable[[], Awaitable[None]] | None = None
-    limit_store: LimitStore = field(default_factory=MemoryStore)
+    """The h11 transport of a :class:`~sansio_gateway.adapters.front.TransportFront`."""
+
+    front: TransportFront
     draining: bool = False
     _idle_scopes: set[anyio.CancelScope] = field(default_factory=set)
-    executor: ActionExecutor = field(init=False)
     connections: int = 0  # open client connections being served
     _refusing: int = 0  # connections past max_connections, being answered 503
+
+    @property
+    def limits(self) -> ServerLimits:
+        return self.front.limits
 
     # ---- graceful shutdown ----------------------------------------------
 
@@ -106,32 +81,15 @@ class GatewayServer:
 
     async def wait_quiet(self) -> None:
         """Return once no request is being served."""
-        await self.executor.wait_idle()
+        await self.front.wait_idle()
 
-    def abort_in_flight(self, error: GatewayError) -> int:
-        """End every request still waiting on a backend with ``error`` (an
-        in-band error event for streams); returns how many were ended."""
-        return self.executor.abort_in_flight(error)
+    def abort_in_flight(self) -> int:
+        """End every request still waiting on a backend; returns how many."""
+        return self.front.abort_in_flight()
 
     @property
     def active(self) -> int:
-        return self.executor.active
-
-    limits: ServerLimits = field(default_factory=ServerLimits)
-    clock: Callable[[], float] = time.time
-
-    def __post_init__(self) -> None:
-        # The action loop is shared with the ASGI adapter; this server only
-        # moves bytes, enforces transport limits and notices disconnects.
-        self.executor = ActionExecutor(
-            gateway=self.gateway,
-            upstream=self.upstream,
-            ledger=self.ledger,
-            metrics=self.metrics,
-            limit_store=self.limit_store,
-            refresh_catalogue=self.refresh_catalogue,
-            clock=self.clock,
-        )
+        return self.front.active
 
     # ---- connection loop -------------------------------------------------
 
@@ -153,16 +111,7 @@ class GatewayServer:
         """Past ``max_connections``: a 503 without reading the request (h11
         cannot answer before a request head, so the bytes are written
         directly), then the usual lingering close."""
-        err = ServiceUnavailable(
-            "The gateway has too many open connections; retry shortly.",
-            code="too_many_connections",
-            retry_after=1,
-        )
-        status, headers, body = error_response(Surface.GATEWAY, err)
-        head = [f"HTTP/1.1 {status} {_reason(status).decode()}".encode()]
-        head += [k + b": " + v for k, v in headers]
-        head += [b"content-length: " + str(len(body)).encode(), b"connection: close"]
-        conn.out += b"\r\n".join(head) + b"\r\n\r\n" + body
+        conn.out += self.front.raw_refusal(too_many_connections())
         self._refusing += 1
         try:
             with anyio.move_on_after(LINGER_SECONDS):
@@ -260,12 +209,14 @@ class GatewayServer:
         try:
             return await self._read_request_inner(conn)
         except h11.RemoteProtocolError as exc:
-            status = exc.error_status_hint
-            message = "Request header fields too large" if status == 431 else f"Bad request: {exc}"
-            await self._send_error_raw(conn, InvalidRequest(message, status_code=status), "")
+            await self._send_refusal(
+                conn, Refused(malformed_request(exc.error_status_hint, str(exc)), "")
+            )
             return None
-        except _HttpFailure as failure:
-            await self._send_error_raw(conn, failure.error, failure.path)
+        except Refused as refused:
+            # A refusal without a path is rendered for the surface of the
+            # path, when the head got that far.
+            await self._send_refusal(conn, refused)
             return None
 
     async def _read_request_inner(self, conn: _Connection) -> IncomingRequest | None:
@@ -286,13 +237,8 @@ class GatewayServer:
         if idle.cancelled_caught:
             return None
         conn.path = ""
-        with anyio.move_on_after(self.limits.read_timeout) as scope:
+        with self.front.reading():
             request = await self._read_head_and_body(conn)
-        if scope.cancelled_caught:
-            # Rendered for the surface of the path, when the head got that far.
-            err = InvalidRequest("Timed out reading the request", status_code=408)
-            await self._send_error_raw(conn, err, conn.path)
-            return None
         return request
 
     async def _read_head_and_body(self, conn: _Connection) -> IncomingRequest | None:
@@ -307,58 +253,35 @@ class GatewayServer:
         # single read is checked here, request line included.
         head_size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
         if head_size > self.limits.max_header_bytes:
-            err = InvalidRequest("Request header fields too large", status_code=431)
-            raise _HttpFailure(err, path=path)  # only its surface is used, never echoed
+            # Only its surface is used, never echoed.
+            raise Refused(header_fields_too_large(), path)
         conn.path = path
-        if _has(event.headers, b"transfer-encoding") and _has(event.headers, b"content-length"):
-            # RFC 9112 6.3: ambiguous framing is how requests are smuggled.
-            raise _HttpFailure(
-                InvalidRequest("Content-Length together with Transfer-Encoding is not allowed"),
-                path=path,
-            )
-        length = _content_length(event.headers)
-        if length != 0 and (length is not None or _has(event.headers, b"transfer-encoding")):
-            # A body is coming: the core judges the head (auth) before a
-            # byte of it is read.  No body, nothing to save: the Exchange
-            # answers as usual.
-            refusal = self.gateway.refuse_head(
-                event.method.decode("ascii", "replace"), path, tuple(event.headers)
-            )
-            if refusal is not None:
-                raise _HttpFailure(refusal, path=path)
-        if length is not None and length > self.limits.max_body_bytes:
-            raise _HttpFailure(self._too_large(), path=path)
+        headers: Headers = tuple(event.headers)
+        length = content_length(headers)
+        method = event.method.decode("ascii", "replace")
+        self.front.check_head(
+            method, path, headers,
+            body_follows=length != 0 and (length is not None or has_header(headers, b"transfer-encoding")),
+        )  # fmt: skip
         if conn.h11.client_is_waiting_for_100_continue:
             await self._send(conn, h11.InformationalResponse(status_code=100, headers=[]))
-        body = await self._read_body(conn, path)
+        body = await self.front.read_body(lambda: self._body_piece(conn), path)
         return IncomingRequest(
-            method=event.method.decode("ascii", "replace"),
+            method=method,
             path=path,
             query=query,
-            headers=tuple((k, v) for k, v in event.headers),
+            headers=headers,
             body=body,
             client=conn.peer,
         )
 
-    def _too_large(self) -> PayloadTooLarge:
-        return PayloadTooLarge(
-            f"Request body too large: the limit is {self.limits.max_body_bytes} bytes"
-        )
-
-    async def _read_body(self, conn: _Connection, path: str) -> bytes:
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            event = await self._next_event(conn)
-            if isinstance(event, h11.Data):
-                size += len(event.data)
-                if size > self.limits.max_body_bytes:
-                    raise _HttpFailure(self._too_large(), path=path)
-                parts.append(event.data)
-            elif isinstance(event, h11.EndOfMessage):
-                return b"".join(parts)
-            else:
-                raise _ClientGone()
+    async def _body_piece(self, conn: _Connection) -> bytes | None:
+        event = await self._next_event(conn)
+        if isinstance(event, h11.Data):
+            return bytes(event.data)
+        if isinstance(event, h11.EndOfMessage):
+            return None
+        raise _ClientGone()
 
     # ---- writing ---------------------------------------------------------
 
@@ -387,21 +310,17 @@ class GatewayServer:
             conn.closed = True
             raise _ClientGone() from None
 
-    async def _send_error_raw(self, conn: _Connection, err: GatewayError, path: str) -> None:
-        """An error found by the transport itself; the connection closes after."""
-        status, headers, body = error_response(surface_of(path), err)
+    async def _send_refusal(self, conn: _Connection, refused: Refused) -> None:
+        """An answer of the transport itself; the connection closes after."""
+        status, headers, body = self.front.refusal(refused, conn.path)
         if conn.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             conn.closed = True
             return
-        all_headers = [
-            *headers,
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
+        response = h11.Response(
+            status_code=status, headers=list(headers), reason=reason_phrase(status)
+        )
         try:
-            self._queue(
-                conn, h11.Response(status_code=status, headers=all_headers, reason=_reason(status))
-            )
+            self._queue(conn, response)
             self._queue(conn, h11.Data(data=body))
             self._queue(conn, h11.EndOfMessage())
             await self._flush(conn)
@@ -412,7 +331,7 @@ class GatewayServer:
     # ---- serving one request -------------------------------------------
 
     async def _serve(self, conn: _Connection, request: IncomingRequest) -> None:
-        served = await self.executor.serve(request, _H11Channel(self, conn))
+        served = await self.front.serve(request, _H11Channel(self, conn))
         if served.client_gone or self.draining:
             conn.closed = True
 
@@ -425,7 +344,9 @@ class _H11Channel:
         self.conn = conn
 
     def start_response(self, status: int, headers: Headers) -> None:
-        response = h11.Response(status_code=status, headers=list(headers), reason=_reason(status))
+        response = h11.Response(
+            status_code=status, headers=list(headers), reason=reason_phrase(status)
+        )
         self.server._queue(self.conn, response)
 
     def send_body(self, data: bytes) -> None:
@@ -459,24 +380,3 @@ class _H11Channel:
             if len(conn.h11.trailing_data[0]) > bound:
                 conn.closed = True
                 await anyio.sleep_forever()
-
-
-def _has(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bool:
-    return any(key == name for key, _ in headers)
-
-
-def _content_length(headers: Sequence[tuple[bytes, bytes]]) -> int | None:
-    for name, value in headers:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
-
-
-def _reason(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode("ascii")
-    except ValueError:
-        return b""

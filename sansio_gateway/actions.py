@@ -27,17 +27,20 @@ __all__ = [
     "CollectMetrics",
     "CollectOverview",
     "CommitLimits",
+    "CountBackendAttempt",
     "EndResponse",
     "LimitsDecided",
     "LoadAsset",
     "MetricsCollected",
     "OverviewCollected",
     "QueryUsage",
+    "RecordBackendOutcome",
     "RecordUsage",
     "RefreshCatalogue",
     "Result",
     "SendBody",
     "SendUpstream",
+    "SharedWrite",
     "StartResponse",
     "UpstreamChunkReceived",
     "UpstreamClosed",
@@ -172,7 +175,35 @@ class CommitLimits:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RefreshCatalogue:
-    """Re-run model discovery now; answer with ``CatalogueRefreshed``."""
+    """Re-run model discovery now, for a model the catalogue lacks; answer
+    with ``CatalogueRefreshed``.  Also a write: the Gateway notes the time
+    of this refresh (``Gateway.apply_write``), so that other unknown names
+    wait out ``discovery_ttl`` instead of refreshing too."""
+
+
+# Writes to the Gateway's shared state.  The adapter applies them with
+# ``Gateway.apply_write`` as soon as it receives the list that holds them,
+# before it awaits anything, so no other Exchange runs in between (the
+# Exchange decided on a preview of exactly that state).
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CountBackendAttempt:
+    """Count an attempt sent to ``backend`` at ``at`` on its breaker: past
+    its cooldown an OPEN breaker lets it through as the HALF_OPEN probe."""
+
+    backend: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordBackendOutcome:
+    """Feed one attempt's outcome to ``backend``'s breaker (``ok`` False:
+    unreachable or broken)."""
+
+    backend: str
+    ok: bool
+    at: float
 
 
 Action = (
@@ -189,7 +220,12 @@ Action = (
     | RefreshCatalogue
     | CheckLimits
     | CommitLimits
+    | CountBackendAttempt
+    | RecordBackendOutcome
 )
+
+SharedWrite = CountBackendAttempt | RecordBackendOutcome | RefreshCatalogue
+SHARED_WRITES = (CountBackendAttempt, RecordBackendOutcome, RefreshCatalogue)
 
 
 # ---- results -------------------------------------------------------------

@@ -155,6 +155,9 @@ class ServerConfig(_Strict):
     shutdown_grace: float = Field(default=30.0, ge=0)
     runtime: Literal["asyncio", "trio"] = "asyncio"
     uvloop: bool = True  # on asyncio, use uvloop when it is installed (the "fast" extra)
+    # On asyncio: "fast" serves with asyncio.Protocol, "anyio" with the server
+    # trio uses (docs/architecture.md, "The fast transport").  trio is always anyio.
+    transport: Literal["fast", "anyio"] = "fast"
     # Field name for Ollama's `thinking` on /v1: most clients read
     # `reasoning_content` (docs/openai-compatibility.md); Ollama itself says `reasoning`.
     reasoning_field: str = "reasoning_content"

@@ -7,35 +7,37 @@ Whenever something happens -- the upstream answered, sent bytes, closed,
 failed, or the client went away -- the adapter reports it with
 :meth:`Exchange.handle` and executes the returned actions in order.
 
-States and the results each accepts are one table, ``_TRANSITIONS``; a pair
-missing from it is an adapter bug and raises :class:`ExchangeStateError`.
-Client and upstream faults never raise: they come back as rendered error
-responses (or in-band stream errors) in the caller's wire format.
+Each wait is a state, and one table (``_rows``) gives for every (state,
+result type) pair the handler and the states it may lead to; ``handle``
+checks the handler's next state against it.  A pair missing from the table
+is an adapter bug and raises :class:`ExchangeStateError`.  Client and
+upstream faults never raise: a handler's ``GatewayError`` ends in DONE (the
+edge every state has, like h11's ERROR) with a rendered error response or
+an in-band stream error.  Shared Gateway state changes only through actions
+(actions.py, ``SharedWrite``); the retries live in ``backends/attempts.py``,
+the limit lease in ``accounting/lease.py``.
 
-Invariants the Exchange keeps, whatever the path:
+Invariants, whatever the path:
 
 * exactly one ``StartResponse`` and one ``EndResponse`` per request (unless
   the client disconnected, in which case nothing more is sent to it);
 * a request that reached a backend produces exactly one ``RecordUsage``;
-* once DONE, further upstream results are ignored (the response may end
-  at Ollama's ``done`` line before the upstream socket closes).
+* an admitted request produces exactly one ``CommitLimits``;
+* once DONE, further results are ignored (the response may end at Ollama's
+  ``done`` line before the upstream socket closes).
 """
 
 from __future__ import annotations
 
 import enum
-import math
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any, assert_never, get_args
 
-from .accounting.admission import (
-    DEFAULT_OUTPUT_CAP,
-    LIMITED_ROUTES,
-    admission_charge,
-    fitted_cap,
-    write_output_cap,
-)
+from .accounting.admission import DEFAULT_OUTPUT_CAP, write_output_cap
+from .accounting.lease import LimitLease, charge, lease_for
+from .accounting.report import RequestFacts, RequestSummary, summary, usage_record
+from .accounting.usage import TokenUsage
 from .accounting.usage_query import UsageQuery, render_usage
 from .actions import (
     Action,
@@ -62,17 +64,14 @@ from .actions import (
     UpstreamFailed,
     UpstreamResponseStarted,
     UsageQueried,
-    UsageRecord,
 )
-from .backends.catalogue import Catalogue, Route
-from .backends.health import BackendHealth
-from .backends.retry import next_step, parse_retry_after, targets_for
-from .config import GatewayConfig
+from .backends.attempts import Attempts
+from .backends.catalogue import Route
+from .backends.health import BreakerPreview
 from .errors import (
     GatewayError,
     InternalError,
     InvalidRequest,
-    NotFound,
     ServiceUnavailable,
     UpstreamError,
     error_from_upstream,
@@ -83,14 +82,17 @@ from .flows.base import (
     LedgerQuery,
     LocalAnswer,
     MetricsScrape,
+    StreamAnswer,
     UpstreamCall,
+    WholeAnswer,
 )
 from .flows.context import FlowContext
+from .gateway_view import GatewayView
 from .http import Headers, IncomingRequest, Surface, header_value
 from .identity import ANONYMOUS, Identity
-from .limits import Costs, Decision, LimitSpecs, Unit, rate_limit_headers, render_denial
-from .rendering import error_response, request_id_from
-from .routing import RouteEntry, surface_of
+from .limits import Decision, rate_limit_headers, render_denial
+from .rendering import error_response, model_not_found, request_id_from, whole_response
+from .routes import ParsedRequest, RouteDecl, surface_of
 
 __all__ = ["Exchange", "ExchangeState", "ExchangeStateError", "GatewayView", "RequestSummary"]
 
@@ -99,57 +101,7 @@ __all__ = ["Exchange", "ExchangeState", "ExchangeStateError", "GatewayView", "Re
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024
 # The metrics label of a model the catalogue does not name (see RequestSummary).
 UNKNOWN_MODEL_LABEL = "unknown"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RequestSummary:
-    request_id: str
-    surface: str
-    route: str
-    key_id: str | None
-    user: str
-    model: str
-    backend: str
-    resolved_model: str
-    status: int
-    prompt_tokens: int
-    completion_tokens: int
-    latency: float
-    ttft: float | None
-    retries: int
-    client_disconnected: bool
-    # The model as a metrics label: the catalogue's name for it, "unknown"
-    # for a name the catalogue does not hold (or one hidden by the caller's
-    # allow-list), "-" for routes without a model.  Never the client's
-    # free-form string, so clients cannot mint label values.
-    model_label: str = "-"
-
-
-class GatewayView(Protocol):
-    """What an Exchange uses of the :class:`~sansio_gateway.gateway.Gateway`
-    that made it.  A protocol, so that this module does not import
-    ``gateway.py`` (which imports this one): the import graph has no circle
-    (tests/core/test_import_graph.py)."""
-
-    config: GatewayConfig
-    catalogue: Catalogue
-    health: BackendHealth
-    limits_on: bool
-    random: Callable[[], float]
-
-    def authorize(
-        self, method: str, path: str, headers: Headers
-    ) -> tuple[RouteEntry, Identity]: ...
-
-    def flow_context(self, request_id: str, now: float, identity: Identity) -> FlowContext: ...
-
-    def may_use(self, identity: Identity, route: Route) -> bool: ...
-
-    def should_refresh_on_miss(self, now: float) -> bool: ...
-
-    def limit_specs(self, user: str, route: Route) -> LimitSpecs: ...
-
-    def upstream_headers(self, backend: str, request_id: str) -> Headers: ...
+_JSON: Headers = ((b"content-type", b"application/json"),)
 
 
 class ExchangeStateError(RuntimeError):
@@ -158,14 +110,22 @@ class ExchangeStateError(RuntimeError):
 
 class ExchangeState(enum.Enum):
     IDLE = "idle"
-    AWAITING_UPSTREAM = "awaiting_upstream"  # SendUpstream issued, no head yet
+    AWAITING_CATALOGUE = "awaiting_catalogue"  # RefreshCatalogue issued
     AWAITING_LIMITS = "awaiting_limits"  # CheckLimits issued
-    # QueryUsage / CollectMetrics / an AdapterAnswer's action issued
-    AWAITING_ADAPTER = "awaiting_adapter"
+    AWAITING_LIMITS_CLIENT_GONE = "awaiting_limits_client_gone"  # ... and the client left
+    AWAITING_LEDGER = "awaiting_ledger"  # QueryUsage issued
+    AWAITING_METRICS = "awaiting_metrics"  # CollectMetrics issued
+    AWAITING_ADAPTER_DATA = "awaiting_adapter_data"  # an AdapterAnswer's action issued
+    AWAITING_UPSTREAM = "awaiting_upstream"  # SendUpstream issued, no head yet
     BUFFERING = "buffering"  # non-stream answer being collected
     BUFFERING_ERROR = "buffering_error"  # upstream error body being collected
     STREAMING = "streaming"  # client response started, translating chunks
     DONE = "done"
+
+
+_S = ExchangeState
+# A handler's outcome: the next state and the actions that get there.
+Step = tuple[ExchangeState, list[Action]]
 
 
 class Exchange:
@@ -175,171 +135,144 @@ class Exchange:
         self.gateway = gateway
         self.request_id = request_id
         self.trace_id = request_id
-        self.state = ExchangeState.IDLE
-        self.flow: Flow | None = None
+        self.state = _S.IDLE
+        self.route: RouteDecl | None = None  # once the request is parsed
+        self.model: str | None = None  # the catalogue's name, on model-addressed routes
+        self._request: ParsedRequest | None = None  # what the route's parser made of the body
+        self._context: FlowContext | None = None
+        self.flow: Flow | None = None  # the route's, or the current attempt's
+        # The current attempt's answer translator: exactly one, once planned.
+        self._whole: WholeAnswer | None = None
+        self._streamed: StreamAnswer | None = None
         self.identity: Identity = ANONYMOUS
         self.surface = Surface.GATEWAY
+        self.method = ""
         self.status = 0
         self.backend = ""
         self.resolved_model = ""
         self.model_label = "-"
         self.started_at = 0.0
         self.first_byte_at: float | None = None
+        self.limit_decision: Decision | None = None
         self._buffer = bytearray()
         self._upstream_status = 0
-        self._reached_backend = False
-        # True once an attempt may have reached a backend that could generate:
-        # it answered, or failed in a way not known to precede the send.
-        self._maybe_generated = False
-        self._client_gone = False
-        self._response_started = False
-        self._head_only = False
-        self._body = b""
-        self._admitted = False
-        self._settled = False
-        self._estimate = 0
-        self._output_cap: int | None = None  # written upstream when token limits apply
-        self._specs: LimitSpecs | None = None
-        self._commit: CommitLimits | None = None
+        self._attempts = Attempts(targets=())
+        self._lease: LimitLease | None = None
+        self._commit: CommitLimits | None = None  # owed at the end of this step
+        self._breakers = BreakerPreview(gateway.health)
         self._rate_headers: Headers = ()
-        self.limit_decision: Decision | None = None
         self._ledger_query = UsageQuery()
         self._render: Callable[[OverviewCollected | AssetLoaded], LocalAnswer] | None = None
-        self._targets: list[Route] = []
-        self._target_index = 0
-        self._retries_on_target = 0
-        self._attempts = 0
-        self._retry_after: float | None = None
-        self._stream = False
 
     # ---- public API ------------------------------------------------------
 
     def start(self, request: IncomingRequest, now: float) -> list[Action]:
         """Begin handling ``request``; returns the first actions."""
-        if self.state is not ExchangeState.IDLE:
-            raise ExchangeStateError("start() called twice")
+        if self.state is not _S.IDLE:
+            raise ExchangeStateError(f"start() not valid in state {self.state.name}")
         self.started_at = now
-        self._head_only = request.method == "HEAD"
+        self.method = request.method
         # The client's x-request-id is for tracing only: echoed, logged and
         # sent upstream.  Limits, the ledger and completion ids key on the
         # gateway's own id, so reusing an id cannot replace another
         # request's lease or usage record.
         self.trace_id = request_id_from(request.headers, self.request_id)
-        self._body = request.body
-        try:
-            return self._with_commit(self._start(request, now))
-        except GatewayError as err:
-            return self._with_commit(self._fail_before_response(err, now))
+        return self._step(lambda: self._start(request, now), _STARTS, "start()", now)
 
     def handle(self, result: Result, now: float) -> list[Action]:
         """Feed one result; returns the actions it calls for."""
-        handler = _TRANSITIONS.get((self.state, type(result)))
-        if handler is None:
+        row = _TABLE.get((self.state, type(result)))
+        if row is None:
             raise ExchangeStateError(
                 f"{type(result).__name__} not valid in state {self.state.name}"
             )
-        try:
-            return self._with_commit(handler(self, result, now))
-        except GatewayError as err:
-            return self._with_commit(self._fail(err, now))
+        handler, leads_to = row
+        return self._step(lambda: handler(self, result, now), leads_to, type(result).__name__, now)
 
     def summary(self, now: float) -> RequestSummary:
         """What happened, for the one log line and the metrics of a request.
 
         Holds no prompt text and no key, by construction.
         """
-        flow = self.flow
-        usage = flow.usage if flow is not None else None
-        if usage is None and flow is not None and self._reached_backend:
-            usage = flow.estimate_usage()
-        return RequestSummary(
-            request_id=self.trace_id,
-            surface=self.surface.value,
-            route=flow.route_name if flow is not None else "unknown",
-            key_id=self.identity.key_id,
-            user=self.identity.user,
-            model=(flow.model if flow is not None else None) or "",
-            backend=self.backend,
-            resolved_model=self.resolved_model,
-            status=self.status or 0,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            latency=now - self.started_at,
-            ttft=None if self.first_byte_at is None else self.first_byte_at - self.started_at,
-            retries=max(0, self._attempts - 1),
-            client_disconnected=self._client_gone,
-            model_label=self.model_label,
-        )
+        usage = self._usage()
+        if usage is None and self._attempts.made:
+            usage = self._estimate_usage()
+        return summary(self._facts(self.trace_id), usage, model_label=self.model_label, now=now)
 
     @property
     def response_headers_extra(self) -> Headers:
         return ((b"x-request-id", self.trace_id.encode("ascii")),)
 
+    def _step(
+        self, run: Callable[[], Step], leads_to: frozenset[ExchangeState], what: str, now: float
+    ) -> list[Action]:
+        self._breakers = BreakerPreview(self.gateway.health)
+        try:
+            state, actions = run()
+        except GatewayError as err:
+            state, actions = self._fail(err, now)
+        else:
+            if state not in leads_to:  # a bug in this module, caught by the table test
+                raise ExchangeStateError(f"{what} in {self.state.name} led to {state.name}")
+        self.state = state
+        commit, self._commit = self._commit, None
+        # The shared writes first: the adapter applies them before anything else.
+        return [*self._breakers.events, *actions, *([commit] if commit else [])]
+
     # ---- start -----------------------------------------------------------
 
-    def _start(self, request: IncomingRequest, now: float) -> list[Action]:
+    def _start(self, request: IncomingRequest, now: float) -> Step:
         gateway = self.gateway
         self.surface = surface_of(request.path)
         # Before the body is parsed: an unauthenticated caller learns
         # nothing about what the gateway would accept.  (Adapters ask the
         # same question before reading the body: Gateway.refuse_head.)
-        entry, self.identity = gateway.authorize(request.method, request.path, request.headers)
+        decl, self.identity = gateway.authorize(request.method, request.path, request.headers)
         if self.identity is not ANONYMOUS:
             request = replace(request, identity=self.identity)
-        flow = entry.factory(gateway.flow_context(self.request_id, now, self.identity), request)
-        self.flow = flow
-        route = backend = None
-        model = flow.model
-        if model is not None:
+        context = self._context = gateway.flow_context(self.request_id, now, self.identity)
+        self.route = decl
+        if decl.parse is not None:
+            # The one parse of the body: a bad request never reaches a
+            # backend, whatever its kind.
+            parsed = self._request = decl.parse(request.body)
+            self.model = model = decl.model_name(context.catalogue, parsed.model)
             self.model_label = UNKNOWN_MODEL_LABEL
             route = gateway.catalogue.resolve(model)
-            if (
-                route is None
-                and self.identity.may_use(model)
-                and gateway.should_refresh_on_miss(now)
-            ):
+            if route is None and self.identity.may_use(model) and gateway.may_refresh_on_miss(now):
                 # Perhaps the model was pulled since the last discovery.
-                self.state = ExchangeState.AWAITING_ADAPTER
-                return [RefreshCatalogue()]
+                return _S.AWAITING_CATALOGUE, [RefreshCatalogue()]
             return self._route_to(route, model, now)
-        plan = flow.plan(route, backend)
+        assert decl.local is not None
+        flow = self.flow = decl.local(context, request)
+        plan = flow.plan(None, None)
         if isinstance(plan, LedgerQuery):
-            self.state = ExchangeState.AWAITING_ADAPTER
             self._ledger_query = plan.query
-            return [QueryUsage(query=plan.query)]
+            return _S.AWAITING_LEDGER, [QueryUsage(query=plan.query)]
         if isinstance(plan, MetricsScrape):
-            self.state = ExchangeState.AWAITING_ADAPTER
-            return [CollectMetrics()]
+            return _S.AWAITING_METRICS, [CollectMetrics()]
         if isinstance(plan, AdapterAnswer):
-            self.state = ExchangeState.AWAITING_ADAPTER
             self._render = plan.render
-            return [plan.ask]
+            return _S.AWAITING_ADAPTER_DATA, [plan.ask]
         if isinstance(plan, LocalAnswer):
-            self.state = ExchangeState.DONE
-            self.status = plan.status
-            return self._whole_response(plan.status, plan.headers, plan.body)
-        raise InternalError(f"{flow.route_name}: a model-less flow asked for an upstream")
+            return self._answer(plan.status, plan.headers, plan.body)
+        raise InternalError(f"{decl.name}: a model-less flow asked for an upstream")
 
-    def _model_not_found(self, model: str) -> NotFound:
-        # Hidden and missing models look the same, so a key's allow-list
-        # does not reveal what else exists; each surface in its own words.
-        if self.surface is Surface.OLLAMA:
-            message = f'model "{model}" not found, try pulling it first'
-        else:
-            message = f"The model `{model}` does not exist or you do not have access to it."
-        return NotFound(message, code="model_not_found", param="model")
-
-    def _route_to(self, route: Route | None, model: str, now: float) -> list[Action]:
+    def _route_to(self, route: Route | None, model: str, now: float) -> Step:
         # The allow-list judges the model reached, not the spelling asked for.
         if route is None or not self.gateway.may_use(self.identity, route):
-            raise self._model_not_found(model)
+            raise model_not_found(self.surface, model)
         self.model_label = self.gateway.catalogue.known_name(route) or UNKNOWN_MODEL_LABEL
-        self._targets = targets_for(route)
+        self._attempts = Attempts.for_route(route)
         check = self._check_limits(route)
         if check is not None:
-            self.state = ExchangeState.AWAITING_LIMITS
-            return [check]
+            return _S.AWAITING_LIMITS, [check]
         return self._attempt(0.0, now)
+
+    def _on_catalogue_refreshed(self, result: CatalogueRefreshed, now: float) -> Step:
+        assert self.model is not None
+        model = self.model
+        return self._route_to(self.gateway.catalogue.resolve(model), model, now)
 
     # ---- rate limits ------------------------------------------------------
 
@@ -347,456 +280,387 @@ class Exchange:
         """Ask for admission, charging an upper-bound estimate (or None when
         no limit applies to this request)."""
         gateway = self.gateway
-        assert self.flow is not None
-        generates = LIMITED_ROUTES.get(self.flow.route_name)
-        if not gateway.limits_on or generates is None:
+        assert self.route is not None and self._request is not None
+        if not gateway.limits_on or not self.route.limited:
             return None
         specs = gateway.limit_specs(self.identity.user, route)
         if specs.empty:
             return None
-        charge = fitted_cap(
-            admission_charge(
-                self._body,
-                default_output_cap=gateway.config.server.default_max_tokens or DEFAULT_OUTPUT_CAP,
-                generates=generates,
-                route=self.flow.route_name,
-            ),
-            _token_ceiling(specs),
-        )
-        self._estimate = charge.total
-        if generates and _token_ceiling(specs) is not None:
-            self._output_cap = charge.cap
-        self._specs = specs
-        return CheckLimits(
-            key=self.identity.user,
+        self._lease = lease_for(
+            # From the body as the route's parser decoded it on arrival.
+            decoded=self._request.decoded,
+            route=self.route.name,
+            generates=self.route.generates,
             specs=specs,
-            costs=Costs(tokens=self._estimate, requests=1),
+            key=self.identity.user,
             request_id=self.request_id,
+            default_output_cap=gateway.config.server.default_max_tokens or DEFAULT_OUTPUT_CAP,
         )
+        return self._lease.check()
 
-    def _on_limits_decided(self, result: LimitsDecided, now: float) -> list[Action]:
+    def _on_limits_decided(self, result: LimitsDecided, now: float) -> Step:
         decision = result.decision
         self.limit_decision = decision
-        assert self.flow is not None
+        assert self._lease is not None
         if not decision.allowed:
-            self.state = ExchangeState.DONE
             status, headers, body = render_denial(
-                decision, surface=self.surface, model=self.flow.model or "", organization="gateway"
+                decision, surface=self.surface, model=self.model or "", organization="gateway"
             )
-            self.status = status
-            return self._whole_response(status, headers, body)
-        self._admitted = True
+            return self._answer(status, headers, body)
+        self._lease = self._lease.admit()
         self._rate_headers = rate_limit_headers(decision.headers)
-        if self._client_gone:
-            self.state = ExchangeState.DONE
-            self._settle(0)
-            return []
         return self._attempt(0.0, now)
 
-    def _on_limits_client_gone(self, result: ClientDisconnected, now: float) -> list[Action]:
+    def _on_limits_client_gone(self, result: ClientDisconnected, now: float) -> Step:
         # The decision is still coming; if it admits, the lease is released then.
-        self._client_gone = True
-        return []
+        self.status = 499
+        return _S.AWAITING_LIMITS_CLIENT_GONE, []
+
+    def _on_limits_decided_client_gone(self, result: LimitsDecided, now: float) -> Step:
+        self.limit_decision = result.decision
+        if result.decision.allowed and self._lease is not None:
+            self._lease = self._lease.admit()
+            self._settle(0)  # never sent: refund the tokens, free the slot
+        return _S.DONE, []
 
     def _settle(self, actual: int) -> None:
-        """Queue the one CommitLimits of an admitted request."""
-        if self._admitted and not self._settled:
-            assert self._specs is not None
-            self._settled = True
-            self._commit = CommitLimits(
-                key=self.identity.user,
-                specs=self._specs,
-                request_id=self.request_id,
-                estimate=self._estimate,
-                actual=max(0, actual),
-            )
-
-    def _with_commit(self, actions: list[Action]) -> list[Action]:
-        commit = self._commit
-        if commit is None:
-            return actions
-        self._commit = None
-        return [*actions, commit]
-
-    def _on_catalogue_refreshed(self, result: CatalogueRefreshed, now: float) -> list[Action]:
-        assert self.flow is not None and self.flow.model is not None
-        model = self.flow.model
-        try:
-            return self._route_to(self.gateway.catalogue.resolve(model), model, now)
-        except GatewayError as err:
-            return self._fail_before_response(err, now)
+        """Owe the one CommitLimits of an admitted request."""
+        if self._lease is not None:
+            self._lease, commit = self._lease.settle(actual)
+            self._commit = commit or self._commit
 
     # ---- attempts, retries and fallbacks ---------------------------------
 
-    def _attempt(self, delay: float, now: float) -> list[Action]:
+    def _attempt(self, delay: float, now: float) -> Step:
         """Plan the current target and ask for it to be sent."""
-        assert self.flow is not None
-        health = self.gateway.health
-        # Backends whose breaker is open are skipped while another target remains.
-        while not health.may_send(self._targets[self._target_index].backend, now + delay):
-            if self._target_index + 1 >= len(self._targets):
-                name = self._targets[self._target_index].backend
-                self.backend = name
-                wait = max(1, math.ceil(health.retry_after(name, now)))
-                raise ServiceUnavailable(
-                    f"Backend {name!r} is failing and was taken out of rotation; retry in {wait}s.",
-                    code="backend_unavailable",
-                    retry_after=wait,
-                )
-            self._target_index += 1
-            self._retries_on_target = 0
-            delay = 0.0
-        route = self._targets[self._target_index]
-        backend = self.gateway.config.backend(route.backend)
+        assert self.route is not None and self._context is not None
+        self._attempts, delay, free = self._attempts.choose(self._breakers, now, delay)
+        route = self._attempts.current
         self.backend = route.backend
+        if not free:
+            raise self._attempts.unavailable(self._breakers, now)
+        backend = self.gateway.config.backend(route.backend)
         self.resolved_model = route.target
+        # A fresh flow per attempt (no state from a failed attempt survives),
+        # for this backend's kind: a fallback may be of another kind.
+        make = self.route.flow or self.gateway.flow_for(backend.kind, self.route.name)
+        if make is None:
+            raise InvalidRequest(
+                f"backend {backend.name!r} of kind {backend.kind!r} cannot serve {self.route.name}"
+            )
         try:
+            assert self.model is not None and self._request is not None
+            self.flow = make(self._context, self._request, self.model)
             plan = self.flow.plan(route, backend)
         except TypeError:
             # orjson encodes 254 levels of nesting but parses 1024: a body
             # in between validates and then cannot be re-encoded.
             raise InvalidRequest("The request JSON is nested too deeply.") from None
         if not isinstance(plan, UpstreamCall):
-            self.state = ExchangeState.DONE
             if isinstance(plan, LocalAnswer):
-                self.status = plan.status
-                return self._whole_response(plan.status, plan.headers, plan.body)
-            raise InternalError(f"{self.flow.route_name}: unexpected plan for a model route")
-        self.state = ExchangeState.AWAITING_UPSTREAM
-        self._reached_backend = True
-        self._stream = plan.stream
-        self._attempts += 1
+                return self._answer(plan.status, plan.headers, plan.body)
+            raise InternalError(f"{self.route.name}: unexpected plan for a model route")
+        self._whole, self._streamed = plan.whole, plan.stream
+        self._attempts = self._attempts.sent(stream=plan.stream is not None)
         self._buffer = bytearray()
         headers = self.gateway.upstream_headers(self.backend, self.trace_id)
         body = plan.body
-        if self._output_cap is not None:
+        if self._lease is not None and self._lease.output_cap is not None:
             # The cap admission charged is the cap the backend reads, on
             # every route and backend kind (docs/rate-limiting.md, "What is charged").
-            body = write_output_cap(self.flow.route_name, backend.kind, body, self._output_cap)
-        return [
-            SendUpstream(
-                backend=self.backend,
-                method=plan.method,
-                url=backend.url + plan.path,
-                headers=headers,
-                body=body,
-                delay=delay,
-            )
-        ]
+            body = write_output_cap(backend.kind, body, self._lease.output_cap)
+        call = SendUpstream(
+            backend=self.backend,
+            method=plan.method,
+            url=backend.url + plan.path,
+            headers=headers,
+            body=body,
+            delay=delay,
+        )
+        return _S.AWAITING_UPSTREAM, [call]
 
     def _try_again(
         self, now: float, *, status: int | None, error: GatewayError | None
-    ) -> list[Action] | None:
+    ) -> Step | None:
         """Another attempt, if the policy allows one (nothing was sent yet)."""
         # Only signs that the backend is unreachable or broken count against
         # its breaker: transport failures, and 502/504 from a proxy in front
         # of it.  A backend that answers 500 or 503 is alive -- those are
         # about one request or a busy moment, and retries handle them.
-        failed_backend = error is not None or status in (502, 504)
-        self.gateway.health.record(self.backend, not failed_backend, now)
-        if self._response_started or not self._targets:
-            return None
+        self._breakers.record(self.backend, error is None and status not in (502, 504), now)
         backend = self.gateway.config.backend(self.backend)
-        step = next_step(
+        after = self._attempts.after_failure(
             status=status,
             error=error,
-            retries_on_target=self._retries_on_target,
             max_retries=backend.max_retries,
-            attempts=self._attempts,
             max_attempts=self.gateway.config.server.max_attempts,
-            has_next_target=self._target_index + 1 < len(self._targets),
             backoff_base=backend.retry_backoff,
             rand=self.gateway.random(),
-            retry_after=self._retry_after,
         )
-        if step.kind == "retry":
-            self._retries_on_target += 1
-            return self._attempt(step.delay, now)
-        if step.kind == "fallback":
-            self._target_index += 1
-            self._retries_on_target = 0
-            return self._attempt(0.0, now)
-        return None
+        if after is None:
+            return None
+        self._attempts, delay = after
+        return self._attempt(delay, now)
 
     # ---- transitions -----------------------------------------------------
 
-    def _on_head(self, result: UpstreamResponseStarted, now: float) -> list[Action]:
-        if not 400 <= result.status < 500:
-            # A 4xx is the backend refusing the request, before generating;
-            # a 5xx may come after minutes of generation (an OOM, a crash).
-            self._maybe_generated = True
+    def _on_head(self, result: UpstreamResponseStarted, now: float) -> Step:
+        retry_after = header_value(result.headers, b"retry-after")
+        self._attempts = self._attempts.answered(result.status, retry_after)
         self._upstream_status = result.status
         if result.status >= 400:
-            self.state = ExchangeState.BUFFERING_ERROR
-            self._retry_after = parse_retry_after(header_value(result.headers, b"retry-after"))
-            return []
-        self.gateway.health.record(self.backend, True, now)
-        if not self._stream:
-            self.state = ExchangeState.BUFFERING
-            return []
-        assert self.flow is not None
-        self.state = ExchangeState.STREAMING
+            return _S.BUFFERING_ERROR, []
+        self._breakers.record(self.backend, True, now)
+        if not self._attempts.stream:
+            return _S.BUFFERING, []
+        assert self._streamed is not None
         self.status = 200
-        self._response_started = True
-        return [StartResponse(status=200, headers=self._headers(self.flow.stream_headers()))]
+        headers = self._headers(self._streamed.headers)
+        return _S.STREAMING, [StartResponse(status=200, headers=headers)]
 
-    def _on_buffer_chunk(self, result: UpstreamChunkReceived, now: float) -> list[Action]:
+    def _on_buffer_chunk(self, result: UpstreamChunkReceived, now: float) -> Step:
         if len(self._buffer) + len(result.data) > MAX_UPSTREAM_BODY:
-            return [CancelUpstream(), *self._fail(UpstreamError("upstream answer too large"), now)]
+            state, actions = self._fail(UpstreamError("upstream answer too large"), now)
+            return state, [CancelUpstream(), *actions]
         self._buffer += result.data
-        return []
+        return self.state, []
 
-    def _on_buffer_closed(self, result: UpstreamClosed, now: float) -> list[Action]:
-        assert self.flow is not None
-        body = self.flow.complete(bytes(self._buffer))
-        self.state = ExchangeState.DONE
-        self.status = 200
+    def _on_buffer_closed(self, result: UpstreamClosed, now: float) -> Step:
+        assert self._whole is not None
+        body = self._whole.complete(bytes(self._buffer))
         self.first_byte_at = now
-        return [*self._whole_response(200, self.flow_json_headers(), body), self._record(now, "ok")]
+        state, actions = self._answer(200, _JSON, body)
+        return state, [*actions, self._record(now, "ok")]
 
-    def _on_error_closed(self, result: UpstreamClosed, now: float) -> list[Action]:
+    def _on_error_closed(self, result: UpstreamClosed, now: float) -> Step:
         again = self._try_again(now, status=self._upstream_status, error=None)
         if again is not None:
             return again
-        model = self.flow.model if self.flow else None
-        err = error_from_upstream(self._upstream_status, bytes(self._buffer), model=model)
+        err = error_from_upstream(self._upstream_status, bytes(self._buffer), model=self.model)
         return self._fail(err, now, outcome="upstream_error")
 
-    def _on_stream_chunk(self, result: UpstreamChunkReceived, now: float) -> list[Action]:
-        assert self.flow is not None
-        out = self.flow.feed(result.data)
+    def _on_stream_chunk(self, result: UpstreamChunkReceived, now: float) -> Step:
+        assert self._streamed is not None
+        out = self._streamed.feed(result.data)
         actions: list[Action] = []
         if out:
             if self.first_byte_at is None:
                 self.first_byte_at = now
             actions.append(SendBody(data=out))
-        if self.flow.stream_done:
-            actions += self._end_stream(now)
-        return actions
+        if self._streamed.done:
+            return self._end_stream(now, actions)
+        return _S.STREAMING, actions
 
-    def _on_stream_closed(self, result: UpstreamClosed, now: float) -> list[Action]:
-        assert self.flow is not None
-        out = self.flow.finish()
-        actions: list[Action] = [SendBody(data=out)] if out else []
-        return actions + self._end_stream(now)
+    def _on_stream_closed(self, result: UpstreamClosed, now: float) -> Step:
+        assert self._streamed is not None
+        out = self._streamed.finish()
+        return self._end_stream(now, [SendBody(data=out)] if out else [])
 
-    def _on_stream_failed(self, result: UpstreamFailed, now: float) -> list[Action]:
-        assert self.flow is not None
-        self.gateway.health.record(self.backend, False, now)
-        out = self.flow.fail(result.error)
-        self.status = result.error.status_code
-        actions: list[Action] = [SendBody(data=out)] if out else []
-        self.state = ExchangeState.DONE
-        return [*actions, EndResponse(keep_alive=False), self._record(now, "failed_mid_stream")]
+    def _on_stream_failed(self, result: UpstreamFailed, now: float) -> Step:
+        self._breakers.record(self.backend, False, now)
+        return self._fail(result.error, now)
 
-    def _on_upstream_failed(self, result: UpstreamFailed, now: float) -> list[Action]:
-        if not _before_send(result.error):
-            self._maybe_generated = True
-        self._retry_after = None
+    def _on_upstream_failed(self, result: UpstreamFailed, now: float) -> Step:
+        self._attempts = self._attempts.failed(result.error)
         again = self._try_again(now, status=None, error=result.error)
         if again is not None:
             return again
         return self._fail(result.error, now, outcome="upstream_error")
 
-    def _on_client_gone(self, result: ClientDisconnected, now: float) -> list[Action]:
-        if self.state is ExchangeState.AWAITING_UPSTREAM:
-            self._maybe_generated = True  # the request may be on its way, or generating
-        self._client_gone = True
-        self.state = ExchangeState.DONE
+    def _on_client_gone(self, result: ClientDisconnected, now: float) -> Step:
+        if self.state is _S.AWAITING_UPSTREAM:
+            self._attempts = self._attempts.left_early()
         self.status = 499
-        return [CancelUpstream(), self._record(now, "client_disconnected")]
+        return _S.DONE, [CancelUpstream(), self._record(now, "client_disconnected")]
 
-    def _on_ledger_rows(self, result: UsageQueried, now: float) -> list[Action]:
+    def _on_ledger_rows(self, result: UsageQueried, now: float) -> Step:
         if result.error is not None:
-            return self._fail_before_response(ServiceUnavailable(result.error), now)
-        self.state = ExchangeState.DONE
-        self.status = 200
+            return self._fail_before_response(ServiceUnavailable(result.error))
         content_type, body = render_usage(self._ledger_query, result.rows)
         if content_type == b"application/json":
-            return self._whole_response(200, self.flow_json_headers(), body)
-        return self._whole_response(200, ((b"content-type", content_type),), body)
+            return self._answer(200, _JSON, body)
+        return self._answer(200, ((b"content-type", content_type),), body)
 
-    def _on_metrics(self, result: MetricsCollected, now: float) -> list[Action]:
-        self.state = ExchangeState.DONE
-        self.status = 200
-        return self._whole_response(200, ((b"content-type", result.content_type),), result.body)
+    def _on_metrics(self, result: MetricsCollected, now: float) -> Step:
+        return self._answer(200, ((b"content-type", result.content_type),), result.body)
 
-    def _on_adapter_answer(
-        self, result: OverviewCollected | AssetLoaded, now: float
-    ) -> list[Action]:
+    def _on_adapter_data(self, result: OverviewCollected | AssetLoaded, now: float) -> Step:
         assert self._render is not None
         answer = self._render(result)
-        self.state = ExchangeState.DONE
-        self.status = answer.status
-        return self._whole_response(answer.status, answer.headers, answer.body)
+        return self._answer(answer.status, answer.headers, answer.body)
 
-    def _on_ledger_client_gone(self, result: ClientDisconnected, now: float) -> list[Action]:
-        self.state = ExchangeState.DONE
-        return []
+    def _on_client_gone_early(self, result: ClientDisconnected, now: float) -> Step:
+        # Nothing reached a backend yet: nothing to cancel or record.
+        self.status = 499
+        return _S.DONE, []
 
-    def _on_client_gone_idle(self, result: ClientDisconnected, now: float) -> list[Action]:
-        self._client_gone = True
-        return []
-
-    def _ignore(self, result: Result, now: float) -> list[Action]:
-        return []
+    def _stay(self, result: Result, now: float) -> Step:
+        return self.state, []
 
     # ---- helpers ---------------------------------------------------------
 
-    def _end_stream(self, now: float) -> list[Action]:
-        assert self.flow is not None
-        self.state = ExchangeState.DONE
-        outcome = "failed_mid_stream" if self.flow.stream_failed else "ok"
-        return [EndResponse(), self._record(now, outcome)]
-
-    def flow_json_headers(self) -> Headers:
-        return ((b"content-type", b"application/json"),)
+    def _end_stream(self, now: float, actions: list[Action]) -> Step:
+        assert self._streamed is not None
+        outcome = "failed_mid_stream" if self._streamed.failed else "ok"
+        return _S.DONE, [*actions, EndResponse(), self._record(now, outcome)]
 
     def _headers(self, headers: Headers) -> Headers:
         return headers + self.response_headers_extra + self._rate_headers
 
-    def _whole_response(self, status: int, headers: Headers, body: bytes) -> list[Action]:
-        self._response_started = True
-        start = StartResponse(
-            status=status,
-            headers=(*self._headers(headers), (b"content-length", str(len(body)).encode())),
-        )
-        if self._head_only:
-            # HEAD: the same head as GET would get, and no body (RFC 9110 9.3.2).
-            return [start, EndResponse()]
-        return [start, SendBody(data=body), EndResponse()]
+    def _answer(self, status: int, headers: Headers, body: bytes) -> Step:
+        self.status = status
+        head_only = self.method == "HEAD"
+        return _S.DONE, whole_response(status, self._headers(headers), body, head_only=head_only)
 
-    def _fail_before_response(self, err: GatewayError, now: float) -> list[Action]:
+    def _fail_before_response(self, err: GatewayError) -> Step:
         self._settle(0)  # admitted but never answered: refund the tokens
-        self.state = ExchangeState.DONE
+        state, actions = self._answer(*error_response(self.surface, err))
         self.status = err.status_code
-        status, headers, body = error_response(self.surface, err)
-        return self._whole_response(status, headers, body)
+        return state, actions
 
-    def _fail(
-        self, err: GatewayError, now: float, *, outcome: str = "upstream_error"
-    ) -> list[Action]:
+    def _fail(self, err: GatewayError, now: float, *, outcome: str = "upstream_error") -> Step:
         """Report ``err`` in the right form for where the response stands."""
-        if self.state is ExchangeState.DONE:
-            return []
-        if self._response_started:
-            assert self.flow is not None
-            out = self.flow.fail(err)
-            self.state = ExchangeState.DONE
+        if self.state is _S.DONE:
+            return _S.DONE, []
+        if self.state is _S.STREAMING:
+            assert self._streamed is not None
+            out = self._streamed.fail(err)
             self.status = err.status_code
             actions: list[Action] = [SendBody(data=out)] if out else []
-            return [*actions, EndResponse(keep_alive=False), self._record(now, "failed_mid_stream")]
-        if self._reached_backend:
+            end = EndResponse(keep_alive=False)
+            return _S.DONE, [*actions, end, self._record(now, "failed_mid_stream")]
+        reached = self._attempts.made > 0
+        if reached:
             self._settle(self._limit_charge(outcome))  # before the refund below
-        actions = self._fail_before_response(err, now)
-        if self._reached_backend:
-            actions.append(self._record(now, outcome))
-        return actions
+        state, actions = self._fail_before_response(err)
+        return state, [*actions, self._record(now, outcome)] if reached else actions
 
     def _limit_charge(self, outcome: str) -> int:
         """What the limits are charged for a request that reached a backend
-        (docs/rate-limiting.md, "What is charged"): the backend's own counts when
-        it gave them; else nothing when every attempt ended before the
-        backend could generate (no connection, or a 4xx refusal); else, for
-        a stream the client left, the prompt and the output streamed so far
-        (the upstream is cancelled at once); else the reserved amount -- an
-        upstream error after the send, a malformed answer, a first-byte
-        timeout, a non-stream client disconnect or an answer without counts
-        may all have generated."""
-        assert self.flow is not None
-        reported = self.flow.usage
-        if reported is not None:
-            return reported.total_tokens
-        if not self._maybe_generated:
+        (accounting/lease.py, ``charge``)."""
+        if self._lease is None or not self._lease.open:
             return 0
-        if outcome == "client_disconnected" and self._stream:
-            return self.flow.estimate_usage().total_tokens
-        return self._estimate
-
-    def _record(self, now: float, outcome: str) -> RecordUsage:
-        assert self.flow is not None
-        usage = self.flow.usage
-        reported = usage is not None
-        if usage is None:
-            usage = self.flow.estimate_usage()
-        self._settle(self._limit_charge(outcome))
-        ttft = None if self.first_byte_at is None else self.first_byte_at - self.started_at
-        return RecordUsage(
-            record=UsageRecord(
-                request_id=self.request_id,
-                time=self.started_at,
-                key_id=self.identity.key_id,
-                user=self.identity.user,
-                model=self.flow.model or "",
-                resolved_model=self.resolved_model,
-                backend=self.backend,
-                surface=self.surface.value,
-                route=self.flow.route_name,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                status=self.status,
-                latency=now - self.started_at,
-                ttft=ttft,
-                outcome=outcome,
-                usage_reported=reported,
-                attempts=self._attempts,
-            )
+        reported = self._usage()
+        return charge(
+            reported=None if reported is None else reported.total_tokens,
+            maybe_generated=self._attempts.maybe_generated,
+            left_stream=outcome == "client_disconnected" and self._attempts.stream,
+            streamed=lambda: self._estimate_usage().total_tokens,
+            estimate=self._lease.estimate,
         )
 
+    def _facts(self, request_id: str) -> RequestFacts:
+        return RequestFacts(
+            request_id=request_id,
+            identity=self.identity,
+            surface=self.surface.value,
+            route=self.route.name if self.route is not None else "unknown",
+            model=self.model or "",
+            backend=self.backend,
+            resolved_model=self.resolved_model,
+            status=self.status or 0,
+            started_at=self.started_at,
+            first_byte_at=self.first_byte_at,
+            attempts=self._attempts.made,
+        )
 
-def _before_send(error: GatewayError) -> bool:
-    """True for a failure known to happen before the backend could generate:
-    no connection was made (refused, unresolvable, connect timeout)."""
-    return error.code == "upstream_unreachable"
+    def _usage(self) -> TokenUsage | None:
+        """What the current attempt's backend reported, if anything."""
+        answer = self._whole if self._whole is not None else self._streamed
+        return answer.usage if answer is not None else None
+
+    def _estimate_usage(self) -> TokenUsage:
+        answer = self._whole if self._whole is not None else self._streamed
+        return answer.estimate_usage() if answer is not None else TokenUsage()
+
+    def _record(self, now: float, outcome: str) -> RecordUsage:
+        usage = self._usage()
+        reported = usage is not None
+        if usage is None:
+            usage = self._estimate_usage()
+        self._settle(self._limit_charge(outcome))
+        facts = self._facts(self.request_id)
+        return usage_record(facts, usage, reported=reported, outcome=outcome, now=now)
 
 
-def _token_ceiling(specs: LimitSpecs) -> int | None:
-    """The largest token charge the limits can ever admit (the smallest
-    token burst or daily quota), or None when no token limit applies."""
-    bounds = [spec.burst for spec in specs.rates if spec.unit is Unit.TOKENS]
-    if specs.tokens_per_day is not None:
-        bounds.append(specs.tokens_per_day)
-    return min(bounds) if bounds else None
+# ---- the table -----------------------------------------------------------
+#
+# For each state, the results it accepts: the handler, and the states it
+# may lead to.  Handlers take the specific result type their row names; Any
+# keeps the table declarative without a cast per entry.
+
+_Handler = Callable[[Exchange, Any, float], Step]
+_Row = tuple[_Handler, frozenset[ExchangeState]]
+_X, _to = Exchange, frozenset
+_DONE = _to({_S.DONE})
+_ATTEMPTED = _to({_S.AWAITING_UPSTREAM, _S.DONE})  # an attempt was sent, or the request ended
+_STARTS = _ATTEMPTED | {_S.AWAITING_CATALOGUE, _S.AWAITING_LIMITS, _S.AWAITING_LEDGER}
+_STARTS |= {_S.AWAITING_METRICS, _S.AWAITING_ADAPTER_DATA}
+_GONE: _Row = (_X._on_client_gone, _DONE)  # a backend may have the request: cancel, record
+_GONE_EARLY: _Row = (_X._on_client_gone_early, _DONE)  # nothing was sent yet
+_LATE: tuple[type, ...] = get_args(Result)  # every result type
 
 
-# Handlers take the specific result type their row names; Any keeps the
-# table declarative without a cast per entry.
-_Handler = Callable[[Exchange, Any, float], list[Action]]
-_S = ExchangeState
-_TRANSITIONS: dict[tuple[ExchangeState, type], _Handler] = {
-    (_S.AWAITING_UPSTREAM, UpstreamResponseStarted): Exchange._on_head,
-    (_S.AWAITING_UPSTREAM, UpstreamFailed): Exchange._on_upstream_failed,
-    (_S.AWAITING_UPSTREAM, ClientDisconnected): Exchange._on_client_gone,
-    (_S.BUFFERING, UpstreamChunkReceived): Exchange._on_buffer_chunk,
-    (_S.BUFFERING, UpstreamClosed): Exchange._on_buffer_closed,
-    (_S.BUFFERING, UpstreamFailed): Exchange._on_upstream_failed,
-    (_S.BUFFERING, ClientDisconnected): Exchange._on_client_gone,
-    (_S.BUFFERING_ERROR, UpstreamChunkReceived): Exchange._on_buffer_chunk,
-    (_S.BUFFERING_ERROR, UpstreamClosed): Exchange._on_error_closed,
-    (_S.BUFFERING_ERROR, UpstreamFailed): Exchange._on_upstream_failed,
-    (_S.BUFFERING_ERROR, ClientDisconnected): Exchange._on_client_gone,
-    (_S.STREAMING, UpstreamChunkReceived): Exchange._on_stream_chunk,
-    (_S.STREAMING, UpstreamClosed): Exchange._on_stream_closed,
-    (_S.STREAMING, UpstreamFailed): Exchange._on_stream_failed,
-    (_S.STREAMING, ClientDisconnected): Exchange._on_client_gone,
-    (_S.AWAITING_ADAPTER, UsageQueried): Exchange._on_ledger_rows,
-    (_S.AWAITING_LIMITS, LimitsDecided): Exchange._on_limits_decided,
-    (_S.AWAITING_LIMITS, ClientDisconnected): Exchange._on_limits_client_gone,
-    (_S.AWAITING_ADAPTER, MetricsCollected): Exchange._on_metrics,
-    (_S.AWAITING_ADAPTER, OverviewCollected): Exchange._on_adapter_answer,
-    (_S.AWAITING_ADAPTER, AssetLoaded): Exchange._on_adapter_answer,
-    (_S.AWAITING_ADAPTER, CatalogueRefreshed): Exchange._on_catalogue_refreshed,
-    (_S.AWAITING_ADAPTER, ClientDisconnected): Exchange._on_ledger_client_gone,
-    (_S.IDLE, ClientDisconnected): Exchange._on_client_gone_idle,
-    (_S.DONE, UpstreamResponseStarted): Exchange._ignore,
-    (_S.DONE, UpstreamChunkReceived): Exchange._ignore,
-    (_S.DONE, UpstreamClosed): Exchange._ignore,
-    (_S.DONE, UpstreamFailed): Exchange._ignore,
-    (_S.DONE, ClientDisconnected): Exchange._ignore,
-    (_S.DONE, UsageQueried): Exchange._ignore,
-    (_S.DONE, MetricsCollected): Exchange._ignore,
-    (_S.DONE, OverviewCollected): Exchange._ignore,
-    (_S.DONE, AssetLoaded): Exchange._ignore,
-    (_S.DONE, LimitsDecided): Exchange._ignore,
-    (_S.DONE, CatalogueRefreshed): Exchange._ignore,
-}
+def _rows(state: ExchangeState) -> Mapping[type, _Row]:
+    # One case per state, so mypy proves none is forgotten.
+    match state:
+        case _S.IDLE:
+            return {ClientDisconnected: _GONE_EARLY}
+        case _S.AWAITING_CATALOGUE:
+            routed = _ATTEMPTED | {_S.AWAITING_LIMITS}
+            return {
+                CatalogueRefreshed: (_X._on_catalogue_refreshed, routed),
+                ClientDisconnected: _GONE_EARLY,
+            }
+        case _S.AWAITING_LIMITS:
+            gone = (_X._on_limits_client_gone, _to({_S.AWAITING_LIMITS_CLIENT_GONE}))
+            return {LimitsDecided: (_X._on_limits_decided, _ATTEMPTED), ClientDisconnected: gone}
+        case _S.AWAITING_LIMITS_CLIENT_GONE:
+            decided = (_X._on_limits_decided_client_gone, _DONE)
+            return {LimitsDecided: decided, ClientDisconnected: (_X._stay, _to({state}))}
+        case _S.AWAITING_LEDGER:
+            return {UsageQueried: (_X._on_ledger_rows, _DONE), ClientDisconnected: _GONE_EARLY}
+        case _S.AWAITING_METRICS:
+            return {MetricsCollected: (_X._on_metrics, _DONE), ClientDisconnected: _GONE_EARLY}
+        case _S.AWAITING_ADAPTER_DATA:
+            data = (_X._on_adapter_data, _DONE)
+            return {OverviewCollected: data, AssetLoaded: data, ClientDisconnected: _GONE_EARLY}
+        case _S.AWAITING_UPSTREAM:
+            answered = _to({_S.BUFFERING, _S.BUFFERING_ERROR, _S.STREAMING})
+            return {
+                UpstreamResponseStarted: (_X._on_head, answered),
+                UpstreamFailed: (_X._on_upstream_failed, _ATTEMPTED),
+                ClientDisconnected: _GONE,
+            }
+        case _S.BUFFERING | _S.BUFFERING_ERROR:
+            # An error answer may be retried; a whole answer is final.
+            error = state is _S.BUFFERING_ERROR
+            closed = (_X._on_error_closed, _ATTEMPTED) if error else (_X._on_buffer_closed, _DONE)
+            return {
+                UpstreamChunkReceived: (_X._on_buffer_chunk, _DONE | {state}),
+                UpstreamClosed: closed,
+                UpstreamFailed: (_X._on_upstream_failed, _ATTEMPTED),
+                ClientDisconnected: _GONE,
+            }
+        case _S.STREAMING:
+            return {
+                UpstreamChunkReceived: (_X._on_stream_chunk, _DONE | {state}),
+                UpstreamClosed: (_X._on_stream_closed, _DONE),
+                UpstreamFailed: (_X._on_stream_failed, _DONE),
+                ClientDisconnected: _GONE,
+            }
+        case _S.DONE:
+            # Late results are ignored: the response may end at Ollama's
+            # done line before the upstream socket closes.
+            return {kind: (_X._stay, _DONE) for kind in _LATE}
+        case _:
+            assert_never(state)
+
+
+_TABLE = {(state, kind): row for state in ExchangeState for kind, row in _rows(state).items()}
+
+
+def next_states(state: ExchangeState, result: type) -> frozenset[ExchangeState] | None:
+    """The states ``result`` may lead to from ``state`` (None: not accepted)."""
+    row = _TABLE.get((state, result))
+    return None if row is None else row[1]

@@ -1,19 +1,22 @@
-"""The Gateway: configuration, catalogue and routes, shared by every Exchange.
+"""The Gateway: configuration, catalogue, route table and registry, shared by every Exchange.
 
 Theory of operation: an adapter builds one :class:`Gateway` from a config at
 startup and asks it for an :class:`~sansio_gateway.exchange.Exchange` per
 request.  Long-lived, changing knowledge -- discovered models, backend
 health -- is held here as immutable snapshots that the adapter replaces
 (``record_discovery``); Exchanges read whatever snapshot is current when
-they start.  There are no module-level singletons: two Gateways in one
+they start, and change the rest only through the writes they return as
+actions (``apply_write``).  There are no module-level singletons: two Gateways in one
 process share nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import assert_never
 
 from .accounting.admission import DEFAULT_OUTPUT_CAP
+from .actions import CountBackendAttempt, RecordBackendOutcome, RefreshCatalogue, SharedWrite
 from .auth import ANONYMOUS, Authenticator, Forbidden, Identity
 from .backends.catalogue import Catalogue, DiscoveredModel, Route
 from .backends.health import BackendHealth, BackendStatus, StoreStatus
@@ -21,25 +24,12 @@ from .backends.registry import Registry, builtin_registry
 from .config import ConfigError, GatewayConfig, LimitValues
 from .errors import GatewayError
 from .exchange import Exchange
-from .flows.context import FlowContext
-from .flows.ollama_routes import install_ollama_routes
-from .flows.openai_routes import install_openai_routes
+from .flows.context import FlowConstructor, FlowContext
 from .http import Headers
 from .limits import LimitSpecs, build_specs, lease_ttl_for
-from .local.gateway import install_local_routes
-from .local.ui import install_status_page_routes
-from .routing import Access, RouteEntry, Router
+from .routes import Access, RouteDecl, RouteTable, default_route_table
 
-__all__ = ["BackendStatus", "Gateway", "StoreStatus", "default_router"]
-
-
-def default_router() -> Router:
-    router = Router()
-    install_openai_routes(router)
-    install_local_routes(router)
-    install_status_page_routes(router)
-    install_ollama_routes(router)
-    return router
+__all__ = ["BackendStatus", "Gateway", "StoreStatus"]
 
 
 class Gateway:
@@ -47,7 +37,7 @@ class Gateway:
         self,
         config: GatewayConfig,
         *,
-        router: Router | None = None,
+        routes: RouteTable | None = None,
         random: Callable[[], float] | None = None,
         limit_divisor: int = 1,
         registry: Registry | None = None,
@@ -72,7 +62,7 @@ class Gateway:
         self.catalogue = Catalogue(config)
         # [limits.models] by canonical route, rebuilt when the catalogue changes.
         self._model_limits: tuple[Catalogue | None, dict[str, LimitValues]] = (None, {})
-        self.router = router or default_router()
+        self.routes = routes if routes is not None else default_route_table()
         self.authenticator = Authenticator(config.auth)
         # A uniform [0, 1) source for retry jitter, injected by the adapter;
         # the default (no jitter: the midpoint) keeps tests deterministic.
@@ -170,17 +160,17 @@ class Gateway:
             for r in self._config_routes(pattern)
         )
 
-    def authorize(self, method: str, path: str, headers: Headers) -> tuple[RouteEntry, Identity]:
-        """The route and the caller's identity, from the request head alone;
-        raises ``NotFound``/``MethodNotAllowed`` (no such route),
-        ``Unauthorized`` (401) or ``Forbidden`` (403, admin routes)."""
-        entry = self.router.match(method, path)
+    def authorize(self, method: str, path: str, headers: Headers) -> tuple[RouteDecl, Identity]:
+        """The route's declaration and the caller's identity, from the
+        request head alone; raises ``NotFound``/``MethodNotAllowed`` (no such
+        route), ``Unauthorized`` (401) or ``Forbidden`` (403, admin routes)."""
+        route = self.routes.match(method, path)
         identity = ANONYMOUS
-        if entry.access is not Access.PUBLIC:
+        if route.access is not Access.PUBLIC:
             identity = self.authenticator.authenticate(headers)
-            if entry.access is Access.ADMIN and not identity.admin:
+            if route.access is Access.ADMIN and not identity.admin:
                 raise Forbidden("This endpoint needs an admin key.")
-        return entry, identity
+        return route, identity
 
     def refuse_head(self, method: str, path: str, headers: Headers) -> GatewayError | None:
         """For adapters, between a request's head and its body: the error to
@@ -211,8 +201,11 @@ class Gateway:
             backend_status=self.backend_status,
             circuit=self.health.state,
             store_status=self.store_status,
-            maker=self.registry.maker,
         )
+
+    def flow_for(self, kind: str, route: str) -> FlowConstructor | None:
+        """The registry's flow constructor for ``route`` on a backend of ``kind``."""
+        return self.registry.flow(kind, route)
 
     def upstream_headers(self, backend: str, request_id: str) -> Headers:
         return self._upstream_headers[backend] + ((b"x-request-id", request_id.encode("ascii")),)
@@ -247,15 +240,28 @@ class Gateway:
         """The adapter's view of the shared limit store changed."""
         self.store_status = StoreStatus(ready=ready, serving=serving, reason=reason)
 
-    def should_refresh_on_miss(self, now: float) -> bool:
+    def may_refresh_on_miss(self, now: float) -> bool:
         """An unknown model may be new: refresh discovery, but at most once
-        per ``discovery_ttl`` so unknown names cannot make us hammer backends."""
+        per ``discovery_ttl`` so unknown names cannot make us hammer backends.
+        Only asks: executing the ``RefreshCatalogue`` notes the time."""
         if not any(b.discover for b in self.config.backends):
             return False
-        if now - self._last_miss_refresh < self.config.server.discovery_ttl:
-            return False
-        self._last_miss_refresh = now
-        return True
+        return now - self._last_miss_refresh >= self.config.server.discovery_ttl
+
+    def apply_write(self, action: SharedWrite, now: float) -> None:
+        """Apply one of an Exchange's writes to the shared state (``now``:
+        the adapter's clock).  Adapters call this for every ``SharedWrite``
+        as soon as they receive the list holding it, before awaiting
+        anything (actions.py)."""
+        match action:
+            case CountBackendAttempt(backend=backend, at=at):
+                self.health.count_attempt(backend, at)
+            case RecordBackendOutcome(backend=backend, ok=ok, at=at):
+                self.health.record(backend, ok, at)
+            case RefreshCatalogue():
+                self._last_miss_refresh = now
+            case _:
+                assert_never(action)
 
     def discovery_path(self, backend: str) -> str:
         return self.registry.kind(self.config.backend(backend).kind).discovery_path

@@ -2,23 +2,26 @@
 
 ``error_response`` is the one place that decides how a failure looks on the
 wire: OpenAI's four-key envelope on ``/v1`` (and gateway endpoints), Ollama's
-``{"error": "..."}`` on ``/api``.
+``{"error": "..."}`` on ``/api``.  ``whole_response`` is the one shape of
+an answer known in full before it is sent.
 """
 
 from __future__ import annotations
 
 import math
 
+from .actions import Action, EndResponse, SendBody, StartResponse
 from .errors import (
     GatewayError,
     MethodNotAllowed,
+    NotFound,
     ServiceUnavailable,
     render_ollama_error,
     render_openai_error,
 )
 from .http import Headers, Surface, header_value
 
-__all__ = ["error_response", "request_id_from"]
+__all__ = ["error_response", "model_not_found", "request_id_from", "whole_response"]
 
 _JSON: Headers = ((b"content-type", b"application/json"),)
 _MAX_REQUEST_ID = 128
@@ -35,6 +38,16 @@ def error_response(surface: Surface, err: GatewayError) -> tuple[int, Headers, b
     return err.status_code, headers, body
 
 
+def model_not_found(surface: Surface, model: str) -> NotFound:
+    """The one answer for a missing model and a hidden one, so a key's
+    allow-list does not reveal what else exists; each surface in its own words."""
+    if surface is Surface.OLLAMA:
+        message = f'model "{model}" not found, try pulling it first'
+    else:
+        message = f"The model `{model}` does not exist or you do not have access to it."
+    return NotFound(message, code="model_not_found", param="model")
+
+
 def _is_safe_id(value: bytes) -> bool:
     # Echoed into response headers and upstream requests: only visible ASCII
     # without separators that could smuggle a header.
@@ -49,3 +62,14 @@ def request_id_from(headers: Headers, generated: str) -> str:
     if value is not None and _is_safe_id(value):
         return value.decode("ascii")
     return generated
+
+
+def whole_response(status: int, headers: Headers, body: bytes, *, head_only: bool) -> list[Action]:
+    """The actions of a response known in full: head (with its length), body, end."""
+    start = StartResponse(
+        status=status, headers=(*headers, (b"content-length", str(len(body)).encode()))
+    )
+    if head_only:
+        # HEAD: the same head as GET would get, and no body (RFC 9110 9.3.2).
+        return [start, EndResponse()]
+    return [start, SendBody(data=body), EndResponse()]

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from sansio_gateway.adapters.app import GatewayApp
 from sansio_gateway.adapters.ledger import MemoryLedger
 
 from sansio_gateway.actions import (
+    SHARED_WRITES,
     Action,
     CancelUpstream,
     CatalogueRefreshed,
@@ -86,6 +88,7 @@ class ExchangeDriver:
         request_id: str = "req1",
         limits: MemoryLimitStore | None = None,
     ) -> None:
+        self.gateway = gateway
         self.exchange: Exchange = gateway.exchange(request_id)
         self.seen = Collected()
         self.limits = limits if limits is not None else MemoryLimitStore()
@@ -93,6 +96,9 @@ class ExchangeDriver:
 
     def _take(self, actions: list[Action]) -> list[Action]:
         seen = self.seen
+        for action in actions:  # as the adapter would: shared writes first, before anything
+            if isinstance(action, SHARED_WRITES):
+                self.gateway.apply_write(action, self.now)
         for action in actions:
             seen.actions.append(action)
             if isinstance(action, StartResponse):
@@ -148,6 +154,9 @@ class ExchangeDriver:
         return self._take(self.exchange.handle(result, self.now))
 
 
+TEST_TRANSPORT = "SANSIO_GATEWAY_TEST_TRANSPORT"
+
+
 @dataclass
 class RunningGateway:
     app: GatewayApp
@@ -157,7 +166,16 @@ class RunningGateway:
 
 
 @contextlib.contextmanager
-def running_gateway(config: GatewayConfig, *, runtime: str = "asyncio") -> Iterator[RunningGateway]:
+def running_gateway(
+    config: GatewayConfig, *, runtime: str = "asyncio", transport: str | None = None
+) -> Iterator[RunningGateway]:
+    """``transport`` (fast or anyio) matters on asyncio only; by default the
+    config's, or TEST_TRANSPORT from the environment, which runs a whole
+    suite on the other transport (docs/architecture.md, "The fast transport")."""
+    transport = transport or os.environ.get(TEST_TRANSPORT)
+    if transport:
+        server = config.server.model_copy(update={"transport": transport})
+        config = config.model_copy(update={"server": server})
     ledger = MemoryLedger()
     app = GatewayApp(config, ledger=ledger)
     with anyio.from_thread.start_blocking_portal(backend=runtime) as portal:
@@ -175,12 +193,13 @@ async def _noop() -> None:
     return None
 
 
-def wait_for(predicate: Any, *, timeout: float = 10.0) -> None:
+def wait_for(predicate: Any, *, timeout: float = 10.0, what: Any = None) -> None:
     """Poll ``predicate`` until true (tests never sleep to wait)."""
     import time
 
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
+            detail = f": {what()}" if what is not None else ""
+            raise AssertionError(f"condition not met in time{detail}")
         time.sleep(0.002)

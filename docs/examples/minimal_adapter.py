@@ -40,6 +40,7 @@ from sansio_gateway import (
     CollectMetrics,
     CollectOverview,
     CommitLimits,
+    CountBackendAttempt,
     EndResponse,
     Exchange,
     ExchangeState,
@@ -47,13 +48,13 @@ from sansio_gateway import (
     Headers,
     IncomingRequest,
     LimitsDecided,
-    LiveStats,
     LoadAsset,
     MemoryLimitStore,
     MetricsCollected,
     OverviewCollected,
     OverviewSnapshot,
     QueryUsage,
+    RecordBackendOutcome,
     RecordUsage,
     RefreshCatalogue,
     Result,
@@ -191,6 +192,11 @@ class MinimalAdapter:
         self, exchange: Exchange, actions: list[Action], writer: asyncio.StreamWriter
     ) -> None:
         """Do what each action asks; feed any result back and do what that asks."""
+        # Writes to the shared Gateway first, before any await: the Exchange
+        # decided on a preview of exactly the state they produce.
+        for action in actions:
+            if isinstance(action, (CountBackendAttempt, RecordBackendOutcome, RefreshCatalogue)):
+                self.gateway.apply_write(action, time.time())
         for action in actions:
             result = await self.perform(exchange, action, writer)
             if result is not None:
@@ -234,13 +240,9 @@ class MinimalAdapter:
             case LoadAsset():
                 return AssetLoaded(body=None)  # no status page files here: /ui answers 500
             case CollectOverview():  # /admin/overview: the core's figures, no traffic kept
-                empty = LiveStats().snapshot(now)
-                return OverviewCollected(
-                    snapshot=OverviewSnapshot(
-                        now=now, stats=empty, users=(), readings=(), in_flight=1, streams=0,
-                        in_flight_by_user={},
-                    )
-                )  # fmt: skip
+                return OverviewCollected(snapshot=OverviewSnapshot.empty(now))
+            case CountBackendAttempt() | RecordBackendOutcome():
+                pass  # applied as the list arrived (execute)
             case _:  # CancelUpstream: proxy() stops reading once the Exchange is done
                 pass
         return None

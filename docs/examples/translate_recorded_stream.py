@@ -23,7 +23,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sansio_gateway import SSE_DONE, NDJSONDecoder, OllamaChatStream, encode_sse_json
+# The translators are internal modules (the public API is sansio_gateway.__all__);
+# this example shows how they fit together, so it reaches in.
+from sansio_gateway.framing import SSE_DONE, NDJSONDecoder, encode_sse_json
+from sansio_gateway.openai_over_ollama.chat_stream import OllamaChatStream
 
 RECORDING = Path(__file__).with_name("recorded_ollama_stream.ndjson")
 

@@ -40,27 +40,14 @@ from .tokens import (
 
 __all__ = [
     "DEFAULT_OUTPUT_CAP",
-    "LIMITED_ROUTES",
     "Charge",
     "admission_charge",
     "admission_tokens",
     "fitted_cap",
     "prompt_tokens",
+    "request_charge",
     "write_output_cap",
 ]
-
-# The routes that rate limits charge, and whether each generates output
-# tokens (embeddings do not).  Model lists, /api/show, pulls and the
-# gateway's own endpoints are not charged.
-LIMITED_ROUTES: dict[str, bool] = {
-    "chat.completions": True,
-    "completions": True,
-    "embeddings": False,
-    "ollama.chat": True,
-    "ollama.generate": True,
-    "ollama.embed": False,
-    "ollama.embeddings": False,
-}
 
 # When token limits are on and neither the client nor the operator sets an
 # output cap, this one is written upstream so that estimates stay bounds.
@@ -143,20 +130,12 @@ def prompt_tokens(body: dict[str, Any]) -> int:
     return total
 
 
-def admission_charge(
-    raw_body: bytes, *, default_output_cap: int, generates: bool, route: str | None = None
+def request_charge(
+    body: dict[str, Any], *, default_output_cap: int, generates: bool, route: str | None = None
 ) -> Charge:
-    """The charge for a request body.  ``route`` (a :data:`LIMITED_ROUTES`
-    name) says which output-cap field the backend reads; None reads the
-    OpenAI surface's order.  A body that is not a JSON object (the flow
-    rejects those anyway) is charged by its size."""
-    try:
-        body = orjson.loads(raw_body)
-    except orjson.JSONDecodeError:
-        body = None
-    if not isinstance(body, dict):
-        prompt = estimate_text(raw_body.decode("utf-8", "replace"))
-        return Charge(prompt=prompt, cap=0, choices=1, client_cap=True)
+    """The charge for a request body, as its route's parser decoded it on
+    arrival.  ``route`` (a route name, routes.py) says which output-cap
+    field the backend reads; None reads the OpenAI surface's order."""
     prompt = prompt_tokens(body)
     if not generates:
         return Charge(prompt=prompt, cap=0, choices=1, client_cap=True)
@@ -165,6 +144,23 @@ def admission_charge(
         return Charge(prompt=prompt, cap=cap, choices=_choices(body, route), client_cap=True)
     return Charge(
         prompt=prompt, cap=default_output_cap, choices=_choices(body, route), client_cap=False
+    )
+
+
+def admission_charge(
+    raw_body: bytes, *, default_output_cap: int, generates: bool, route: str | None = None
+) -> Charge:
+    """:func:`request_charge` of a raw body.  A body that is not a JSON
+    object (a route's parser rejects those) is charged by its size."""
+    try:
+        body = orjson.loads(raw_body)
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict):
+        prompt = estimate_text(raw_body.decode("utf-8", "replace"))
+        return Charge(prompt=prompt, cap=0, choices=1, client_cap=True)
+    return request_charge(
+        body, default_output_cap=default_output_cap, generates=generates, route=route
     )
 
 
@@ -195,7 +191,7 @@ def fitted_cap(charge: Charge, ceiling: int | None) -> Charge:
     return Charge(prompt=charge.prompt, cap=room, choices=charge.choices, client_cap=False)
 
 
-def write_output_cap(route: str, kind: str, body: bytes, cap: int) -> bytes:
+def write_output_cap(kind: str, body: bytes, cap: int) -> bytes:
     """``body`` (an upstream request) with every output-cap field that a
     backend of ``kind`` reads set to ``cap``, the cap admission charged.
 
@@ -204,9 +200,9 @@ def write_output_cap(route: str, kind: str, body: bytes, cap: int) -> bytes:
     each one present is set, and ``max_tokens`` is written when none is --
     the one field every OpenAI-compatible server honours (vLLM, llama.cpp,
     Ollama's /v1, LM Studio, OpenAI's non-reasoning models).  Other kinds
-    are left to their own flows.
+    are left to their own flows.  Only generating routes have a cap.
     """
-    if kind not in ("ollama", "openai") or not LIMITED_ROUTES.get(route):
+    if kind not in ("ollama", "openai"):
         return body
     try:
         data = orjson.loads(body)

@@ -1,14 +1,19 @@
-"""Token counts as a backend reported them.
+"""Token counts as a backend reported them, and the one reader per dialect.
 
 A small value type shared by translators (which read counts off backend
-responses) and accounting (which records and reconciles them).
+responses) and accounting (which records and reconciles them).  Every
+translator reads counts through :func:`read_openai_usage` or
+:func:`read_ollama_usage`, so what counts as "the backend reported usage"
+-- which decides what the limits are charged (docs/rate-limiting.md,
+"What is charged") -- is decided in one place per dialect.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["TokenUsage"]
+__all__ = ["TokenUsage", "read_ollama_usage", "read_openai_usage"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -26,3 +31,38 @@ class TokenUsage:
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
         }
+
+
+def _count(value: Any) -> int | None:
+    # type() is, not isinstance: a JSON boolean is not a count.
+    return value if type(value) is int and value >= 0 else None
+
+
+def read_openai_usage(value: Any) -> TokenUsage | None:
+    """An OpenAI ``usage`` object -> its counts, or None when it reports none.
+
+    It reports counts only when it is an object whose ``prompt_tokens`` is a
+    non-negative integer: ``null`` (every chunk but the last of a stream
+    with ``include_usage``), ``{}`` or a malformed count is no report, so
+    the limits charge the reserved amount rather than a made-up zero.
+    ``completion_tokens`` absent (or null) is 0, as embeddings report it;
+    present but not a non-negative integer, the object is not trusted.
+    """
+    if type(value) is not dict:
+        return None
+    prompt = _count(value.get("prompt_tokens"))
+    raw_completion = value.get("completion_tokens")
+    completion = 0 if raw_completion is None else _count(raw_completion)
+    if prompt is None or completion is None:
+        return None
+    return TokenUsage(prompt_tokens=prompt, completion_tokens=completion)
+
+
+def read_ollama_usage(value: dict[str, Any]) -> TokenUsage:
+    """A native answer or final line -> ``prompt_eval_count``/``eval_count``
+    (missing or invalid counts are 0: Ollama omits them, e.g. on a cached
+    prompt, rather than sending a malformed report)."""
+    return TokenUsage(
+        prompt_tokens=_count(value.get("prompt_eval_count")) or 0,
+        completion_tokens=_count(value.get("eval_count")) or 0,
+    )

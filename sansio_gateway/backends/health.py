@@ -1,8 +1,8 @@
 """Per-backend circuit breakers, fed by requests (passive) and probes (active).
 
 Theory of operation: every backend has a breaker (the pure machine in
-``limits.breaker``, time passed in).  Each upstream attempt asks
-:meth:`BackendHealth.may_send`; a backend whose breaker is OPEN is skipped
+``limits.breaker``, time passed in).  Each upstream attempt asks a
+:class:`BreakerPreview` whether it may go; a backend whose breaker is OPEN is skipped
 in favour of the next target (a fallback), or the request fails fast with a
 503 instead of waiting out connect timeouts.  After the cooldown one request
 (or the adapter's periodic probe) goes through HALF_OPEN: success closes the
@@ -12,6 +12,14 @@ What counts as a failure: a transport failure (connect error, timeout,
 reset), or a 502/504 from a proxy in front of the backend.  A backend that
 answers at all -- even 500 or 503 -- is alive: those concern one request or
 a busy moment, and the retry policy handles them.
+
+The Gateway's breakers are shared by every request, so an Exchange never
+changes them itself: it reads a :class:`BreakerPreview` -- the shared
+breakers with the events of its current step applied on top, so a retry
+right after a failure sees the breaker that failure opened -- and returns
+those events as actions (``CountBackendAttempt``, ``RecordBackendOutcome``),
+which the adapter applies with :meth:`BackendHealth.count_attempt` and
+:meth:`BackendHealth.record` before it awaits anything.
 """
 
 from __future__ import annotations
@@ -19,9 +27,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..actions import CountBackendAttempt, RecordBackendOutcome
 from ..limits.breaker import Breaker, BreakerState, attempt, failed, succeeded
 
-__all__ = ["BackendHealth", "BackendStatus", "StoreStatus"]
+__all__ = ["BackendHealth", "BackendStatus", "BreakerPreview", "StoreStatus"]
 
 US = 1_000_000
 
@@ -55,9 +64,13 @@ class BackendHealth:
         template = Breaker(failure_threshold=failure_threshold, cooldown_us=int(cooldown * US))
         self._breakers = {name: template for name in backends}
 
-    def may_send(self, backend: str, now: float) -> bool:
-        allowed, self._breakers[backend] = attempt(self._breakers[backend], int(now * US))
-        return allowed
+    def breaker(self, backend: str) -> Breaker:
+        return self._breakers[backend]
+
+    def count_attempt(self, backend: str, now: float) -> None:
+        """An attempt goes to ``backend`` now: past its cooldown an OPEN
+        breaker lets it through as the one HALF_OPEN probe."""
+        self._breakers[backend] = attempt(self._breakers[backend], int(now * US))[1]
 
     def record(self, backend: str, ok: bool, now: float) -> None:
         breaker = self._breakers[backend]
@@ -68,7 +81,51 @@ class BackendHealth:
 
     def retry_after(self, backend: str, now: float) -> float:
         """Seconds until an OPEN breaker lets a probe through."""
-        breaker = self._breakers[backend]
-        if breaker.state is not BreakerState.OPEN:
-            return 0.0
-        return max(0.0, (breaker.since_us + breaker.cooldown_us - int(now * US)) / US)
+        return _retry_after(self._breakers[backend], now)
+
+
+def _retry_after(breaker: Breaker, now: float) -> float:
+    if breaker.state is not BreakerState.OPEN:
+        return 0.0
+    return max(0.0, (breaker.since_us + breaker.cooldown_us - int(now * US)) / US)
+
+
+class BreakerPreview:
+    """The breakers as one Exchange step leaves them, and the events that
+    get them there.  Pure: reads the shared :class:`BackendHealth`, never
+    writes it; an event that changes no breaker is not kept."""
+
+    def __init__(self, health: BackendHealth) -> None:
+        self._health = health
+        self._mine: dict[str, Breaker] = {}
+        self.events: list[CountBackendAttempt | RecordBackendOutcome] = []
+
+    def _breaker(self, backend: str) -> Breaker:
+        mine = self._mine.get(backend)
+        return mine if mine is not None else self._health.breaker(backend)
+
+    def _keep(
+        self,
+        backend: str,
+        before: Breaker,
+        after: Breaker,
+        event: CountBackendAttempt | RecordBackendOutcome,
+    ) -> None:
+        if after != before:
+            self._mine[backend] = after
+            self.events.append(event)
+
+    def may_send(self, backend: str, now: float) -> bool:
+        """May an attempt go to ``backend`` now?  (It counts as one if so.)"""
+        before = self._breaker(backend)
+        allowed, after = attempt(before, int(now * US))
+        self._keep(backend, before, after, CountBackendAttempt(backend=backend, at=now))
+        return allowed
+
+    def record(self, backend: str, ok: bool, now: float) -> None:
+        before = self._breaker(backend)
+        after = (succeeded if ok else failed)(before, int(now * US))
+        self._keep(backend, before, after, RecordBackendOutcome(backend=backend, ok=ok, at=now))
+
+    def retry_after(self, backend: str, now: float) -> float:
+        return _retry_after(self._breaker(backend), now)

@@ -2,11 +2,12 @@
 
 Theory of operation: a :class:`BackendKind` names a kind of backend
 (``ollama``, ``openai``), says how to discover its models, and maps route
-names (``chat.completions``, ``ollama.chat``, ...) to *flow makers* that
-build the flow serving that route from a backend of that kind.  The
-Exchange resolves a model to a backend, and the route's dispatching flow
-asks the :class:`Registry` for the maker of that backend's kind -- on every
-attempt, since a fallback may be of another kind.
+names (``chat.completions``, ``ollama.chat``, ...; routes.py) to *flow
+constructors* ``(context, typed request, model) -> Flow``
+(flows/context.py).  On every attempt -- a fallback may be of another
+kind -- the Exchange asks the :class:`Registry` for the constructor of the
+attempt's backend kind and the request's route, and builds a fresh flow
+with it; a kind without one cannot serve the route (a 400).
 
 The registry belongs to a :class:`~sansio_gateway.gateway.Gateway` (no
 module-level singleton): :func:`builtin_registry` makes a fresh one with the
@@ -21,11 +22,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from ..flows.context import FlowMaker
-from . import builtin_makers as makers
+from ..flows.context import FlowConstructor
+from ..local.ollama import OllamaShow
+from ..ollama_over_openai.chat import OllamaChatFlow, OllamaGenerateFlow
+from ..ollama_over_openai.embed import OllamaEmbedFlow
+from ..openai_over_ollama.chat import OpenAIChatFlow
+from ..openai_over_ollama.completions import OpenAICompletionsFlow
+from ..openai_over_ollama.embeddings import OpenAIEmbeddingsFlow
+from ..passthrough.ollama import OllamaPassthroughFlow
+from ..passthrough.openai import OpenAIPassthroughFlow
 from .catalogue import DiscoveredModel, parse_ollama_tags, parse_openai_models
 
-__all__ = ["BackendKind", "FlowMaker", "Registry", "builtin_registry"]
+__all__ = ["BackendKind", "FlowConstructor", "Registry", "builtin_registry"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -33,7 +41,7 @@ class BackendKind:
     name: str
     discovery_path: str
     parse_discovery: Callable[[bytes], list[DiscoveredModel]]
-    flows: Mapping[str, FlowMaker] = field(default_factory=dict)
+    flows: Mapping[str, FlowConstructor] = field(default_factory=dict)
 
 
 class Registry:
@@ -51,7 +59,9 @@ class Registry:
             known = ", ".join(sorted(self._kinds))
             raise KeyError(f"unknown backend kind {name!r} (known: {known})") from None
 
-    def maker(self, kind: str, route: str) -> FlowMaker | None:
+    def flow(self, kind: str, route: str) -> FlowConstructor | None:
+        """The constructor of the flow serving ``route`` from a backend of
+        ``kind``, or None when that kind cannot serve it."""
         found = self._kinds.get(kind)
         return found.flows.get(route) if found is not None else None
 
@@ -67,14 +77,14 @@ def builtin_registry() -> Registry:
             discovery_path="/api/tags",
             parse_discovery=parse_ollama_tags,
             flows={
-                "chat.completions": makers.openai_chat_over_ollama,
-                "completions": makers.openai_completions_over_ollama,
-                "embeddings": makers.openai_embeddings_over_ollama,
-                "ollama.chat": makers.ollama_passthrough,
-                "ollama.generate": makers.ollama_passthrough,
-                "ollama.embed": makers.ollama_passthrough,
-                "ollama.embeddings": makers.ollama_passthrough,
-                "ollama.show": makers.ollama_passthrough,
+                "chat.completions": OpenAIChatFlow,
+                "completions": OpenAICompletionsFlow,
+                "embeddings": OpenAIEmbeddingsFlow,
+                "ollama.chat": OllamaPassthroughFlow,
+                "ollama.generate": OllamaPassthroughFlow,
+                "ollama.embed": OllamaPassthroughFlow,
+                "ollama.embeddings": OllamaPassthroughFlow,
+                "ollama.show": OllamaPassthroughFlow,
             },
         )
     )
@@ -84,14 +94,14 @@ def builtin_registry() -> Registry:
             discovery_path="/models",
             parse_discovery=parse_openai_models,
             flows={
-                "chat.completions": makers.openai_passthrough,
-                "completions": makers.openai_passthrough,
-                "embeddings": makers.openai_passthrough,
-                "ollama.chat": makers.ollama_chat_over_openai,
-                "ollama.generate": makers.ollama_generate_over_openai,
-                "ollama.embed": makers.ollama_embed_over_openai,
-                "ollama.embeddings": makers.ollama_embed_over_openai,
-                "ollama.show": makers.ollama_show_over_openai,
+                "chat.completions": OpenAIPassthroughFlow,
+                "completions": OpenAIPassthroughFlow,
+                "embeddings": OpenAIPassthroughFlow,
+                "ollama.chat": OllamaChatFlow,
+                "ollama.generate": OllamaGenerateFlow,
+                "ollama.embed": OllamaEmbedFlow,
+                "ollama.embeddings": OllamaEmbedFlow,
+                "ollama.show": OllamaShow,
             },
         )
     )

@@ -1,16 +1,16 @@
-"""What a route-specific flow provides to the Exchange.
+"""What a flow gives the Exchange: a plan, and a translator per attempt.
 
 Theory of operation: the Exchange owns the life of a request (state, errors,
-usage records); a *flow* owns one route's wire formats.  A flow is built
-from the parsed request, tells the Exchange which model it needs, builds the
-upstream request once the model is resolved, and translates the upstream
-answer -- whole (``complete``) or as a stream (``feed``/``finish``/``fail``).
-
-Flows that answer locally (model lists, health) return a
-:class:`LocalAnswer` from ``plan`` and never see an upstream.  Those whose
-answer needs data only the adapter holds (the status page's files, its
-live statistics) return an :class:`AdapterAnswer`: the Exchange issues its
-action and renders the result with the flow's own function.
+usage records); a *flow* owns one route's wire formats for one attempt.
+``plan`` says what to do: answer locally (:class:`LocalAnswer`), read the
+usage ledger (:class:`LedgerQuery`), scrape the metrics
+(:class:`MetricsScrape`), ask the adapter for data only it holds and
+render it here (:class:`AdapterAnswer`: the status page's files and live
+statistics), or call a backend (:class:`UpstreamCall`).  An
+upstream call carries the translator of that attempt's answer, either a
+:class:`WholeAnswer` (one body in, one body out) or a
+:class:`StreamAnswer` (bytes in, bytes out, with its own end); nothing else
+of a flow is ever called, so no flow stubs out the half it does not use.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from ..actions import AssetLoaded, CollectOverview, LoadAsset, OverviewCollected
 from ..backends.catalogue import Route
 from ..config import BackendConfig
 from ..errors import GatewayError
-from ..http import Headers, Surface
+from ..http import Headers
 
 __all__ = [
     "JSON_HEADERS",
@@ -36,7 +36,10 @@ __all__ = [
     "LedgerQuery",
     "LocalAnswer",
     "MetricsScrape",
+    "Plan",
+    "StreamAnswer",
     "UpstreamCall",
+    "WholeAnswer",
 ]
 
 JSON_HEADERS: Headers = ((b"content-type", b"application/json"),)
@@ -47,12 +50,66 @@ SSE_HEADERS: Headers = (
 NDJSON_HEADERS: Headers = ((b"content-type", b"application/x-ndjson"),)
 
 
+class WholeAnswer(Protocol):
+    """Translates a whole (non-stream) upstream answer."""
+
+    def complete(self, body: bytes) -> bytes:
+        """A whole upstream answer in, the whole client body out."""
+
+    @property
+    def usage(self) -> TokenUsage | None:
+        """Token counts reported by the backend, once known."""
+
+    def estimate_usage(self) -> TokenUsage:
+        """Best estimate of tokens used when the backend reported none."""
+
+
+class StreamAnswer(Protocol):
+    """Translates a streamed upstream answer (flows/stream.py has the one base)."""
+
+    @property
+    def headers(self) -> Headers:
+        """Response headers for the client's stream."""
+
+    def feed(self, data: bytes) -> bytes:
+        """Upstream stream bytes in, client bytes out (possibly empty)."""
+
+    def finish(self) -> bytes:
+        """The upstream stream ended; the last client bytes."""
+
+    def fail(self, error: GatewayError) -> bytes:
+        """The upstream failed mid-stream; an in-band error for the client."""
+
+    @property
+    def done(self) -> bool:
+        """The client stream is complete (nothing more will be sent)."""
+
+    @property
+    def failed(self) -> bool:
+        """The client stream ended with an in-band error."""
+
+    @property
+    def usage(self) -> TokenUsage | None:
+        """Token counts reported by the backend, once known."""
+
+    def estimate_usage(self) -> TokenUsage:
+        """Best estimate of tokens used so far (for partial streams)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UpstreamCall:
+    """Call the backend; exactly one of ``whole`` and ``stream`` translates
+    the answer."""
+
     method: str
     path: str  # appended to the backend's base URL
     body: bytes
-    stream: bool  # the upstream answer is a stream to translate chunk by chunk
+    whole: WholeAnswer | None = None
+    stream: StreamAnswer | None = None
+
+    def __post_init__(self) -> None:
+        if (self.whole is None) == (self.stream is None):
+            raise ValueError("an UpstreamCall has exactly one translator: whole or stream")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,45 +140,10 @@ class AdapterAnswer:
     render: Callable[[OverviewCollected | AssetLoaded], LocalAnswer]
 
 
+Plan = UpstreamCall | LocalAnswer | LedgerQuery | MetricsScrape | AdapterAnswer
+
+
 class Flow(Protocol):
-    surface: Surface
-    route_name: str
-
-    @property
-    def model(self) -> str | None:
-        """The model the client asked for, or None for model-less routes."""
-
-    def plan(
-        self, route: Route | None, backend: BackendConfig | None
-    ) -> UpstreamCall | LocalAnswer:
-        """The upstream request to make (or a local answer)."""
-
-    def stream_headers(self) -> Headers:
-        """Response headers for a streamed answer."""
-
-    def feed(self, data: bytes) -> bytes:
-        """Upstream stream bytes in, client bytes out (possibly empty)."""
-
-    def finish(self) -> bytes:
-        """The upstream stream ended; the last client bytes."""
-
-    def fail(self, error: GatewayError) -> bytes:
-        """The upstream failed mid-stream; an in-band error for the client."""
-
-    @property
-    def stream_done(self) -> bool:
-        """The client stream is complete (nothing more will be sent)."""
-
-    @property
-    def stream_failed(self) -> bool:
-        """The client stream ended with an in-band error."""
-
-    def complete(self, body: bytes) -> bytes:
-        """A whole upstream answer in, the whole client body out."""
-
-    @property
-    def usage(self) -> TokenUsage | None:
-        """Token counts reported by the backend, once known."""
-
-    def estimate_usage(self) -> TokenUsage:
-        """Best estimate of tokens used so far (for partial streams)."""
+    def plan(self, route: Route | None, backend: BackendConfig | None) -> Plan:
+        """What to do for this attempt (``route``/``backend`` are None on
+        model-less routes)."""

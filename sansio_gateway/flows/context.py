@@ -2,21 +2,21 @@
 
 Theory of operation: the Gateway builds one context per request
 (:meth:`~sansio_gateway.gateway.Gateway.flow_context`, called by the
-Exchange's ``start``) and every flow of that request -- the route's flow
-and the one the registry makes per attempt -- reads only from it.  Flows
+Exchange's ``start``) and every flow of that request -- a local route's
+flow, or the one the registry gives per attempt -- reads only from it.  Flows
 never see the Gateway, so they cannot change its state, and the import
 graph runs one way: ``gateway -> exchange -> flows``, never back
 (``tests/core/test_import_graph.py``).
 
-Route factories and backend-kind flow makers have the signatures below;
-both live here, beside the context they receive, so that ``routing`` and
-``registry`` import them instead of the other way round.
+The two flow signatures live here, beside the context they receive, so
+that ``routes`` and ``registry`` import them instead of the other way round.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ..backends.catalogue import Catalogue
 from ..backends.health import BackendStatus, StoreStatus
@@ -26,7 +26,7 @@ from ..identity import Identity
 from ..limits.breaker import BreakerState
 from .base import Flow
 
-__all__ = ["FlowContext", "FlowFactory", "FlowMaker"]
+__all__ = ["FlowConstructor", "FlowContext", "LocalFlowFactory"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,13 +43,12 @@ class FlowContext:
     backend_status: Mapping[str, BackendStatus]
     circuit: Callable[[str], BreakerState]
     store_status: StoreStatus | None  # the shared limit store, when there is one
-    # (backend kind, route name) -> the registry's maker, or None: how a
-    # model-addressed route builds the flow for each attempt's backend.
-    maker: Callable[[str, str], FlowMaker | None]
 
 
-# (context, request) -> the route's flow.
-FlowFactory = Callable[[FlowContext, IncomingRequest], Flow]
-# (context, request, catalogue model name) -> the flow serving the route
-# from a backend of one kind, for one attempt.
-FlowMaker = Callable[[FlowContext, IncomingRequest, str], Flow]
+# (context, typed request, catalogue model name) -> the flow serving a
+# model-addressed route for one attempt.  The typed request is what the
+# route's parser made of the body on arrival (routes.py); one signature for
+# every built-in flow and every plugin's (backends/registry.py).
+FlowConstructor = Callable[[FlowContext, Any, str], Flow]
+# (context, request) -> the flow of a route the gateway answers itself.
+LocalFlowFactory = Callable[[FlowContext, IncomingRequest], Flow]

@@ -1,8 +1,8 @@
 """Flows answered by the gateway itself: model lists, health, readiness, status.
 
-They never reach a backend, so they use :class:`LocalFlow`, whose stream and
-usage hooks are unreachable by construction (``plan`` always returns a
-:class:`LocalAnswer`).
+They never reach a backend: ``plan`` answers (a :class:`LocalAnswer`), or
+asks the adapter for the usage ledger or the metrics.  Their routes are
+declared in routes.py.
 """
 
 from __future__ import annotations
@@ -11,36 +11,29 @@ from urllib.parse import unquote
 
 import orjson
 
-from ..accounting.usage import TokenUsage
 from ..accounting.usage_query import parse_usage_query
 from ..backends.catalogue import Route
 from ..config import BackendConfig
-from ..errors import GatewayError, NotFound
-from ..flows.base import (
-    JSON_HEADERS,
-    AdapterAnswer,
-    LedgerQuery,
-    LocalAnswer,
-    MetricsScrape,
-    UpstreamCall,
-)
+from ..errors import NotFound
+from ..flows.base import JSON_HEADERS, LedgerQuery, LocalAnswer, MetricsScrape, Plan
 from ..flows.context import FlowContext
-from ..http import Headers, IncomingRequest, Surface, header_value
-from ..routing import Access, Router
+from ..http import IncomingRequest, header_value
 
-__all__ = ["LocalFlow", "install_local_routes"]
+__all__ = [
+    "AdminUsage",
+    "Health",
+    "LocalFlow",
+    "Metrics",
+    "OpenAIModelList",
+    "OpenAIModelRetrieve",
+    "Ready",
+    "Status",
+]
 
 
 class LocalFlow:
     """A flow whose answer is computed in the core from the Gateway's state,
     as the request's :class:`~sansio_gateway.flows.context.FlowContext` shows it."""
-
-    surface = Surface.GATEWAY
-    route_name = "local"
-    model: str | None = None
-    stream_done = True
-    stream_failed = False
-    usage: TokenUsage | None = None
 
     def __init__(self, context: FlowContext, request: IncomingRequest) -> None:
         self.context = context
@@ -54,28 +47,8 @@ class LocalFlow:
         """May the caller see ``model``?  (Its key's allow-list.)"""
         return self.context.identity.may_use(model)
 
-    def plan(
-        self, route: Route | None, backend: BackendConfig | None
-    ) -> UpstreamCall | LocalAnswer | LedgerQuery | MetricsScrape | AdapterAnswer:
+    def plan(self, route: Route | None, backend: BackendConfig | None) -> Plan:
         return self.answer()
-
-    def stream_headers(self) -> Headers:
-        return JSON_HEADERS
-
-    def feed(self, data: bytes) -> bytes:
-        return b""
-
-    def finish(self) -> bytes:
-        return b""
-
-    def fail(self, error: GatewayError) -> bytes:
-        return b""
-
-    def complete(self, body: bytes) -> bytes:
-        return body
-
-    def estimate_usage(self) -> TokenUsage:
-        return TokenUsage()
 
 
 def _json(body: object, status: int = 200) -> LocalAnswer:
@@ -87,9 +60,6 @@ def _model_object(name: str, created: int, owned_by: str) -> dict[str, object]:
 
 
 class OpenAIModelList(LocalFlow):
-    surface = Surface.OPENAI
-    route_name = "models.list"
-
     def answer(self) -> LocalAnswer:
         data = [
             _model_object(name, info.created if info else 0, info.owned_by if info else backend)
@@ -102,9 +72,6 @@ class OpenAIModelList(LocalFlow):
 
 
 class OpenAIModelRetrieve(LocalFlow):
-    surface = Surface.OPENAI
-    route_name = "models.retrieve"
-
     def answer(self) -> LocalAnswer:
         # Ids contain "/" and ":" (hf.co/user/model:Q4); take the whole rest
         # of the path, percent-decoded, rather than one segment (docs/wire-notes.md, "Namespaced
@@ -122,15 +89,11 @@ class OpenAIModelRetrieve(LocalFlow):
 
 
 class Health(LocalFlow):
-    route_name = "health"
-
     def answer(self) -> LocalAnswer:
         return _json({"status": "ok"})
 
 
 class Ready(LocalFlow):
-    route_name = "ready"
-
     def answer(self) -> LocalAnswer:
         up = [s.name for s in self.context.backend_status.values() if s.up]
         store = self.context.store_status
@@ -149,8 +112,6 @@ class Status(LocalFlow):
     other keys see the same document without them, and only the models
     their allow-list admits (docs/deployment.md,
     "Exposure: what an outsider or an ordinary key can see and cost")."""
-
-    route_name = "status"
 
     def answer(self) -> LocalAnswer:
         context = self.context
@@ -196,11 +157,7 @@ class Status(LocalFlow):
 
 
 class AdminUsage(LocalFlow):
-    route_name = "admin.usage"
-
-    def plan(
-        self, route: Route | None, backend: BackendConfig | None
-    ) -> UpstreamCall | LocalAnswer | LedgerQuery | MetricsScrape:
+    def plan(self, route: Route | None, backend: BackendConfig | None) -> Plan:
         accept = header_value(self.request.headers, b"accept") or b""
         return LedgerQuery(
             query=parse_usage_query(self.request.query, accept=accept.decode("latin-1"))
@@ -208,26 +165,5 @@ class AdminUsage(LocalFlow):
 
 
 class Metrics(LocalFlow):
-    route_name = "metrics"
-
-    def plan(
-        self, route: Route | None, backend: BackendConfig | None
-    ) -> UpstreamCall | LocalAnswer | LedgerQuery | MetricsScrape:
+    def plan(self, route: Route | None, backend: BackendConfig | None) -> Plan:
         return MetricsScrape()
-
-
-def _factory(cls: type[LocalFlow]):  # type: ignore[no-untyped-def]
-    def create(context: FlowContext, request: IncomingRequest) -> LocalFlow:
-        return cls(context, request)
-
-    return create
-
-
-def install_local_routes(router: Router) -> None:
-    router.add("GET", "/v1/models", _factory(OpenAIModelList))
-    router.add("GET", "/v1/models/*", _factory(OpenAIModelRetrieve))
-    router.add("GET", "/health", _factory(Health), access=Access.PUBLIC)
-    router.add("GET", "/ready", _factory(Ready), access=Access.PUBLIC)
-    router.add("GET", "/status", _factory(Status))
-    router.add("GET", "/admin/usage", _factory(AdminUsage), access=Access.ADMIN)
-    router.add("GET", "/metrics", _factory(Metrics), access=Access.PUBLIC)

@@ -1,7 +1,9 @@
 """Ollama API endpoints the gateway answers itself.
 
-Theory of operation: these flows never reach a backend (they build on
-:class:`~sansio_gateway.local.gateway.LocalFlow`).  They present the merged
+Theory of operation: these flows never reach a backend.  The model-less
+ones build on :class:`~sansio_gateway.local.gateway.LocalFlow`; ``show`` and
+``pull`` name a model, so they are built like any model-addressed flow,
+from the typed request and the resolved model (routes.py).  They present the merged
 model catalogue the way Ollama clients expect it (docs/wire-notes.md,
 "Native endpoints clients call" for the shapes ollama-python requires,
 "Model names" for the decisions):
@@ -25,6 +27,7 @@ model catalogue the way Ollama clients expect it (docs/wire-notes.md,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -33,10 +36,11 @@ from ..backends.catalogue import DiscoveredModel, Route
 from ..config import BackendConfig
 from ..errors import GatewayError
 from ..flows.base import JSON_HEADERS, NDJSON_HEADERS, LocalAnswer
+from ..flows.context import FlowContext
 from ..framing import encode_ndjson
-from ..http import Headers, Surface
+from ..http import Headers, IncomingRequest
 from ..ollama_over_openai.responses import rfc3339
-from ..wire.ollama import load_object
+from ..wire.ollama import NativeBody
 from .gateway import LocalFlow
 from .ollama_names import is_listed, listed_name
 
@@ -51,6 +55,7 @@ __all__ = [
     "OllamaShow",
     "OllamaTags",
     "OllamaVersion",
+    "head_or_get",
     "not_implemented",
 ]
 
@@ -74,23 +79,16 @@ def _json(body: object) -> LocalAnswer:
 class NativeLocal(LocalFlow):
     """A local flow on the Ollama surface: ``plan`` is always the answer."""
 
-    surface = Surface.OLLAMA
-
     def plan(self, route: Route | None, backend: BackendConfig | None) -> LocalAnswer:
         return self.answer()
 
 
 class OllamaRoot(NativeLocal):
-    surface = Surface.GATEWAY
-    route_name = "ollama.root"
-
     def answer(self) -> LocalAnswer:
         return LocalAnswer(status=200, headers=_TEXT_HEADERS, body=b"Ollama is running")
 
 
 class OllamaVersion(NativeLocal):
-    route_name = "ollama.version"
-
     def answer(self) -> LocalAnswer:
         return _json({"version": OLLAMA_VERSION})
 
@@ -100,8 +98,6 @@ def _details(info: DiscoveredModel | None) -> dict[str, Any]:
 
 
 class OllamaTags(NativeLocal):
-    route_name = "ollama.tags"
-
     def answer(self) -> LocalAnswer:
         models: dict[str, dict[str, Any]] = {}
         for name, _backend, info in self.context.catalogue.models():
@@ -123,8 +119,6 @@ class OllamaTags(NativeLocal):
 
 
 class OllamaPs(NativeLocal):
-    route_name = "ollama.ps"
-
     def answer(self) -> LocalAnswer:
         return _json({"models": []})
 
@@ -138,15 +132,20 @@ def _capabilities(name: str) -> list[str]:
     return ["completion", "tools"]
 
 
-class OllamaShow(NativeLocal):
-    """``/api/show`` for a model on an OpenAI-compatible backend.  The route
-    sets ``model`` (the catalogue name), so the Exchange resolves it and
-    checks the caller's allow-list before ``plan`` (unknown: its 404)."""
+class OllamaShow:
+    """``/api/show`` for a model on an OpenAI-compatible backend.  The
+    Exchange has resolved ``model`` (the catalogue name) and checked the
+    caller's allow-list before ``plan`` (unknown: its 404)."""
 
-    route_name = "ollama.show"
+    def __init__(self, context: FlowContext, body: NativeBody, model: str) -> None:
+        self.context = context
+        self.model = model
+
+    def plan(self, route: Route | None, backend: BackendConfig | None) -> LocalAnswer:
+        return self.answer()
 
     def answer(self) -> LocalAnswer:
-        name = self.model or ""
+        name = self.model
         info = next((i for n, _, i in self.context.catalogue.models() if n == name), None)
         return _json(
             {
@@ -184,8 +183,6 @@ def _cannot(verb: str) -> GatewayError:
 class ModelManagement(NativeLocal):
     """``push``, ``create``, ``copy``, ``delete``, ``blobs``: always 501."""
 
-    route_name = "ollama.manage"
-
     def answer(self) -> LocalAnswer:
         path = self.request.path
         if self.request.method == "HEAD":
@@ -193,23 +190,26 @@ class ModelManagement(NativeLocal):
         raise _cannot(_VERBS.get(path, "upload blobs for"))
 
 
-class OllamaPull(NativeLocal):
+class OllamaPull:
     """``pull`` of a listed model succeeds at once; a name the gateway would
-    only route blindly (an undiscovered backend) is 501.  ``model`` is set
-    by the route, as for :class:`OllamaShow`: unknown or hidden is a 404."""
+    only route blindly (an undiscovered backend) is 501.  As for
+    :class:`OllamaShow`, the Exchange has resolved ``model``: unknown or
+    hidden is a 404."""
 
-    route_name = "ollama.pull"
+    def __init__(self, context: FlowContext, body: NativeBody, model: str) -> None:
+        self.context = context
+        self.body = body
+        self.model = model
 
-    def answer(self) -> LocalAnswer:
-        data = load_object(self.request.body, "api.PullRequest")
-        name = self.model or ""
+    def plan(self, route: Route | None, backend: BackendConfig | None) -> LocalAnswer:
+        name = self.model
         if not is_listed(self.context.catalogue, name):
             raise not_implemented(
                 f"model '{name}' is not served by any backend of this gateway, and the "
                 "gateway cannot pull models; pull it on a backend instead"
             )
         success = {"status": "success"}
-        if data.get("stream") is False:
+        if self.body.data.get("stream") is False:
             return _json(success)
         # Streamed progress ends with this very line (docs/wire-notes.md, "Native endpoints clients
         # call").
@@ -222,9 +222,18 @@ class HeadOnly(NativeLocal):
     def __init__(self, inner: NativeLocal) -> None:
         super().__init__(inner.context, inner.request)
         self.inner = inner
-        self.surface = inner.surface
-        self.route_name = inner.route_name
 
     def answer(self) -> LocalAnswer:
         full = self.inner.answer()
         return LocalAnswer(status=full.status, headers=full.headers, body=b"")
+
+
+def head_or_get(cls: type[NativeLocal]) -> Callable[[FlowContext, IncomingRequest], NativeLocal]:
+    """The flow of a route declared for ``GET`` and ``HEAD``: a ``HEAD`` is
+    answered by :class:`HeadOnly`."""
+
+    def create(context: FlowContext, request: IncomingRequest) -> NativeLocal:
+        flow = cls(context, request)
+        return HeadOnly(flow) if request.method == "HEAD" else flow
+
+    return create

@@ -8,8 +8,9 @@ the tagged name when the catalogue knows it, else the untagged id when the
 catalogue knows *that*.  (``Catalogue.resolve`` already handles the other
 direction, ``llama3`` for an Ollama backend's ``llama3:latest``.)
 
-Every model-addressed ``/api`` flow exposes the catalogue name as
-``flow.model``.  Nothing here raises for an unknown model: the Exchange
+Every model-addressed ``/api`` route maps the client's name with it
+(``RouteDecl.model_name``, routes.py), and the Exchange resolves, limits
+and records the catalogue name.  Nothing here raises for an unknown model: the Exchange
 answers that 404, the same one it gives for a model the caller's key may
 not use, so an allow-list does not reveal what else exists.
 """

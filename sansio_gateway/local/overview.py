@@ -18,7 +18,7 @@ from ..actions import AssetLoaded, CollectOverview, OverviewCollected
 from ..backends.catalogue import Route
 from ..config import BackendConfig
 from ..errors import InternalError
-from ..flows.base import AdapterAnswer, LedgerQuery, LocalAnswer, MetricsScrape, UpstreamCall
+from ..flows.base import AdapterAnswer, LocalAnswer, Plan
 from ..flows.context import FlowContext
 from ..http import Headers
 from ..limits import LimitName
@@ -37,11 +37,7 @@ OVERVIEW_HEADERS: Headers = (
 
 
 class AdminOverview(LocalFlow):
-    route_name = "admin.overview"
-
-    def plan(
-        self, route: Route | None, backend: BackendConfig | None
-    ) -> UpstreamCall | LocalAnswer | LedgerQuery | MetricsScrape | AdapterAnswer:
+    def plan(self, route: Route | None, backend: BackendConfig | None) -> Plan:
         return AdapterAnswer(ask=CollectOverview(), render=self._render)
 
     def _render(self, result: OverviewCollected | AssetLoaded) -> LocalAnswer:

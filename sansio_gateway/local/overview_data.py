@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from ..config import GatewayConfig, LimitValues
 from ..limits import LimitName, LimitSpecs, RateHeaders, build_specs
-from .live_stats import StatsSnapshot
+from .live_stats import LiveStats, StatsSnapshot
 
 __all__ = [
     "MAX_USERS_SHOWN",
@@ -75,6 +75,20 @@ class OverviewSnapshot:
     streams: int  # of which streaming their answer now
     in_flight_by_user: Mapping[str, int]
     store_error: str | None = None  # why some readings are missing
+
+    @classmethod
+    def empty(cls, now: float) -> OverviewSnapshot:
+        """No traffic kept, no limits read, nothing in flight but the
+        overview request itself: for adapters that keep no figures."""
+        return cls(
+            now=now,
+            stats=LiveStats().snapshot(now),
+            users=(),
+            readings=(),
+            in_flight=1,
+            streams=0,
+            in_flight_by_user={},
+        )
 
 
 def overview_users(config: GatewayConfig, seen: Iterable[str]) -> tuple[str, ...]:

@@ -17,24 +17,18 @@ in a shared cache.
 
 from __future__ import annotations
 
-from typing import cast
-
 from ..actions import AssetLoaded, LoadAsset, OverviewCollected
 from ..backends.catalogue import Route
 from ..config import BackendConfig
-from ..flows.base import AdapterAnswer, LedgerQuery, LocalAnswer, MetricsScrape, UpstreamCall
-from ..flows.context import FlowFactory
+from ..flows.base import AdapterAnswer, LocalAnswer, Plan
 from ..http import Headers
-from ..routing import Access, Router
 from .gateway import LocalFlow
-from .overview import AdminOverview
 
 __all__ = [
     "ASSETS",
     "CONTENT_SECURITY_POLICY",
     "SECURITY_HEADERS",
     "UiAsset",
-    "install_status_page_routes",
 ]
 
 CONTENT_SECURITY_POLICY = (
@@ -67,11 +61,7 @@ def _answer(status: int, content_type: bytes, body: bytes) -> LocalAnswer:
 
 
 class UiAsset(LocalFlow):
-    route_name = "ui"
-
-    def plan(
-        self, route: Route | None, backend: BackendConfig | None
-    ) -> UpstreamCall | LocalAnswer | LedgerQuery | MetricsScrape | AdapterAnswer:
+    def plan(self, route: Route | None, backend: BackendConfig | None) -> Plan:
         asset = ASSETS.get(self.request.path)
         if asset is None:
             return _answer(404, b"text/plain; charset=utf-8", b"Not found\n")
@@ -82,17 +72,3 @@ class UiAsset(LocalFlow):
             # The installed package lacks its own file: a broken install.
             return _answer(500, b"text/plain; charset=utf-8", b"Status page files missing\n")
         return _answer(200, ASSETS[self.request.path][1], result.body)
-
-
-def _factory(cls: type[LocalFlow]) -> FlowFactory:
-    # Local flows also plan answers the adapter helps with (AdapterAnswer),
-    # which the Flow protocol leaves out, as install_local_routes does.
-    return cast("FlowFactory", cls)
-
-
-def install_status_page_routes(router: Router) -> None:
-    """The page is public (it holds no data and asks for a key); its JSON
-    needs an admin key (401 without one, 403 for another key)."""
-    router.add("GET", "/ui", _factory(UiAsset), access=Access.PUBLIC)
-    router.add("GET", "/ui/*", _factory(UiAsset), access=Access.PUBLIC)
-    router.add("GET", "/admin/overview", _factory(AdminOverview), access=Access.ADMIN)

@@ -19,10 +19,9 @@ import orjson
 from ..accounting.usage import TokenUsage
 from ..backends.catalogue import Route
 from ..config import BackendConfig
-from ..errors import GatewayError
-from ..flows.base import JSON_HEADERS, LocalAnswer, UpstreamCall
-from ..http import Headers, Surface
-from ..wire.ollama import NativeEmbedRequest
+from ..flows.base import JSON_HEADERS, LocalAnswer, Plan, UpstreamCall
+from ..flows.context import FlowContext
+from ..wire.ollama import NativeBody, embed_request_from, embeddings_request_from
 from .requests import embed_to_openai
 from .responses import embeddings_to_ollama
 
@@ -30,29 +29,20 @@ __all__ = ["OllamaEmbedFlow"]
 
 
 class OllamaEmbedFlow:
-    surface = Surface.OLLAMA
-    stream_done = True  # never streams: the stream hooks are unreachable
-    stream_failed = False
+    """One attempt; never streams, and translates the whole answer itself."""
 
-    def __init__(self, request: NativeEmbedRequest, *, model: str, prompt_bytes: int) -> None:
-        self.request = request
-        self.route_name = "ollama.embeddings" if request.legacy else "ollama.embed"
-        self._model = model
-        self._prompt_bytes = prompt_bytes
+    def __init__(self, context: FlowContext, body: NativeBody, model: str) -> None:
+        legacy = body.struct == "EmbeddingRequest"  # /api/embeddings
+        self.request = (embeddings_request_from if legacy else embed_request_from)(body.data)
+        self._prompt_bytes = body.size
         self._usage: TokenUsage | None = None
 
-    @property
-    def model(self) -> str:
-        return self._model
-
-    def plan(
-        self, route: Route | None, backend: BackendConfig | None
-    ) -> UpstreamCall | LocalAnswer:
+    def plan(self, route: Route | None, backend: BackendConfig | None) -> Plan:
         assert route is not None
         if not self.request.inputs:
             return LocalAnswer(status=200, headers=JSON_HEADERS, body=orjson.dumps(self._empty()))
         path, body = embed_to_openai(self.request, model=route.target)
-        return UpstreamCall(method="POST", path=path, body=orjson.dumps(body), stream=False)
+        return UpstreamCall(method="POST", path=path, body=orjson.dumps(body), whole=self)
 
     def _empty(self) -> dict[str, Any]:
         if self.request.legacy:
@@ -64,18 +54,6 @@ class OllamaEmbedFlow:
             body, model=self.request.model, legacy=self.request.legacy
         )
         return orjson.dumps(answer)
-
-    def stream_headers(self) -> Headers:
-        return JSON_HEADERS
-
-    def feed(self, data: bytes) -> bytes:
-        return b""
-
-    def finish(self) -> bytes:
-        return b""
-
-    def fail(self, error: GatewayError) -> bytes:
-        return b""
 
     @property
     def usage(self) -> TokenUsage | None:

@@ -6,7 +6,8 @@ or ``/api/generate``), :func:`completion_to_ollama` (a ``text_completion``,
 for ``/api/generate`` in raw/suffix mode) or :func:`embeddings_to_ollama`,
 and get the native object back.  The small helpers below --
 :func:`rfc3339`, :func:`done_reason`, :func:`tool_arguments`,
-:func:`native_tool_calls`, :func:`usage_from_openai` -- are shared with the
+:func:`native_tool_calls`, and the dialect's one usage reader
+:func:`usage_from_openai` (accounting/usage.py) -- are shared with the
 stream translator (:mod:`sansio_gateway.ollama_over_openai.stream`), so a
 streamed and a whole answer agree field by field.
 
@@ -40,6 +41,7 @@ from typing import Any
 import orjson
 
 from ..accounting.usage import TokenUsage
+from ..accounting.usage import read_openai_usage as usage_from_openai
 from ..errors import UpstreamError
 
 __all__ = [
@@ -117,20 +119,6 @@ def native_tool_calls(calls: list[tuple[str, str, Any]]) -> list[dict[str, Any]]
         {"id": call_id, "function": {"index": i, "name": name, "arguments": tool_arguments(args)}}
         for i, (call_id, name, args) in enumerate(calls)
     ]
-
-
-def usage_from_openai(value: Any) -> TokenUsage | None:
-    """OpenAI's ``usage`` object, or None when it is absent or not one."""
-    if type(value) is not dict:
-        return None
-    return TokenUsage(
-        prompt_tokens=_count(value.get("prompt_tokens")),
-        completion_tokens=_count(value.get("completion_tokens")),
-    )
-
-
-def _count(value: Any) -> int:
-    return value if type(value) is int and value > 0 else 0
 
 
 def reasoning_of(obj: dict[str, Any]) -> str:

@@ -49,6 +49,9 @@ import orjson
 
 from ..accounting.usage import TokenUsage
 from ..errors import GatewayError, UpstreamError
+from ..flows.base import NDJSON_HEADERS
+from ..flows.stream import TranslatedStream
+from ..framing import SSEDecoder, SSEEvent, encode_ndjson
 from .responses import (
     Shape,
     body_line,
@@ -61,7 +64,7 @@ from .responses import (
     usage_from_openai,
 )
 
-__all__ = ["DEFAULT_MAX_TOOL_CHARS", "OpenAIChatToOllamaStream"]
+__all__ = ["DEFAULT_MAX_TOOL_CHARS", "OpenAIChatToOllamaStream", "sse_to_ndjson"]
 
 # Tool-call arguments are held until the finish chunk; the request's
 # max_tokens bounds them already, this is the backstop (every buffer has a limit).
@@ -271,3 +274,46 @@ def _first_choice(choices: Any) -> dict[str, Any] | None:
         if type(choice) is dict and choice.get("index", 0) in (0, None):
             return choice
     return None
+
+
+class _Events:
+    """The machine above as the stream base's per-record translator: one
+    SSE event (its ``data`` and ``event`` field) per record."""
+
+    def __init__(self, lines: OpenAIChatToOllamaStream) -> None:
+        self._lines = lines
+
+    @property
+    def done(self) -> bool:
+        return self._lines.done
+
+    @property
+    def failed(self) -> bool:
+        return self._lines.failed
+
+    @property
+    def usage(self) -> TokenUsage | None:
+        return self._lines.usage
+
+    def feed(self, record: SSEEvent) -> list[dict[str, Any]]:
+        return self._lines.feed(record.data, record.event)
+
+    def finish(self) -> list[dict[str, Any]]:
+        return self._lines.finish()
+
+    def fail(self, error: GatewayError) -> list[dict[str, Any]]:
+        return self._lines.fail(error)
+
+
+def sse_to_ndjson(
+    lines: OpenAIChatToOllamaStream, *, prompt_bytes: int
+) -> TranslatedStream[SSEEvent]:
+    """OpenAI SSE in, native NDJSON out (flows/stream.py).  An unterminated
+    SSE event at EOF is discarded, as WHATWG says: the decoder yields none."""
+    return TranslatedStream(
+        decoder=SSEDecoder(),
+        records=_Events(lines),
+        encode=encode_ndjson,
+        headers=NDJSON_HEADERS,
+        prompt_bytes=prompt_bytes,
+    )

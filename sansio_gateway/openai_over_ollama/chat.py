@@ -1,72 +1,63 @@
 """``POST /v1/chat/completions`` served from an Ollama backend.
 
-The flow parses and validates the OpenAI request when it is created (a bad
-request never reaches a backend), builds the native ``/api/chat`` body once
-the model is resolved, and translates the answer: a whole ``chat.completion``
-from one native JSON object, or SSE chunks from the native NDJSON stream
-(``framing.NDJSONDecoder`` -> ``OllamaChatStream`` -> ``encode_sse_json``).
+The request arrives validated (the route's parser ran once, routes.py).
+For each attempt the flow builds the native ``/api/chat`` body and the
+answer's translator: itself for a whole ``chat.completion`` from one native
+JSON object, or, for a stream, the one stream base (flows/stream.py):
+``framing.NDJSONDecoder`` -> ``OllamaChatStream`` -> ``encode_sse_json``.
+The answer names the model as the client sent it.
 """
 
 from __future__ import annotations
 
 import orjson
 
+from ..accounting.usage import TokenUsage
 from ..backends.catalogue import Route
 from ..config import BackendConfig
 from ..errors import UpstreamError
-from ..flows.base import LocalAnswer, UpstreamCall
+from ..flows.base import Plan, UpstreamCall
 from ..flows.context import FlowContext
-from ..framing import NDJSONDecoder
-from ..http import Surface
-from ..wire.openai_chat import ChatRequest, parse_chat_request
+from ..wire.openai_chat import ChatRequest
 from .chat_request import chat_request_to_ollama
 from .chat_response import ollama_chat_to_completion, usage_from_ollama
 from .chat_stream import OllamaChatStream
-from .sse_stream import NdjsonToSseStream
+from .sse_stream import ndjson_to_sse
 
 __all__ = ["OpenAIChatFlow"]
 
 
-class OpenAIChatFlow(NdjsonToSseStream[OllamaChatStream]):
-    surface = Surface.OPENAI
-    route_name = "chat.completions"
+class OpenAIChatFlow:
+    """One attempt; the flow itself translates a whole answer."""
 
-    def __init__(self, context: FlowContext, body: bytes) -> None:
+    def __init__(self, context: FlowContext, request: ChatRequest, model: str) -> None:
         self.context = context
-        self.request: ChatRequest = parse_chat_request(body)
+        self.request = request
         self.completion_id = f"chatcmpl-{context.request_id}"
         self.created = int(context.now)
-        self._reset_stream_state(body)
-
-    @property
-    def model(self) -> str:
-        return self.request.model
+        self._usage: TokenUsage | None = None
 
     # ---- planning ---------------------------------------------------------
 
-    def plan(
-        self, route: Route | None, backend: BackendConfig | None
-    ) -> UpstreamCall | LocalAnswer:
+    def plan(self, route: Route | None, backend: BackendConfig | None) -> Plan:
         assert route is not None and backend is not None
         context = self.context
         native = chat_request_to_ollama(
             self.request, model=route.target, default_max_tokens=context.default_max_tokens
         )
-        if self.request.stream:
-            self._decoder = NDJSONDecoder()
-            self._stream = OllamaChatStream(
-                completion_id=self.completion_id,
-                created=self.created,
-                model=self.request.model,
-                include_usage=self.request.include_usage,
-                reasoning_field=context.reasoning_field,
-                forced_tool=self.request.forced_tool,
-            )
-        return UpstreamCall(
-            method="POST", path="/api/chat", body=orjson.dumps(native), stream=self.request.stream
+        body = orjson.dumps(native)
+        if not self.request.stream:
+            return UpstreamCall(method="POST", path="/api/chat", body=body, whole=self)
+        lines = OllamaChatStream(
+            completion_id=self.completion_id,
+            created=self.created,
+            model=self.request.model,
+            include_usage=self.request.include_usage,
+            reasoning_field=context.reasoning_field,
+            forced_tool=self.request.forced_tool,
         )
-
-    # Streamed answers: feed/finish/fail come from NdjsonToSseStream.
+        stream = ndjson_to_sse(lines, prompt_bytes=self.request.size)
+        return UpstreamCall(method="POST", path="/api/chat", body=body, stream=stream)
 
     # ---- whole answers ---------------------------------------------------
 
@@ -87,3 +78,11 @@ class OpenAIChatFlow(NdjsonToSseStream[OllamaChatStream]):
             forced_tool=self.request.forced_tool,
         )
         return orjson.dumps(completion)
+
+    @property
+    def usage(self) -> TokenUsage | None:
+        return self._usage
+
+    def estimate_usage(self) -> TokenUsage:
+        # A token is rarely shorter than 4 bytes of JSON.
+        return TokenUsage(prompt_tokens=self.request.size // 4 + 1)

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from ..accounting.usage import TokenUsage
+from ..accounting.usage import read_ollama_usage as usage_from_ollama
 from ..errors import UpstreamError
 from ..wire.openai_chat import ForcedTool
 
@@ -194,18 +194,6 @@ def forced_tool_call(content: str, forced: ForcedTool) -> NativeCall | None:
     if name not in forced.names or type(arguments) is not dict:
         return None
     return NativeCall(None, name, orjson.dumps(arguments).decode())
-
-
-def usage_from_ollama(resp: dict[str, Any]) -> TokenUsage:
-    """Token counts of a native final line (missing or invalid counts are 0)."""
-    return TokenUsage(
-        prompt_tokens=_count(resp.get("prompt_eval_count")),
-        completion_tokens=_count(resp.get("eval_count")),
-    )
-
-
-def _count(value: Any) -> int:
-    return value if type(value) is int and value > 0 else 0
 
 
 # -- non-stream --------------------------------------------------------------------

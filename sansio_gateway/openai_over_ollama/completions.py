@@ -1,9 +1,8 @@
 """``POST /v1/completions`` served from an Ollama backend (``/api/generate``).
 
 Built like :class:`~sansio_gateway.openai_over_ollama.chat.OpenAIChatFlow`: the
-request is parsed and validated when the flow is created (a bad request
-never reaches a backend), the native body is built once the model is
-resolved, and the answer is translated whole (one native JSON object -> one
+request arrives validated (routes.py), the native body is built for each
+attempt, and the answer is translated whole (one native JSON object -> one
 ``text_completion``) or as a stream (``framing.NDJSONDecoder`` ->
 ``OllamaCompletionStream`` -> ``encode_sse_json``).
 """
@@ -19,13 +18,11 @@ from ..accounting.usage import TokenUsage
 from ..backends.catalogue import Route
 from ..config import BackendConfig
 from ..errors import GatewayError, UpstreamError, openai_error_body
-from ..flows.base import LocalAnswer, UpstreamCall
+from ..flows.base import Plan, UpstreamCall
 from ..flows.context import FlowContext
-from ..framing import NDJSONDecoder
-from ..http import Surface
-from ..wire.openai_completions import CompletionRequest, parse_completion_request
+from ..wire.openai_completions import CompletionRequest
 from .chat_response import SYSTEM_FINGERPRINT, finish_reason, usage_from_ollama
-from .sse_stream import NdjsonToSseStream
+from .sse_stream import ndjson_to_sse
 
 __all__ = [
     "NativeGenerate",
@@ -312,49 +309,37 @@ class OllamaCompletionStream:
         return out
 
 
-class OpenAICompletionsFlow(NdjsonToSseStream[OllamaCompletionStream]):
-    surface = Surface.OPENAI
-    route_name = "completions"
+class OpenAICompletionsFlow:
+    """One attempt; the flow itself translates a whole answer."""
 
-    def __init__(self, context: FlowContext, body: bytes) -> None:
+    def __init__(self, context: FlowContext, request: CompletionRequest, model: str) -> None:
         self.context = context
-        self.request: CompletionRequest = parse_completion_request(body)
+        self.request = request
         # Unique per request (Ollama's are cmpl-<0..998>: docs/wire-notes.md, "Response ids").
         self.completion_id = f"cmpl-{context.request_id}"
         self.created = int(context.now)
-        self._reset_stream_state(body)
-
-    @property
-    def model(self) -> str:
-        return self.request.model
+        self._usage: TokenUsage | None = None
 
     # ---- planning ---------------------------------------------------------
 
-    def plan(
-        self, route: Route | None, backend: BackendConfig | None
-    ) -> UpstreamCall | LocalAnswer:
+    def plan(self, route: Route | None, backend: BackendConfig | None) -> Plan:
         assert route is not None and backend is not None
         native = completion_request_to_ollama(
             self.request,
             model=route.target,
             default_max_tokens=self.context.default_max_tokens,
         )
-        if self.request.stream:
-            self._decoder = NDJSONDecoder()
-            self._stream = OllamaCompletionStream(
-                completion_id=self.completion_id,
-                created=self.created,
-                model=self.request.model,
-                include_usage=self.request.include_usage,
-            )
-        return UpstreamCall(
-            method="POST",
-            path="/api/generate",
-            body=orjson.dumps(native),
-            stream=self.request.stream,
+        body = orjson.dumps(native)
+        if not self.request.stream:
+            return UpstreamCall(method="POST", path="/api/generate", body=body, whole=self)
+        lines = OllamaCompletionStream(
+            completion_id=self.completion_id,
+            created=self.created,
+            model=self.request.model,
+            include_usage=self.request.include_usage,
         )
-
-    # Streamed answers: feed/finish/fail come from NdjsonToSseStream.
+        stream = ndjson_to_sse(lines, prompt_bytes=self.request.size)
+        return UpstreamCall(method="POST", path="/api/generate", body=body, stream=stream)
 
     # ---- whole answers ---------------------------------------------------
 
@@ -370,3 +355,11 @@ class OpenAICompletionsFlow(NdjsonToSseStream[OllamaCompletionStream]):
             native, completion_id=self.completion_id, created=self.created, model=self.request.model
         )
         return orjson.dumps(completion)
+
+    @property
+    def usage(self) -> TokenUsage | None:
+        return self._usage
+
+    def estimate_usage(self) -> TokenUsage:
+        # A token is rarely shorter than 4 bytes of JSON.
+        return TokenUsage(prompt_tokens=self.request.size // 4 + 1)

@@ -1,11 +1,9 @@
 """``POST /v1/embeddings`` served from an Ollama backend (``/api/embed``).
 
 Built like :class:`~sansio_gateway.openai_over_ollama.chat.OpenAIChatFlow`, minus
-the stream: the request is validated when the flow is created, the native
-body is built once the model is resolved, and the one native JSON answer
-becomes OpenAI's embeddings list in :meth:`OpenAIEmbeddingsFlow.complete`.
-``plan`` never asks for a stream, so the stream hooks are unreachable and
-answer with nothing (as :class:`~sansio_gateway.local.gateway.LocalFlow`'s do).
+the stream: the request arrives validated, the native body is built for
+each attempt, and the one native JSON answer becomes OpenAI's embeddings
+list in :meth:`OpenAIEmbeddingsFlow.complete`.
 """
 
 from __future__ import annotations
@@ -19,10 +17,10 @@ import orjson
 from ..accounting.usage import TokenUsage
 from ..backends.catalogue import Route
 from ..config import BackendConfig
-from ..errors import GatewayError, UpstreamError
-from ..flows.base import JSON_HEADERS, LocalAnswer, UpstreamCall
-from ..http import Headers, Surface
-from ..wire.openai_embeddings import EmbeddingsRequest, parse_embeddings_request
+from ..errors import UpstreamError
+from ..flows.base import Plan, UpstreamCall
+from ..flows.context import FlowContext
+from ..wire.openai_embeddings import EmbeddingsRequest
 from .chat_response import usage_from_ollama
 
 __all__ = ["OpenAIEmbeddingsFlow", "embeddings_request_to_ollama", "ollama_embed_to_openai"]
@@ -56,8 +54,8 @@ def ollama_embed_to_openai(
 
     ``model`` is the name the client sent and ``count`` the number of inputs.
     Raises :class:`UpstreamError` for an error body or a malformed one.  Read
-    the usage with ``openai_over_ollama.chat_response.usage_from_ollama`` (the native
-    ``prompt_eval_count``).
+    the usage with :func:`~sansio_gateway.accounting.usage.read_ollama_usage`
+    (the native ``prompt_eval_count``).
     """
     vectors = _vectors(resp, count)
     encode = _base64 if encoding_format == "base64" else None
@@ -100,42 +98,16 @@ def _base64(vector: list[float]) -> str:
 
 
 class OpenAIEmbeddingsFlow:
-    surface = Surface.OPENAI
-    route_name = "embeddings"
-    stream_done = True  # never streams
-    stream_failed = False
+    """One attempt; never streams, and translates the whole answer itself."""
 
-    def __init__(self, body: bytes) -> None:
-        self.request: EmbeddingsRequest = parse_embeddings_request(body)
-        self._prompt_bytes = len(body)
+    def __init__(self, context: FlowContext, request: EmbeddingsRequest, model: str) -> None:
+        self.request = request
         self._usage: TokenUsage | None = None
 
-    @property
-    def model(self) -> str:
-        return self.request.model
-
-    def plan(
-        self, route: Route | None, backend: BackendConfig | None
-    ) -> UpstreamCall | LocalAnswer:
+    def plan(self, route: Route | None, backend: BackendConfig | None) -> Plan:
         assert route is not None and backend is not None
         native = embeddings_request_to_ollama(self.request, model=route.target)
-        return UpstreamCall(
-            method="POST", path="/api/embed", body=orjson.dumps(native), stream=False
-        )
-
-    # ---- stream hooks: unreachable, plan never streams ------------------
-
-    def stream_headers(self) -> Headers:
-        return JSON_HEADERS
-
-    def feed(self, data: bytes) -> bytes:
-        return b""
-
-    def finish(self) -> bytes:
-        return b""
-
-    def fail(self, error: GatewayError) -> bytes:
-        return b""
+        return UpstreamCall(method="POST", path="/api/embed", body=orjson.dumps(native), whole=self)
 
     # ---- the answer ------------------------------------------------------
 
@@ -161,4 +133,4 @@ class OpenAIEmbeddingsFlow:
 
     def estimate_usage(self) -> TokenUsage:
         # A token is rarely shorter than 4 bytes of JSON; nothing is generated.
-        return TokenUsage(prompt_tokens=self._prompt_bytes // 4 + 1)
+        return TokenUsage(prompt_tokens=self.request.size // 4 + 1)

@@ -11,7 +11,8 @@ stream's end: an ``{"error": ...}`` line or the ``done`` line ends it, and
 EOF before either becomes one more error line (docs/wire-notes.md, "Errors in a stream":
 mid-stream errors are an extra NDJSON line with status 200).
 
-Whether the answer streams follows the native rule: ``stream`` absent means
+The stream is the one stream base (flows/stream.py) with NDJSON on both
+sides.  Whether the answer streams follows the native rule: ``stream`` absent means
 true on ``/api/chat`` and ``/api/generate``.  Ollama answers a load request
 with one JSON object even then; the NDJSON decoder reads it as the one and
 final line.
@@ -23,57 +24,36 @@ from typing import Any
 
 import orjson
 
-from ..accounting.usage import TokenUsage
+from ..accounting.usage import TokenUsage, read_ollama_usage
 from ..backends.catalogue import Route
 from ..config import BackendConfig
 from ..errors import GatewayError, UpstreamError
-from ..flows.base import NDJSON_HEADERS, LocalAnswer, UpstreamCall
-from ..framing import FramingError, NDJSONDecoder, encode_ndjson
-from ..http import Headers, Surface
-from ..openai_over_ollama.chat_response import usage_from_ollama
+from ..flows.base import NDJSON_HEADERS, Plan, UpstreamCall
+from ..flows.context import FlowContext
+from ..flows.stream import TranslatedStream
+from ..framing import NDJSONDecoder, encode_ndjson
+from ..wire.ollama import NativeBody
 
 __all__ = ["OllamaPassthroughFlow"]
 
+# Where admission writes an output cap: the generating routes.
+_GENERATING = frozenset({"ChatRequest", "GenerateRequest"})
+
 
 class OllamaPassthroughFlow:
-    surface = Surface.OLLAMA
+    """One attempt; the flow itself translates a whole answer."""
 
-    def __init__(
-        self,
-        *,
-        route_name: str,
-        path: str,
-        data: dict[str, Any],
-        requested: str,
-        model: str,
-        stream: bool,
-        prompt_bytes: int,
-        default_max_tokens: int | None = None,
-    ) -> None:
-        self.route_name = route_name
-        self._path = path
-        self._data = data
-        self._requested = requested
-        self._model = model
-        self._stream = stream
-        self._prompt_bytes = prompt_bytes
-        self._default_max_tokens = default_max_tokens
-        self._decoder = NDJSONDecoder() if stream else None
-        self._done = False
-        self._failed = False
+    def __init__(self, context: FlowContext, body: NativeBody, model: str) -> None:
+        self._body = body
+        self._default_max_tokens = context.default_max_tokens
         self._usage: TokenUsage | None = None
-        self._lines_out = 0
-
-    @property
-    def model(self) -> str:
-        return self._model
 
     def _cap_output(self, body: dict[str, Any]) -> None:
         """With token limits on, the output cap that admission charged is
         written upstream when the client set none (or asked for -1/-2,
         "unbounded"), so the estimate stays an upper bound."""
         cap = self._default_max_tokens
-        if cap is None or self.route_name not in ("ollama.chat", "ollama.generate"):
+        if cap is None or self._body.struct not in _GENERATING:
             return
         options = body.get("options")
         options = dict(options) if isinstance(options, dict) else {}
@@ -82,77 +62,23 @@ class OllamaPassthroughFlow:
             options["num_predict"] = cap
             body["options"] = options
 
-    def plan(
-        self, route: Route | None, backend: BackendConfig | None
-    ) -> UpstreamCall | LocalAnswer:
+    def plan(self, route: Route | None, backend: BackendConfig | None) -> Plan:
         assert route is not None
-        body = {key: value for key, value in self._data.items() if key != "name"}
+        native = self._body
+        body = {key: value for key, value in native.data.items() if key != "name"}
         body["model"] = route.target
         self._cap_output(body)
-        return UpstreamCall(
-            method="POST", path=self._path, body=orjson.dumps(body), stream=self._stream
+        encoded = orjson.dumps(body)
+        if not (native.streams and native.data.get("stream") is not False):
+            return UpstreamCall(method="POST", path=native.path, body=encoded, whole=self)
+        stream = TranslatedStream(
+            decoder=NDJSONDecoder(),
+            records=_Lines(native.model),
+            encode=encode_ndjson,
+            headers=NDJSON_HEADERS,
+            prompt_bytes=native.size,
         )
-
-    # ---- streamed answers -----------------------------------------------
-
-    def stream_headers(self) -> Headers:
-        return NDJSON_HEADERS
-
-    def feed(self, data: bytes) -> bytes:
-        assert self._decoder is not None
-        try:
-            lines = self._decoder.feed(data)
-        except FramingError as exc:
-            return self.fail(UpstreamError(f"malformed stream from backend: {exc.reason}"))
-        return self._lines(lines)
-
-    def finish(self) -> bytes:
-        assert self._decoder is not None
-        if self.stream_done:
-            return b""
-        try:
-            out = self._lines(self._decoder.feed_eof())
-        except FramingError as exc:
-            return self.fail(UpstreamError(f"malformed stream from backend: {exc.reason}"))
-        if not self.stream_done:
-            out += self.fail(UpstreamError("backend closed the stream before it finished"))
-        return out
-
-    def fail(self, error: GatewayError) -> bytes:
-        if self.stream_done:
-            return b""
-        self._failed = True
-        self._lines_out += 1
-        return encode_ndjson({"error": error.message})
-
-    @property
-    def stream_done(self) -> bool:
-        return self._done or self._failed
-
-    @property
-    def stream_failed(self) -> bool:
-        return self._failed
-
-    def _lines(self, lines: list[Any]) -> bytes:
-        out: list[bytes] = []
-        for line in lines:
-            if self.stream_done:
-                break  # nothing may follow the done or error line
-            if type(line) is not dict:
-                out.append(self.fail(UpstreamError("backend sent a malformed stream line")))
-                break
-            out.append(encode_ndjson(self._rewrite(line)))
-            self._lines_out += 1
-            self._failed = "error" in line
-            if line.get("done") is True and not self._failed:
-                self._done = True
-                self._usage = usage_from_ollama(line)
-        return b"".join(out)
-
-    def _rewrite(self, line: dict[str, Any]) -> dict[str, Any]:
-        if "model" in line:
-            line["model"] = self._requested
-        return line
+        return UpstreamCall(method="POST", path=native.path, body=encoded, stream=stream)
 
     # ---- whole answers ---------------------------------------------------
 
@@ -163,16 +89,45 @@ class OllamaPassthroughFlow:
             raise UpstreamError("backend sent a response that is not JSON") from None
         if type(answer) is not dict:
             raise UpstreamError("backend sent an unexpected response")
-        self._usage = usage_from_ollama(answer)
-        return orjson.dumps(self._rewrite(answer))
-
-    # ---- accounting ------------------------------------------------------
+        self._usage = read_ollama_usage(answer)
+        return orjson.dumps(_rewrite(answer, self._body.model))
 
     @property
     def usage(self) -> TokenUsage | None:
         return self._usage
 
     def estimate_usage(self) -> TokenUsage:
-        return TokenUsage(
-            prompt_tokens=self._prompt_bytes // 4 + 1, completion_tokens=self._lines_out
-        )
+        return TokenUsage(prompt_tokens=self._body.size // 4 + 1)
+
+
+class _Lines:
+    """The stream base's per-record translator: each NDJSON line passes
+    with ``model`` put back; an error line or the done line ends it."""
+
+    def __init__(self, requested: str) -> None:
+        self._requested = requested
+        self.done = False
+        self.failed = False
+        self.usage: TokenUsage | None = None
+
+    def feed(self, record: Any) -> list[dict[str, Any]]:
+        if type(record) is not dict:
+            return self.fail(UpstreamError("backend sent a malformed stream line"))
+        self.failed = "error" in record
+        if record.get("done") is True and not self.failed:
+            self.done = True
+            self.usage = read_ollama_usage(record)
+        return [_rewrite(record, self._requested)]
+
+    def finish(self) -> list[dict[str, Any]]:
+        return self.fail(UpstreamError("backend closed the stream before it finished"))
+
+    def fail(self, error: GatewayError) -> list[dict[str, Any]]:
+        self.failed = True
+        return [{"error": error.message}]
+
+
+def _rewrite(answer: dict[str, Any], requested: str) -> dict[str, Any]:
+    if "model" in answer:
+        answer["model"] = requested
+    return answer

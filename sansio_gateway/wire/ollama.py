@@ -27,6 +27,7 @@ template would drop the message silently) and a ``think`` level outside
 from __future__ import annotations
 
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,14 +36,20 @@ import orjson
 from ..errors import InvalidRequest
 
 __all__ = [
+    "NativeBody",
     "NativeChatRequest",
     "NativeEmbedRequest",
     "NativeGenerateRequest",
     "NativeGeneration",
     "NativeMessage",
     "NativeToolCall",
+    "chat_request_from",
+    "embed_request_from",
+    "embeddings_request_from",
+    "generate_request_from",
     "is_zero_keep_alive",
     "load_object",
+    "native_body_parser",
     "parse_chat_request",
     "parse_embed_request",
     "parse_embeddings_request",
@@ -227,6 +234,43 @@ def parse_model_request(body: bytes, struct: str) -> tuple[dict[str, Any], str]:
     return data, requested_model(data, struct)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NativeBody:
+    """An ``/api/*`` body as decoded once on arrival: the JSON object, the
+    model it names (``model``, or the legacy ``name``), and its size.
+
+    Only that much is checked on arrival, so the same-format passthrough is
+    exactly as strict as Ollama (it judges the rest); a translating flow
+    validates the whole request from ``data`` (:func:`chat_request_from`,
+    ...), without decoding the body again.
+    """
+
+    struct: str  # the Go struct its errors name: "ChatRequest", ...
+    path: str  # the endpoint, the same on an Ollama backend
+    streams: bool  # the endpoint streams unless ``stream`` is false
+    data: dict[str, Any]
+    model: str
+    size: int
+
+    @property
+    def decoded(self) -> dict[str, Any]:
+        return self.data
+
+
+def native_body_parser(
+    struct: str, *, path: str, streams: bool = False
+) -> Callable[[bytes], NativeBody]:
+    """The arrival parser of the model-addressed ``/api/*`` route at ``path``."""
+
+    def parse(body: bytes) -> NativeBody:
+        data, model = parse_model_request(body, struct)
+        return NativeBody(
+            struct=struct, path=path, streams=streams, data=data, model=model, size=len(body)
+        )
+
+    return parse
+
+
 # -- fields shared by chat and generate --------------------------------------------------
 
 
@@ -341,7 +385,11 @@ def parse_chat_request(body: bytes) -> NativeChatRequest:
     Next: :func:`sansio_gateway.ollama_over_openai.requests.chat_to_openai`, unless
     ``is_load`` (answer locally).
     """
-    data = load_object(body, "api.ChatRequest")
+    return chat_request_from(load_object(body, "api.ChatRequest"))
+
+
+def chat_request_from(data: dict[str, Any]) -> NativeChatRequest:
+    """:func:`parse_chat_request` of an already decoded body."""
     where = "ChatRequest"
     messages = _list(data, "messages", where, "[]api.Message")
     tools = _list(data, "tools", where, "api.Tools")
@@ -402,7 +450,11 @@ def parse_generate_request(body: bytes) -> NativeGenerateRequest:
     """Validate an ``/api/generate`` body.  ``template`` and ``context`` are
     type-checked and ignored (an OpenAI backend applies its own template and
     has no context tokens).  Next: ``generate_to_openai`` unless ``is_load``."""
-    data = load_object(body, "api.GenerateRequest")
+    return generate_request_from(load_object(body, "api.GenerateRequest"))
+
+
+def generate_request_from(data: dict[str, Any]) -> NativeGenerateRequest:
+    """:func:`parse_generate_request` of an already decoded body."""
     where = "GenerateRequest"
     _str(data, "template", where)
     for token in _list(data, "context", where, "[]int"):
@@ -424,7 +476,11 @@ def parse_generate_request(body: bytes) -> NativeGenerateRequest:
 def parse_embed_request(body: bytes) -> NativeEmbedRequest:
     """Validate an ``/api/embed`` body: ``input`` is a string or a list of
     strings; ``""`` or absent embeds nothing (Ollama answers ``[]``)."""
-    data = load_object(body, "api.EmbedRequest")
+    return embed_request_from(load_object(body, "api.EmbedRequest"))
+
+
+def embed_request_from(data: dict[str, Any]) -> NativeEmbedRequest:
+    """:func:`parse_embed_request` of an already decoded body."""
     where = "EmbedRequest"
     model = requested_model(data, where)
     dimensions = _int(data, "dimensions", where)
@@ -447,7 +503,11 @@ def _inputs(value: Any) -> tuple[str, ...]:
 
 def parse_embeddings_request(body: bytes) -> NativeEmbedRequest:
     """Validate a legacy ``/api/embeddings`` body (``prompt``, one vector)."""
-    data = load_object(body, "api.EmbeddingRequest")
+    return embeddings_request_from(load_object(body, "api.EmbeddingRequest"))
+
+
+def embeddings_request_from(data: dict[str, Any]) -> NativeEmbedRequest:
+    """:func:`parse_embeddings_request` of an already decoded body."""
     where = "EmbeddingRequest"
     model = requested_model(data, where)
     prompt = _str(data, "prompt", where)

@@ -129,6 +129,11 @@ class ChatRequest:
     web_search_options: dict[str, Any] | None = None
     keep_alive: str | int | float | None = None
     native_options: dict[str, Any] = field(default_factory=dict)
+    # The body as decoded once on arrival, and its size: the passthrough
+    # forwards ``decoded`` and admission charges it (docs/rate-limiting.md,
+    # "What is charged"), so no one decodes the body again.
+    decoded: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    size: int = field(default=0, compare=False)
 
 
 # -- typed helpers: each returns the checked value or raises ------------------
@@ -266,6 +271,8 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         web_search_options=_opt(data, "web_search_options", _object),
         keep_alive=_keep_alive(data.get("keep_alive")),
         native_options=_native_options(data),
+        decoded=data,
+        size=len(body),
     )
 
 

@@ -115,6 +115,11 @@ class CompletionRequest:
     raw: bool = True
     keep_alive: str | int | float | None = None
     native_options: dict[str, Any] = field(default_factory=dict)
+    # The body as decoded once on arrival, and its size: the passthrough
+    # forwards ``decoded`` and admission charges it (docs/rate-limiting.md,
+    # "What is charged"), so no one decodes the body again.
+    decoded: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    size: int = field(default=0, compare=False)
 
 
 # -- parsing -------------------------------------------------------------------------
@@ -150,6 +155,8 @@ def parse_completion_request(body: bytes) -> CompletionRequest:
         raw=_raw(data.get("raw"), suffix),
         keep_alive=_keep_alive(data.get("keep_alive")),
         native_options=_native_options(data),
+        decoded=data,
+        size=len(body),
     )
 
 

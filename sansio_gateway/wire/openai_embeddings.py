@@ -27,7 +27,7 @@ Decisions (docs/openai-compatibility.md has the full table):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InvalidRequest
@@ -68,6 +68,11 @@ class EmbeddingsRequest:
     truncate: bool | None = None
     keep_alive: str | int | float | None = None
     options: dict[str, Any] | None = None
+    # The body as decoded once on arrival, and its size: the passthrough
+    # forwards ``decoded`` and admission charges it (docs/rate-limiting.md,
+    # "What is charged"), so no one decodes the body again.
+    decoded: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    size: int = field(default=0, compare=False)
 
 
 def parse_embeddings_request(body: bytes) -> EmbeddingsRequest:
@@ -89,6 +94,8 @@ def parse_embeddings_request(body: bytes) -> EmbeddingsRequest:
         truncate=_opt(data, "truncate", _boolean),
         keep_alive=_keep_alive(data.get("keep_alive")),
         options=_opt(data, "options", _object),
+        decoded=data,
+        size=len(body),
     )
 
 

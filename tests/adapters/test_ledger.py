@@ -6,9 +6,9 @@ from pathlib import Path
 
 import anyio
 import pytest
-from sansio_gateway.adapters.ledger import MemoryLedger, SQLiteLedger, aggregate, open_ledger
+from sansio_gateway.adapters.ledger import MemoryLedger, SQLiteLedger, open_ledger
 
-from sansio_gateway.accounting.usage_query import UsageQuery, parse_time
+from sansio_gateway.accounting.usage_query import UsageQuery, aggregate, parse_time
 from sansio_gateway.actions import UsageRecord
 
 DAY1 = parse_time("2026-11-25", param="t") + 3600

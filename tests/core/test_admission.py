@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from sansio_gateway.accounting.admission import (
     DEFAULT_OUTPUT_CAP,
-    LIMITED_ROUTES,
     admission_tokens,
     prompt_tokens,
 )
@@ -26,6 +25,7 @@ from sansio_gateway.accounting.tokens import (
     estimate_text,
     estimate_texts,
 )
+from sansio_gateway.routes import LIMITED_ROUTES
 
 DEFAULT = 777
 

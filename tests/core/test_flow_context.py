@@ -8,14 +8,14 @@ from typing import Any
 import pytest
 
 from sansio_gateway.auth import hash_key
-from sansio_gateway.backends import builtin_makers
 from sansio_gateway.backends.catalogue import DiscoveredModel, parse_openai_models
 from sansio_gateway.backends.registry import BackendKind, builtin_registry
 from sansio_gateway.flows.base import Flow
 from sansio_gateway.flows.context import FlowContext
 from sansio_gateway.gateway import Gateway
-from sansio_gateway.http import IncomingRequest
 from sansio_gateway.identity import ANONYMOUS
+from sansio_gateway.passthrough.openai import OpenAIPassthroughFlow
+from sansio_gateway.wire.openai_chat import ChatRequest
 
 from ..helpers import NOW, ExchangeDriver, make_config
 
@@ -44,7 +44,7 @@ def probe_gateway(seen: list[tuple[Any, ...]], toml: str = KEYED) -> Gateway:
     def maker(*args: Any) -> Flow:
         seen.append(args)
         context, request, model = args
-        return builtin_makers.openai_passthrough(context, request, model)
+        return OpenAIPassthroughFlow(context, request, model)
 
     registry = builtin_registry()
     registry.register(
@@ -71,7 +71,7 @@ def test_a_flow_maker_gets_the_request_context_and_never_the_gateway() -> None:
     d.start("POST", "/v1/chat/completions", chat(), headers=((b"x-api-key", b"sk-alice"),))
     assert len(d.seen.upstream) == 1
     [(context, request, model)] = seen
-    assert isinstance(context, FlowContext) and isinstance(request, IncomingRequest)
+    assert isinstance(context, FlowContext) and isinstance(request, ChatRequest)
     assert model == "gpt-4o-mini"
     assert context.request_id == "rid-7" and context.now == NOW
     assert context.identity.user == "alice" and context.identity.models == ("gpt-*",)

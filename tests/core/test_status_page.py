@@ -132,7 +132,7 @@ def test_overview_asks_the_adapter_then_answers_its_snapshot_as_json() -> None:
     gateway = _gateway()
     driver = ExchangeDriver(gateway)
     assert driver.start("GET", "/admin/overview", headers=_auth(ADMIN)) == [CollectOverview()]
-    assert driver.exchange.state is ExchangeState.AWAITING_ADAPTER
+    assert driver.exchange.state is ExchangeState.AWAITING_ADAPTER_DATA
     snapshot = _snapshot(gateway, MemoryLimitStore(), LiveStats())
     driver.handle(OverviewCollected(snapshot=snapshot))
     assert driver.seen.status == 200 and driver.seen.ended

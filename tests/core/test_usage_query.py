@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 
 from sansio_gateway.accounting.usage_query import (
     UsageQuery,
     UsageRow,
+    aggregate,
     parse_time,
     parse_usage_query,
     render_rows,
@@ -88,3 +91,87 @@ def test_a_day_is_read_whole_cut_or_skipped() -> None:
     assert day_span(q, 10.0, 99.0) is DaySpan.SKIP
     assert day_span(q, 200.0, 300.0) is DaySpan.SKIP
     assert day_span(UsageQuery(), 0.0, 1e12) is DaySpan.WHOLE
+
+
+# ---- aggregate: grouping raw records, as the memory and Redis ledgers do ----
+
+DAY1 = parse_time("2026-11-25", param="since")
+DAY2 = DAY1 + 86_400
+
+
+@dataclass(frozen=True)
+class _Record:
+    """What aggregation reads of a usage record (``RecordLike``)."""
+
+    user: str | None
+    model: str
+    time: float
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def _record(
+    rid: str,
+    *,
+    user: str | None = "alice",
+    model: str = "m1",
+    at: float = DAY1 + 60,
+    prompt: int = 10,
+    completion: int = 5,
+) -> _Record:
+    return _Record(
+        user=user, model=model, time=at, prompt_tokens=prompt, completion_tokens=completion
+    )
+
+
+def _rows(rows: list[UsageRow]) -> list[tuple[str, str, str, int, int, int]]:
+    return [
+        (r.user, r.model, r.day, r.requests, r.prompt_tokens, r.completion_tokens) for r in rows
+    ]
+
+
+def test_aggregate_groups_per_user_model_and_utc_day_sorted() -> None:
+    records = [
+        _record("1", user="bob"),
+        _record("2", model="m2"),
+        _record("3", at=DAY2 - 0.5, completion=7),  # still the first day, in UTC
+        _record("4", at=DAY2),  # the first second of the next day
+        _record("5"),
+    ]
+    assert _rows(aggregate(records, UsageQuery())) == [
+        ("alice", "m1", "2026-11-25", 2, 20, 12),
+        ("alice", "m1", "2026-11-26", 1, 10, 5),
+        ("alice", "m2", "2026-11-25", 1, 10, 5),
+        ("bob", "m1", "2026-11-25", 1, 10, 5),
+    ]
+
+
+def test_aggregate_applies_every_filter() -> None:
+    records = [
+        _record("1"),
+        _record("2", user="bob"),
+        _record("3", model="m2"),
+        _record("4", at=DAY2 + 10),
+    ]
+    assert _rows(aggregate(records, UsageQuery(user="bob"))) == [
+        ("bob", "m1", "2026-11-25", 1, 10, 5)
+    ]
+    assert [r.model for r in aggregate(records, UsageQuery(model="m2"))] == ["m2"]
+    assert [r.day for r in aggregate(records, UsageQuery(since=DAY2))] == ["2026-11-26"]
+    # ``until`` is exclusive: a record at exactly ``until`` is left out.
+    assert _rows(aggregate(records, UsageQuery(until=DAY2 + 10))) == [
+        ("alice", "m1", "2026-11-25", 1, 10, 5),
+        ("alice", "m2", "2026-11-25", 1, 10, 5),
+        ("bob", "m1", "2026-11-25", 1, 10, 5),
+    ]
+    assert aggregate(records, UsageQuery(user="alice", model="m1", since=DAY2 + 11)) == []
+
+
+def test_aggregate_counts_an_anonymous_record_under_the_empty_user() -> None:
+    rows = aggregate([_record("1", user=None), _record("2", user=None)], UsageQuery())
+    assert _rows(rows) == [("", "m1", "2026-11-25", 2, 20, 10)]
+    assert aggregate([_record("1", user=None)], UsageQuery(user="alice")) == []
+
+
+def test_aggregate_of_nothing_is_no_rows() -> None:
+    assert aggregate([], UsageQuery()) == []

@@ -19,6 +19,9 @@ def emulator() -> Iterator[OllamaEmulator]:
 
 @pytest.fixture(scope="module", params=["asyncio", "trio"])
 def runtime(request: pytest.FixtureRequest) -> str:
+    """asyncio runs the fast transport (asyncio.Protocol), trio the anyio one:
+    the suites on this fixture cover both transports.  The anyio transport
+    on asyncio: SANSIO_GATEWAY_TEST_TRANSPORT=anyio (tests/helpers.py)."""
     return str(request.param)
 
 

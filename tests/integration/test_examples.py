@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import openai
 
-from sansio_gateway import SSEDecoder
+from sansio_gateway.framing import SSEDecoder
 from tests.emulators.ollama import OllamaEmulator, ScriptedReply
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"

@@ -93,15 +93,15 @@ def test_models_list_shows_the_discovered_backend_models(client: openai.OpenAI) 
 
 PLUGIN = """
 from sansio_gateway.backends.catalogue import parse_openai_models
-from sansio_gateway.backends import builtin_makers
 from sansio_gateway.backends.registry import BackendKind
+from sansio_gateway.passthrough.openai import OpenAIPassthroughFlow
 
 def make_kind():
     return BackendKind(
         name="acme",
         discovery_path="/models",
         parse_discovery=parse_openai_models,
-        flows={"chat.completions": builtin_makers.openai_passthrough},
+        flows={"chat.completions": OpenAIPassthroughFlow},
     )
 """
 

@@ -10,8 +10,6 @@ import json
 import math
 import re
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -20,8 +18,7 @@ import anyio
 import httpx
 import ollama
 import pytest
-
-from tests.emulators.ollama import (
+from sansio_gateway.adapters.emulator.ollama import (
     OLLAMA_VERSION,
     EmulatorModel,
     OllamaEmulator,
@@ -479,18 +476,3 @@ def test_serves_inside_the_callers_event_loop(backend: str) -> None:
             return [json.loads(line)["message"]["content"] for line in response.text.splitlines()]
 
     assert anyio.run(scenario, backend=backend) == [*token_chunks(3), ""]
-
-
-def test_command_line_server_announces_its_url() -> None:
-    command = [sys.executable, "-m", "tests.emulators.ollama", "--port", "0", "--fast"]
-    with subprocess.Popen(
-        [*command, "--tokens", "5"], stdout=subprocess.PIPE, text=True
-    ) as process:
-        try:
-            assert process.stdout is not None
-            url = process.stdout.readline().strip().removeprefix("listening on ")
-            body = {"model": CHAT, "messages": USER, "stream": False}
-            reply = httpx.post(f"{url}/api/chat", json=body, timeout=5.0).json()
-        finally:
-            process.terminate()  # ours to stop, by its own handle
-    assert reply["message"]["content"] == "".join(token_chunks(5)) and reply["eval_count"] == 5

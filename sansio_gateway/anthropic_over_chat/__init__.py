@@ -1,0 +1,1 @@
+"""Anthropic Messages over the chat dialect: request, whole answer and stream translation."""

@@ -1,0 +1,130 @@
+"""The upstream attempts of one request: where it goes now, and next.
+
+Theory of operation: a request has an ordered list of targets (the
+resolved route, then its fallbacks; ``retry.targets_for``).
+:meth:`Attempts.choose` picks the current one, skipping backends whose
+breaker is open while another target remains; :meth:`Attempts.sent` counts
+an attempt; after a failure before the client saw a byte,
+:meth:`Attempts.after_failure` applies the retry policy (``retry.next_step``)
+and says where the next attempt goes, if anywhere.
+
+The value also keeps what the limits' charge rule needs to know about all
+attempts together: whether any may have reached a backend that could
+generate (docs/rate-limiting.md, "What is charged").  Immutable; every
+method returns a new value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from ..errors import GatewayError, ServiceUnavailable
+from .catalogue import Route
+from .health import BreakerPreview
+from .retry import next_step, parse_retry_after, targets_for
+
+__all__ = ["Attempts", "before_send"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attempts:
+    targets: tuple[Route, ...]
+    index: int = 0
+    retries_on_target: int = 0
+    made: int = 0
+    retry_after: float | None = None  # the last error answer's Retry-After
+    stream: bool = False  # the attempt in flight asked for a stream
+    # True once an attempt may have reached a backend that could generate:
+    # it answered, or failed in a way not known to precede the send.
+    maybe_generated: bool = False
+
+    @classmethod
+    def for_route(cls, route: Route) -> Attempts:
+        return cls(targets=tuple(targets_for(route)))
+
+    @property
+    def current(self) -> Route:
+        return self.targets[self.index]
+
+    def choose(
+        self, breakers: BreakerPreview, now: float, delay: float
+    ) -> tuple[Attempts, float, bool]:
+        """The attempts at the first target from here whose breaker lets a
+        request through, the delay to use, and whether one does (when none
+        does, the attempts stand at the last target)."""
+        attempts = self
+        while not breakers.may_send(attempts.current.backend, now + delay):
+            if attempts.index + 1 >= len(attempts.targets):
+                return attempts, delay, False
+            attempts = replace(attempts, index=attempts.index + 1, retries_on_target=0)
+            delay = 0.0
+        return attempts, delay, True
+
+    def unavailable(self, breakers: BreakerPreview, now: float) -> ServiceUnavailable:
+        """The error for a request whose every target's breaker is open."""
+        name = self.current.backend
+        wait = max(1, math.ceil(breakers.retry_after(name, now)))
+        return ServiceUnavailable(
+            f"Backend {name!r} is failing and was taken out of rotation; retry in {wait}s.",
+            code="backend_unavailable",
+            retry_after=wait,
+        )
+
+    def sent(self, *, stream: bool) -> Attempts:
+        return replace(self, made=self.made + 1, stream=stream)
+
+    def answered(self, status: int, retry_after: bytes | None) -> Attempts:
+        """The backend answered with ``status`` (and this Retry-After)."""
+        # A 4xx is the backend refusing the request, before generating;
+        # a 5xx may come after minutes of generation (an OOM, a crash).
+        generated = self.maybe_generated or not 400 <= status < 500
+        if status < 400:
+            return replace(self, maybe_generated=generated)
+        return replace(self, maybe_generated=generated, retry_after=parse_retry_after(retry_after))
+
+    def failed(self, error: GatewayError) -> Attempts:
+        """The attempt failed in transport (no answer, or a broken one)."""
+        generated = self.maybe_generated or not before_send(error)
+        return replace(self, maybe_generated=generated, retry_after=None)
+
+    def left_early(self) -> Attempts:
+        """The client left while the request may be on its way, or generating."""
+        return replace(self, maybe_generated=True)
+
+    def after_failure(
+        self,
+        *,
+        status: int | None,
+        error: GatewayError | None,
+        max_retries: int,
+        max_attempts: int,
+        backoff_base: float,
+        rand: float,
+    ) -> tuple[Attempts, float] | None:
+        """Where the next attempt goes and after what delay, or None to give
+        up (``status`` for an HTTP error answer, ``error`` for a transport
+        failure)."""
+        step = next_step(
+            status=status,
+            error=error,
+            retries_on_target=self.retries_on_target,
+            max_retries=max_retries,
+            attempts=self.made,
+            max_attempts=max_attempts,
+            has_next_target=self.index + 1 < len(self.targets),
+            backoff_base=backoff_base,
+            rand=rand,
+            retry_after=self.retry_after,
+        )
+        if step.kind == "retry":
+            return replace(self, retries_on_target=self.retries_on_target + 1), step.delay
+        if step.kind == "fallback":
+            return replace(self, index=self.index + 1, retries_on_target=0), 0.0
+        return None
+
+
+def before_send(error: GatewayError) -> bool:
+    """True for a failure known to happen before the backend could generate:
+    no connection was made (refused, unresolvable, connect timeout)."""
+    return error.code == "upstream_unreachable"

@@ -1,0 +1,1 @@
+"""OpenAI Responses over the chat dialect: request, whole answer and stream translation."""
