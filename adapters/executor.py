@@ -24,6 +24,8 @@ the upstream call instead.
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.resources
 import logging
 import time
 import uuid
@@ -36,16 +38,20 @@ import anyio
 from sansio_gateway.actions import (
     SHARED_WRITES,
     Action,
+    AssetLoaded,
     CancelUpstream,
     CatalogueRefreshed,
     CheckLimits,
     ClientDisconnected,
     CollectMetrics,
+    CollectOverview,
     CommitLimits,
     CountBackendAttempt,
     EndResponse,
     LimitsDecided,
+    LoadAsset,
     MetricsCollected,
+    OverviewCollected,
     QueryUsage,
     RecordBackendOutcome,
     RecordUsage,
@@ -64,6 +70,14 @@ from sansio_gateway.errors import GatewayError, InternalError
 from sansio_gateway.exchange import Exchange, ExchangeState
 from sansio_gateway.gateway import Gateway
 from sansio_gateway.http import Headers, IncomingRequest
+from sansio_gateway.limits import RateHeaders
+from sansio_gateway.local.live_stats import LiveStats
+from sansio_gateway.local.overview_data import (
+    LimitReading,
+    OverviewSnapshot,
+    limit_probes,
+    overview_users,
+)
 from sansio_gateway.rendering import error_response
 from sansio_gateway.routes import surface_of
 
@@ -167,6 +181,7 @@ class ActionExecutor:
         self.refresh_catalogue = refresh_catalogue
         self.clock = clock
         self.active = 0
+        self.live = LiveStats()  # recent traffic, for /admin/overview
         self._runs: set[_Request] = set()
         self._idle_waiters: list[anyio.Event] = []
 
@@ -184,9 +199,19 @@ class ActionExecutor:
             if self.active == 0:
                 self._wake_idle_waiters()
             self.metrics.in_flight.dec()
-            summary = exchange.summary(self.clock())
+            now = self.clock()
+            summary = exchange.summary(now)
             self.metrics.observe(summary)
             log_request(summary)
+            self.live.observe(
+                now=now,
+                user=summary.user,
+                model=summary.model_label,
+                backend=summary.backend,
+                status=summary.status,
+                tokens=summary.prompt_tokens + summary.completion_tokens,
+                latency=summary.latency,
+            )
         return Served(exchange=exchange, client_gone=job.client_gone)
 
     async def wait_idle(self) -> None:
@@ -260,6 +285,40 @@ class ActionExecutor:
         self.metrics.observe_store(self.limit_store)
         body, content_type = self.metrics.render()
         return MetricsCollected(body=body, content_type=content_type)
+
+    async def collect_overview(self) -> OverviewCollected:
+        gateway = self.gateway
+        users = limit_probes(
+            gateway.config,
+            overview_users(gateway.config, self.live.users()),
+            divisor=gateway.limit_divisor,
+        )
+        readings: list[LimitReading] = []
+        store_error = None
+        for user in users:
+            for probe in user.probes:
+                headers: RateHeaders | None = None
+                try:
+                    headers = await self.limit_store.peek(probe.user, probe.specs)
+                except Exception as exc:  # the page still shows everything else
+                    store_error = f"{getattr(self.limit_store, 'label', 'limit store')}: {exc!r}"
+                readings.append(LimitReading(probe=probe, headers=headers))
+        by_user: dict[str, int] = {}
+        for run in self._runs:
+            name = run.exchange.identity.user
+            by_user[name] = by_user.get(name, 0) + 1
+        now = self.clock()
+        snapshot = OverviewSnapshot(
+            now=now,
+            stats=self.live.snapshot(now),
+            users=users,
+            readings=tuple(readings),
+            in_flight=self.active,
+            streams=sum(r.exchange.state is ExchangeState.STREAMING for r in self._runs),
+            in_flight_by_user=by_user,
+            store_error=store_error,
+        )
+        return OverviewCollected(snapshot=snapshot)
 
     def count_upstream_error(self, exchange: Exchange, result: Result) -> None:
         if isinstance(result, UpstreamFailed):
@@ -366,6 +425,10 @@ class _Request:
                 await self.feed(await executor.admit(action))
             case CollectMetrics():
                 await self.feed(executor.collect_metrics())
+            case CollectOverview():
+                await self.feed(await executor.collect_overview())
+            case LoadAsset():
+                await self.feed(AssetLoaded(body=_package_file(action.name)))
             case RefreshCatalogue():
                 await self.feed(await executor.refresh())
             case CountBackendAttempt() | RecordBackendOutcome():
@@ -511,6 +574,15 @@ async def _send_internal_error(channel: ResponseChannel, path: str) -> None:
     channel.end_response(keep_alive=False)
     with contextlib.suppress(ClientGone):
         await channel.flush()
+
+
+@functools.cache
+def _package_file(name: str) -> bytes | None:
+    """One of the status page's files, named by the core (sansio_gateway/local/ui.py)."""
+    try:
+        return importlib.resources.files("sansio_gateway.local").joinpath("ui", name).read_bytes()
+    except OSError:
+        return None
 
 
 # Actions that at most queue response bytes; anything else may wait on I/O,

@@ -51,6 +51,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 KEY = "sk-bench-streams"
 CONFIG = """
+[server]
+# The default (500) protects a small deployment; here it must admit all N.
+max_connections = {max_connections}
+
 [[backends]]
 name = "paced"
 kind = "ollama"
@@ -267,7 +271,9 @@ def measure(n: int, rate: float, ramp: float, hold: float, tmp: Path) -> dict[st
                    "--tokens", str(tokens)]  # fmt: skip
     with _process(backend_cmd, "paced backend on ") as (_, backend):
         cfg = tmp / f"gateway-{n}.toml"
-        cfg.write_text(CONFIG.format(backend=backend, digest=hash_key(KEY), tmp=tmp))
+        cfg.write_text(
+            CONFIG.format(backend=backend, digest=hash_key(KEY), tmp=tmp, max_connections=n + 100)
+        )
         log_path = tmp / f"access-{n}.log"
         with (
             log_path.open("w") as log,

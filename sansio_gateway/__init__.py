@@ -23,13 +23,15 @@ Actions (the core asks) and results (the adapter reports)
     ``SendUpstream``, ``CancelUpstream``, ``StartResponse``, ``SendBody``,
     ``EndResponse``, ``RecordUsage`` (a :class:`UsageRecord`),
     ``CheckLimits``, ``CommitLimits``, ``QueryUsage``, ``CollectMetrics``,
-    ``RefreshCatalogue``, and the writes to shared state
+    ``CollectOverview``, ``LoadAsset``, ``RefreshCatalogue``, and the writes to shared state
     ``CountBackendAttempt`` and ``RecordBackendOutcome`` (apply them with
     ``gateway.apply_write`` before awaiting anything); then
     ``UpstreamResponseStarted``, ``UpstreamChunkReceived``,
     ``UpstreamClosed``, ``UpstreamFailed`` (carrying an
     :class:`UpstreamError`), ``ClientDisconnected``, ``LimitsDecided``,
-    ``UsageQueried``, ``MetricsCollected``, ``CatalogueRefreshed``.
+    ``UsageQueried``, ``MetricsCollected``, ``OverviewCollected`` (an
+    :class:`OverviewSnapshot`: the status page's data), ``AssetLoaded``,
+    ``CatalogueRefreshed``.
 
 Configuration and errors
     :func:`parse_config` (TOML text -> :class:`GatewayConfig`, or a
@@ -48,16 +50,20 @@ from __future__ import annotations
 
 from .actions import (
     Action,
+    AssetLoaded,
     CancelUpstream,
     CatalogueRefreshed,
     CheckLimits,
     ClientDisconnected,
     CollectMetrics,
+    CollectOverview,
     CommitLimits,
     CountBackendAttempt,
     EndResponse,
     LimitsDecided,
+    LoadAsset,
     MetricsCollected,
+    OverviewCollected,
     QueryUsage,
     RecordBackendOutcome,
     RecordUsage,
@@ -80,17 +86,20 @@ from .exchange import Exchange, ExchangeState, ExchangeStateError, RequestSummar
 from .gateway import Gateway
 from .http import Headers, IncomingRequest
 from .limits import MemoryLimitStore
+from .local.overview_data import OverviewSnapshot
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Action",
+    "AssetLoaded",
     "BackendKind",
     "CancelUpstream",
     "CatalogueRefreshed",
     "CheckLimits",
     "ClientDisconnected",
     "CollectMetrics",
+    "CollectOverview",
     "CommitLimits",
     "ConfigError",
     "CountBackendAttempt",
@@ -104,8 +113,11 @@ __all__ = [
     "Headers",
     "IncomingRequest",
     "LimitsDecided",
+    "LoadAsset",
     "MemoryLimitStore",
     "MetricsCollected",
+    "OverviewCollected",
+    "OverviewSnapshot",
     "QueryUsage",
     "RecordBackendOutcome",
     "RecordUsage",

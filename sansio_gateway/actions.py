@@ -15,19 +15,24 @@ from .accounting.usage_query import UsageQuery, UsageRow
 from .errors import GatewayError
 from .http import Headers
 from .limits import Costs, Decision, LimitSpecs
+from .local.overview_data import OverviewSnapshot
 
 __all__ = [
     "Action",
+    "AssetLoaded",
     "CancelUpstream",
     "CatalogueRefreshed",
     "CheckLimits",
     "ClientDisconnected",
     "CollectMetrics",
+    "CollectOverview",
     "CommitLimits",
     "CountBackendAttempt",
     "EndResponse",
     "LimitsDecided",
+    "LoadAsset",
     "MetricsCollected",
+    "OverviewCollected",
     "QueryUsage",
     "RecordBackendOutcome",
     "RecordUsage",
@@ -128,6 +133,20 @@ class CollectMetrics:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CollectOverview:
+    """Gather what ``/admin/overview`` shows of the adapter's state (live
+    traffic, limit use, requests in flight); answer with ``OverviewCollected``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadAsset:
+    """Read the status page's static file ``name`` from the package's data;
+    answer with ``AssetLoaded``.  The core names only files it ships."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CheckLimits:
     """Ask the limit store to admit a request; answer with ``LimitsDecided``.
 
@@ -196,6 +215,8 @@ Action = (
     | RecordUsage
     | QueryUsage
     | CollectMetrics
+    | CollectOverview
+    | LoadAsset
     | RefreshCatalogue
     | CheckLimits
     | CommitLimits
@@ -251,6 +272,16 @@ class MetricsCollected:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OverviewCollected:
+    snapshot: OverviewSnapshot
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AssetLoaded:
+    body: bytes | None  # None: the file is missing from the installed package
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LimitsDecided:
     decision: Decision
 
@@ -268,6 +299,8 @@ Result = (
     | ClientDisconnected
     | UsageQueried
     | MetricsCollected
+    | OverviewCollected
+    | AssetLoaded
     | CatalogueRefreshed
     | LimitsDecided
 )

@@ -40,6 +40,7 @@ from .accounting.usage import TokenUsage
 from .accounting.usage_query import UsageQuery, render_usage
 from .actions import (
     Action,
+    AssetLoaded,
     CancelUpstream,
     CatalogueRefreshed,
     CheckLimits,
@@ -49,6 +50,7 @@ from .actions import (
     EndResponse,
     LimitsDecided,
     MetricsCollected,
+    OverviewCollected,
     QueryUsage,
     RecordUsage,
     RefreshCatalogue,
@@ -75,6 +77,7 @@ from .errors import (
 from .exchange_table import STARTS, ExchangeState, ExchangeStateError, Step, row
 from .exchange_table import next_states as next_states
 from .flows.base import (
+    AdapterAnswer,
     Flow,
     LedgerQuery,
     LocalAnswer,
@@ -138,6 +141,7 @@ class Exchange:
         self._breakers = BreakerPreview(gateway.health)
         self._rate_headers: Headers = ()
         self._ledger_query = UsageQuery()
+        self._render: Callable[[OverviewCollected | AssetLoaded], LocalAnswer] | None = None
 
     # ---- public API ------------------------------------------------------
 
@@ -227,6 +231,9 @@ class Exchange:
             return _S.AWAITING_LEDGER, [QueryUsage(query=plan.query)]
         if isinstance(plan, MetricsScrape):
             return _S.AWAITING_METRICS, [CollectMetrics()]
+        if isinstance(plan, AdapterAnswer):
+            self._render = plan.render
+            return _S.AWAITING_ADAPTER_DATA, [plan.ask]
         if isinstance(plan, LocalAnswer):
             return self._answer(plan.status, plan.headers, plan.body)
         raise InternalError(f"{decl.name}: a model-less flow asked for an upstream")
@@ -442,6 +449,11 @@ class Exchange:
 
     def _on_metrics(self, result: MetricsCollected, now: float) -> Step:
         return self._answer(200, ((b"content-type", result.content_type),), result.body)
+
+    def _on_adapter_data(self, result: OverviewCollected | AssetLoaded, now: float) -> Step:
+        assert self._render is not None
+        answer = self._render(result)
+        return self._answer(answer.status, answer.headers, answer.body)
 
     def _on_client_gone_early(self, result: ClientDisconnected, now: float) -> Step:
         # Nothing reached a backend yet: nothing to cancel or record.

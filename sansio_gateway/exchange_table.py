@@ -16,10 +16,12 @@ from typing import assert_never, get_args
 
 from .actions import (
     Action,
+    AssetLoaded,
     CatalogueRefreshed,
     ClientDisconnected,
     LimitsDecided,
     MetricsCollected,
+    OverviewCollected,
     Result,
     UpstreamChunkReceived,
     UpstreamClosed,
@@ -51,6 +53,7 @@ class ExchangeState(enum.Enum):
     AWAITING_LIMITS_CLIENT_GONE = "awaiting_limits_client_gone"  # ... and the client left
     AWAITING_LEDGER = "awaiting_ledger"  # QueryUsage issued
     AWAITING_METRICS = "awaiting_metrics"  # CollectMetrics issued
+    AWAITING_ADAPTER_DATA = "awaiting_adapter_data"  # an AdapterAnswer's action issued
     AWAITING_UPSTREAM = "awaiting_upstream"  # SendUpstream issued, no head yet
     BUFFERING = "buffering"  # non-stream answer being collected
     BUFFERING_ERROR = "buffering_error"  # upstream error body being collected
@@ -73,7 +76,7 @@ _DONE = _to({_S.DONE})
 _ATTEMPTED = _to({_S.AWAITING_UPSTREAM, _S.DONE})  # an attempt was sent, or the request ended
 # Where ``Exchange.start`` may lead.
 STARTS = _ATTEMPTED | {_S.AWAITING_CATALOGUE, _S.AWAITING_LIMITS, _S.AWAITING_LEDGER}
-STARTS |= {_S.AWAITING_METRICS}
+STARTS |= {_S.AWAITING_METRICS, _S.AWAITING_ADAPTER_DATA}
 _GONE: Row = ("_on_client_gone", _DONE)  # a backend may have the request: cancel, record
 _GONE_EARLY: Row = ("_on_client_gone_early", _DONE)  # nothing was sent yet
 _LATE: tuple[type, ...] = get_args(Result)  # every result type
@@ -100,6 +103,9 @@ def _rows(state: ExchangeState) -> Mapping[type, Row]:
             return {UsageQueried: ("_on_ledger_rows", _DONE), ClientDisconnected: _GONE_EARLY}
         case _S.AWAITING_METRICS:
             return {MetricsCollected: ("_on_metrics", _DONE), ClientDisconnected: _GONE_EARLY}
+        case _S.AWAITING_ADAPTER_DATA:
+            data = ("_on_adapter_data", _DONE)
+            return {OverviewCollected: data, AssetLoaded: data, ClientDisconnected: _GONE_EARLY}
         case _S.AWAITING_UPSTREAM:
             answered = _to({_S.BUFFERING, _S.BUFFERING_ERROR, _S.STREAMING})
             return {

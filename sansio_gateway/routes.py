@@ -55,6 +55,8 @@ from .local.ollama import (
     head_or_get,
 )
 from .local.ollama_names import catalogue_name
+from .local.overview import AdminOverview
+from .local.ui import UiAsset
 from .over_chat.requests import parse_messages_route, parse_responses_route
 from .wire.ollama import native_body_parser
 from .wire.openai_chat import parse_chat_request
@@ -267,6 +269,11 @@ DEFAULT_ROUTES: tuple[RouteDecl, ...] = (
     _gateway("status", "/status", Status),
     _gateway("admin.usage", "/admin/usage", AdminUsage, access=Access.ADMIN),
     _gateway("metrics", "/metrics", Metrics, access=Access.PUBLIC),
+    # The status page (docs/status-page.md): the page holds no data and is
+    # public; its JSON needs an admin key.
+    _gateway("admin.overview", "/admin/overview", AdminOverview, access=Access.ADMIN),
+    _gateway("ui", "/ui", UiAsset, access=Access.PUBLIC),
+    _gateway("ui", "/ui/*", UiAsset, access=Access.PUBLIC),
     # -- Ollama (docs/wire-notes.md, "Native endpoints clients call").  ``/``
     # and ``/api/version`` are public, as health probes are.
     *(

@@ -33,10 +33,12 @@ from urllib.parse import urlsplit
 
 from sansio_gateway import (
     Action,
+    AssetLoaded,
     CatalogueRefreshed,
     CheckLimits,
     ClientDisconnected,
     CollectMetrics,
+    CollectOverview,
     CommitLimits,
     CountBackendAttempt,
     EndResponse,
@@ -46,8 +48,11 @@ from sansio_gateway import (
     Headers,
     IncomingRequest,
     LimitsDecided,
+    LoadAsset,
     MemoryLimitStore,
     MetricsCollected,
+    OverviewCollected,
+    OverviewSnapshot,
     QueryUsage,
     RecordBackendOutcome,
     RecordUsage,
@@ -232,6 +237,10 @@ class MinimalAdapter:
                 return UsageQueried(rows=[])  # this adapter keeps no ledger
             case CollectMetrics():
                 return MetricsCollected(body=b"", content_type=b"text/plain")
+            case LoadAsset():
+                return AssetLoaded(body=None)  # no status page files here: /ui answers 500
+            case CollectOverview():  # /admin/overview: the core's figures, no traffic kept
+                return OverviewCollected(snapshot=OverviewSnapshot.empty(now))
             case CountBackendAttempt() | RecordBackendOutcome():
                 pass  # applied as the list arrived (execute)
             case _:  # CancelUpstream: proxy() stops reading once the Exchange is done

@@ -4,7 +4,9 @@ Theory of operation: the Exchange owns the life of a request (state, errors,
 usage records); a *flow* owns one route's wire formats for one attempt.
 ``plan`` says what to do: answer locally (:class:`LocalAnswer`), read the
 usage ledger (:class:`LedgerQuery`), scrape the metrics
-(:class:`MetricsScrape`), or call a backend (:class:`UpstreamCall`).  An
+(:class:`MetricsScrape`), ask the adapter for data only it holds and
+render it here (:class:`AdapterAnswer`: the status page's files and live
+statistics), or call a backend (:class:`UpstreamCall`).  An
 upstream call carries the translator of that attempt's answer, either a
 :class:`WholeAnswer` (one body in, one body out) or a
 :class:`StreamAnswer` (bytes in, bytes out, with its own end); nothing else
@@ -13,12 +15,13 @@ of a flow is ever called, so no flow stubs out the half it does not use.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from ..accounting.usage import TokenUsage
 from ..accounting.usage_query import UsageQuery
-from ..actions import SendUpstream
+from ..actions import AssetLoaded, CollectOverview, LoadAsset, OverviewCollected, SendUpstream
 from ..backends.catalogue import Route
 from ..config import BackendConfig
 from ..errors import GatewayError
@@ -28,6 +31,7 @@ __all__ = [
     "JSON_HEADERS",
     "NDJSON_HEADERS",
     "SSE_HEADERS",
+    "AdapterAnswer",
     "Flow",
     "LedgerQuery",
     "LocalAnswer",
@@ -142,7 +146,16 @@ class LocalAnswer:
     body: bytes
 
 
-Plan = UpstreamCall | LocalAnswer | LedgerQuery | MetricsScrape
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdapterAnswer:
+    """The answer is rendered in the core from what the adapter reports:
+    the Exchange issues ``ask`` and hands its result to ``render``."""
+
+    ask: CollectOverview | LoadAsset
+    render: Callable[[OverviewCollected | AssetLoaded], LocalAnswer]
+
+
+Plan = UpstreamCall | LocalAnswer | LedgerQuery | MetricsScrape | AdapterAnswer
 
 
 class Flow(Protocol):

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from sansio_gateway.actions import (
     SHARED_WRITES,
     Action,
+    AssetLoaded,
     CatalogueRefreshed,
     CheckLimits,
     ClientDisconnected,
@@ -26,6 +27,7 @@ from sansio_gateway.actions import (
     EndResponse,
     LimitsDecided,
     MetricsCollected,
+    OverviewCollected,
     RecordUsage,
     Result,
     SendBody,
@@ -43,6 +45,7 @@ from sansio_gateway.exchange import Exchange, ExchangeState, ExchangeStateError,
 from sansio_gateway.gateway import Gateway
 from sansio_gateway.http import IncomingRequest
 from sansio_gateway.limits import Costs, Decision, MemoryLimitStore
+from sansio_gateway.local.overview_data import OverviewSnapshot
 
 from ..helpers import NOW, make_config
 
@@ -98,6 +101,8 @@ SAMPLES: dict[type, Result] = {
     MetricsCollected: MetricsCollected(body=b"", content_type=b"text/plain"),
     CatalogueRefreshed: CatalogueRefreshed(),
     LimitsDecided: LimitsDecided(decision=ALLOWED),
+    OverviewCollected: OverviewCollected(snapshot=OverviewSnapshot.empty(NOW)),
+    AssetLoaded: AssetLoaded(body=b"<!doctype html>"),
 }
 
 
@@ -118,6 +123,7 @@ REACH: dict[ExchangeState, Callable[[], Exchange]] = {
     S.AWAITING_LIMITS_CLIENT_GONE: lambda: _started(chat_request(), LIMITS, ClientDisconnected()),
     S.AWAITING_LEDGER: lambda: _started(IncomingRequest(method="GET", path="/admin/usage")),
     S.AWAITING_METRICS: lambda: _started(IncomingRequest(method="GET", path="/metrics")),
+    S.AWAITING_ADAPTER_DATA: lambda: _started(IncomingRequest(method="GET", path="/ui")),
     S.AWAITING_UPSTREAM: lambda: _started(chat_request()),
     S.BUFFERING: lambda: _started(chat_request(), "", HEAD_200),
     S.BUFFERING_ERROR: lambda: _started(

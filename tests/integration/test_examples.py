@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 
 from sansio_gateway.framing import SSEDecoder
@@ -99,3 +100,27 @@ def test_minimal_adapter_proxies_one_chat_request(emulator: OllamaEmulator) -> N
         "ollama",
         26,
     )
+
+
+def test_minimal_adapter_answers_the_status_pages_actions(emulator: OllamaEmulator) -> None:
+    """/admin/overview and /ui ask the adapter for data (CollectOverview,
+    LoadAsset); the example answers both, so neither request hangs."""
+    program = [sys.executable, str(EXAMPLES / "minimal_adapter.py"), emulator.url]
+    with subprocess.Popen(
+        [*program, "--port", "0", "--requests", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("listening on http://"), first + proc.stderr.read()  # type: ignore[union-attr]
+        url = first.split()[-1]
+        overview = httpx.get(url + "/admin/overview", timeout=30)
+        page = httpx.get(url + "/ui", timeout=30)
+        _, errors = proc.communicate(timeout=30)
+    assert proc.returncode == 0, errors
+    assert overview.status_code == 200
+    assert [b["name"] for b in overview.json()["backends"]] == ["ollama"]
+    assert page.status_code == 500  # the example ships no page files...
+    assert page.headers["x-frame-options"] == "DENY"  # ...and the core's headers still apply
