@@ -22,6 +22,7 @@ class Surface(enum.Enum):
     """Which API dialect a request speaks; decides how errors are rendered."""
 
     OPENAI = "openai"
+    ANTHROPIC = "anthropic"  # /v1/messages*
     OLLAMA = "ollama"
     GATEWAY = "gateway"
 

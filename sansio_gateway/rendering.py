@@ -1,7 +1,8 @@
 """Errors and ids rendered for the client, per surface.
 
 ``error_response`` is the one place that decides how a failure looks on the
-wire: OpenAI's four-key envelope on ``/v1`` (and gateway endpoints), Ollama's
+wire: OpenAI's four-key envelope on ``/v1`` (and gateway endpoints), Anthropic's
+on ``/v1/messages*`` (its status too: 529 for an overloaded backend), Ollama's
 ``{"error": "..."}`` on ``/api``.  ``whole_response`` is the one shape of
 an answer known in full before it is sent.
 """
@@ -20,22 +21,38 @@ from .errors import (
     render_openai_error,
 )
 from .http import Headers, Surface, header_value
+from .wire.anthropic import anthropic_status_and_type, render_anthropic_error
 
-__all__ = ["error_response", "model_not_found", "request_id_from", "whole_response"]
+__all__ = [
+    "error_response",
+    "model_not_found",
+    "render_error",
+    "request_id_from",
+    "whole_response",
+]
 
 _JSON: Headers = ((b"content-type", b"application/json"),)
 _MAX_REQUEST_ID = 128
 
 
+def render_error(surface: Surface, err: GatewayError) -> tuple[int, bytes]:
+    """The status and body of ``err`` on ``surface`` (headers are shared)."""
+    if surface is Surface.ANTHROPIC:
+        return anthropic_status_and_type(err)[0], render_anthropic_error(err)
+    if surface is Surface.OLLAMA:
+        return err.status_code, render_ollama_error(err)
+    return err.status_code, render_openai_error(err)
+
+
 def error_response(surface: Surface, err: GatewayError) -> tuple[int, Headers, bytes]:
-    body = render_ollama_error(err) if surface is Surface.OLLAMA else render_openai_error(err)
+    status, body = render_error(surface, err)
     headers = _JSON
     if isinstance(err, MethodNotAllowed):
         headers = (*headers, (b"allow", err.allow.encode("ascii")))
     if isinstance(err, ServiceUnavailable) and err.retry_after is not None:
         seconds = max(1, math.ceil(err.retry_after))  # whole seconds, rounded up
         headers = (*headers, (b"retry-after", str(seconds).encode("ascii")))
-    return err.status_code, headers, body
+    return status, headers, body
 
 
 def model_not_found(surface: Surface, model: str) -> NotFound:

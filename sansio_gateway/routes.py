@@ -1,6 +1,6 @@
 """The route table: every endpoint of the gateway, one declaration each.
 
-Theory of operation: ``/v1/...`` (OpenAI), ``/api/...`` (Ollama) and the
+Theory of operation: ``/v1/...`` (OpenAI, and Anthropic's ``/v1/messages``), ``/api/...`` (Ollama) and the
 gateway's own endpoints live side by side on one port.  A
 :class:`RouteDecl` says all there is to know about one route: its
 method(s) and path (exact, or a prefix ``/*`` for a path parameter that
@@ -34,6 +34,7 @@ from .backends.catalogue import Catalogue
 from .errors import MethodNotAllowed, NotFound
 from .flows.context import FlowConstructor, LocalFlowFactory
 from .http import Surface
+from .local.anthropic import CountTokens
 from .local.gateway import (
     AdminUsage,
     Health,
@@ -56,6 +57,7 @@ from .local.ollama import (
 from .local.ollama_names import catalogue_name
 from .local.overview import AdminOverview
 from .local.ui import UiAsset
+from .over_chat.requests import parse_messages_route, parse_responses_route
 from .wire.ollama import native_body_parser
 from .wire.openai_chat import parse_chat_request
 from .wire.openai_completions import parse_completion_request
@@ -124,6 +126,8 @@ class RouteDecl:
 def surface_of(path: str) -> Surface:
     if path.startswith("/api/") or path == "/api":
         return Surface.OLLAMA
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return Surface.ANTHROPIC
     if path.startswith("/v1/") or path == "/v1":
         return Surface.OPENAI
     return Surface.GATEWAY
@@ -186,7 +190,7 @@ def _openai(
         name=name,
         methods=("POST",),
         path=path,
-        surface=Surface.OPENAI,
+        surface=surface_of(path),
         parse=parse,
         limited=True,
         generates=generates,
@@ -246,8 +250,19 @@ DEFAULT_ROUTES: tuple[RouteDecl, ...] = (
     _openai("chat.completions", "/v1/chat/completions", parse_chat_request, generates=True),
     _openai("completions", "/v1/completions", parse_completion_request, generates=True),
     _openai("embeddings", "/v1/embeddings", parse_embeddings_request, generates=False),
+    _openai("responses", "/v1/responses", parse_responses_route, generates=True),
     _gateway("models.list", "/v1/models", OpenAIModelList),
     _gateway("models.retrieve", "/v1/models/*", OpenAIModelRetrieve),
+    # -- Anthropic (docs/anthropic-compatibility.md); count_tokens is the
+    # gateway's own estimate, so it is not charged.
+    _openai("anthropic.messages", "/v1/messages", parse_messages_route, generates=True),
+    RouteDecl(
+        name="anthropic.count_tokens",
+        methods=("POST",),
+        path="/v1/messages/count_tokens",
+        surface=Surface.ANTHROPIC,
+        local=_local(CountTokens),
+    ),
     # -- the gateway's own
     _gateway("health", "/health", Health, access=Access.PUBLIC),
     _gateway("ready", "/ready", Ready, access=Access.PUBLIC),

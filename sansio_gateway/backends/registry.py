@@ -29,6 +29,7 @@ from ..ollama_over_openai.embed import OllamaEmbedFlow
 from ..openai_over_ollama.chat import OpenAIChatFlow
 from ..openai_over_ollama.completions import OpenAICompletionsFlow
 from ..openai_over_ollama.embeddings import OpenAIEmbeddingsFlow
+from ..over_chat.flows import OverChatOllamaFlow, OverChatOpenAIFlow
 from ..passthrough.ollama import OllamaPassthroughFlow
 from ..passthrough.openai import OpenAIPassthroughFlow
 from .catalogue import DiscoveredModel, parse_ollama_tags, parse_openai_models
@@ -85,6 +86,8 @@ def builtin_registry() -> Registry:
                 "ollama.embed": OllamaPassthroughFlow,
                 "ollama.embeddings": OllamaPassthroughFlow,
                 "ollama.show": OllamaPassthroughFlow,
+                "anthropic.messages": OverChatOllamaFlow,
+                "responses": OverChatOllamaFlow,
             },
         )
     )
@@ -102,6 +105,8 @@ def builtin_registry() -> Registry:
                 "ollama.embed": OllamaEmbedFlow,
                 "ollama.embeddings": OllamaEmbedFlow,
                 "ollama.show": OllamaShow,
+                "anthropic.messages": OverChatOpenAIFlow,
+                "responses": OverChatOpenAIFlow,
             },
         )
     )

@@ -18,13 +18,15 @@ A denied :class:`Decision` becomes a response with :func:`render_denial`:
 * store unavailable (``on_error = "closed"``): 503.
 
 The body is OpenAI's envelope on the OpenAI and gateway surfaces and
-``{"error": "..."}`` on the Ollama surface; status and headers are the same.
+``{"error": "..."}`` on the Ollama surface, Anthropic's on its own (with 529
+for an unavailable limit store); the headers are the same.
 """
 
 from __future__ import annotations
 
 from ..errors import GatewayError, render_ollama_error, render_openai_error
 from ..http import Headers, Surface
+from ..wire.anthropic import anthropic_status_and_type, render_anthropic_error
 from .decision import Decision, DenyReason, RateHeaders, UnitHeaders
 from .specs import LimitName, ceil_div
 
@@ -171,6 +173,11 @@ def render_denial(
 ) -> tuple[int, Headers, bytes]:
     """``(status, headers, body)`` for a denied Decision on ``surface``."""
     err = denial_error(decision, model=model, organization=organization)
-    body = render_ollama_error(err) if surface is Surface.OLLAMA else render_openai_error(err)
+    if surface is Surface.ANTHROPIC:
+        status, _ = anthropic_status_and_type(err)
+        body = render_anthropic_error(err)
+    else:
+        status = err.status_code
+        body = render_ollama_error(err) if surface is Surface.OLLAMA else render_openai_error(err)
     headers = ((b"content-type", b"application/json"), *denial_headers(decision))
-    return err.status_code, headers, body
+    return status, headers, body

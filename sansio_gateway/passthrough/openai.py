@@ -34,7 +34,7 @@ from ..wire.openai_chat import ChatRequest, remote_image_url_param
 from ..wire.openai_completions import CompletionRequest
 from ..wire.openai_embeddings import EmbeddingsRequest
 
-__all__ = ["OpenAIPassthroughFlow"]
+__all__ = ["ChatEvents", "OpenAIPassthroughFlow"]
 
 OpenAIRequest = ChatRequest | CompletionRequest | EmbeddingsRequest
 
@@ -74,7 +74,7 @@ class OpenAIPassthroughFlow:
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         stream = TranslatedStream(
             decoder=SSEDecoder(),
-            records=_Events(self._model, client_wants_usage=client_wants_usage),
+            records=ChatEvents(self._model, client_wants_usage=client_wants_usage),
             encode=encode_sse_json,
             headers=SSE_HEADERS,
             prompt_bytes=self._prompt_bytes,
@@ -105,7 +105,7 @@ class OpenAIPassthroughFlow:
         return TokenUsage(prompt_tokens=self._prompt_bytes // 4 + 1)
 
 
-class _Events:
+class ChatEvents:
     """The stream base's per-record translator: each SSE event passes with
     ``model`` put back; ``[DONE]`` (sent again as the base's trailer) or an
     in-band error ends it."""

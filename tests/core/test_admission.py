@@ -198,8 +198,10 @@ def test_which_routes_are_charged_and_which_generate() -> None:
         "ollama.embeddings",
     }
     assert {r for r, g in LIMITED_ROUTES.items() if g} == {
+        "anthropic.messages",
         "chat.completions",
         "completions",
+        "responses",
         "ollama.chat",
         "ollama.generate",
     }

@@ -59,6 +59,8 @@ ROUTES = {
     "completions": "/v1/completions",
     "ollama.chat": "/api/chat",
     "ollama.generate": "/api/generate",
+    "anthropic.messages": "/v1/messages",
+    "responses": "/v1/responses",
 }
 
 
@@ -281,6 +283,8 @@ def requests(draw: st.DrawFn) -> tuple[str, str, dict[str, Any]]:
     route = draw(st.sampled_from(sorted(ROUTES)))
     kind = draw(st.sampled_from(["openai", "ollama"]))
     body: dict[str, Any] = {"model": MODELS[kind]}
+    if route in ("anthropic.messages", "responses"):
+        return route, kind, _over_chat(draw, route, body)
     if route in ("chat.completions", "ollama.chat"):
         msg: dict[str, Any] = {"role": draw(st.sampled_from(["user", "system"])),
                                "content": draw(text)}  # fmt: skip
@@ -310,6 +314,23 @@ def requests(draw: st.DrawFn) -> tuple[str, str, dict[str, Any]]:
     if predict is not None:
         body["options"] = {"num_predict": predict}
     return route, kind, body
+
+
+def _over_chat(draw: st.DrawFn, route: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A Messages or Responses body: each is charged as the chat body it becomes."""
+    if route == "anthropic.messages":
+        body["max_tokens"] = draw(st.integers(1, 50_000))  # required in Anthropic's API
+        body["messages"] = [{"role": "user", "content": draw(text)}]
+        if draw(st.booleans()):
+            body["system"] = draw(text)
+    else:
+        body["input"] = draw(text)
+        if draw(st.booleans()):
+            body["instructions"] = draw(text)
+        _put(body, "max_output_tokens", draw(cap_value.filter(lambda v: v is None or v > 0)))
+    if draw(st.booleans()):
+        body["stream"] = draw(st.booleans())
+    return body
 
 
 def forwarded_prompt_bound(body: dict[str, Any]) -> int:

@@ -15,6 +15,7 @@ from sansio_gateway.backends.catalogue import DiscoveredModel
 from sansio_gateway.backends.registry import builtin_registry
 from sansio_gateway.errors import MethodNotAllowed, NotFound
 from sansio_gateway.gateway import Gateway
+from sansio_gateway.http import Surface
 from sansio_gateway.routes import (
     DEFAULT_ROUTES,
     LIMITED_ROUTES,
@@ -38,7 +39,14 @@ def test_every_route_is_declared_once() -> None:
 def test_a_routes_surface_is_the_one_its_path_gets_before_matching() -> None:
     # Errors before a match (404, 401) use surface_of; a match must agree.
     for route in DEFAULT_ROUTES:
-        assert route.surface is surface_of(route.path.removesuffix("*") + "x"), route.name
+        path = route.path.removesuffix("*") + "x" if route.path.endswith("*") else route.path
+        assert route.surface is surface_of(path), route.name
+
+
+def test_paths_under_the_messages_route_speak_anthropic() -> None:
+    # An unknown path below /v1/messages is a 404 in Anthropic's envelope.
+    assert surface_of("/v1/messages/batches") is Surface.ANTHROPIC
+    assert surface_of("/v1/messagesx") is Surface.OPENAI
 
 
 def test_limited_routes_are_model_addressed() -> None:

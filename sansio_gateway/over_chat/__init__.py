@@ -1,0 +1,1 @@
+"""Surfaces served over the chat dialect: Anthropic Messages and OpenAI Responses."""
