@@ -46,6 +46,7 @@ from .upstream import (
     TRANSPORT_ERRORS,
     Deliver,
     map_upstream_exception,
+    timeout_phase,
 )
 from .upstream_pool import ConnectionLost, ConnectTimeout, Origin, origin_of
 
@@ -338,12 +339,7 @@ class FastUpstreamClient:
         except GatewayError as err:
             await deliver(UpstreamFailed(error=err))
         except TRANSPORT_ERRORS as exc:
-            if total.cancel_called:
-                what = f"total timeout of {backend.total_timeout:g}s"
-            elif phase == "connecting":
-                what = "waiting for the first byte"
-            else:
-                what = f"no data for {backend.idle_timeout:g}s"
+            what = timeout_phase(backend, total_expired=total.cancel_called, phase=phase)
             error = map_upstream_exception(exc, backend.name, phase=what)
             await deliver(UpstreamFailed(error=error))
 

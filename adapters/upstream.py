@@ -31,7 +31,7 @@ from sansio_gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 
 from .upstream_pool import ConnectionLost, ConnectTimeout, Pool, PooledResponse
 
-__all__ = ["TRANSPORT_ERRORS", "UpstreamClient", "map_upstream_exception"]
+__all__ = ["TRANSPORT_ERRORS", "UpstreamClient", "map_upstream_exception", "timeout_phase"]
 
 Deliver = Callable[[Result], Awaitable[bool]]
 
@@ -50,6 +50,15 @@ TRANSPORT_ERRORS = (
     anyio.ClosedResourceError,
     anyio.EndOfStream,
 )
+
+
+def timeout_phase(backend: BackendConfig, *, total_expired: bool, phase: str) -> str:
+    """Which of the request's clocks a transport failure ran out, for its message."""
+    if total_expired:
+        return f"total timeout of {backend.total_timeout:g}s"
+    if phase == "connecting":
+        return "waiting for the first byte"
+    return f"no data for {backend.idle_timeout:g}s"
 
 
 def map_upstream_exception(exc: BaseException, backend: str, *, phase: str = "") -> GatewayError:
@@ -135,12 +144,7 @@ class UpstreamClient:
         except GatewayError as err:
             await deliver(UpstreamFailed(error=err))
         except TRANSPORT_ERRORS as exc:
-            if total.cancel_called:
-                what = f"total timeout of {backend.total_timeout:g}s"
-            elif phase == "connecting":
-                what = "waiting for the first byte"
-            else:
-                what = f"no data for {backend.idle_timeout:g}s"
+            what = timeout_phase(backend, total_expired=total.cancel_called, phase=phase)
             error = map_upstream_exception(exc, backend.name, phase=what)
             await deliver(UpstreamFailed(error=error))
 
