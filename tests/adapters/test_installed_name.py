@@ -117,3 +117,24 @@ def test_the_cli_is_a_leaf() -> None:
 def test_no_adapter_imports_another_ones_private_names(path: Path) -> None:
     private = [(m, n) for m, names in _adapter_imports(path) for n in names if n.startswith("_")]
     assert private == []
+
+
+def test_every_package_on_disk_is_listed_for_the_wheel() -> None:
+    """pyproject.toml lists the packages by hand (adapters/ is mapped under
+    sansio_gateway); a package missing there is missing from the wheel, which
+    the slow wheel test would only find at the end."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    listed = set(
+        tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    adapters = root / "adapters"
+    on_disk = {
+        ".".join(("sansio_gateway", "adapters", *p.parent.relative_to(adapters).parts))
+        for p in adapters.rglob("__init__.py")
+    } | {
+        ".".join(p.parent.relative_to(root).parts)
+        for p in (root / "sansio_gateway").rglob("__init__.py")
+    }
+    assert on_disk == listed, (on_disk - listed, listed - on_disk)
