@@ -17,14 +17,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+import orjson
 
 from ..accounting.usage import TokenUsage
 from ..accounting.usage_query import UsageQuery
 from ..actions import AssetLoaded, CollectOverview, LoadAsset, OverviewCollected, SendUpstream
 from ..backends.catalogue import Route
 from ..config import BackendConfig
-from ..errors import GatewayError
+from ..errors import GatewayError, UpstreamError
 from ..http import Headers
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "StreamAnswer",
     "UpstreamCall",
     "WholeAnswer",
+    "upstream_object",
 ]
 
 JSON_HEADERS: Headers = ((b"content-type", b"application/json"),)
@@ -48,6 +51,18 @@ SSE_HEADERS: Headers = (
     (b"cache-control", b"no-cache"),
 )
 NDJSON_HEADERS: Headers = ((b"content-type", b"application/x-ndjson"),)
+
+
+def upstream_object(body: bytes) -> dict[str, Any]:
+    """A whole upstream answer as the JSON object every backend kind sends,
+    or the 502 a translator raises for anything else."""
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise UpstreamError("backend sent a response that is not JSON") from None
+    if type(answer) is not dict:
+        raise UpstreamError("backend sent an unexpected response")
+    return answer
 
 
 class WholeAnswer(Protocol):

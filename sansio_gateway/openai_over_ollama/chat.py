@@ -15,8 +15,7 @@ import orjson
 from ..accounting.usage import TokenUsage
 from ..backends.catalogue import Route
 from ..config import BackendConfig
-from ..errors import UpstreamError
-from ..flows.base import Plan, UpstreamCall
+from ..flows.base import Plan, UpstreamCall, upstream_object
 from ..flows.context import FlowContext
 from ..wire.openai_chat import ChatRequest
 from .chat_request import chat_request_to_ollama
@@ -62,12 +61,7 @@ class OpenAIChatFlow:
     # ---- whole answers ---------------------------------------------------
 
     def complete(self, body: bytes) -> bytes:
-        try:
-            native = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("backend sent a response that is not JSON") from None
-        if not isinstance(native, dict):
-            raise UpstreamError("backend sent an unexpected response")
+        native = upstream_object(body)
         self._usage = usage_from_ollama(native)
         completion = ollama_chat_to_completion(
             native,

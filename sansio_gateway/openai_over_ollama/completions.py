@@ -18,7 +18,7 @@ from ..accounting.usage import TokenUsage
 from ..backends.catalogue import Route
 from ..config import BackendConfig
 from ..errors import GatewayError, UpstreamError, openai_error_body
-from ..flows.base import Plan, UpstreamCall
+from ..flows.base import Plan, UpstreamCall, upstream_object
 from ..flows.context import FlowContext
 from ..wire.openai_completions import CompletionRequest
 from .chat_response import SYSTEM_FINGERPRINT, finish_reason, usage_from_ollama
@@ -344,12 +344,7 @@ class OpenAICompletionsFlow:
     # ---- whole answers ---------------------------------------------------
 
     def complete(self, body: bytes) -> bytes:
-        try:
-            native = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("backend sent a response that is not JSON") from None
-        if not isinstance(native, dict):
-            raise UpstreamError("backend sent an unexpected response")
+        native = upstream_object(body)
         self._usage = usage_from_ollama(native)
         completion = ollama_generate_to_completion(
             native, completion_id=self.completion_id, created=self.created, model=self.request.model

@@ -18,7 +18,7 @@ from ..accounting.usage import TokenUsage
 from ..backends.catalogue import Route
 from ..config import BackendConfig
 from ..errors import UpstreamError
-from ..flows.base import Plan, UpstreamCall
+from ..flows.base import Plan, UpstreamCall, upstream_object
 from ..flows.context import FlowContext
 from ..wire.openai_embeddings import EmbeddingsRequest
 from .chat_response import usage_from_ollama
@@ -112,12 +112,7 @@ class OpenAIEmbeddingsFlow:
     # ---- the answer ------------------------------------------------------
 
     def complete(self, body: bytes) -> bytes:
-        try:
-            native = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("backend sent a response that is not JSON") from None
-        if not isinstance(native, dict):
-            raise UpstreamError("backend sent an unexpected response")
+        native = upstream_object(body)
         answer = ollama_embed_to_openai(
             native,
             model=self.request.model,

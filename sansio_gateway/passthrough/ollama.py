@@ -28,7 +28,7 @@ from ..accounting.usage import TokenUsage, read_ollama_usage
 from ..backends.catalogue import Route
 from ..config import BackendConfig
 from ..errors import GatewayError, UpstreamError
-from ..flows.base import NDJSON_HEADERS, Plan, UpstreamCall
+from ..flows.base import NDJSON_HEADERS, Plan, UpstreamCall, upstream_object
 from ..flows.context import FlowContext
 from ..flows.stream import TranslatedStream
 from ..framing import NDJSONDecoder, encode_ndjson
@@ -83,12 +83,7 @@ class OllamaPassthroughFlow:
     # ---- whole answers ---------------------------------------------------
 
     def complete(self, body: bytes) -> bytes:
-        try:
-            answer = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("backend sent a response that is not JSON") from None
-        if type(answer) is not dict:
-            raise UpstreamError("backend sent an unexpected response")
+        answer = upstream_object(body)
         self._usage = read_ollama_usage(answer)
         return orjson.dumps(_rewrite(answer, self._body.model))
 

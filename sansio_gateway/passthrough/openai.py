@@ -26,7 +26,7 @@ from ..accounting.usage import TokenUsage, read_openai_usage
 from ..backends.catalogue import Route
 from ..config import BackendConfig
 from ..errors import GatewayError, InvalidRequest, UpstreamError, openai_error_body
-from ..flows.base import SSE_HEADERS, Plan, UpstreamCall
+from ..flows.base import SSE_HEADERS, Plan, UpstreamCall, upstream_object
 from ..flows.context import FlowContext
 from ..flows.stream import TranslatedStream
 from ..framing import SSE_DONE, SSEDecoder, SSEEvent, encode_sse_json
@@ -86,12 +86,7 @@ class OpenAIPassthroughFlow:
     # ---- whole answers ---------------------------------------------------
 
     def complete(self, body: bytes) -> bytes:
-        try:
-            answer = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("backend sent a response that is not JSON") from None
-        if not isinstance(answer, dict):
-            raise UpstreamError("backend sent an unexpected response")
+        answer = upstream_object(body)
         self._usage = read_openai_usage(answer.get("usage"))
         if "model" in answer:
             answer["model"] = self._model

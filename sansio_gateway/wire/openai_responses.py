@@ -22,10 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from ..errors import InvalidRequest
-from .openai_chat import REASONING_EFFORTS
+from .openai_chat import REASONING_EFFORTS, _load
 
 __all__ = [
     "FunctionCall",
@@ -201,19 +199,6 @@ def parse_responses_request(body: bytes) -> ResponsesRequest:
         reasoning_effort=_reasoning(data.get("reasoning")),
         text_format=_text(data.get("text")),
     )
-
-
-def _load(body: bytes) -> dict[str, Any]:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(
-            f"We could not parse the JSON body of your request ({exc}). "
-            "The API expects a JSON object."
-        ) from None
-    if type(data) is not dict:
-        raise InvalidRequest("The request body must be a JSON object.")
-    return data
 
 
 def _refuse_stateful(data: dict[str, Any]) -> None:
