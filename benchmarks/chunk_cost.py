@@ -189,7 +189,9 @@ def measure(
     backend_cmd = [PY, "-m", "benchmarks.chunk_cost", "--backend", "--tokens", str(tokens)]
     with _process(backend_cmd, "chunk backend on ") as (_, backend):
         cfg = tmp / f"gateway-{transport}.toml"
-        cfg.write_text(CONFIG.format(backend=backend, digest=hash_key(KEY), tmp=tmp))
+        cfg.write_text(
+            CONFIG.format(backend=backend, digest=hash_key(KEY), tmp=tmp, max_connections=500)
+        )
         log_path = tmp / f"access-{transport}.log"
         cmd = [PY, "-m", "sansio_gateway.adapters.cli", "serve", "--config", str(cfg),
                "--port", "0", "--transport", transport]  # fmt: skip
