@@ -36,6 +36,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -155,6 +156,7 @@ class StreamClient(asyncio.Protocol):
         self.tokens = 0
         self.finished = False
         self.buffer = b""
+        self.length = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -164,6 +166,9 @@ class StreamClient(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         now = time.monotonic_ns()
         data = self.buffer + data
+        if self.head_done and self.status != 200:
+            self._error_body(data)
+            return
         if not self.head_done:
             end = data.find(b"\r\n\r\n")
             if end < 0:
@@ -173,7 +178,9 @@ class StreamClient(asyncio.Protocol):
             self.head_done = True
             data = data[end + 4 :]
             if self.status != 200:
-                self.transport.close()
+                length = LENGTH.search(data[:end])
+                self.length = int(length.group(1)) if length else 0
+                self._error_body(data[end + 4 :])
                 return
         # Whole lines only (an NDJSON line or an SSE event never spans two
         # HTTP chunks, but a TCP read may end inside one).
@@ -191,6 +198,16 @@ class StreamClient(asyncio.Protocol):
             self.finished = True
             self.transport.close()
 
+    def _error_body(self, data: bytes) -> None:
+        """Read an error's body: the first one says why (of the harness's own
+        conditions as much as of the gateway)."""
+        self.buffer = data
+        if len(data) < self.length:
+            return
+        if not self.run.first_error:
+            self.run.first_error = f"{self.status} " + data[:300].decode(errors="replace")
+        self.transport.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.run.open -= 1
         if not (self.finished and self.status == 200):
@@ -200,12 +217,14 @@ class StreamClient(asyncio.Protocol):
 
 
 TOKEN = b'"content":"t'
+LENGTH = re.compile(rb"(?i)content-length:\s*(\d+)")
 
 
 class Run:
     def __init__(self) -> None:
         self.transits: list[float] = []
         self.errors = 0
+        self.first_error = ""
         self.open = 0
         self.holding = False
         self.all_closed = asyncio.Event()
@@ -339,6 +358,7 @@ def measure(n: int, rate: float, ramp: float, hold: float, tmp: Path) -> dict[st
         "open_fds": result["fds"],
         "ramp_s": round(result["ramp_s"], 1),
         "outcomes": _outcomes(log_path),
+        "first_error": run.first_error,
     }
 
 
@@ -349,6 +369,7 @@ def main() -> None:
     parser.add_argument("--ramp", type=float, default=2000.0, help="new streams per second")
     parser.add_argument("--hold", type=float, default=10.0, help="seconds with all N open")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
+    parser.add_argument("--keep", action="store_true", help="keep the configs and access logs")
     args = parser.parse_args()
     limit = _raise_fd_limit(2 * max(args.streams) + 1024)
     with contextlib.suppress(ImportError):
@@ -356,7 +377,12 @@ def main() -> None:
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with contextlib.ExitStack() as stack:
+        if args.keep:
+            tmp = tempfile.mkdtemp(prefix="many-streams-")
+            print(f"configs and access logs in {tmp}", flush=True)
+        else:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory())
         for n in args.streams:
             row = measure(n, args.rate, args.ramp, args.hold, Path(tmp))
             rows.append(row)
