@@ -40,6 +40,7 @@ __all__ = [
     "ModelConfig",
     "ServerConfig",
     "StoreConfig",
+    "TracingConfig",
     "default_config",
     "parse_config",
     "redact_url",
@@ -278,6 +279,29 @@ class StoreConfig(_Strict):
         return value
 
 
+class TracingConfig(_Strict):
+    # Export OpenTelemetry spans (the "otel" extra); off, the gateway makes none.
+    enabled: bool = False
+    # "otlp" (OTLP over HTTP/protobuf, to a collector) or "console" (JSON lines on stdout).
+    exporter: Literal["otlp", "console"] = "otlp"
+    # OTLP traces URL ("http://collector:4318"; a URL with no path gets /v1/traces);
+    # empty: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT, else localhost:4318.
+    endpoint: str = ""
+    # The service.name resource attribute; empty: OTEL_SERVICE_NAME, else "sansio-gateway".
+    service_name: str = ""
+    # Fraction of new traces kept (a client's sampled flag is followed when it sends a
+    # traceparent); unset: OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG, else every trace.
+    sample_ratio: float | None = Field(default=None, ge=0, le=1)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str) -> str:
+        problem = value and _url_problem(value, ("http", "https"))
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
 class GatewayConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     backends: Annotated[tuple[BackendConfig, ...], Field(strict=False)] = ()
@@ -285,6 +309,7 @@ class GatewayConfig(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
 
     @model_validator(mode="after")
     def _cross_check(self) -> GatewayConfig:

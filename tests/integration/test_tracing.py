@@ -1,0 +1,230 @@
+"""OpenTelemetry spans over loopback: a request that retried once, then fell back.
+
+The real gateway (fast transport, anyio transport on asyncio and on trio, and
+the ASGI app under uvicorn) in front of two emulated Ollamas: the primary
+answers 503 ("server busy") every time, so the gateway retries it once
+(``max_retries = 1``) and then falls back to the secondary.  The SDK's
+``InMemorySpanExporter`` receives the spans; the emulators record the
+``traceparent`` each attempt carried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+
+pytest.importorskip("opentelemetry.sdk")
+
+from opentelemetry.sdk.trace import ReadableSpan  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
+    InMemorySpanExporter,
+)
+from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
+
+from sansio_gateway.adapters.tracing import open_tracing  # noqa: E402
+from sansio_gateway.config import GatewayConfig  # noqa: E402
+from sansio_gateway.tracing import parse_trace_context  # noqa: E402
+from tests.emulators.ollama import OllamaEmulator, run_ollama_emulator  # noqa: E402
+from tests.helpers import make_config, running_gateway, wait_for  # noqa: E402
+
+KEY = "sk-trace-test-key-0123456789"
+CLIENT_TRACE = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+CLIENT_SPAN = 0x00F067AA0BA902B7
+TRACEPARENT = f"00-{CLIENT_TRACE:032x}-{CLIENT_SPAN:016x}-01"
+BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture(scope="module")
+def backends() -> Iterator[tuple[OllamaEmulator, OllamaEmulator]]:
+    with run_ollama_emulator() as primary, run_ollama_emulator() as secondary:
+        primary.update_reply("llama3.2:1b", error_status=503, error_message="server busy")
+        yield primary, secondary
+
+
+def _config(primary: OllamaEmulator, secondary: OllamaEmulator) -> GatewayConfig:
+    digest = hashlib.sha256(KEY.encode()).hexdigest()
+    return make_config(
+        f"[server]\nbreaker_failures = 1000\n"
+        f'[[backends]]\nname = "primary"\nkind = "ollama"\nurl = "{primary.url}"\n'
+        f"max_retries = 1\nretry_backoff = 0.01\n"
+        f'[[backends]]\nname = "secondary"\nkind = "ollama"\nurl = "{secondary.url}"\n'
+        f'[[models]]\nname = "gpt-4o-mini"\nbackend = "primary"\ntarget = "llama3.2:1b"\n'
+        f'fallbacks = ["secondary:llama3.2:1b"]\n'
+        f'[[auth.keys]]\nid = "alice-laptop"\nuser = "alice"\nsha256 = "{digest}"\n'
+        f"[limits]\nrequests_per_minute = 10000\n"
+        f'[tracing]\nenabled = true\nexporter = "console"\n'
+    )
+
+
+@contextmanager
+def _served(config: GatewayConfig, server: str) -> Iterator[tuple[str, InMemorySpanExporter]]:
+    """The gateway on ``server``, its spans going to an in-memory exporter."""
+    exporter = InMemorySpanExporter()
+    tracing = open_tracing(config.tracing, exporter=exporter)
+    if server == "asgi":
+        from sansio_gateway.adapters.asgi import create_app
+
+        from tests.integration.test_asgi import serve_uvicorn
+
+        asgi = create_app(config)
+        asgi.app.executor.tracing = tracing
+        with serve_uvicorn(asgi) as url:
+            yield url, exporter
+        return
+    runtime, _, transport = server.partition("-")
+    with running_gateway(config, runtime=runtime, transport=transport or None) as gw:
+        gw.app.executor.tracing = tracing
+        yield gw.url, exporter
+
+
+SERVERS = ["asyncio-fast", "asyncio-anyio", "trio", "asgi"]
+
+
+def _post(url: str, headers: dict[str, str]) -> httpx.Response:
+    auth = {"authorization": f"Bearer {KEY}", **headers}
+    return httpx.post(f"{url}/v1/chat/completions", json=BODY, headers=auth, timeout=30)
+
+
+def _request_spans(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
+    """Once the SERVER span is exported (it ends after the response is written)."""
+    wait_for(lambda: any(s.kind is SpanKind.SERVER for s in exporter.get_finished_spans()))
+    return list(exporter.get_finished_spans())
+
+
+def _sent(emulator: OllamaEmulator) -> list[dict[str, str]]:
+    return [r.headers for r in emulator.requests if r.path == "/api/chat"]
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_span_tree_of_a_retry_then_a_fallback(
+    backends: tuple[OllamaEmulator, OllamaEmulator], server: str
+) -> None:
+    primary, secondary = backends
+    primary.clear_requests()
+    secondary.clear_requests()
+    with _served(_config(primary, secondary), server) as (url, exporter):
+        response = _post(url, {"traceparent": TRACEPARENT, "tracestate": "congo=t61rcWkgMzE"})
+        assert response.status_code == 200, response.text
+        spans = _request_spans(exporter)
+
+    (root,) = [s for s in spans if s.kind is SpanKind.SERVER]
+    assert root.name == "POST /v1/chat/completions"
+    # The client's span is the parent: same trace, its span id.
+    assert root.context.trace_id == CLIENT_TRACE
+    assert root.parent is not None and root.parent.span_id == CLIENT_SPAN
+    assert root.parent.is_remote
+    attrs = dict(root.attributes or {})
+    assert attrs["http.route"] == "/v1/chat/completions"
+    assert attrs["gateway.surface"] == "openai"
+    assert attrs["gen_ai.request.model"] == "gpt-4o-mini"
+    assert attrs["gen_ai.response.model"] == "llama3.2:1b"
+    assert attrs["gateway.backend"] == "secondary"
+    assert attrs["enduser.id"] == "alice"
+    assert attrs["http.response.status_code"] == 200
+    assert attrs["gateway.retries"] == 2
+    assert attrs["gateway.outcome"] == "ok"
+    assert attrs["gen_ai.usage.input_tokens"] > 0
+    assert attrs["gen_ai.usage.output_tokens"] > 0
+    assert root.status.status_code is StatusCode.UNSET
+    # Never the key, in any span.
+    assert not any(KEY in str(v) for s in spans for v in (s.attributes or {}).values())
+
+    children = [s for s in spans if s is not root]
+    assert all(s.parent is not None and s.parent.span_id == root.context.span_id for s in children)
+    assert all(s.context.trace_id == CLIENT_TRACE for s in children)
+    (limits,) = [s for s in children if s.name == "gateway.limits"]
+    assert dict(limits.attributes or {})["gateway.limits.allowed"] is True
+
+    attempts = sorted(
+        (s for s in children if s.kind is SpanKind.CLIENT),
+        key=lambda s: dict(s.attributes or {})["gateway.attempt"],
+    )
+    facts = [dict(s.attributes or {}) for s in attempts]
+    assert [(f["gateway.backend"], f["http.response.status_code"]) for f in facts] == [
+        ("primary", 503),
+        ("primary", 503),
+        ("secondary", 200),
+    ]
+    assert [f["gateway.attempt.retried"] for f in facts] == [True, True, False]
+    assert [f.get("gateway.attempt.next_backend") for f in facts] == [
+        "primary",
+        "secondary",
+        None,
+    ]
+    assert all(
+        f["url.path"] == "/api/chat" and a.name == "POST /api/chat"
+        for f, a in zip(facts, attempts, strict=True)
+    )
+    assert facts[0]["gateway.attempt.delay"] == 0.0
+    assert 0.0 <= facts[1]["gateway.attempt.delay"] <= 0.01  # the jittered backoff
+    assert facts[2]["gateway.attempt.delay"] == 0.0  # a fallback does not wait
+    assert [a.status.status_code for a in attempts] == [
+        StatusCode.ERROR,
+        StatusCode.ERROR,
+        StatusCode.UNSET,
+    ]
+    # Ordered in time: the limit check, then each attempt after the last.
+    assert limits.end_time is not None and attempts[0].start_time is not None
+    assert limits.end_time <= attempts[0].start_time
+    for before, after in zip(attempts, attempts[1:], strict=False):
+        assert before.end_time is not None and after.start_time is not None
+        assert before.end_time <= after.start_time
+
+    # Each backend saw the traceparent of the attempt span that called it.
+    seen = _sent(primary) + _sent(secondary)
+    assert len(seen) == 3
+    for headers, span in zip(seen, attempts, strict=True):
+        context = parse_trace_context(((b"traceparent", headers["traceparent"].encode()),))
+        assert context is not None
+        assert (context.trace_id, context.span_id) == (CLIENT_TRACE, span.context.span_id)
+        assert context.sampled
+        assert headers["tracestate"] == "congo=t61rcWkgMzE"
+        assert headers["x-request-id"] == attrs["gateway.request_id"]
+
+
+@pytest.mark.parametrize("server", ["asyncio-fast", "trio"])
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  # all-zero trace id
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",  # upper case
+        "garbage",
+    ],
+)
+def test_a_bad_traceparent_starts_a_trace_of_its_own(
+    backends: tuple[OllamaEmulator, OllamaEmulator], server: str, traceparent: str
+) -> None:
+    primary, secondary = backends
+    secondary.clear_requests()
+    with _served(_config(primary, secondary), server) as (url, exporter):
+        response = _post(url, {"traceparent": traceparent})
+        assert response.status_code == 200, response.text
+        spans = _request_spans(exporter)
+    (root,) = [s for s in spans if s.kind is SpanKind.SERVER]
+    assert root.parent is None  # a root span: the bad header was ignored
+    assert root.context.trace_id != CLIENT_TRACE
+    (sent,) = _sent(secondary)
+    context = parse_trace_context(((b"traceparent", sent["traceparent"].encode()),))
+    assert context is not None and context.trace_id == root.context.trace_id
+
+
+def test_tracing_off_sends_no_traceparent(
+    backends: tuple[OllamaEmulator, OllamaEmulator],
+) -> None:
+    """Off (the default), the gateway makes no spans and adds no trace header."""
+    primary, secondary = backends
+    secondary.clear_requests()
+    config = _config(primary, secondary)
+    config = config.model_copy(
+        update={"tracing": config.tracing.model_copy(update={"enabled": False})}
+    )
+    with running_gateway(config) as gw:
+        assert gw.app.executor.tracing.enabled is False
+        response = _post(gw.url, {})
+        assert response.status_code == 200, response.text
+    (sent,) = _sent(secondary)
+    assert "traceparent" not in sent
