@@ -11,25 +11,23 @@ answers 503 ("server busy") every time, so the gateway retries it once
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
 import pytest
-
-pytest.importorskip("opentelemetry.sdk")
-
-from opentelemetry.sdk.trace import ReadableSpan  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
-from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
+from opentelemetry.trace import SpanKind, StatusCode
+from sansio_gateway.adapters.tracing import open_tracing
 
-from sansio_gateway.adapters.tracing import open_tracing  # noqa: E402
-from sansio_gateway.config import GatewayConfig  # noqa: E402
-from sansio_gateway.tracing import parse_trace_context  # noqa: E402
-from tests.emulators.ollama import OllamaEmulator, run_ollama_emulator  # noqa: E402
-from tests.helpers import make_config, running_gateway, wait_for  # noqa: E402
+from sansio_gateway.config import GatewayConfig
+from sansio_gateway.tracing import parse_trace_context
+from tests.emulators.ollama import OllamaEmulator, run_ollama_emulator
+from tests.helpers import make_config, running_gateway, wait_for
 
 KEY = "sk-trace-test-key-0123456789"
 CLIENT_TRACE = 0x4BF92F3577B34DA6A3CE929D0E0E4736
@@ -170,7 +168,7 @@ def test_span_tree_of_a_retry_then_a_fallback(
     # Ordered in time: the limit check, then each attempt after the last.
     assert limits.end_time is not None and attempts[0].start_time is not None
     assert limits.end_time <= attempts[0].start_time
-    for before, after in zip(attempts, attempts[1:], strict=False):
+    for before, after in itertools.pairwise(attempts):
         assert before.end_time is not None and after.start_time is not None
         assert before.end_time <= after.start_time
 
