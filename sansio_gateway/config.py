@@ -280,17 +280,18 @@ class StoreConfig(_Strict):
 
 
 class TracingConfig(_Strict):
-    # Export OpenTelemetry spans (the "otel" extra); off, the gateway makes none.
+    # Export OpenTelemetry spans (needs the `otel` extra); off, the gateway makes none.
     enabled: bool = False
-    # "otlp" (OTLP over HTTP/protobuf, to a collector) or "console" (JSON lines on stdout).
+    # `"otlp"` (OTLP over HTTP/protobuf, to a collector) or `"console"` (JSON on stdout).
     exporter: Literal["otlp", "console"] = "otlp"
-    # OTLP traces URL ("http://collector:4318"; a URL with no path gets /v1/traces);
-    # empty: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT, else localhost:4318.
+    # The OTLP traces URL; one with no path (`"http://collector:4318"`) gets `/v1/traces`.
+    # Empty: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`,
+    # else `http://localhost:4318/v1/traces`.
     endpoint: str = ""
-    # The service.name resource attribute; empty: OTEL_SERVICE_NAME, else "sansio-gateway".
+    # The `service.name` of the spans; empty: `OTEL_SERVICE_NAME`, else `"sansio-gateway"`.
     service_name: str = ""
-    # Fraction of new traces kept (a client's sampled flag is followed when it sends a
-    # traceparent); unset: OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG, else every trace.
+    # Fraction of new traces recorded; a client's `traceparent` decides for its own
+    # trace.  Unset: `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`, else all.
     sample_ratio: float | None = Field(default=None, ge=0, le=1)
 
     @field_validator("endpoint")

@@ -199,3 +199,28 @@ def test_unsampled_requests_still_propagate_a_traceparent() -> None:
 
 def _service(tracing: object) -> object:
     return tracing.provider.resource.attributes["service.name"]  # type: ignore[attr-defined]
+
+
+def test_otel_sdk_disabled_records_nothing_and_passes_the_client_context_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from sansio_gateway.actions import SendUpstream
+    from sansio_gateway.http import IncomingRequest
+
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    exporter = InMemorySpanExporter()
+    tracing = open_tracing(TracingConfig(enabled=True), exporter=exporter)
+    call = SendUpstream(backend="b", method="POST", url="http://h/api/chat", headers=(), body=b"")
+
+    async def deliver(result: object) -> bool:
+        return True
+
+    client = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    for headers, sent_on in [(((b"traceparent", client),), ((b"traceparent", client),)), ((), ())]:
+        trace = tracing.start(IncomingRequest(method="POST", path="/v1/x", headers=headers))
+        sent, _ = trace.attempt(call, deliver)  # type: ignore[arg-type]
+        trace.attempt_done(None)
+        assert sent.headers == sent_on  # the client's own context, unchanged, or none
+    assert exporter.get_finished_spans() == ()

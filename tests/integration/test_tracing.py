@@ -222,7 +222,7 @@ def test_tracing_off_sends_no_traceparent(
     )
     with running_gateway(config) as gw:
         assert gw.app.executor.tracing.enabled is False
-        response = _post(gw.url, {})
+        response = _post(gw.url, {"traceparent": TRACEPARENT, "tracestate": "congo=t61rcWkgMzE"})
         assert response.status_code == 200, response.text
     (sent,) = _sent(secondary)
-    assert "traceparent" not in sent
+    assert "traceparent" not in sent and "tracestate" not in sent
