@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import http.server
 import subprocess
 import sys
 import textwrap
-import threading
 
 import pytest
 from sansio_gateway.adapters import tracing as tracing_module
@@ -14,7 +12,7 @@ from sansio_gateway.adapters.tracing import NO_TRACING, open_tracing, tracing_pr
 
 from sansio_gateway.config import ConfigError, TracingConfig
 
-from ..helpers import make_config
+from ..helpers import OtlpCollector, make_config
 
 
 def _otel(**values: object) -> object:
@@ -91,39 +89,6 @@ def test_bad_tracing_keys_are_named(toml: str, key: str) -> None:
         make_config(f"[tracing]\n{toml}\n")
 
 
-class _Collector:
-    """A loopback OTLP/HTTP receiver: records each export's path and headers."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, dict[str, str], bytes]] = []
-        done = self.got = threading.Event()
-        received = self.received
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                received.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-                done.set()
-
-            def log_message(self, *args: object) -> None:
-                return None
-
-        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> _Collector:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def _export_one(tracing: object) -> None:
     tracing.tracer.start_span("probe").end()  # type: ignore[attr-defined]
     tracing.shutdown()  # type: ignore[attr-defined]  # flushes the batch
@@ -131,7 +96,7 @@ def _export_one(tracing: object) -> None:
 
 def test_otlp_endpoint_from_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")  # the config wins
-    with _Collector() as collector:
+    with OtlpCollector() as collector:
         _export_one(_otel(endpoint=collector.url))
         assert collector.got.wait(10)
     ((path, headers, body),) = collector.received
@@ -143,7 +108,7 @@ def test_otlp_endpoint_from_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_otlp_endpoint_and_headers_from_the_standard_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    with _Collector() as collector:
+    with OtlpCollector() as collector:
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=acme")
         _export_one(_otel())

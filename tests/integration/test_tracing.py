@@ -12,8 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -27,7 +32,7 @@ from sansio_gateway.adapters.tracing import open_tracing
 from sansio_gateway.config import GatewayConfig
 from sansio_gateway.tracing import parse_trace_context
 from tests.emulators.ollama import OllamaEmulator, run_ollama_emulator
-from tests.helpers import make_config, running_gateway, wait_for
+from tests.helpers import OtlpCollector, make_config, running_gateway, wait_for
 
 KEY = "sk-trace-test-key-0123456789"
 CLIENT_TRACE = 0x4BF92F3577B34DA6A3CE929D0E0E4736
@@ -52,6 +57,7 @@ def _config(primary: OllamaEmulator, secondary: OllamaEmulator) -> GatewayConfig
         f'[[backends]]\nname = "secondary"\nkind = "ollama"\nurl = "{secondary.url}"\n'
         f'[[models]]\nname = "gpt-4o-mini"\nbackend = "primary"\ntarget = "llama3.2:1b"\n'
         f'fallbacks = ["secondary:llama3.2:1b"]\n'
+        f'[[models]]\nname = "secondary-direct"\nbackend = "secondary"\ntarget = "llama3.2:1b"\n'
         f'[[auth.keys]]\nid = "alice-laptop"\nuser = "alice"\nsha256 = "{digest}"\n'
         f"[limits]\nrequests_per_minute = 10000\n"
         f'[tracing]\nenabled = true\nexporter = "console"\n'
@@ -226,3 +232,119 @@ def test_tracing_off_sends_no_traceparent(
         assert response.status_code == 200, response.text
     (sent,) = _sent(secondary)
     assert "traceparent" not in sent and "tracestate" not in sent
+
+
+def test_a_denied_request_has_the_limit_span_and_no_attempt(
+    backends: tuple[OllamaEmulator, OllamaEmulator],
+) -> None:
+    primary, secondary = backends
+    config = _config(primary, secondary)
+    limits = config.limits.model_copy(update={"requests_per_minute": 1})
+    config = config.model_copy(update={"limits": limits})
+    with _served(config, "asyncio-fast") as (url, exporter):
+        assert _post(url, {}).status_code == 200
+        exporter.clear()
+        response = _post(url, {"traceparent": TRACEPARENT})
+        assert response.status_code == 429, response.text
+        spans = _request_spans(exporter)
+    (root,) = [s for s in spans if s.kind is SpanKind.SERVER]
+    attrs = dict(root.attributes or {})
+    assert (attrs["http.response.status_code"], attrs["gateway.outcome"]) == (429, "rejected")
+    assert root.status.status_code is StatusCode.UNSET
+    assert "gateway.backend" not in attrs
+    (limits_span,) = [s for s in spans if s.name == "gateway.limits"]
+    facts = dict(limits_span.attributes or {})
+    assert facts["gateway.limits.allowed"] is False
+    assert facts["gateway.limits.denied_by"] == "requests_per_minute"
+    assert facts["gateway.limits.scope"] == "user"
+    assert facts["gateway.limits.retry_after"] > 0
+    assert not [s for s in spans if s.kind is SpanKind.CLIENT]
+
+
+@pytest.mark.parametrize("server", ["asyncio-fast", "trio"])
+def test_a_stream_is_one_attempt_span_ending_with_the_stream(
+    backends: tuple[OllamaEmulator, OllamaEmulator], server: str
+) -> None:
+    primary, secondary = backends
+    with _served(_config(primary, secondary), server) as (url, exporter):
+        headers = {"authorization": f"Bearer {KEY}", "traceparent": TRACEPARENT}
+        body = {**BODY, "model": "secondary-direct", "stream": True}
+        with httpx.stream(
+            "POST", f"{url}/v1/chat/completions", json=body, headers=headers, timeout=30
+        ) as response:
+            assert response.status_code == 200
+            text = "".join(response.iter_text())
+        assert text.rstrip().endswith("data: [DONE]")
+        spans = _request_spans(exporter)
+    (root,) = [s for s in spans if s.kind is SpanKind.SERVER]
+    (attempt,) = [s for s in spans if s.kind is SpanKind.CLIENT]
+    attrs = dict(root.attributes or {})
+    assert attrs["gateway.backend"] == "secondary" and attrs["gateway.retries"] == 0
+    assert attrs["gen_ai.usage.output_tokens"] > 0
+    assert dict(attempt.attributes or {})["http.response.status_code"] == 200
+    assert attempt.end_time is not None and root.end_time is not None
+    assert attempt.end_time <= root.end_time
+
+
+def test_serve_with_workers_exports_over_otlp_per_the_standard_environment(
+    backends: tuple[OllamaEmulator, OllamaEmulator], tmp_path: Path
+) -> None:
+    """``sansio-gateway serve --workers 2`` with ``[tracing] enabled = true`` and
+    nothing else: the OTEL_* variables name the collector and the service, and
+    every request's span reaches the collector by the time the workers exit."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    _, secondary = backends
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(
+        f'[store]\nusage = "sqlite:///{tmp_path}/usage.db"\n'
+        f'[[backends]]\nname = "local"\nurl = "{secondary.url}"\n'
+        "[tracing]\nenabled = true\n"
+    )
+    with OtlpCollector() as collector:
+        env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url}
+        env["OTEL_SERVICE_NAME"] = "edge-gw"
+        cmd = [sys.executable, "-m", "sansio_gateway.adapters.cli", "--log-level", "WARNING",
+               "serve", "--config", str(cfg), "--port", "0", "--workers", "2"]  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert "2 workers on " in line, line
+            url = line.split(" on ")[1].split()[0]
+            wait_for(lambda: _healthy(url), timeout=30)
+            body = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}]}
+            for _ in range(6):
+                response = httpx.post(
+                    f"{url}/v1/chat/completions", json=body, headers={"traceparent": TRACEPARENT}
+                )
+                assert response.status_code == 200
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            proc.kill()
+            proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+    servers = []
+    for path, headers, data in collector.received:
+        assert path == "/v1/traces" and headers["content-type"] == "application/x-protobuf"
+        export = ExportTraceServiceRequest.FromString(data)
+        for resource_spans in export.resource_spans:
+            names = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+            assert names["service.name"] == "edge-gw"
+            for scope in resource_spans.scope_spans:
+                servers += [s for s in scope.spans if s.name == "POST /v1/chat/completions"]
+    assert len(servers) == 6
+    assert all(s.trace_id == CLIENT_TRACE.to_bytes(16, "big") for s in servers)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url + "/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
