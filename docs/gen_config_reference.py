@@ -45,6 +45,7 @@ from sansio_gateway.config import (  # noqa: E402
     ModelConfig,
     ServerConfig,
     StoreConfig,
+    TracingConfig,
 )
 
 TARGET = ROOT / "docs" / "configuration.md"
@@ -162,6 +163,19 @@ SECTIONS = (
         StoreConfig,
         "Where limit state and the usage ledger live.  The defaults keep"
         " everything in the process and a local SQLite file.",
+    ),
+    Section(
+        "tracing",
+        "[tracing]",
+        TracingConfig,
+        "OpenTelemetry traces, off unless `enabled = true`; they need the `otel` extra"
+        " (`pip install 'sansio-gateway[otel]'`).  One span per request, with child spans"
+        " for the limit check and each upstream attempt; a client's W3C `traceparent`"
+        " is the parent and goes upstream with each attempt.  Empty keys fall back to"
+        " the standard `OTEL_*` environment variables (the tracing guide,"
+        " `docs/tracing.md`).",
+        examples={"enabled": True, "endpoint": "http://127.0.0.1:4318", "sample_ratio": 0.1},
+        commented=frozenset({"service_name"}),
     ),
 )
 
