@@ -39,6 +39,9 @@ __all__ = [
     "ToolUseBlock",
     "anthropic_error_body",
     "anthropic_status_and_type",
+    "count_tokens_request_from",
+    "load_body",
+    "messages_request_from",
     "parse_count_tokens_request",
     "parse_messages_request",
     "render_anthropic_error",
@@ -246,7 +249,12 @@ def _one_of(value: Any, at: str, allowed: tuple[str, ...]) -> str:
 
 def parse_messages_request(body: bytes) -> MessagesRequest:
     """Validate a ``POST /v1/messages`` body; raises :class:`InvalidRequest`."""
-    data = _load(body)
+    return messages_request_from(load_body(body))
+
+
+def messages_request_from(data: dict[str, Any]) -> MessagesRequest:
+    """:func:`parse_messages_request` of a body already decoded (by
+    :func:`load_body`); ``data`` is read, never changed."""
     _only(data, "", _MESSAGES_PARAMS)
     max_tokens = _integer(_need(data, "", "max_tokens"), "max_tokens", 1)
     thinking = _thinking(data.get("thinking"))
@@ -267,7 +275,11 @@ def parse_messages_request(body: bytes) -> MessagesRequest:
 
 def parse_count_tokens_request(body: bytes) -> MessagesRequest:
     """Validate a ``POST /v1/messages/count_tokens`` body (no ``max_tokens``)."""
-    data = _load(body)
+    return count_tokens_request_from(load_body(body))
+
+
+def count_tokens_request_from(data: dict[str, Any]) -> MessagesRequest:
+    """:func:`parse_count_tokens_request` of a body already decoded."""
     _only(data, "", _COUNT_PARAMS)
     return MessagesRequest(**_common(data), thinking_budget=_thinking(data.get("thinking")))
 
@@ -286,7 +298,8 @@ def _common(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _load(body: bytes) -> dict[str, Any]:
+def load_body(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or the 400 for anything else."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
