@@ -151,4 +151,6 @@ class ResponseEvents:
             "status": "failed",
             "error": {"code": code, "message": error.message},
         }
-        return [{"type": "response.failed", "sequence_number": self._next_seq, "response": response}]
+        return [
+            {"type": "response.failed", "sequence_number": self._next_seq, "response": response}
+        ]
