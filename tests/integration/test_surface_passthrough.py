@@ -59,7 +59,7 @@ def _config(anthropic_url: str, openai_url: str) -> str:
             ("tiny2", TINY2),
             ("metered", METERED),
             ("admin", ADMIN),
-        )  # fmt: skip
+        )
     )
     return (
         f'[[backends]]\nname = "claude"\nkind = "anthropic"\nurl = "{anthropic_url}"\n'
