@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,6 +35,7 @@ KEY = "sk-test-surfaces-0123456789abcdef"
 TINY = "sk-test-tiny-0123456789abcdef"  # one request a minute
 TINY2 = "sk-test-tiny2-0123456789abcdef"  # one request a minute, for /v1/responses
 METERED = "sk-test-metered-0123456789abcdef"  # a token limit
+ADMIN = "sk-test-admin-0123456789abcdef"  # reads /admin/usage
 MODELS = {"ollama": "llama3.2:1b", "openai": "gpt-4o-mini"}
 THINKERS = {"ollama": "qwen3:0.6b", "openai": "o4-mini"}  # the emulators' reasoning models
 WEATHER_SCHEMA: dict[str, Any] = {
@@ -45,9 +47,12 @@ _TIMEOUTS = "first_byte_timeout = 10\nidle_timeout = 10\nmax_retries = 0\n"
 
 
 def _config(ollama_url: str, openai_url: str) -> str:
-    keys = "".join(
-        f'[[auth.keys]]\nid = "{user}-key"\nuser = "{user}"\nsha256 = "{hash_key(key)}"\n'
-        for user, key in (("main", KEY), ("tiny", TINY), ("tiny2", TINY2), ("metered", METERED))
+    keys = (
+        "".join(
+            f'[[auth.keys]]\nid = "{user}-key"\nuser = "{user}"\nsha256 = "{hash_key(key)}"\n'
+            for user, key in (("main", KEY), ("tiny", TINY), ("tiny2", TINY2), ("metered", METERED))
+        )
+        + f'[[auth.keys]]\nid = "admin-key"\nuser = "admin"\nsha256 = "{hash_key(ADMIN)}"\nadmin = true\n'
     )
     return (
         f'[[backends]]\nname = "ol"\nkind = "ollama"\nurl = "{ollama_url}"\n{_TIMEOUTS}'
@@ -391,15 +396,37 @@ def test_unknown_paths_and_methods_use_anthropics_envelope(gateway: RunningGatew
     assert wrong.headers["allow"] == "POST"
 
 
-def test_metrics_label_the_new_routes(
-    gateway: RunningGateway, claude: anthropic.Anthropic, client: openai.OpenAI, script: Script
+def _labels(line: str) -> dict[str, str]:
+    inside = line[line.index("{") + 1 : line.rindex("}")]
+    return dict(re.findall(r'(\w+)="([^"]*)"', inside))
+
+
+def test_metrics_and_admin_usage_show_both_surfaces_over_each_kind(
+    gateway: RunningGateway,
+    claude: anthropic.Anthropic,
+    client: openai.OpenAI,
+    model: str,
+    kind: str,
+    script: Script,
 ) -> None:
     hello: Any = [{"role": "user", "content": "Say hello"}]
-    claude.messages.create(model=MODELS["ollama"], max_tokens=10, messages=hello)
-    client.responses.create(model=MODELS["ollama"], input="Say hello")
+    claude.messages.create(model=model, max_tokens=10, messages=hello)
+    client.responses.create(model=model, input="Say hello")
     text = httpx.get(gateway.url + "/metrics").text
-    assert 'route="anthropic.messages"' in text and 'surface="anthropic"' in text
-    assert 'route="responses"' in text
+    counted = [
+        _labels(line) for line in text.splitlines() if line.startswith("gateway_requests_total{")
+    ]
+    seen = {(c["surface"], c["route"], c["model"], c["backend"], c["status"]) for c in counted}
+    backend = "ol" if kind == "ollama" else "oa"
+    assert ("anthropic", "anthropic.messages", model, backend, "200") in seen
+    assert ("openai", "responses", model, backend, "200") in seen
+    rows = httpx.get(
+        gateway.url + "/admin/usage",
+        params={"user": "main", "model": model},
+        headers={"authorization": f"Bearer {ADMIN}"},
+    ).json()["data"]
+    assert len(rows) == 1 and rows[0]["requests"] >= 2
+    assert rows[0]["prompt_tokens"] >= 2 * 26 and rows[0]["completion_tokens"] > 0
 
 
 # -- OpenAI Responses ---------------------------------------------------------------------
