@@ -31,6 +31,7 @@ __all__ = [
     "ImageBlock",
     "Message",
     "MessagesRequest",
+    "RedactedThinkingBlock",
     "TextBlock",
     "ThinkingBlock",
     "Tool",
@@ -94,7 +95,17 @@ class ThinkingBlock:
     thinking: str
 
 
-Block = TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RedactedThinkingBlock:
+    """Reasoning Anthropic encrypted: an Anthropic backend reads it back, a
+    chat backend cannot (the translation leaves it out)."""
+
+    data: str
+
+
+Block = (
+    TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -411,10 +422,10 @@ def _block(kind: str, block: dict[str, Any], at: str) -> Block:
     if kind == "thinking":
         _only(block, at, frozenset(("type", "thinking", "signature", "cache_control")))
         return ThinkingBlock(thinking=_string(_need(block, at, "thinking"), f"{at}.thinking"))
-    raise _invalid(
-        f"{at}.type",
-        "redacted_thinking blocks cannot be forwarded: this gateway never issues them",
-    )
+    # redacted_thinking: an Anthropic backend issues it and must get it back
+    # (passthrough/anthropic.py); opaque to every other backend.
+    _only(block, at, frozenset(("type", "data", "cache_control")))
+    return RedactedThinkingBlock(data=_string(_need(block, at, "data"), f"{at}.data"))
 
 
 def _text(block: dict[str, Any], at: str) -> TextBlock:

@@ -228,6 +228,14 @@ def test_messages_go_to_an_anthropic_backend_as_sent_with_its_auth() -> None:
     assert b"authorization" not in headers
 
 
+def test_redacted_thinking_goes_back_to_the_anthropic_backend_that_issued_it() -> None:
+    turn = [{"type": "redacted_thinking", "data": "Enc..."}, {"type": "text", "text": "a"}]
+    messages = [*HI, {"role": "assistant", "content": turn}, {"role": "user", "content": "more"}]
+    d = ExchangeDriver(gateway())
+    d.start("POST", MESSAGES, {"model": "sonnet", "max_tokens": 50, "messages": messages})
+    assert sent(d)[2]["messages"][1]["content"] == turn
+
+
 def test_a_whole_anthropic_answer_is_read_and_renamed() -> None:
     d = ExchangeDriver(gateway())
     d.start("POST", MESSAGES, {"model": "sonnet", "max_tokens": 50, "messages": HI})
