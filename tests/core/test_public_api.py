@@ -39,9 +39,7 @@ def test_the_public_api_is_curated() -> None:
     extra = {
         n
         for n, v in vars(sansio_gateway).items()
-        if not n.startswith("_")
-        and n not in names
-        and not hasattr(v, "__path__")
+        if not n.startswith("_") and n not in names and not hasattr(v, "__path__")
         and type(v).__name__ != "module"
     }
     assert extra == {"annotations"}, extra
