@@ -194,12 +194,14 @@ FALLBACK = {
     " end with an error (an in-band error event for streams).",
     "server.runtime": "Event loop `serve` runs on.",
     "backends[].name": "Name that models and fallbacks refer to (no `:` or whitespace).",
-    "backends[].kind": '`"ollama"` (the native API) or `"openai"` (any OpenAI-compatible'
-    " server: vLLM, llama.cpp, OpenAI, another gateway).",
+    "backends[].kind": '`"ollama"` (the native API), `"openai"` (any OpenAI-compatible'
+    ' server: vLLM, llama.cpp, OpenAI, another gateway) or `"anthropic"` (an'
+    " Anthropic-compatible Messages API: `/v1/messages` passes through).",
     "backends[].url": "Base URL: the server root for `ollama`; the base URL including"
-    " `/v1` for `openai`.",
+    " `/v1` for `openai` and `anthropic` (`https://api.anthropic.com/v1`).",
     "backends[].api_key_env": "Environment variable holding the key sent upstream as"
-    " `Authorization: Bearer`; the config file never holds it.",
+    " `Authorization: Bearer` (as `x-api-key` for `anthropic`); the config file never"
+    " holds it.",
     "backends[].connect_timeout": "Seconds to open a connection.",
     "backends[].first_byte_timeout": "Seconds to wait for the response head (a model may"
     " need minutes to load).",

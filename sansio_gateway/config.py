@@ -189,6 +189,14 @@ class BackendConfig(_Strict):
     retry_backoff: float = Field(default=0.25, ge=0)  # seconds; doubles per retry, jittered
     # forward non-data: image URLs to an openai-kind backend, which fetches them (SSRF)
     allow_image_urls: bool = False
+    # openai kind only: the backend serves /responses itself, so /v1/responses passes through
+    responses: bool = False
+
+    @model_validator(mode="after")
+    def _responses_on_openai(self) -> BackendConfig:
+        if self.responses and self.kind != "openai":
+            raise ValueError(f'responses = true needs kind = "openai", not {self.kind!r}')
+        return self
 
     @field_validator("url")
     @classmethod
