@@ -5,7 +5,6 @@ seeded failures that look like a real server's, and a clean stop on SIGTERM and 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import signal
 import socket
@@ -147,6 +146,7 @@ def _paced_stream_and_a_bystander(
     reader = threading.Thread(
         target=lambda: result.append(chunked_post(port, path, body, on_chunk))
     )
+    asked = time.monotonic()
     reader.start()
     try:
         assert first.wait(30)
@@ -157,9 +157,11 @@ def _paced_stream_and_a_bystander(
     _, chunks, ended = result[0]
     assert ended and len(chunks) >= tokens
     assert arrivals[-1] > served  # the pause left the other connection free
-    gaps = [b - a for a, b in itertools.pairwise(arrivals[: tokens + 1])]
-    # A lower bound only: a chunk cannot arrive before the pause that precedes it has passed.
-    assert min(gaps) >= delay * 0.9, gaps
+    # A lower bound only: chunk k cannot arrive before the k pauses that precede it have
+    # passed since the request was sent.  (Not a bound on the gap between two arrivals: a
+    # reader descheduled for a moment sees one chunk late and the next on time.)
+    since = [at - asked for at in arrivals[: tokens + 1]]
+    assert all(t >= k * delay * 0.98 for k, t in enumerate(since)), since
 
 
 def test_ollama_token_delay_paces_the_stream_and_blocks_nobody() -> None:
