@@ -110,14 +110,13 @@ class Exchange:
 
     def handle(self, result: Result, now: float) -> list[Action]:
         """Feed one result; returns the actions it calls for."""
+        what = type(result).__name__
         found = row(self.state, type(result))
         if found is None:
-            raise ExchangeStateError(
-                f"{type(result).__name__} not valid in state {self.state.name}"
-            )
+            raise ExchangeStateError(f"{what} not valid in state {self.state.name}")
         name, leads_to = found
         handler: Callable[[Result, float], Step] = getattr(self, name)
-        return self._step(lambda: handler(result, now), leads_to, type(result).__name__, now)
+        return self._step(lambda: handler(result, now), leads_to, what, now)
 
     def summary(self, now: float) -> RequestSummary:
         """What happened, for the one log line and the metrics of a request.
@@ -241,15 +240,8 @@ class Exchange:
         # A fresh flow per attempt (no state from a failed attempt survives),
         # for this backend's kind: a fallback may be of another kind.
         make = decl.flow or self.gateway.flow_for(backend.kind, decl.name)
-        self.flow, plan = plan_attempt(
-            make,
-            self._context,
-            self._request,
-            model,
-            route=route,
-            backend=backend,
-            route_name=decl.name,
-        )
+        context, parsed = self._context, self._request
+        self.flow, plan = plan_attempt(make, context, parsed, model, route, backend, decl.name)
         if isinstance(plan, LocalAnswer):
             return self._local(plan)
         self._answer = AttemptAnswer.of(plan)
@@ -281,12 +273,10 @@ class Exchange:
             return _S.BUFFERING_ERROR, []
         self._breakers.record(self.backend, True, now)
         stream = self._answer.stream
-        if not self._attempts.stream:
+        if stream is None:
             return _S.BUFFERING, []
-        assert stream is not None
         self.status = 200
-        headers = self._headers(stream.headers)
-        return _S.STREAMING, [StartResponse(status=200, headers=headers)]
+        return _S.STREAMING, [StartResponse(status=200, headers=self._headers(stream.headers))]
 
     def _on_buffer_chunk(self, result: UpstreamChunkReceived, now: float) -> Step:
         if not self._answer.collect(result.data):
@@ -378,14 +368,12 @@ class Exchange:
             actions: list[Action] = [SendBody(data=out)] if out else []
             end = EndResponse(keep_alive=False)
             return _S.DONE, [*actions, end, self._record(now, "failed_mid_stream")]
-        reached = self._attempts.made > 0
-        client_left = outcome == "client_disconnected"
-        if reached:  # charged before the refund below
-            self._limits.charge_used(self._answer, self._attempts, client_left=client_left)
-        self._limits.settle(0)  # admitted but never answered: refund the tokens
         state, actions = self._respond(*error_response(self.surface, err))
         self.status = err.status_code
-        return state, [*actions, self._record(now, outcome)] if reached else actions
+        if not self._attempts.made:
+            self._limits.settle(0)  # admitted but never sent: refund the tokens
+            return state, actions
+        return state, [*actions, self._record(now, outcome)]
 
     def _record(self, now: float, outcome: str) -> RecordUsage:
         usage, reported = self._answer.used()

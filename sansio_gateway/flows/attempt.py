@@ -35,14 +35,14 @@ def plan_attempt(
     context: FlowContext,
     request: Any,
     model: str,
-    *,
     route: Route,
     backend: BackendConfig,
     route_name: str,
 ) -> tuple[Flow, UpstreamCall | LocalAnswer]:
-    """The flow ``make`` builds for this attempt at ``route`` on ``backend``
-    (``make``: the registry's constructor for the backend's kind and
-    ``route_name``, None when that kind cannot serve it), and its plan."""
+    """The flow ``make`` builds from ``context``, the typed ``request`` and
+    the catalogue's ``model`` for this attempt at ``route`` on ``backend``,
+    and its plan (``make``: the flow constructor for the backend's kind and
+    ``route_name``, None when that kind cannot serve it)."""
     if make is None:
         raise InvalidRequest(
             f"backend {backend.name!r} of kind {backend.kind!r} cannot serve {route_name}"

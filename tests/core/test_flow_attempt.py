@@ -69,9 +69,7 @@ class Planned:
 
 
 def attempt(make: Any) -> tuple[Any, UpstreamCall | LocalAnswer]:
-    return plan_attempt(
-        make, CONTEXT, {"typed": 1}, "m", route=ROUTE, backend=BACKEND, route_name="chat"
-    )
+    return plan_attempt(make, CONTEXT, {"typed": 1}, "m", ROUTE, BACKEND, "chat")
 
 
 def test_the_flow_is_built_from_the_typed_request_and_plans_the_attempt() -> None:
