@@ -8,13 +8,17 @@ from typing import Any
 import pytest
 
 from sansio_gateway.accounting.usage import TokenUsage
-from sansio_gateway.backends.catalogue import Route
+from sansio_gateway.actions import UpstreamChunkReceived, UpstreamResponseStarted
+from sansio_gateway.backends.catalogue import DiscoveredModel, Route
 from sansio_gateway.config import BackendConfig
 from sansio_gateway.errors import GatewayError, InternalError, InvalidRequest, UpstreamError
 from sansio_gateway.flows.attempt import MAX_UPSTREAM_BODY, AttemptAnswer, plan_attempt
 from sansio_gateway.flows.base import LocalAnswer, MetricsScrape, Plan, UpstreamCall
 from sansio_gateway.flows.context import FlowContext
+from sansio_gateway.gateway import Gateway
 from sansio_gateway.http import Headers
+
+from ..helpers import NOW, ExchangeDriver, make_config
 
 ROUTE = Route(model="m", backend="b1", target="m:1b")
 BACKEND = BackendConfig(name="b1", kind="ollama", url="http://127.0.0.1:9")
@@ -142,3 +146,20 @@ def test_an_error_body_is_mapped_through_the_upstream_status_table() -> None:
     err = answer.error(model="llama")
     assert err.status_code == 404 and err.code == "model_not_found"
     assert "`llama`" in str(err.message)
+
+
+def test_an_answer_past_the_bound_is_a_502_and_the_upstream_is_cancelled() -> None:
+    gw = Gateway(make_config())
+    gw.record_discovery("ollama", [DiscoveredModel(name="llama3.2:1b")], NOW)
+    d = ExchangeDriver(gw)
+    d.start(
+        "POST",
+        "/v1/chat/completions",
+        {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "Hi"}]},
+    )
+    d.handle(UpstreamResponseStarted(status=200, headers=()))
+    d.handle(UpstreamChunkReceived(data=b"{"))
+    d.handle(UpstreamChunkReceived(data=bytes(MAX_UPSTREAM_BODY)))
+    assert d.seen.cancelled and d.seen.status == 502
+    [record] = d.seen.usage
+    assert record.outcome == "upstream_error"
