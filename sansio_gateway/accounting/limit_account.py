@@ -4,9 +4,10 @@ one commit it owes them.
 Theory of operation: an Exchange keeps one account per request.  When
 limits apply, :meth:`LimitAccount.ask` holds the request's lease
 (``lease.py``) and returns its ``CheckLimits``; the store's decision comes
-back through :meth:`LimitAccount.decided` (a 429 in the surface's form, or
-an admission whose rate-limit headers every response of the request
-carries).  However the request ends, an admitted lease is settled once --
+back through :meth:`LimitAccount.decided` (a refusal in the surface's
+form -- a 429, or a 503 when the store cannot decide and ``on_error`` is
+closed -- or an admission whose rate-limit headers every response of the
+request carries).  However the request ends, an admitted lease is settled once --
 refunded (:meth:`LimitAccount.settle` with 0) or charged what
 :meth:`LimitAccount.charge_used` finds it cost -- and the ``CommitLimits``
 that makes is *owed*: the Exchange collects it with
@@ -109,7 +110,7 @@ class LimitAccount:
         self, decision: Decision, *, surface: Surface, model: str
     ) -> tuple[int, Headers, bytes] | None:
         """The store's answer to :meth:`ask`: None when it admits (the lease
-        is then owed a commit), else the 429's ``(status, headers, body)``."""
+        is then owed a commit), else the refusal's ``(status, headers, body)``."""
         assert self.lease is not None
         if not decision.allowed:
             return render_denial(decision, surface=surface, model=model, organization="gateway")
