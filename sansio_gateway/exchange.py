@@ -47,7 +47,7 @@ from .errors import GatewayError, UpstreamError
 from .exchange_table import AWAITS, STARTS, ExchangeState, ExchangeStateError, Step, row
 from .exchange_table import next_states as next_states
 from .flows.attempt import AttemptAnswer, plan_attempt
-from .flows.base import JSON_HEADERS, Flow, LocalAnswer
+from .flows.base import JSON_HEADERS, Flow, LocalAnswer, StreamAnswer
 from .flows.context import FlowContext
 from .gateway_view import GatewayView
 from .http import Headers, IncomingRequest, Surface, header_value
@@ -306,14 +306,14 @@ class Exchange:
                 self.first_byte_at = now
             actions.append(SendBody(data=out))
         if stream.done:
-            return self._end_stream(now, actions)
+            return self._end_stream(stream, now, actions)
         return _S.STREAMING, actions
 
     def _on_stream_closed(self, result: UpstreamClosed, now: float) -> Step:
         stream = self._answer.stream
         assert stream is not None
         out = stream.finish()
-        return self._end_stream(now, [SendBody(data=out)] if out else [])
+        return self._end_stream(stream, now, [SendBody(data=out)] if out else [])
 
     def _on_stream_failed(self, result: UpstreamFailed, now: float) -> Step:
         self._breakers.record(self.backend, False, now)
@@ -342,9 +342,7 @@ class Exchange:
 
     # ---- helpers ---------------------------------------------------------
 
-    def _end_stream(self, now: float, actions: list[Action]) -> Step:
-        stream = self._answer.stream
-        assert stream is not None
+    def _end_stream(self, stream: StreamAnswer, now: float, actions: list[Action]) -> Step:
         outcome = "failed_mid_stream" if stream.failed else "ok"
         return _S.DONE, [*actions, EndResponse(), self._record(now, outcome)]
 
