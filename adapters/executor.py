@@ -84,6 +84,7 @@ from sansio_gateway.routes import surface_of
 from .ledger import UsageLedger
 from .limit_stores import LimitStore
 from .metrics import GatewayMetrics, log_request
+from .tracing import NO_TRACING, RequestTrace, Tracing
 from .upstream import Deliver
 
 __all__ = [
@@ -172,6 +173,7 @@ class ActionExecutor:
         limit_store: LimitStore,
         refresh_catalogue: Callable[[], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.time,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self.gateway = gateway
         self.upstream = upstream
@@ -180,6 +182,7 @@ class ActionExecutor:
         self.limit_store = limit_store
         self.refresh_catalogue = refresh_catalogue
         self.clock = clock
+        self.tracing = tracing  # a no-op unless [tracing] is on (tracing.py)
         self.active = 0
         self.live = LiveStats()  # recent traffic, for /admin/overview
         self._runs: set[_Request] = set()
@@ -189,7 +192,7 @@ class ActionExecutor:
         """Answer ``request`` through ``channel``; returns once the Exchange
         is done (response written, or client gone) and its usage recorded."""
         exchange = self.gateway.exchange(new_request_id())
-        job = _Request(self, exchange, channel)
+        job = _Request(self, exchange, channel, self.tracing.start(request))
         self.active += 1
         self.metrics.in_flight.inc()
         try:
@@ -212,6 +215,7 @@ class ActionExecutor:
                 tokens=summary.prompt_tokens + summary.completion_tokens,
                 latency=summary.latency,
             )
+            job.trace.end(exchange, summary)
         return Served(exchange=exchange, client_gone=job.client_gone)
 
     async def wait_idle(self) -> None:
@@ -333,10 +337,17 @@ class ActionExecutor:
 class _Request:
     """One Exchange being executed: its channel, upstream task and watcher."""
 
-    def __init__(self, executor: ActionExecutor, exchange: Exchange, channel: ResponseChannel):
+    def __init__(
+        self,
+        executor: ActionExecutor,
+        exchange: Exchange,
+        channel: ResponseChannel,
+        trace: RequestTrace,
+    ):
         self.executor = executor
         self.exchange = exchange
         self.channel = channel
+        self.trace = trace
         self.client_gone = False
         # fast_acquire: no checkpoint per chunk when the lock is free (it
         # almost always is: the watcher takes it only when the client leaves).
@@ -394,6 +405,7 @@ class _Request:
         for action in actions:
             if isinstance(action, RecordUsage):
                 self.executor.record(action.record)
+                self.trace.usage(action.record)
             elif isinstance(action, CommitLimits):
                 await self.executor.commit(action)
 
@@ -412,6 +424,7 @@ class _Request:
                 self._respond(action)
             case RecordUsage():
                 executor.record(action.record)
+                self.trace.usage(action.record)
             case CommitLimits():
                 await executor.commit(action)
             case CancelUpstream():
@@ -422,7 +435,10 @@ class _Request:
                 else:
                     await self._run_upstream(action)
             case CheckLimits():
-                await self.feed(await executor.admit(action))
+                self.trace.limits_checking()
+                decided = await executor.admit(action)
+                self.trace.limits_decided(decided)
+                await self.feed(decided)
             case CollectMetrics():
                 await self.feed(executor.collect_metrics())
             case CollectOverview():
@@ -522,7 +538,12 @@ class _Request:
                 if call.delay > 0:
                     await anyio.sleep(call.delay)
                 backend = executor.gateway.config.backend(call.backend)
-                await executor.upstream.request(call, backend, self.deliver)
+                # The attempt's span: its traceparent goes upstream with it.
+                sent, deliver = self.trace.attempt(call, self.deliver)
+                try:
+                    await executor.upstream.request(sent, backend, deliver)
+                finally:
+                    self.trace.attempt_done(self.next_call)
             call = self.next_call
         if self.abort_error is not None:
             with anyio.CancelScope(shield=True):
