@@ -19,9 +19,13 @@ from .actions import (
     AssetLoaded,
     CatalogueRefreshed,
     ClientDisconnected,
+    CollectMetrics,
+    CollectOverview,
     LimitsDecided,
+    LoadAsset,
     MetricsCollected,
     OverviewCollected,
+    QueryUsage,
     Result,
     UpstreamChunkReceived,
     UpstreamClosed,
@@ -31,6 +35,7 @@ from .actions import (
 )
 
 __all__ = [
+    "AWAITS",
     "STARTS",
     "ExchangeState",
     "ExchangeStateError",
@@ -77,8 +82,16 @@ _ATTEMPTED = _to({_S.AWAITING_UPSTREAM, _S.DONE})  # an attempt was sent, or the
 # Where ``Exchange.start`` may lead.
 STARTS = _ATTEMPTED | {_S.AWAITING_CATALOGUE, _S.AWAITING_LIMITS, _S.AWAITING_LEDGER}
 STARTS |= {_S.AWAITING_METRICS, _S.AWAITING_ADAPTER_DATA}
+# The state a local route waits in after asking the adapter (local/pending.py).
+AWAITS: Mapping[type, ExchangeState] = {
+    QueryUsage: _S.AWAITING_LEDGER,
+    CollectMetrics: _S.AWAITING_METRICS,
+    CollectOverview: _S.AWAITING_ADAPTER_DATA,
+    LoadAsset: _S.AWAITING_ADAPTER_DATA,
+}
 _GONE: Row = ("_on_client_gone", _DONE)  # a backend may have the request: cancel, record
 _GONE_EARLY: Row = ("_on_client_gone_early", _DONE)  # nothing was sent yet
+_LOCAL: Row = ("_on_local_data", _DONE)  # what a local route waited for: its answer
 _LATE: tuple[type, ...] = get_args(Result)  # every result type
 
 
@@ -100,12 +113,11 @@ def _rows(state: ExchangeState) -> Mapping[type, Row]:
             decided = ("_on_limits_decided_client_gone", _DONE)
             return {LimitsDecided: decided, ClientDisconnected: ("_stay", _to({state}))}
         case _S.AWAITING_LEDGER:
-            return {UsageQueried: ("_on_ledger_rows", _DONE), ClientDisconnected: _GONE_EARLY}
+            return {UsageQueried: _LOCAL, ClientDisconnected: _GONE_EARLY}
         case _S.AWAITING_METRICS:
-            return {MetricsCollected: ("_on_metrics", _DONE), ClientDisconnected: _GONE_EARLY}
+            return {MetricsCollected: _LOCAL, ClientDisconnected: _GONE_EARLY}
         case _S.AWAITING_ADAPTER_DATA:
-            data = ("_on_adapter_data", _DONE)
-            return {OverviewCollected: data, AssetLoaded: data, ClientDisconnected: _GONE_EARLY}
+            return {OverviewCollected: _LOCAL, AssetLoaded: _LOCAL, ClientDisconnected: _GONE_EARLY}
         case _S.AWAITING_UPSTREAM:
             answered = _to({_S.BUFFERING, _S.BUFFERING_ERROR, _S.STREAMING})
             return {

@@ -1,6 +1,7 @@
 """What one request reports when it ends: its usage record and its summary.
 
-The Exchange gathers the facts; these builders give them their shape: the
+:func:`facts_of` reads the facts off the Exchange's public attributes (the
+ones adapters read too); these builders give them their shape: the
 ``UsageRecord`` the ledger keeps, and the ``RequestSummary`` for the one
 log line and the metrics of a request.  Neither holds prompt text or a key.
 """
@@ -8,12 +9,14 @@ log line and the metrics of a request.  Neither holds prompt text or a key.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..actions import RecordUsage, UsageRecord
+from ..http import Surface
 from ..identity import Identity
 from .usage import TokenUsage
 
-__all__ = ["RequestFacts", "RequestSummary", "summary", "usage_record"]
+__all__ = ["Reported", "RequestFacts", "RequestSummary", "facts_of", "summary", "usage_record"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +58,54 @@ class RequestFacts:
     started_at: float
     first_byte_at: float | None
     attempts: int
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class Reported(Protocol):
+    """What the reports read of an Exchange (exchange.py)."""
+
+    @property
+    def identity(self) -> Identity: ...
+    @property
+    def surface(self) -> Surface: ...
+    @property
+    def route(self) -> _Named | None: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def backend(self) -> str: ...
+    @property
+    def resolved_model(self) -> str: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def first_byte_at(self) -> float | None: ...
+
+
+def facts_of(exchange: Reported, *, request_id: str, attempts: int) -> RequestFacts:
+    """The facts of ``exchange``'s request as it stands, under ``request_id``
+    (the gateway's own for the ledger, the client's trace id for the log),
+    after ``attempts`` upstream attempts."""
+    route = exchange.route
+    return RequestFacts(
+        request_id=request_id,
+        identity=exchange.identity,
+        surface=exchange.surface.value,
+        route=route.name if route is not None else "unknown",
+        model=exchange.model or "",
+        backend=exchange.backend,
+        resolved_model=exchange.resolved_model,
+        status=exchange.status or 0,
+        started_at=exchange.started_at,
+        first_byte_at=exchange.first_byte_at,
+        attempts=attempts,
+    )
 
 
 def _ttft(facts: RequestFacts) -> float | None:

@@ -6,7 +6,8 @@ resolved route, then its fallbacks; ``retry.targets_for``).
 breaker is open while another target remains; :meth:`Attempts.sent` counts
 an attempt; after a failure before the client saw a byte,
 :meth:`Attempts.after_failure` applies the retry policy (``retry.next_step``)
-and says where the next attempt goes, if anywhere.
+and says where the next attempt goes, if anywhere (:meth:`Attempts.retry`:
+with the knobs the config sets for the current target).
 
 The value also keeps what the limits' charge rule needs to know about all
 attempts together: whether any may have reached a backend that could
@@ -19,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from ..config import GatewayConfig
 from ..errors import GatewayError, ServiceUnavailable
 from .catalogue import Route
 from .health import BreakerPreview
@@ -122,6 +124,21 @@ class Attempts:
         if step.kind == "fallback":
             return replace(self, index=self.index + 1, retries_on_target=0), 0.0
         return None
+
+    def retry(
+        self, *, status: int | None, error: GatewayError | None, config: GatewayConfig, rand: float
+    ) -> tuple[Attempts, float] | None:
+        """:meth:`after_failure` with the configured policy: the retries and
+        backoff of the current target's backend, the server's attempt cap."""
+        backend = config.backend(self.current.backend)
+        return self.after_failure(
+            status=status,
+            error=error,
+            max_retries=backend.max_retries,
+            max_attempts=config.server.max_attempts,
+            backoff_base=backend.retry_backoff,
+            rand=rand,
+        )
 
 
 def before_send(error: GatewayError) -> bool:

@@ -9,6 +9,8 @@ from sansio_gateway.backends.health import BackendHealth, BreakerPreview
 from sansio_gateway.errors import UpstreamError, UpstreamTimeout
 from sansio_gateway.limits import BreakerState
 
+from ..helpers import make_config
+
 T0 = 1_000.0
 ROUTE = Route(model="m", backend="a", target="m:1b", fallbacks=("b:m:3b",))
 
@@ -98,3 +100,22 @@ def test_the_preview_sees_its_own_writes_and_leaves_the_shared_breakers_alone() 
     assert later.events == [CountBackendAttempt(backend="a", at=T0 + 11)]
     health.count_attempt("a", T0 + 11)
     assert health.state("a") is BreakerState.HALF_OPEN
+
+
+def test_retry_reads_the_policy_of_the_current_targets_backend_from_the_config() -> None:
+    config = make_config(
+        '[[backends]]\nname="a"\nkind="ollama"\nurl="http://127.0.0.1:9"\nmax_retries=1\n'
+        'retry_backoff=0.5\n[[backends]]\nname="b"\nkind="ollama"\nurl="http://127.0.0.1:8"\n'
+        "max_retries=0\n[server]\nmax_attempts=3\n"
+    )
+    attempts = Attempts.for_route(ROUTE).sent(stream=False).answered(503, None)
+    step = attempts.retry(status=503, error=None, config=config, rand=1.0)
+    assert step is not None
+    assert step == attempts.after_failure(
+        status=503, error=None, max_retries=1, max_attempts=3, backoff_base=0.5, rand=1.0
+    )
+    attempts = step[0].sent(stream=False)  # a's one retry is spent: fall back to b
+    step = attempts.retry(status=503, error=None, config=config, rand=1.0)
+    assert step is not None and step[0].current.backend == "b"
+    attempts = step[0].sent(stream=False)  # b allows no retry, and 3 attempts were made
+    assert attempts.retry(status=503, error=None, config=config, rand=1.0) is None

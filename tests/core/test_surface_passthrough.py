@@ -370,7 +370,7 @@ def responses_stream() -> Any:
     d.start("POST", RESPONSES, {"model": "gpt", "input": "hi", "stream": True})
     call = d.seen.upstream[0]
     assert isinstance(call, SendUpstream)
-    return d.exchange._streamed
+    return d.exchange._answer.stream  # the attempt's stream translator
 
 
 @pytest.mark.parametrize("final", ["completed", "incomplete"])
