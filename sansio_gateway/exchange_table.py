@@ -19,6 +19,7 @@ from .actions import (
     AssetLoaded,
     CatalogueRefreshed,
     ClientDisconnected,
+    ConfigReloaded,
     LimitsDecided,
     MetricsCollected,
     OverviewCollected,
@@ -105,7 +106,12 @@ def _rows(state: ExchangeState) -> Mapping[type, Row]:
             return {MetricsCollected: ("_on_metrics", _DONE), ClientDisconnected: _GONE_EARLY}
         case _S.AWAITING_ADAPTER_DATA:
             data = ("_on_adapter_data", _DONE)
-            return {OverviewCollected: data, AssetLoaded: data, ClientDisconnected: _GONE_EARLY}
+            return {
+                OverviewCollected: data,
+                AssetLoaded: data,
+                ConfigReloaded: data,
+                ClientDisconnected: _GONE_EARLY,
+            }
         case _S.AWAITING_UPSTREAM:
             answered = _to({_S.BUFFERING, _S.BUFFERING_ERROR, _S.STREAMING})
             return {
