@@ -234,7 +234,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=["fast", "anyio"],
         help="on asyncio: fast (asyncio.Protocol, the default) or anyio (as on trio)",
     )
-    serve.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the port (SIGHUP to the parent reloads every one)",
+    )
     serve.add_argument(
         "--allow-anonymous",
         action="store_true",

@@ -370,3 +370,69 @@ def test_removing_every_key_leaves_an_asgi_app_closed_to_the_network(tmp_path: P
     cfg.write_text(backend)
     assert call("/admin/reload", "POST") == 200
     assert call("/status") == 503
+
+
+def test_limit_state_carries_over_and_changed_limits_judge_it(
+    slow_emulator: OllamaEmulator, tmp_path: Path
+) -> None:
+    """6 requests a minute: one passes (a 10 s burst, 10 s a request), the
+    next is a 429 for 10 s.  Within those 10 s, after a reload: alice
+    (unchanged) is still at her limit; bob, lowered to 3 a minute, gets no
+    fresh quota (a reset would let him pass); carol, raised to 600, passes
+    (her 10 s of use fit the new 10 s burst)."""
+    cfg = tmp_path / "gw.toml"
+    limits = "[limits.users.{}]\nrequests_per_minute = {}\n"
+
+    def write(bob: int, carol: int, *extra: str) -> None:
+        cfg.write_text(
+            _config(tmp_path, slow_emulator, ["root", "alice", "bob", "carol", *extra])
+            + limits.format("alice", 6)
+            + limits.format("bob", bob)
+            + limits.format("carol", carol)
+        )
+
+    write(6, 6)
+    with serve(cfg) as gw:
+        for user in ("alice", "bob", "carol"):
+            assert [_status_of(gw.url, user) for _ in range(2)] == [200, 429], user
+        write(3, 600, "dave")
+        answer = httpx.post(gw.url + "/admin/reload", headers=_auth("root"))
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["limits"]["users_changed"] == ["bob", "carol"]
+        assert _status_of(gw.url, "alice") == 429
+        assert _status_of(gw.url, "bob") == 429
+        _poll(lambda: _status_of(gw.url, "carol") == 200, "carol's raised limit", timeout=2)
+        assert _status_of(gw.url, "dave") == 200
+
+
+def test_a_stream_in_flight_finishes_when_its_backend_is_removed(
+    slow_emulator: OllamaEmulator, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(_config(tmp_path, slow_emulator, ["root", "keep"]))
+    with serve(cfg) as gw:
+        outcome: list[str] = []
+        first = threading.Semaphore(0)
+
+        def stream() -> None:
+            load = Load(gw.url)
+            load.first_chunks = first
+            with httpx.Client(timeout=30, headers=_auth("keep")) as client:
+                outcome.append(load._one(client, stream=True))
+
+        thread = threading.Thread(target=stream)
+        thread.start()
+        assert first.acquire(timeout=30)
+        renamed = _config(tmp_path, slow_emulator, ["root", "keep"]).replace(
+            'name = "local"', 'name = "other"'
+        )
+        cfg.write_text(renamed)
+        answer = httpx.post(gw.url + "/admin/reload", headers=_auth("root"))
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["backends"]["removed"] == ["local"]
+        assert answer.json()["backends"]["added"] == ["other"]
+        thread.join(timeout=30)
+        assert outcome == ["ok"]
+        status = httpx.get(gw.url + "/status", headers=_auth("root")).json()
+        assert [b["name"] for b in status["backends"]] == ["other"]
+        assert _status_of(gw.url, "keep") == 200  # now through "other"
