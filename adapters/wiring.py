@@ -308,10 +308,21 @@ class Wiring:
     async def reload(self, trigger: str, *, tell_workers: bool = False) -> ReloadOutcome:
         """Read the config again and serve new requests with it, if the
         core's plan accepts it (sansio_gateway/reload.py); requests in
-        flight finish on the Gateway they started with.  ``tell_workers``: have the other ``--workers`` reload too.
-        Logs the outcome, and returns it."""
-        # No await from reading the file to the swap: reloads never interleave.
-        outcome = self._reload(trigger)
+        flight finish on the Gateway they started with.  ``tell_workers``:
+        have the other ``--workers`` reload too.  Logs the outcome, and
+        returns it; never raises (a failed reload leaves the gateway as it was)."""
+        try:
+            # No await from reading the file to the swap: reloads never interleave.
+            outcome = self._reload(trigger)
+        except Exception:  # a bug must cost the reload, never the process
+            log.exception("config reload (%s) failed", trigger)
+            problem = ConfigProblem(key=None, message="internal error; see the gateway's log")
+            outcome = ReloadOutcome(
+                source=self.source.path if self.source else None,
+                trigger=trigger,
+                problems=(problem,),
+                generation=self.generation,
+            )
         if outcome.applied and tell_workers:
             outcome = replace(outcome, workers_told=self.tell_workers())
         if outcome.applied:
