@@ -410,3 +410,14 @@ def test_nothing_to_read_again_is_a_409() -> None:
     answer = render_reload(outcome)
     assert answer.status == 409
     assert orjson.loads(answer.body)["error"]["code"] == "reload_unavailable"
+
+
+def test_status_shows_the_process_and_its_config_generation_to_admins_only() -> None:
+    gw = Gateway(make_config(BASE))
+    gw.process = {"pid": 42, "worker": 1, "config": {"generation": 3}}
+    admin = ExchangeDriver(gw)
+    admin.start("GET", "/status", headers=((b"authorization", b"Bearer sk-root"),))
+    assert admin.seen.json()["process"] == {"pid": 42, "worker": 1, "config": {"generation": 3}}
+    other = ExchangeDriver(gw)
+    other.start("GET", "/status", headers=((b"authorization", b"Bearer sk-k1"),))
+    assert other.seen.status == 200 and "process" not in other.seen.json()
