@@ -15,9 +15,10 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY sansio_gateway ./sansio_gateway
 COPY adapters ./adapters
-# The gateway's wheel and every dependency's, with uvloop (the "fast" extra), so the
+# The gateway's wheel and every dependency's, with uvloop (the "fast" extra) and
+# OpenTelemetry (the "otel" extra: off unless [tracing] enables it), so the
 # runtime stage installs offline and carries no compiler or build cache.
-RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels ".[fast]"
+RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels ".[fast,otel]"
 
 # --------------------------------------------------------------------------- runtime
 FROM python:${PYTHON_VERSION}-slim
@@ -25,7 +26,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    python -m pip install --no-cache-dir --no-index --find-links=/wheels "sansio-gateway[fast]"
+    python -m pip install --no-cache-dir --no-index --find-links=/wheels "sansio-gateway[fast,otel]"
 # An unprivileged user; its home holds the default SQLite usage ledger.
 RUN groupadd --system --gid 10001 sansio-gateway \
     && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/sansio-gateway \

@@ -220,7 +220,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the gateway.  SIGHUP (or POST /admin/reload with an admin key)"
         " reloads the config file without a restart: keys, models, backends and limits"
         " apply to new requests; a config with an error, or one changing a setting that"
-        " needs a restart (listen address, runtime, transport, [store]), is refused and the"
+        " needs a restart (listen address, runtime, transport, [store], [tracing]), is refused and the"
         ' running config stays (docs/operations.md, "Reloading").',
     )
     serve.add_argument("--config", help="TOML config file (default: one local Ollama)")

@@ -87,6 +87,7 @@ from sansio_gateway.routes import surface_of
 from .ledger import UsageLedger
 from .limit_stores import LimitStore
 from .metrics import GatewayMetrics, log_request
+from .tracing import NO_TRACING, RequestTrace, Tracing
 from .upstream import Deliver
 
 __all__ = [
@@ -176,6 +177,7 @@ class ActionExecutor:
         refresh_catalogue: Callable[[], Awaitable[None]] | None = None,
         reload_config: Callable[[], Awaitable[ReloadOutcome]] | None = None,
         clock: Callable[[], float] = time.time,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self.gateway = gateway
         self.upstream = upstream
@@ -185,6 +187,7 @@ class ActionExecutor:
         self.refresh_catalogue = refresh_catalogue
         self.reload_config = reload_config
         self.clock = clock
+        self.tracing = tracing  # a no-op unless [tracing] is on (tracing.py)
         self.active = 0
         self.live = LiveStats()  # recent traffic, for /admin/overview
         self._runs: set[_Request] = set()
@@ -197,7 +200,7 @@ class ActionExecutor:
         # replace self.gateway meanwhile (sansio_gateway/reload.py).
         gateway = self.gateway
         exchange = gateway.exchange(new_request_id())
-        job = _Request(self, exchange, channel, gateway)
+        job = _Request(self, exchange, channel, self.tracing.start(request), gateway)
         self.active += 1
         self.metrics.in_flight.inc()
         try:
@@ -220,6 +223,7 @@ class ActionExecutor:
                 tokens=summary.prompt_tokens + summary.completion_tokens,
                 latency=summary.latency,
             )
+            job.trace.end(exchange, summary)
         return Served(exchange=exchange, client_gone=job.client_gone)
 
     async def wait_idle(self) -> None:
@@ -355,12 +359,14 @@ class _Request:
         executor: ActionExecutor,
         exchange: Exchange,
         channel: ResponseChannel,
+        trace: RequestTrace,
         gateway: Gateway,
     ) -> None:
         self.executor = executor
         self.gateway = gateway  # the one that made the Exchange
         self.exchange = exchange
         self.channel = channel
+        self.trace = trace
         self.client_gone = False
         # fast_acquire: no checkpoint per chunk when the lock is free (it
         # almost always is: the watcher takes it only when the client leaves).
@@ -418,6 +424,7 @@ class _Request:
         for action in actions:
             if isinstance(action, RecordUsage):
                 self.executor.record(action.record)
+                self.trace.usage(action.record)
             elif isinstance(action, CommitLimits):
                 await self.executor.commit(action)
 
@@ -436,6 +443,7 @@ class _Request:
                 self._respond(action)
             case RecordUsage():
                 executor.record(action.record)
+                self.trace.usage(action.record)
             case CommitLimits():
                 await executor.commit(action)
             case CancelUpstream():
@@ -446,7 +454,10 @@ class _Request:
                 else:
                     await self._run_upstream(action)
             case CheckLimits():
-                await self.feed(await executor.admit(action))
+                self.trace.limits_checking()
+                decided = await executor.admit(action)
+                self.trace.limits_decided(decided)
+                await self.feed(decided)
             case CollectMetrics():
                 await self.feed(executor.collect_metrics())
             case CollectOverview():
@@ -548,7 +559,12 @@ class _Request:
                 if call.delay > 0:
                     await anyio.sleep(call.delay)
                 backend = self.gateway.config.backend(call.backend)
-                await executor.upstream.request(call, backend, self.deliver)
+                # The attempt's span: its traceparent goes upstream with it.
+                sent, deliver = self.trace.attempt(call, self.deliver)
+                try:
+                    await executor.upstream.request(sent, backend, deliver)
+                finally:
+                    self.trace.attempt_done(self.next_call)
             call = self.next_call
         if self.abort_error is not None:
             with anyio.CancelScope(shield=True):

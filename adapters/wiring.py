@@ -44,6 +44,7 @@ from .ledger import UsageLedger, open_ledger
 from .limit_stores import ResilientLimitStore, open_limit_store
 from .metrics import GatewayMetrics
 from .plugins import load_registry
+from .tracing import open_tracing, tracing_problem
 from .upstream import TRANSPORT_ERRORS, UpstreamClient, map_upstream_exception
 
 __all__ = [
@@ -115,6 +116,9 @@ def checked_config(path: str | None) -> GatewayConfig:
         Gateway(config, registry=load_registry())  # what only the app can check: backend kinds
     except ConfigError as exc:
         raise ConfigError(f"{path or '(defaults)'}: {exc}") from None
+    problem = tracing_problem(config.tracing)
+    if problem is not None:
+        raise ConfigError(f"{path or '(defaults)'}: {problem}")
     usage = config.store.usage
     if usage.startswith("sqlite:///") and not Path(sqlite_path(usage)).parent.is_dir():
         raise ConfigError(
@@ -182,6 +186,7 @@ class Wiring:
         )
         self.ledger = ledger if ledger is not None else open_ledger(config.store.usage)
         self.metrics = GatewayMetrics()
+        self.tracing = open_tracing(config.tracing)
         self.executor = ActionExecutor(
             gateway=self.gateway,
             upstream=self.upstream,
@@ -191,6 +196,7 @@ class Wiring:
             refresh_catalogue=self.refresh_on_miss,
             reload_config=self.reload_on_request,
             clock=clock,
+            tracing=self.tracing,
         )
         self.front = TransportFront(
             self.gateway, self.executor, ServerLimits.from_config(config.server)
@@ -443,11 +449,14 @@ class Wiring:
                 tg.start_soon(self.limit_store.run)
 
     async def aclose(self) -> None:
-        """After serving: close the upstream pools, flush the ledger, close the store."""
+        """After serving: close the upstream pools, flush the ledger, close the
+        store, export the spans still buffered."""
         with anyio.CancelScope(shield=True):
             await self.upstream.aclose()
             await self.ledger.aclose()
             await self.limit_store.aclose()
+            if self.tracing.enabled:  # the exporter's last batch, bounded by its timeout
+                await anyio.to_thread.run_sync(self.tracing.shutdown)
 
     def describe(self) -> list[str]:
         """Lines for the operator: backends and what was found on them."""

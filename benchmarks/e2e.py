@@ -104,11 +104,16 @@ def _pin(cpu: int) -> list[str]:
 
 @contextmanager
 def _process(
-    cmd: list[str], marker: str | None, env: dict[str, str] | None = None
+    cmd: list[str],
+    marker: str | None,
+    env: dict[str, str] | None = None,
+    *,
+    cwd: Path | None = None,
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """Start ``cmd``; with a ``marker``, wait for the line announcing its URL."""
+    """Start ``cmd`` (in ``cwd``, by default this checkout); with a ``marker``,
+    wait for the line announcing its URL."""
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cmd, cwd=cwd or ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, **(env or {})},
     )  # fmt: skip
     assert proc.stdout is not None

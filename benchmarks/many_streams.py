@@ -12,10 +12,12 @@ held ``--hold`` seconds once all are open; each stream lasts long enough to
 span the ramp and the hold.
 
 Reported per N:
-* the added inter-token delay: at the client, each gap between two tokens of
-  a stream minus the backend's pacing interval, p50 and p99 (tokens the
-  gateway coalesces into one read count as arriving together);
-* errors (a stream that did not answer 200 or ended early);
+* each token's transit, from the moment the backend wrote it (the token's
+  text is that time) to its arrival at the client, p50 and p99, through the
+  gateway and, as the baseline, straight to the backend with the same N;
+  the added delay is the difference;
+* errors (a stream that did not answer 200 or ended early), and the access
+  log's requests by status;
 * the gateway's RSS and RSS per stream, CPU (cores busy) and open file
   descriptors, sampled while all N streams are open.
 
@@ -34,8 +36,8 @@ import contextlib
 import json
 import os
 import platform
+import re
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -143,17 +145,18 @@ def _proc_stat(pid: int) -> tuple[float, float, int]:
 
 
 class StreamClient(asyncio.Protocol):
-    """One streamed request; records the gap between consecutive tokens."""
+    """One streamed request; records each token's transit time: when it
+    arrived here minus when the backend wrote it (the token's text)."""
 
     def __init__(self, run: Run, request: bytes) -> None:
         self.run = run
         self.request = request
-        self.last: float | None = None
         self.head_done = False
         self.status = 0
         self.tokens = 0
         self.finished = False
         self.buffer = b""
+        self.length = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -161,30 +164,49 @@ class StreamClient(asyncio.Protocol):
         transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
-        now = time.perf_counter()
+        now = time.monotonic_ns()
+        data = self.buffer + data
+        if self.head_done and self.status != 200:
+            self._error_body(data)
+            return
         if not self.head_done:
-            self.buffer += data
-            end = self.buffer.find(b"\r\n\r\n")
+            end = data.find(b"\r\n\r\n")
             if end < 0:
+                self.buffer = data
                 return
-            self.status = int(self.buffer.split(b" ", 2)[1])
+            self.status = int(data.split(b" ", 2)[1])
             self.head_done = True
-            data, self.buffer = self.buffer[end + 4 :], b""
+            data = data[end + 4 :]
             if self.status != 200:
-                self.transport.close()
+                length = LENGTH.search(data[:end])
+                self.length = int(length.group(1)) if length else 0
+                self._error_body(data[end + 4 :])
                 return
-        # One SSE event per token; "[DONE]" and the usage chunk close the stream.
-        events = data.count(b"data: ")
-        if b"data: [DONE]" in data:
+        # Whole lines only (an NDJSON line or an SSE event never spans two
+        # HTTP chunks, but a TCP read may end inside one).
+        cut = data.rfind(b"\n") + 1
+        data, self.buffer = data[:cut], data[cut:]
+        at = data.find(TOKEN)
+        while at >= 0:
+            start = at + len(TOKEN)
+            stop = data.index(b" ", start)
+            if self.run.holding:
+                self.run.transits.append((now - int(data[start:stop])) / 1e6)
+            self.tokens += 1
+            at = data.find(TOKEN, stop)
+        if b"data: [DONE]" in data or b'"done":true' in data:
             self.finished = True
-            events -= 1
-        for _ in range(events):
-            if self.last is not None and self.run.holding:
-                self.run.gaps.append(now - self.last)
-            self.last = now
-        self.tokens += events
-        if self.finished:
             self.transport.close()
+
+    def _error_body(self, data: bytes) -> None:
+        """Read an error's body: the first one says why (of the harness's own
+        conditions as much as of the gateway)."""
+        self.buffer = data
+        if len(data) < self.length:
+            return
+        if not self.run.first_error:
+            self.run.first_error = f"{self.status} " + data[:300].decode(errors="replace")
+        self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.run.open -= 1
@@ -194,37 +216,45 @@ class StreamClient(asyncio.Protocol):
             self.run.all_closed.set()
 
 
+TOKEN = b'"content":"t'
+LENGTH = re.compile(rb"(?i)content-length:\s*(\d+)")
+
+
 class Run:
     def __init__(self) -> None:
-        self.gaps: list[float] = []
+        self.transits: list[float] = []
         self.errors = 0
+        self.first_error = ""
         self.open = 0
         self.holding = False
         self.all_closed = asyncio.Event()
 
 
-def _request(host: str, port: int, tokens: int) -> bytes:
-    body = json.dumps(
-        {
-            "model": "bench:latest",
-            "stream": True,
-            "max_tokens": tokens + 10,
-            "messages": [{"role": "user", "content": "Count slowly."}],
-        }
-    ).encode()
+def _request(host: str, port: int, tokens: int, *, direct: bool) -> bytes:
+    """A streamed chat request: OpenAI's through the gateway, Ollama's
+    straight to the backend (the baseline)."""
+    messages = [{"role": "user", "content": "Count slowly."}]
+    if direct:
+        path, auth = "/api/chat", ""
+        body = json.dumps({"model": "bench:latest", "stream": True, "messages": messages})
+    else:
+        path, auth = "/v1/chat/completions", f"authorization: Bearer {KEY}\r\n"
+        body = json.dumps(
+            {"model": "bench:latest", "stream": True, "max_tokens": tokens + 10,
+             "messages": messages}
+        )  # fmt: skip
     return (
-        f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}:{port}\r\n"
-        f"authorization: Bearer {KEY}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\n\r\n"
-    ).encode() + body
+        f"POST {path} HTTP/1.1\r\nhost: {host}:{port}\r\n{auth}"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n{body}"
+    ).encode()
 
 
 async def _drive(
-    host: str, port: int, n: int, ramp: float, hold: float, tokens: int, gw_pid: int
-) -> dict[str, Any]:
+    host: str, port: int, n: int, ramp: float, hold: float, request: bytes, tokens: int,
+    pid: int,
+) -> dict[str, Any]:  # fmt: skip
     loop = asyncio.get_running_loop()
     run = Run()
-    request = _request(host, port, tokens)
     started = time.perf_counter()
     for i in range(n):
         # Open at the ramp rate, so the listen backlog never overflows.
@@ -239,13 +269,13 @@ async def _drive(
             run.errors += 1
     ramp_s = time.perf_counter() - started
     run.holding = True
-    cpu0, _, _ = _proc_stat(gw_pid)
+    cpu0, _, _ = _proc_stat(pid)
     t0 = time.perf_counter()
     samples = []
     while time.perf_counter() - t0 < hold:
         await asyncio.sleep(1.0)
-        samples.append(_proc_stat(gw_pid))
-    cpu1 = _proc_stat(gw_pid)[0]
+        samples.append(_proc_stat(pid))
+    cpu1 = _proc_stat(pid)[0]
     window = time.perf_counter() - t0
     run.holding = False
     await asyncio.wait_for(run.all_closed.wait(), timeout=tokens / 5 + 120)
@@ -265,53 +295,70 @@ def _pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
 
 
+def _outcomes(log: Path) -> dict[str, int]:
+    """The access log's requests by status (and client disconnects)."""
+    counts: dict[str, int] = {}
+    for line in log.open():
+        if not line.startswith("{"):
+            continue
+        with contextlib.suppress(ValueError, KeyError):
+            entry = json.loads(line)
+            name = str(entry["status"]) + (" gone" if entry["client_disconnected"] else "")
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
 def measure(n: int, rate: float, ramp: float, hold: float, tmp: Path) -> dict[str, Any]:
     tokens = int(rate * (n / ramp + hold + 3))
     backend_cmd = [PY, "-m", "benchmarks.paced_backend", "--rate", str(rate),
                    "--tokens", str(tokens)]  # fmt: skip
-    with _process(backend_cmd, "paced backend on ") as (_, backend):
+    with _process(backend_cmd, "paced backend on ") as (backend_proc, backend):
+        # The baseline: the same N streams straight to the backend, so that
+        # what the harness itself adds (client, backend, kernel, a shared
+        # machine) is not charged to the gateway.
+        host, port = backend.removeprefix("http://").rsplit(":", 1)
+        request = _request(host, int(port), tokens, direct=True)
+        direct = asyncio.run(
+            _drive(host, int(port), n, ramp, hold, request, tokens, backend_proc.pid)
+        )
         cfg = tmp / f"gateway-{n}.toml"
         cfg.write_text(
             CONFIG.format(backend=backend, digest=hash_key(KEY), tmp=tmp, max_connections=n + 100)
         )
         log_path = tmp / f"access-{n}.log"
-        with (
-            log_path.open("w") as log,
-            _process(
-                [
-                    PY,
-                    "-m",
-                    "sansio_gateway.adapters.cli",
-                    "serve",
-                    "--config",
-                    str(cfg),
-                    "--port",
-                    "0",
-                ],
-                "listening on ",
-                log,
-            ) as (gateway, url),
-        ):
+        cmd = [PY, "-m", "sansio_gateway.adapters.cli", "serve", "--config", str(cfg),
+               "--port", "0"]  # fmt: skip
+        with log_path.open("w") as log, _process(cmd, "listening on ", log) as (gateway, url):
             host, port = url.removeprefix("http://").rsplit(":", 1)
-            result = asyncio.run(_drive(host, int(port), n, ramp, hold, tokens, gateway.pid))
+            request = _request(host, int(port), tokens, direct=False)
+            result = asyncio.run(
+                _drive(host, int(port), n, ramp, hold, request, tokens, gateway.pid)
+            )
     run: Run = result["run"]
-    interval = 1.0 / rate
-    added = [max(0.0, gap - interval) * 1000 for gap in run.gaps]
+    base: Run = direct["run"]
+    p50, p99 = _pct(run.transits, 50), _pct(run.transits, 99)
+    b50, b99 = _pct(base.transits, 50), _pct(base.transits, 99)
     return {
         "streams": n,
         "rate_tokens_per_s": rate,
         "tokens_per_stream": tokens,
         "errors": run.errors,
-        "added_gap_p50_ms": round(_pct(added, 50), 2),
-        "added_gap_p99_ms": round(_pct(added, 99), 2),
-        "gaps_measured": len(run.gaps),
-        "gap_mean_ms": round(statistics.fmean(run.gaps) * 1000, 2) if run.gaps else None,
+        "transit_p50_ms": round(p50, 2),
+        "transit_p99_ms": round(p99, 2),
+        "direct_transit_p50_ms": round(b50, 2),
+        "direct_transit_p99_ms": round(b99, 2),
+        "direct_errors": base.errors,
+        "added_p50_ms": round(max(0.0, p50 - b50), 2),
+        "added_p99_ms": round(max(0.0, p99 - b99), 2),
+        "tokens_measured": len(run.transits),
+        "tokens_expected": int(n * rate * hold),
         "rss_mib": round(result["rss_mib"], 1),
         "rss_per_stream_kib": round(result["rss_mib"] * 1024 / n, 1),
         "cpu_cores": round(result["cores"], 2),
         "open_fds": result["fds"],
         "ramp_s": round(result["ramp_s"], 1),
-        "access_log_lines": sum(1 for _ in (tmp / f"access-{n}.log").open()),
+        "outcomes": _outcomes(log_path),
+        "first_error": run.first_error,
     }
 
 
@@ -322,6 +369,7 @@ def main() -> None:
     parser.add_argument("--ramp", type=float, default=2000.0, help="new streams per second")
     parser.add_argument("--hold", type=float, default=10.0, help="seconds with all N open")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
+    parser.add_argument("--keep", action="store_true", help="keep the configs and access logs")
     args = parser.parse_args()
     limit = _raise_fd_limit(2 * max(args.streams) + 1024)
     with contextlib.suppress(ImportError):
@@ -329,7 +377,12 @@ def main() -> None:
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with contextlib.ExitStack() as stack:
+        if args.keep:
+            tmp = tempfile.mkdtemp(prefix="many-streams-")
+            print(f"configs and access logs in {tmp}", flush=True)
+        else:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory())
         for n in args.streams:
             row = measure(n, args.rate, args.ramp, args.hold, Path(tmp))
             rows.append(row)

@@ -1,7 +1,8 @@
 """A lean Ollama-like backend for many paced streams (benchmarks/many_streams.py).
 
 It answers ``GET /api/tags`` and ``POST /api/chat`` (streamed NDJSON), one
-HTTP chunk per line as Ollama sends it, one token every ``1/rate`` seconds.
+HTTP chunk per line as Ollama sends it, one token every ``1/rate`` seconds;
+each token's text is ``t<monotonic ns>``, the moment it was written.
 Thousands of streams are paced by one timer that ticks every millisecond
 and writes the lines that are due, rather than one sleeping task per
 stream, so the backend's own cost stays far below the gateway's it is
@@ -23,6 +24,7 @@ import heapq
 import itertools
 import json
 import signal
+import time
 
 MODEL = "bench:latest"
 TAGS = json.dumps(
@@ -35,10 +37,14 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-def _line(i: int) -> bytes:
+def _line() -> bytes:
+    # The token is the time it was written (CLOCK_MONOTONIC, shared by every
+    # process on the machine), so the client measures each token's transit
+    # through the gateway rather than gaps that include the backend's own
+    # lateness.
     return (
         b'{"model":"bench:latest","created_at":"2026-01-01T00:00:00Z",'
-        b'"message":{"role":"assistant","content":"tok%d "},"done":false}\n' % i
+        b'"message":{"role":"assistant","content":"t%d "},"done":false}\n' % time.monotonic_ns()
     )
 
 
@@ -87,7 +93,7 @@ class _Stream:
         if self.transport.is_closing():
             return False
         if self.sent < self.tokens:
-            self.transport.write(_chunk(_line(self.sent)))
+            self.transport.write(_chunk(_line()))
             self.sent += 1
             return True
         self.transport.write(_chunk(FINAL % self.tokens) + b"0\r\n\r\n")

@@ -45,6 +45,7 @@ from sansio_gateway.config import (  # noqa: E402
     ModelConfig,
     ServerConfig,
     StoreConfig,
+    TracingConfig,
 )
 
 TARGET = ROOT / "docs" / "configuration.md"
@@ -163,6 +164,19 @@ SECTIONS = (
         "Where limit state and the usage ledger live.  The defaults keep"
         " everything in the process and a local SQLite file.",
     ),
+    Section(
+        "tracing",
+        "[tracing]",
+        TracingConfig,
+        "OpenTelemetry traces, off unless `enabled = true`; they need the `otel` extra"
+        " (`pip install 'sansio-gateway[otel]'`).  One span per request, with child spans"
+        " for the limit check and each upstream attempt; a client's W3C `traceparent`"
+        " is the parent and goes upstream with each attempt.  Empty keys fall back to"
+        " the standard `OTEL_*` environment variables (the tracing guide,"
+        " `docs/tracing.md`).",
+        examples={"enabled": True, "endpoint": "http://127.0.0.1:4318", "sample_ratio": 0.1},
+        commented=frozenset({"service_name"}),
+    ),
 )
 
 # Descriptions for keys that config.py leaves uncommented.  A comment in the
@@ -180,12 +194,14 @@ FALLBACK = {
     " end with an error (an in-band error event for streams).",
     "server.runtime": "Event loop `serve` runs on.",
     "backends[].name": "Name that models and fallbacks refer to (no `:` or whitespace).",
-    "backends[].kind": '`"ollama"` (the native API) or `"openai"` (any OpenAI-compatible'
-    " server: vLLM, llama.cpp, OpenAI, another gateway).",
+    "backends[].kind": '`"ollama"` (the native API), `"openai"` (any OpenAI-compatible'
+    ' server: vLLM, llama.cpp, OpenAI, another gateway) or `"anthropic"` (an'
+    " Anthropic-compatible Messages API: `/v1/messages` passes through).",
     "backends[].url": "Base URL: the server root for `ollama`; the base URL including"
-    " `/v1` for `openai`.",
+    " `/v1` for `openai` and `anthropic` (`https://api.anthropic.com/v1`).",
     "backends[].api_key_env": "Environment variable holding the key sent upstream as"
-    " `Authorization: Bearer`; the config file never holds it.",
+    " `Authorization: Bearer` (as `x-api-key` for `anthropic`); the config file never"
+    " holds it.",
     "backends[].connect_timeout": "Seconds to open a connection.",
     "backends[].first_byte_timeout": "Seconds to wait for the response head (a model may"
     " need minutes to load).",
@@ -399,8 +415,8 @@ environment variables that are read when the file is loaded.
 A running gateway reads the file again on SIGHUP or `POST /admin/reload`
 (an admin key), without a restart: keys, models, backends, limits and most
 `[server]` keys apply to new requests; `server.host`, `server.port`,
-`server.runtime`, `server.uvloop`, `server.transport` and every `[store]`
-key need a restart, and a reload that changes one is refused (see
+`server.runtime`, `server.uvloop`, `server.transport`, every `[store]` and
+every `[tracing]` key need a restart, and a reload that changes one is refused (see
 [Operations](operations.md#reloading)).
 
 Types are strict: a value must have the TOML type the table names.

@@ -41,6 +41,7 @@ __all__ = [
     "ModelConfig",
     "ServerConfig",
     "StoreConfig",
+    "TracingConfig",
     "default_config",
     "parse_config",
     "redact_url",
@@ -199,6 +200,14 @@ class BackendConfig(_Strict):
     retry_backoff: float = Field(default=0.25, ge=0)  # seconds; doubles per retry, jittered
     # forward non-data: image URLs to an openai-kind backend, which fetches them (SSRF)
     allow_image_urls: bool = False
+    # openai kind only: the backend serves /responses itself, so /v1/responses passes through
+    responses: bool = False
+
+    @model_validator(mode="after")
+    def _responses_on_openai(self) -> BackendConfig:
+        if self.responses and self.kind != "openai":
+            raise ValueError(f'responses = true needs kind = "openai", not {self.kind!r}')
+        return self
 
     @field_validator("url")
     @classmethod
@@ -289,6 +298,30 @@ class StoreConfig(_Strict):
         return value
 
 
+class TracingConfig(_Strict):
+    # Export OpenTelemetry spans (needs the `otel` extra); off, the gateway makes none.
+    enabled: bool = False
+    # `"otlp"` (OTLP over HTTP/protobuf, to a collector) or `"console"` (JSON on stdout).
+    exporter: Literal["otlp", "console"] = "otlp"
+    # The OTLP traces URL; one with no path (`"http://collector:4318"`) gets `/v1/traces`.
+    # Empty: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`,
+    # else `http://localhost:4318/v1/traces`.
+    endpoint: str = ""
+    # The `service.name` of the spans; empty: `OTEL_SERVICE_NAME`, else `"sansio-gateway"`.
+    service_name: str = ""
+    # Fraction of new traces recorded; a client's `traceparent` decides for its own
+    # trace.  Unset: `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`, else all.
+    sample_ratio: float | None = Field(default=None, ge=0, le=1)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str) -> str:
+        problem = value and _url_problem(value, ("http", "https"))
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
 class GatewayConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     backends: Annotated[tuple[BackendConfig, ...], Field(strict=False)] = ()
@@ -296,6 +329,7 @@ class GatewayConfig(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
 
     @model_validator(mode="after")
     def _cross_check(self) -> GatewayConfig:

@@ -182,6 +182,9 @@ _UPSTREAM_STATUS_TABLE: dict[int, tuple[int, str, str | None]] = {
     502: (502, "api_error", "upstream_error"),
     503: (503, "api_error", "upstream_overloaded"),
     504: (504, "api_error", "upstream_timeout"),
+    # Anthropic's "overloaded" (docs/anthropic-compatibility.md, "Errors"): the
+    # same meaning as a 503, and answered as one (529 again on /v1/messages).
+    529: (503, "api_error", "upstream_overloaded"),
 }
 
 

@@ -81,7 +81,7 @@ class Gateway:
             failure_threshold=config.server.breaker_failures,
             cooldown=config.server.breaker_cooldown,
         )
-        self._upstream_headers = {b.name: self._static_headers(b.api_key) for b in config.backends}
+        self._upstream_headers = {b.name: self._static_headers(b) for b in config.backends}
         # Which process this is and which config it runs, as the adapter
         # says (pid, worker, config generation): /status shows it to admins.
         self.process: Mapping[str, object] = {}
@@ -90,16 +90,14 @@ class Gateway:
         self._successor: Gateway | None = None
         self._carried: frozenset[str] = frozenset()
 
-    @staticmethod
-    def _static_headers(api_key: str | None) -> Headers:
+    def _static_headers(self, backend: BackendConfig) -> Headers:
         headers: Headers = (
             (b"content-type", b"application/json"),
             (b"accept", b"application/json, application/x-ndjson, text/event-stream"),
             (b"user-agent", b"sansio-gateway"),
         )
-        if api_key:
-            headers += ((b"authorization", b"Bearer " + api_key.encode()),)
-        return headers
+        # How to authenticate is the backend kind's to say (backends/registry.py).
+        return headers + self.registry.kind(backend.kind).auth_headers(backend.api_key)
 
     def limit_specs(self, user: str, route: Route) -> LimitSpecs:
         """The limits for ``user`` calling ``route``'s model (cached: specs

@@ -23,7 +23,9 @@ changed are judged by the new limits against what they already used
 neither hands out fresh quota nor forgets a held slot.  ``limit_users``
 names those users, so the operator sees whom a reload affects.
 
-Restart-only settings are refused rather than half-applied: a reload that
+Restart-only settings (``RESTART_ONLY``: the listen address, the runtime
+and transport, every ``[store]`` and ``[tracing]`` key) are refused rather
+than half-applied: a reload that
 said "OK" while still listening on the old port would leave a file that
 no longer describes the running gateway (docs/operations.md, "Reloading").
 """
@@ -33,6 +35,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from pydantic import BaseModel
+
 from .auth import is_loopback
 from .config import (
     AuthKey,
@@ -41,7 +45,6 @@ from .config import (
     GatewayConfig,
     LimitValues,
     ModelConfig,
-    StoreConfig,
     redact_url,
 )
 
@@ -60,12 +63,27 @@ __all__ = [
 # loop and the transport.  Every other [server] setting is read per
 # request or per connection and changes live.
 _SERVER_RESTART = ("host", "port", "runtime", "uvloop", "transport")
-# Every [store] setting: the limit store and the usage ledger are opened
-# once, and their state (the limit state above all) must outlive a reload.
-RESTART_ONLY: tuple[str, ...] = (
-    *(f"server.{name}" for name in _SERVER_RESTART),
-    *(f"store.{name}" for name in StoreConfig.model_fields),
-)
+# The sections a reload applies; every other one is set up once at start --
+# [store] (the limit store and the usage ledger, whose state must outlive a
+# reload), [tracing] (the exporter), and any section added later until a
+# reload learns to apply it -- so each of its keys needs a restart.
+_LIVE_SECTIONS = ("server", "backends", "models", "auth", "limits")
+
+
+def _restart_keys() -> tuple[str, ...]:
+    keys = [f"server.{name}" for name in _SERVER_RESTART]
+    for section, field in GatewayConfig.model_fields.items():
+        if section in _LIVE_SECTIONS:
+            continue
+        model = field.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            keys += [f"{section}.{name}" for name in model.model_fields]
+        else:
+            keys.append(section)
+    return tuple(keys)
+
+
+RESTART_ONLY: tuple[str, ...] = _restart_keys()
 # What makes a backend another server: its health and discovered models
 # then start afresh.  Timeouts, retries and the like only tune it.
 _BACKEND_IDENTITY = ("kind", "url", "api_key")
@@ -300,9 +318,10 @@ def plan_reload(
 
 def _restart_problems(old: GatewayConfig, new: GatewayConfig) -> Iterable[ConfigProblem]:
     for key in RESTART_ONLY:
-        section, name = key.split(".")
-        before = getattr(getattr(old, section), name)
-        after = getattr(getattr(new, section), name)
+        before: object = old
+        after: object = new
+        for part in key.split("."):
+            before, after = getattr(before, part), getattr(after, part)
         if before != after:
             yield ConfigProblem(
                 key=key,

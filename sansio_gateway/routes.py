@@ -34,7 +34,6 @@ from .backends.catalogue import Catalogue
 from .errors import MethodNotAllowed, NotFound
 from .flows.context import FlowConstructor, LocalFlowFactory
 from .http import Surface
-from .local.anthropic import CountTokens
 from .local.gateway import (
     AdminUsage,
     Health,
@@ -58,7 +57,11 @@ from .local.ollama_names import catalogue_name
 from .local.overview import AdminOverview
 from .local.reload import AdminReload
 from .local.ui import UiAsset
-from .over_chat.requests import parse_messages_route, parse_responses_route
+from .over_chat.requests import (
+    parse_count_tokens_route,
+    parse_messages_route,
+    parse_responses_route,
+)
 from .wire.ollama import native_body_parser
 from .wire.openai_chat import parse_chat_request
 from .wire.openai_completions import parse_completion_request
@@ -254,15 +257,16 @@ DEFAULT_ROUTES: tuple[RouteDecl, ...] = (
     _openai("responses", "/v1/responses", parse_responses_route, generates=True),
     _gateway("models.list", "/v1/models", OpenAIModelList),
     _gateway("models.retrieve", "/v1/models/*", OpenAIModelRetrieve),
-    # -- Anthropic (docs/anthropic-compatibility.md); count_tokens is the
-    # gateway's own estimate, so it is not charged.
+    # -- Anthropic (docs/anthropic-compatibility.md); count_tokens is
+    # model-addressed (an unknown model refreshes the catalogue, an
+    # Anthropic backend counts itself) and generates nothing, so it is not charged.
     _openai("anthropic.messages", "/v1/messages", parse_messages_route, generates=True),
     RouteDecl(
         name="anthropic.count_tokens",
         methods=("POST",),
         path="/v1/messages/count_tokens",
         surface=Surface.ANTHROPIC,
-        local=_local(CountTokens),
+        parse=parse_count_tokens_route,
     ),
     # -- the gateway's own
     _gateway("health", "/health", Health, access=Access.PUBLIC),

@@ -10,7 +10,9 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -203,3 +205,36 @@ def wait_for(predicate: Any, *, timeout: float = 10.0, what: Any = None) -> None
             detail = f": {what()}" if what is not None else ""
             raise AssertionError(f"condition not met in time{detail}")
         time.sleep(0.002)
+
+
+class OtlpCollector:
+    """A loopback OTLP/HTTP receiver: records each export's path and headers."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, dict[str, str], bytes]] = []
+        done = self.got = threading.Event()
+        received = self.received
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                received.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+                done.set()
+
+            def log_message(self, *args: object) -> None:
+                return None
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> OtlpCollector:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

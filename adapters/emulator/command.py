@@ -13,27 +13,33 @@ from typing import Any
 
 import anyio
 
-from .ollama import OllamaEmulator
+from .anthropic import AnthropicEmulator
+from .anthropic import default_models as anthropic_models
+from .ollama import OllamaEmulator, token_chunks
 from .ollama import default_models as ollama_models
 from .openai import OpenAIEmulator
 from .openai import default_models as openai_models
 
 __all__ = ["add_emulate_parser", "build_emulator"]
 
-_DEFAULT_PORTS = {"ollama": 11434, "openai": 8000}  # where each server listens by default
+# Where each server listens by default.
+_DEFAULT_PORTS = {"ollama": 11434, "openai": 8000, "anthropic": 8001}
+Emulator = OllamaEmulator | OpenAIEmulator | AnthropicEmulator
 
 
 def add_emulate_parser(sub: Any) -> None:
     """Add the ``emulate`` command to the CLI's subparsers."""
     emulate = sub.add_parser(
         "emulate",
-        help="run an emulated Ollama or OpenAI-compatible backend (no model needed)",
+        help="run an emulated Ollama, OpenAI-compatible or Anthropic backend (no model needed)",
         description="Serve an emulated backend with canned answers in the exact wire format.",
     )
     emulate.add_argument("--kind", choices=sorted(_DEFAULT_PORTS), default="ollama")
     emulate.add_argument("--host", default="127.0.0.1")
     emulate.add_argument(
-        "--port", type=int, help="default 11434 (ollama) or 8000 (openai); 0 picks a free port"
+        "--port",
+        type=int,
+        help="default 11434 (ollama), 8000 (openai) or 8001 (anthropic); 0 picks a free port",
     )
     emulate.add_argument(
         "--tokens", type=_non_negative_int, help="pieces per answer (default: a short sentence)"
@@ -48,7 +54,8 @@ def add_emulate_parser(sub: Any) -> None:
         "--fail-rate",
         type=_rate,
         default=0.0,
-        help="fraction of generation requests that fail: 503 busy, 500, or a stream cut mid-way",
+        help="ollama, openai: fraction of generation requests that fail: 503 busy, 500,"
+        " or a stream cut mid-way",
     )
     emulate.add_argument("--seed", type=int, help="seed the failures, for repeatable runs")
     emulate.add_argument(
@@ -61,12 +68,22 @@ def add_emulate_parser(sub: Any) -> None:
         action="store_true",
         help="ollama: send an unpaced stream as one HTTP chunk (default: one chunk per line)",
     )
-    emulate.add_argument("--api-key", help="openai: require this bearer key (default: none)")
+    emulate.add_argument(
+        "--api-key",
+        help="openai: require this bearer key; anthropic: this x-api-key (default: none)",
+    )
     emulate.set_defaults(func=run_emulate)
 
 
-def build_emulator(args: argparse.Namespace) -> OllamaEmulator | OpenAIEmulator:
+def build_emulator(args: argparse.Namespace) -> Emulator:
     delay = args.token_delay_ms / 1000
+    if args.kind == "anthropic":
+        models = anthropic_models()
+        for model in models:
+            if args.tokens is not None:
+                model.reply.chunks = token_chunks(args.tokens)
+            model.reply.delay_between_chunks = delay
+        return AnthropicEmulator(models, api_key=args.api_key)
     if args.kind == "openai":
         return OpenAIEmulator(
             openai_models(args.tokens, delay),
@@ -93,9 +110,7 @@ def run_emulate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(
-    emulator: OllamaEmulator | OpenAIEmulator, kind: str, host: str, port: int
-) -> None:
+async def _serve(emulator: Emulator, kind: str, host: str, port: int) -> None:
     async with anyio.create_task_group() as tg:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             url = await tg.start(emulator.serve, host, port)
@@ -108,7 +123,7 @@ async def _serve(
                 print(f"gateway: OLLAMA_HOST={url} sansio-gateway serve", flush=True)
             else:
                 print(
-                    f'gateway: a [[backends]] entry with kind = "openai", url = "{url}"',
+                    f'gateway: a [[backends]] entry with kind = "{kind}", url = "{url}"',
                     flush=True,
                 )
             # The last line: scripts wait for it (docs/quickstart.md).

@@ -23,6 +23,8 @@ What it emulates faithfully:
   ``choices: []`` and the usage;
 * ``POST /v1/completions`` (``text_completion`` objects, streamed the same way);
 * ``POST /v1/embeddings`` (float or base64 little-endian float32, ``dimensions``);
+* ``POST /v1/responses``: the Responses API, a whole ``response`` or its event stream
+  (emulator/responses.py), for a backend configured with ``responses = true``;
 * errors in OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}``: 404
   ``model_not_found``, 400 for malformed requests (the checks OpenAI makes that a translator
   could get wrong: roles, tool-call pairing, argument strings, response formats...), 401 when an
@@ -61,6 +63,7 @@ import orjson
 from anyio.from_thread import start_blocking_portal
 
 from .ollama import Failure, token_chunks
+from .responses import RESPONSES_PARAMS, check_responses_input, response_events, response_object
 
 __all__ = [
     "EmulatorModel",
@@ -517,6 +520,7 @@ class OpenAIEmulator:
             "/v1/chat/completions": self._chat,
             "/v1/completions": self._completions,
             "/v1/embeddings": self._embeddings,
+            "/v1/responses": self._responses,
         }
         handler = handlers.get(path)
         if method != "POST" or handler is None:
@@ -563,6 +567,36 @@ class OpenAIEmulator:
             return _json_plan(_chat_completion(cid, model.id, reply, turn))
         usage = bool((data.get("stream_options") or {}).get("include_usage"))
         return _stream_plan(_ChatStream(cid, model.id, reply, turn, usage).events(), reply)
+
+    # ----------------------------------------------------------------- responses
+
+    def _responses(self, body: bytes) -> _Plan:
+        data = _load(body, RESPONSES_PARAMS, self.strict_params)
+        model = self._model(data["model"])
+        problem = check_responses_input(data.get("input"))
+        if problem is not None:
+            raise _bad(problem, "input")
+        reply = model.reply
+        self._scripted_error(reply)
+        effort = (data.get("reasoning") or {}).get("effort")
+        chat_like = {"max_tokens": data.get("max_output_tokens"), "reasoning_effort": effort}
+        turn = _take_turn(reply, chat_like, self._new_id)
+        rid = f"{next(self._ids):024d}"
+        if not data.get("stream"):
+            return _json_plan(response_object(rid, model.id, data, turn))
+        events = response_events(rid, model.id, data, turn, reply.argument_piece)
+        if reply.error_after_chunks is not None:
+            cut = reply.error_after_chunks + 2
+            error = {"type": "error", "code": "server_error", "message": reply.error_message,
+                     "param": None, "sequence_number": cut}  # fmt: skip
+            events = [*events[:cut], b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"]
+            reply = replace(reply, error_after_chunks=None)
+        elif reply.die_after_chunks is not None:
+            events = events[: reply.die_after_chunks + 2]
+        headers = ((b"content-type", _SSE_TYPE), (b"cache-control", b"no-cache"))
+        return _Plan(200, headers, tuple(events), streamed=True,
+                     close_after=reply.die_after_chunks is not None,
+                     chunk_delay=reply.delay_between_chunks)  # fmt: skip
 
     # ----------------------------------------------------------------- completions
 

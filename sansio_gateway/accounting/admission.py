@@ -191,7 +191,7 @@ def fitted_cap(charge: Charge, ceiling: int | None) -> Charge:
     return Charge(prompt=charge.prompt, cap=room, choices=charge.choices, client_cap=False)
 
 
-def write_output_cap(kind: str, body: bytes, cap: int) -> bytes:
+def write_output_cap(kind: str, body: bytes, cap: int, *, route: str = "") -> bytes:
     """``body`` (an upstream request) with every output-cap field that a
     backend of ``kind`` reads set to ``cap``, the cap admission charged.
 
@@ -199,10 +199,14 @@ def write_output_cap(kind: str, body: bytes, cap: int) -> bytes:
     ``max_completion_tokens`` or ``max_tokens`` (and llama.cpp ``n_predict``):
     each one present is set, and ``max_tokens`` is written when none is --
     the one field every OpenAI-compatible server honours (vLLM, llama.cpp,
-    Ollama's /v1, LM Studio, OpenAI's non-reasoning models).  Other kinds
-    are left to their own flows.  Only generating routes have a cap.
+    Ollama's /v1, LM Studio, OpenAI's non-reasoning models).  A Responses
+    body, which the ``responses`` route sends a Responses-capable backend
+    (it holds ``input``, a chat body never does), reads
+    ``max_output_tokens``; an Anthropic backend reads ``max_tokens``, which
+    its clients must always send.  Other kinds are left to their own flows.
+    Only generating routes have a cap.
     """
-    if kind not in ("ollama", "openai"):
+    if kind not in ("ollama", "openai", "anthropic"):
         return body
     try:
         data = orjson.loads(body)
@@ -213,6 +217,10 @@ def write_output_cap(kind: str, body: bytes, cap: int) -> bytes:
     if kind == "ollama":
         options = data.get("options")
         data["options"] = {**(options if isinstance(options, dict) else {}), "num_predict": cap}
+    elif kind == "anthropic":
+        data["max_tokens"] = cap
+    elif route == "responses" and "input" in data:
+        data["max_output_tokens"] = cap
     else:
         present = [key for key in _OPENAI_CAP_FIELDS if key in data]
         for key in present or ["max_tokens"]:

@@ -29,6 +29,7 @@ class LimitLease:
     request_id: str
     estimate: int  # tokens charged at admission
     output_cap: int | None = None  # written upstream when token limits apply
+    route: str = ""  # the route's name: where the upstream body holds its cap
     admitted: bool = False
     settled: bool = False
 
@@ -45,7 +46,9 @@ class LimitLease:
         output cap admission charged written in, when token limits apply:
         the cap charged is the cap the backend reads, on every route and
         backend kind (docs/rate-limiting.md, "What is charged")."""
-        return body if self.output_cap is None else write_output_cap(kind, body, self.output_cap)
+        if self.output_cap is None:
+            return body
+        return write_output_cap(kind, body, self.output_cap, route=self.route)
 
     def admit(self) -> LimitLease:
         return replace(self, admitted=True)
@@ -130,4 +133,5 @@ def lease_for(
         request_id=request_id,
         estimate=estimate.total,
         output_cap=estimate.cap if generates and ceiling is not None else None,
+        route=route,
     )

@@ -121,6 +121,9 @@ def _user(msg: Message) -> list[dict[str, Any]]:
 
 
 def _assistant(msg: Message) -> list[dict[str, Any]]:
+    # A redacted_thinking block is Anthropic's encrypted reasoning: no chat
+    # backend can read it, so it is left out, as an echoed Responses
+    # reasoning item's encrypted_content is (docs/anthropic-compatibility.md).
     texts = [b.text for b in msg.content if isinstance(b, TextBlock)]
     thinking = [b.thinking for b in msg.content if isinstance(b, ThinkingBlock)]
     calls = [_call(b) for b in msg.content if isinstance(b, ToolUseBlock)]

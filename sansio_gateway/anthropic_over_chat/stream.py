@@ -72,7 +72,9 @@ class ChatToMessagesStream:
         return self._usage
 
     def ping(self) -> list[bytes]:
-        """A keep-alive ``ping`` for a quiet backend (after the start only)."""
+        """A keep-alive ``ping`` (after the start only).  Nothing calls it yet:
+        a timed keep-alive needs a timer result from the adapter
+        (docs/anthropic-compatibility.md, "Pings")."""
         return [_PING] if self._started and not (self.done or self.failed) else []
 
     def feed(self, chunk: dict[str, Any]) -> list[bytes]:

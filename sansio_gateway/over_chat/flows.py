@@ -16,6 +16,11 @@ the translator of the answer:
 
 The stage's events are already SSE bytes, so the encoder is the identity
 and there is no trailer (neither dialect ends with ``[DONE]``).
+
+An ``openai`` backend that serves ``/responses`` itself (``responses =
+true``) is sent the client's own body instead: :class:`OpenAIResponsesFlow`
+decides per attempt, from the attempt's backend, since fallbacks of the
+same kind may differ.
 """
 
 from __future__ import annotations
@@ -35,9 +40,10 @@ from ..framing import NDJSONDecoder, SSEDecoder
 from ..openai_over_ollama.chat import OpenAIChatFlow
 from ..openai_over_ollama.chat_stream import OllamaChatStream
 from ..passthrough.openai import ChatEvents, OpenAIPassthroughFlow
+from ..passthrough.responses import ResponsesPassthroughFlow
 from .requests import OverChatRequest, Stage, StageStream, stage_for
 
-__all__ = ["OverChatOllamaFlow", "OverChatOpenAIFlow"]
+__all__ = ["OpenAIResponsesFlow", "OverChatOllamaFlow", "OverChatOpenAIFlow"]
 
 
 class _ChatRecords(Protocol):
@@ -182,3 +188,19 @@ class OverChatOpenAIFlow:
         events = ChatEvents(self._model, client_wants_usage=True)
         stream = _staged_stream(SSEDecoder(), events, self._stage, self._request.size)
         return UpstreamCall(method=call.method, path=call.path, body=call.body, stream=stream)
+
+
+class OpenAIResponsesFlow:
+    """``/v1/responses`` at an ``openai`` backend: passed through when the
+    backend serves ``/responses`` itself (passthrough/responses.py), through
+    the chat dialect otherwise."""
+
+    def __init__(self, context: FlowContext, request: OverChatRequest, model: str) -> None:
+        self._context = context
+        self._request = request
+        self._model = model
+
+    def plan(self, route: Route | None, backend: BackendConfig | None) -> Plan:
+        native = backend is not None and backend.responses
+        flow = ResponsesPassthroughFlow if native else OverChatOpenAIFlow
+        return flow(self._context, self._request, self._model).plan(route, backend)

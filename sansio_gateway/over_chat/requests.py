@@ -17,7 +17,7 @@ id and the time, which the flow's context holds, so the flow builds it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
@@ -31,14 +31,17 @@ from ..flows.context import FlowContext
 from ..responses_over_chat.request import responses_to_chat_body
 from ..responses_over_chat.response import chat_to_response
 from ..responses_over_chat.stream import ChatToResponsesStream
-from ..wire.anthropic import MessagesRequest, parse_messages_request
+from ..wire import anthropic, openai_responses
+from ..wire.anthropic import MessagesRequest
 from ..wire.openai_chat import ChatRequest, parse_chat_request
-from ..wire.openai_responses import ResponsesRequest, parse_responses_request
+from ..wire.openai_responses import ResponsesRequest
 
 __all__ = [
+    "CountTokensRequest",
     "OverChatRequest",
     "Stage",
     "StageStream",
+    "parse_count_tokens_route",
     "parse_messages_route",
     "parse_responses_route",
     "stage_for",
@@ -51,6 +54,11 @@ class OverChatRequest:
 
     original: MessagesRequest | ResponsesRequest
     chat: ChatRequest
+    # The client's body as decoded on arrival, and its size: what a backend
+    # of the client's own dialect is sent (passthrough/anthropic.py,
+    # passthrough/responses.py), the model aside.
+    native: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    native_size: int = 0
 
     @property
     def model(self) -> str:
@@ -71,16 +79,45 @@ class OverChatRequest:
 
 def parse_messages_route(body: bytes) -> OverChatRequest:
     """``POST /v1/messages``: raises :class:`InvalidRequest` in Anthropic's terms."""
-    original = parse_messages_request(body)
+    native = anthropic.load_body(body)
+    original = anthropic.messages_request_from(native)
     chat = parse_chat_request(orjson.dumps(messages_to_chat_body(original)))
-    return OverChatRequest(original=original, chat=chat)
+    return OverChatRequest(original=original, chat=chat, native=native, native_size=len(body))
 
 
 def parse_responses_route(body: bytes) -> OverChatRequest:
     """``POST /v1/responses``."""
-    original = parse_responses_request(body)
+    native = openai_responses.load_body(body)
+    original = openai_responses.responses_request_from(native)
     chat = parse_chat_request(orjson.dumps(responses_to_chat_body(original)))
-    return OverChatRequest(original=original, chat=chat)
+    return OverChatRequest(original=original, chat=chat, native=native, native_size=len(body))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CountTokensRequest:
+    """A ``count_tokens`` request: counted by the gateway's estimate, or
+    forwarded to an Anthropic-compatible backend as the client sent it."""
+
+    original: MessagesRequest
+    native: dict[str, Any] = field(compare=False, repr=False)
+    size: int = 0
+
+    @property
+    def model(self) -> str:
+        return self.original.model
+
+    @property
+    def decoded(self) -> dict[str, Any]:
+        return self.native
+
+
+def parse_count_tokens_route(body: bytes) -> CountTokensRequest:
+    """``POST /v1/messages/count_tokens``: model-addressed, so an unknown
+    model refreshes the catalogue as on every other route, and a backend
+    of Anthropic's own kind counts with its tokenizer."""
+    native = anthropic.load_body(body)
+    original = anthropic.count_tokens_request_from(native)
+    return CountTokensRequest(original=original, native=native, size=len(body))
 
 
 class StageStream(Protocol):

@@ -31,6 +31,7 @@ __all__ = [
     "ImageBlock",
     "Message",
     "MessagesRequest",
+    "RedactedThinkingBlock",
     "TextBlock",
     "ThinkingBlock",
     "Tool",
@@ -39,6 +40,9 @@ __all__ = [
     "ToolUseBlock",
     "anthropic_error_body",
     "anthropic_status_and_type",
+    "count_tokens_request_from",
+    "load_body",
+    "messages_request_from",
     "parse_count_tokens_request",
     "parse_messages_request",
     "render_anthropic_error",
@@ -91,7 +95,17 @@ class ThinkingBlock:
     thinking: str
 
 
-Block = TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RedactedThinkingBlock:
+    """Reasoning Anthropic encrypted: an Anthropic backend reads it back, a
+    chat backend cannot (the translation leaves it out)."""
+
+    data: str
+
+
+Block = (
+    TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -246,7 +260,12 @@ def _one_of(value: Any, at: str, allowed: tuple[str, ...]) -> str:
 
 def parse_messages_request(body: bytes) -> MessagesRequest:
     """Validate a ``POST /v1/messages`` body; raises :class:`InvalidRequest`."""
-    data = _load(body)
+    return messages_request_from(load_body(body))
+
+
+def messages_request_from(data: dict[str, Any]) -> MessagesRequest:
+    """:func:`parse_messages_request` of a body already decoded (by
+    :func:`load_body`); ``data`` is read, never changed."""
     _only(data, "", _MESSAGES_PARAMS)
     max_tokens = _integer(_need(data, "", "max_tokens"), "max_tokens", 1)
     thinking = _thinking(data.get("thinking"))
@@ -267,7 +286,11 @@ def parse_messages_request(body: bytes) -> MessagesRequest:
 
 def parse_count_tokens_request(body: bytes) -> MessagesRequest:
     """Validate a ``POST /v1/messages/count_tokens`` body (no ``max_tokens``)."""
-    data = _load(body)
+    return count_tokens_request_from(load_body(body))
+
+
+def count_tokens_request_from(data: dict[str, Any]) -> MessagesRequest:
+    """:func:`parse_count_tokens_request` of a body already decoded."""
     _only(data, "", _COUNT_PARAMS)
     return MessagesRequest(**_common(data), thinking_budget=_thinking(data.get("thinking")))
 
@@ -286,7 +309,8 @@ def _common(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _load(body: bytes) -> dict[str, Any]:
+def load_body(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or the 400 for anything else."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -398,10 +422,10 @@ def _block(kind: str, block: dict[str, Any], at: str) -> Block:
     if kind == "thinking":
         _only(block, at, frozenset(("type", "thinking", "signature", "cache_control")))
         return ThinkingBlock(thinking=_string(_need(block, at, "thinking"), f"{at}.thinking"))
-    raise _invalid(
-        f"{at}.type",
-        "redacted_thinking blocks cannot be forwarded: this gateway never issues them",
-    )
+    # redacted_thinking: an Anthropic backend issues it and must get it back
+    # (passthrough/anthropic.py); opaque to every other backend.
+    _only(block, at, frozenset(("type", "data", "cache_control")))
+    return RedactedThinkingBlock(data=_string(_need(block, at, "data"), f"{at}.data"))
 
 
 def _text(block: dict[str, Any], at: str) -> TextBlock:

@@ -31,7 +31,9 @@ __all__ = [
     "InputMessage",
     "Reasoning",
     "ResponsesRequest",
+    "load_body",
     "parse_responses_request",
+    "responses_request_from",
 ]
 
 # fmt: off
@@ -173,7 +175,17 @@ def _refuse(param: str, why: str) -> InvalidRequest:
 
 def parse_responses_request(body: bytes) -> ResponsesRequest:
     """Validate ``body``; raises :class:`InvalidRequest` naming the parameter."""
-    data = _load(body)
+    return responses_request_from(load_body(body))
+
+
+def load_body(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or the 400 for anything else."""
+    return _load(body)
+
+
+def responses_request_from(data: dict[str, Any]) -> ResponsesRequest:
+    """:func:`parse_responses_request` of a body already decoded (by
+    :func:`load_body`); ``data`` is read, never changed."""
     for key in data:
         if key not in _PARAMS:
             raise InvalidRequest(f"Unrecognized request argument supplied: {key}", param=key)

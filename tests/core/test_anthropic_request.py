@@ -132,6 +132,15 @@ def test_an_assistant_turn_of_only_thinking_has_empty_content() -> None:
     }  # fmt: skip
 
 
+def test_redacted_thinking_is_accepted_and_left_out_of_the_chat_dialect() -> None:
+    turn = [{"type": "redacted_thinking", "data": "Enc..."}, {"type": "thinking", "thinking": "t"},
+            {"type": "text", "text": "a"}]  # fmt: skip
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": turn}]
+    assert chat_of(messages=messages)[1] == {
+        "role": "assistant", "content": "a", "reasoning_content": "t"
+    }  # fmt: skip
+
+
 def test_a_user_turn_of_nothing_is_an_empty_user_message() -> None:
     assert chat_of(messages=[{"role": "user", "content": []}]) == [{"role": "user", "content": ""}]
 
@@ -261,8 +270,10 @@ def msg(role: str, *blocks: Any) -> dict[str, Any]:
          "messages.0.content.0.content.0.type", "text blocks only"),
         ([msg("user", {"type": "tool_result", "tool_use_id": "a", "is_error": "y"})],
          "messages.0.content.0.is_error", "valid boolean"),
-        ([msg("assistant", {"type": "redacted_thinking", "data": "x"})],
-         "messages.0.content.0.type", "never issues them"),
+        ([msg("assistant", {"type": "redacted_thinking", "data": 1})],
+         "messages.0.content.0.data", "valid string"),
+        ([msg("assistant", {"type": "redacted_thinking", "data": "x", "more": 1})],
+         "messages.0.content.0.more", "Extra inputs"),
         ([msg("user", {"type": "document", "source": {}})], "messages.0.content.0.type",
          "Input should be"),
         ([msg("user", {"type": "text", "text": "x", "citations": [{}]})],

@@ -32,6 +32,7 @@ BANNED = {
     "subprocess",
     "logging",
     "prometheus_client",
+    "opentelemetry",
     "os",
 }
 

@@ -91,6 +91,7 @@ def test_a_key_made_admin_counts_as_changed() -> None:
         ('[store]\nusage = "sqlite:///./other.db"\n', "store.usage"),
         ("[store]\ninstances = 2\n", "store.instances"),
         ('[store]\non_error = "open"\n', "store.on_error"),
+        ("[tracing]\nenabled = true\n", "tracing.enabled"),
     ],
 )
 def test_a_restart_only_setting_is_refused_naming_its_key(toml: str, key_name: str) -> None:
@@ -105,10 +106,12 @@ def test_live_server_settings_change_without_a_restart() -> None:
     assert not p.problems and p.server == ("max_body_bytes", "read_timeout")
 
 
-def test_every_store_setting_needs_a_restart() -> None:
-    assert {k for k in RESTART_ONLY if k.startswith("store.")} == {
-        f"store.{name}"
-        for name in GatewayConfig.model_fields["store"].annotation.model_fields  # type: ignore[union-attr]
+@pytest.mark.parametrize("section", ["store", "tracing"])
+def test_every_store_and_tracing_setting_needs_a_restart(section: str) -> None:
+    model = GatewayConfig.model_fields[section].annotation
+    assert {k for k in RESTART_ONLY if k.startswith(f"{section}.")} == {
+        f"{section}.{name}"
+        for name in model.model_fields  # type: ignore[union-attr]
     }
 
 
@@ -216,7 +219,11 @@ def test_property_the_plan_is_consistent(old: GatewayConfig, new: GatewayConfig)
     restart_server = {k.split(".")[1]: getattr(new.server, k.split(".")[1])
                       for k in RESTART_ONLY if k.startswith("server.")}  # fmt: skip
     aligned = old.model_copy(
-        update={"server": old.server.model_copy(update=restart_server), "store": new.store}
+        update={
+            "server": old.server.model_copy(update=restart_server),
+            "store": new.store,
+            "tracing": new.tracing,
+        }
     )
     assert p.changed == (_without_empty_tables(aligned) != _without_empty_tables(new))
 

@@ -3,14 +3,15 @@
 One gateway in front of both backend kinds: an emulated Ollama (the
 translation to ``/api/chat``) and the emulated OpenAI-compatible server (the
 chat body sent to ``/chat/completions``).  Every surface test runs over
-both; errors and limits are checked on the Anthropic surface's own envelope,
-and the Anthropic non-stream case runs once more through the ASGI app.
+both, on the bundled server (asyncio and trio) and on the ASGI app under
+uvicorn; errors and limits are checked in each surface's own envelope.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,7 +33,9 @@ from tests.helpers import RunningGateway, make_config, running_gateway, wait_for
 HELLO = "Hello! How can I help you today?"
 KEY = "sk-test-surfaces-0123456789abcdef"
 TINY = "sk-test-tiny-0123456789abcdef"  # one request a minute
+TINY2 = "sk-test-tiny2-0123456789abcdef"  # one request a minute, for /v1/responses
 METERED = "sk-test-metered-0123456789abcdef"  # a token limit
+ADMIN = "sk-test-admin-0123456789abcdef"  # reads /admin/usage
 MODELS = {"ollama": "llama3.2:1b", "openai": "gpt-4o-mini"}
 THINKERS = {"ollama": "qwen3:0.6b", "openai": "o4-mini"}  # the emulators' reasoning models
 WEATHER_SCHEMA: dict[str, Any] = {
@@ -44,14 +47,18 @@ _TIMEOUTS = "first_byte_timeout = 10\nidle_timeout = 10\nmax_retries = 0\n"
 
 
 def _config(ollama_url: str, openai_url: str) -> str:
-    keys = "".join(
-        f'[[auth.keys]]\nid = "{user}-key"\nuser = "{user}"\nsha256 = "{hash_key(key)}"\n'
-        for user, key in (("main", KEY), ("tiny", TINY), ("metered", METERED))
+    keys = (
+        "".join(
+            f'[[auth.keys]]\nid = "{user}-key"\nuser = "{user}"\nsha256 = "{hash_key(key)}"\n'
+            for user, key in (("main", KEY), ("tiny", TINY), ("tiny2", TINY2), ("metered", METERED))
+        )
+        + f'[[auth.keys]]\nid = "admin-key"\nuser = "admin"\nsha256 = "{hash_key(ADMIN)}"\nadmin = true\n'
     )
     return (
         f'[[backends]]\nname = "ol"\nkind = "ollama"\nurl = "{ollama_url}"\n{_TIMEOUTS}'
         f'[[backends]]\nname = "oa"\nkind = "openai"\nurl = "{openai_url}"\n{_TIMEOUTS}'
         f"{keys}[limits.users.tiny]\nrequests_per_minute = 1\n"
+        "[limits.users.tiny2]\nrequests_per_minute = 1\n"
         "[limits.users.metered]\ntokens_per_minute = 6000000\n"
         '[store]\nurl = "memory://"\nusage = "memory://"\n'
     )
@@ -63,13 +70,26 @@ def backend() -> Iterator[OpenAIEmulator]:
         yield emu
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["asyncio", "trio", "asgi"])
 def gateway(
-    emulator: OllamaEmulator, backend: OpenAIEmulator, runtime: str
+    request: pytest.FixtureRequest, emulator: OllamaEmulator, backend: OpenAIEmulator
 ) -> Iterator[RunningGateway]:
+    """The bundled server on both runtimes, and the ASGI app under uvicorn:
+    every scenario runs against all three."""
     config = make_config(_config(emulator.url, backend.url))
-    with running_gateway(config, runtime=runtime) as gw:
-        yield gw
+    if request.param != "asgi":
+        with running_gateway(config, runtime=str(request.param)) as gw:
+            yield gw
+        return
+    from sansio_gateway.adapters.asgi import create_app
+    from sansio_gateway.adapters.ledger import MemoryLedger
+
+    from tests.integration.test_asgi import serve_uvicorn
+
+    ledger = MemoryLedger()
+    asgi = create_app(config, ledger=ledger)
+    with serve_uvicorn(asgi) as url:
+        yield RunningGateway(app=asgi.app, url=url, ledger=ledger)
 
 
 @pytest.fixture(params=["ollama", "openai"])
@@ -376,15 +396,37 @@ def test_unknown_paths_and_methods_use_anthropics_envelope(gateway: RunningGatew
     assert wrong.headers["allow"] == "POST"
 
 
-def test_metrics_label_the_new_routes(
-    gateway: RunningGateway, claude: anthropic.Anthropic, client: openai.OpenAI, script: Script
+def _labels(line: str) -> dict[str, str]:
+    inside = line[line.index("{") + 1 : line.rindex("}")]
+    return dict(re.findall(r'(\w+)="([^"]*)"', inside))
+
+
+def test_metrics_and_admin_usage_show_both_surfaces_over_each_kind(
+    gateway: RunningGateway,
+    claude: anthropic.Anthropic,
+    client: openai.OpenAI,
+    model: str,
+    kind: str,
+    script: Script,
 ) -> None:
     hello: Any = [{"role": "user", "content": "Say hello"}]
-    claude.messages.create(model=MODELS["ollama"], max_tokens=10, messages=hello)
-    client.responses.create(model=MODELS["ollama"], input="Say hello")
+    claude.messages.create(model=model, max_tokens=10, messages=hello)
+    client.responses.create(model=model, input="Say hello")
     text = httpx.get(gateway.url + "/metrics").text
-    assert 'route="anthropic.messages"' in text and 'surface="anthropic"' in text
-    assert 'route="responses"' in text
+    counted = [
+        _labels(line) for line in text.splitlines() if line.startswith("gateway_requests_total{")
+    ]
+    seen = {(c["surface"], c["route"], c["model"], c["backend"], c["status"]) for c in counted}
+    backend = "ol" if kind == "ollama" else "oa"
+    assert ("anthropic", "anthropic.messages", model, backend, "200") in seen
+    assert ("openai", "responses", model, backend, "200") in seen
+    rows = httpx.get(
+        gateway.url + "/admin/usage",
+        params={"user": "main", "model": model},
+        headers={"authorization": f"Bearer {ADMIN}"},
+    ).json()["data"]
+    assert len(rows) == 1 and rows[0]["requests"] >= 2
+    assert rows[0]["prompt_tokens"] >= 2 * 26 and rows[0]["completion_tokens"] > 0
 
 
 # -- OpenAI Responses ---------------------------------------------------------------------
@@ -478,30 +520,36 @@ def test_responses_json_schema_output(
         assert sent["type"] == "json_schema" and sent["json_schema"]["schema"] == schema
 
 
+def test_responses_errors_are_typed(gateway: RunningGateway, client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.responses.create(model=MODELS["ollama"], input="Say hello", temperature=5)
+    assert bad.value.param == "temperature" and bad.value.type == "invalid_request_error"
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.responses.create(model="no-such-model", input="Say hello")
+    assert missing.value.code == "model_not_found"
+    with (
+        openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-wrong", max_retries=0) as stranger,
+        pytest.raises(openai.AuthenticationError) as denied,
+    ):
+        stranger.responses.create(model=MODELS["ollama"], input="Say hello")
+    assert denied.value.code == "invalid_api_key"
+
+
+def test_responses_rate_limit_is_typed_with_openais_headers(gateway: RunningGateway) -> None:
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=TINY2, max_retries=0) as tiny:
+        tiny.responses.create(model=MODELS["ollama"], input="Say hello")
+        with pytest.raises(openai.RateLimitError) as limited:
+            tiny.responses.create(model=MODELS["ollama"], input="Say hello")
+    assert limited.value.status_code == 429
+    assert limited.value.type == "requests" and limited.value.code == "rate_limit_exceeded"
+    headers = limited.value.response.headers
+    assert int(headers["retry-after"]) >= 1 and float(headers["retry-after-ms"]) > 0
+    assert headers["x-ratelimit-limit-requests"] == "1"
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+
+
 def test_responses_store_is_refused(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         client.responses.create(model=MODELS["ollama"], input="Say hello", store=True)
     assert refused.value.param == "store"
     assert "state" in refused.value.message
-
-
-# -- the ASGI app ---------------------------------------------------------------------------
-
-
-def test_messages_create_through_the_asgi_app(
-    emulator: OllamaEmulator, backend: OpenAIEmulator, model: str, script: Script
-) -> None:
-    from sansio_gateway.adapters.asgi import create_app
-
-    from tests.integration.test_asgi import serve_uvicorn
-
-    asgi = create_app(make_config(_config(emulator.url, backend.url)))
-    with (
-        serve_uvicorn(asgi) as url,
-        anthropic.Anthropic(base_url=url, api_key=KEY, max_retries=0) as claude,
-    ):
-        message = claude.messages.create(
-            model=model, max_tokens=200, messages=[{"role": "user", "content": "Say hello"}]
-        )
-    assert message.id.startswith("msg_") and message.content[0].text == HELLO  # type: ignore[union-attr]
-    assert message.usage.input_tokens == 26

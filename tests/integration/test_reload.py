@@ -177,14 +177,16 @@ def _status_of(url: str, key: str) -> int:
 
 @pytest.mark.parametrize(
     ("transport", "trigger"),
-    [("fast", "SIGHUP"), ("anyio", "admin"), ("fast", "admin"), ("anyio", "SIGHUP")],
-)
+    [("fast", "SIGHUP"), ("anyio", "admin"), ("fast", "admin"), ("anyio", "SIGHUP"),
+     ("trio", "SIGHUP")],
+)  # fmt: skip
 def test_a_key_added_and_one_removed_under_load(
     slow_emulator: OllamaEmulator, tmp_path: Path, transport: str, trigger: str
 ) -> None:
     cfg = tmp_path / "gw.toml"
     cfg.write_text(_config(tmp_path, slow_emulator, ["root", "keep", "old"]))
-    with serve(cfg, "--transport", transport) as gw:
+    runtime = ["--runtime", "trio"] if transport == "trio" else ["--transport", transport]
+    with serve(cfg, *runtime) as gw:
         assert _status_of(gw.url, "new") == 401
         load = Load(gw.url)
         load.start()
