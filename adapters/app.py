@@ -24,7 +24,8 @@ from .fast_server import FastGatewayServer
 from .ledger import UsageLedger
 from .server import GatewayServer
 from .upstream import UpstreamClient
-from .wiring import Wiring
+from .wiring import ConfigSource, Wiring
+from .workers import signal_supervisor
 
 __all__ = ["GatewayApp"]
 
@@ -39,6 +40,8 @@ class GatewayApp(Wiring):
         reuse_port: bool = False,
         clock: Callable[[], float] = time.time,
         worker_index: int = 0,
+        source: ConfigSource | None = None,
+        supervisor_pid: int | None = None,
     ) -> None:
         fast = config.server.runtime == "asyncio" and config.server.transport == "fast"
         super().__init__(
@@ -48,7 +51,10 @@ class GatewayApp(Wiring):
             clock=clock,
             worker_index=worker_index,
             fast=fast,
+            source=source,
         )
+        # Under `serve --workers N`: the parent, which forwards a SIGHUP to every worker.
+        self.supervisor_pid = supervisor_pid
         self.fast = fast
         self.reuse_port = reuse_port
         self.server: GatewayServer | FastGatewayServer = (
@@ -126,6 +132,13 @@ class GatewayApp(Wiring):
                 listener.close()
                 await server.close_all()
                 await self.aclose()
+
+    def tell_workers(self) -> bool:
+        """``POST /admin/reload`` under ``--workers``: a SIGHUP to the parent
+        makes it forward one to every worker (this one reloads again and
+        finds nothing changed).  Only while the parent that started this
+        worker is alive: never signal whatever process inherited its pid."""
+        return self.supervisor_pid is not None and signal_supervisor(self.supervisor_pid)
 
     async def shutdown(self, grace: float | None = None) -> int:
         """Graceful shutdown: stop accepting, give requests in flight up to

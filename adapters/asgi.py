@@ -18,6 +18,10 @@ chunk one).  While the backend answers, the channel awaits
 ``ClientDisconnected``, so the upstream is cancelled and the usage still
 recorded.  A request the server cancels is accounted for the same way.
 
+``POST /admin/reload`` (an admin key) reads the config file again, as
+``SIGHUP`` does for ``serve`` (a signal belongs to the server hosting the
+app); an app made from a config object has no file to read and answers 409.
+
 The ``lifespan`` protocol starts discovery, the ledger's writer and the
 backend probes, and at shutdown ends what is still in flight and flushes
 the ledger.  Frameworks that do not forward lifespan to mounted apps
@@ -48,7 +52,7 @@ from sansio_gateway.transport import content_length, no_api_keys
 from .executor import ClientGone
 from .front import Refused, TransportFront
 from .ledger import UsageLedger
-from .wiring import Wiring, load_config
+from .wiring import ConfigSource, Wiring
 
 __all__ = ["CONFIG_ENV", "GatewayASGI", "create_app", "route_path"]
 
@@ -79,11 +83,19 @@ def create_app(
     ``worker_count`` is how many processes share a memory limit store (each
     enforces 1/N of every limit), as ``serve --workers N`` does.
     """
+    source = None
     if not isinstance(config, GatewayConfig):
         path = os.fspath(config) if config is not None else os.environ.get(CONFIG_ENV)
-        config = load_config(path)
+        # POST /admin/reload reads it again; the server's address is judged
+        # per request (_open_to_the_network), so no bind host here.
+        source = ConfigSource(path, allow_anonymous=allow_anonymous)
+        config = source.load()
     return GatewayASGI(
-        config, ledger=ledger, allow_anonymous=allow_anonymous, worker_count=worker_count
+        config,
+        ledger=ledger,
+        allow_anonymous=allow_anonymous,
+        worker_count=worker_count,
+        source=source,
     )
 
 
@@ -98,15 +110,22 @@ class GatewayASGI:
         allow_anonymous: bool = False,
         worker_count: int = 1,
         clock: Callable[[], float] = time.time,
+        source: ConfigSource | None = None,
     ) -> None:
-        # The wiring `serve` uses, without its TCP listener.
-        self.app = Wiring(config, ledger=ledger, worker_count=worker_count, clock=clock)
+        # The wiring `serve` uses, without its TCP listener.  `source`: the
+        # file POST /admin/reload reads again (None: the config was an object).
+        self.app = Wiring(
+            config, ledger=ledger, worker_count=worker_count, clock=clock, source=source
+        )
         self.front: TransportFront = self.app.front
         self.allow_anonymous = allow_anonymous
         self._started = False
         self._closed = False
         self._lazy_start: anyio.Event | None = None
+        # Per server address, for the Gateway that judged it: a reload may
+        # remove every key, and the answer then changes.
         self._unsafe_hosts: dict[str, str | None] = {}
+        self._unsafe_judged_by: object = None
 
     @property
     def config(self) -> GatewayConfig:
@@ -225,6 +244,9 @@ class GatewayASGI:
         if not server or server[1] is None:
             return None  # a unix socket: only local processes reach it
         host = str(server[0])
+        if self._unsafe_judged_by is not self.app.gateway:
+            self._unsafe_hosts.clear()
+            self._unsafe_judged_by = self.app.gateway
         if host not in self._unsafe_hosts:
             problem = anonymous_bind_problem(host, self.app.gateway.authenticator)
             if problem:

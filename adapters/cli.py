@@ -34,16 +34,18 @@ from .app import GatewayApp
 from .emulator.command import add_emulate_parser
 from .ledger import open_ledger
 from .rlimits import raise_open_file_limit
-from .wiring import checked_config, load_config
+from .wiring import STARTUP_CHECK, ConfigSource, checked_config, load_config, with_overrides
 from .workers import run_workers
 
 __all__ = ["main"]
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    # Until the event loop handles SIGHUP (a reload), one must not end the
+    # process; a change made meanwhile is found by the check once it listens.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = checked_config(args.config)
-    server = config.server
-    updates = {}
+    updates: dict[str, object] = {}
     if args.host:
         updates["host"] = args.host
     if args.port is not None:
@@ -52,8 +54,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         updates["runtime"] = args.runtime
     if args.transport:
         updates["transport"] = args.transport
-    if updates:
-        config = config.model_copy(update={"server": server.model_copy(update=updates)})
+    config = with_overrides(config, updates)
     problem = anonymous_bind_problem(config.server.host, Authenticator(config.auth))
     if problem and not args.allow_anonymous:
         print(f"sansio-gateway: {problem}", file=sys.stderr)
@@ -76,11 +77,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     fds = raise_open_file_limit()  # each stream holds two sockets
     if args.worker_index == 0:
         logging.getLogger("sansio_gateway").info("%s", fds.describe())
+    source = ConfigSource(
+        args.config,
+        overrides=updates,
+        bind_host=config.server.host,
+        allow_anonymous=args.allow_anonymous,
+    )
     app = GatewayApp(
         config,
         worker_count=args.worker_count,
         reuse_port=args.reuse_port,
         worker_index=args.worker_index,
+        source=source,
+        supervisor_pid=args.supervisor_pid,
     )
     with contextlib.suppress(KeyboardInterrupt):
         anyio.run(
@@ -104,22 +113,30 @@ def _loop_options(config: GatewayConfig) -> dict[str, bool]:
 
 
 async def _serve(app: GatewayApp) -> None:
-    async with anyio.create_task_group() as tg:
-        host, port = await tg.start(app.serve)
-        if app.announce:  # once, not once per worker
-            for line in app.describe():
-                print(line, flush=True)
-        print(
-            f"sansio-gateway listening on http://{host}:{port}"
-            f" ({app.config.server.runtime}, {'fast' if app.fast else 'anyio'} transport)",
-            flush=True,
-        )
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    # Signals are received from the start: one that arrives while the
+    # backends are discovered waits for the gateway to listen.
+    wanted = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    with anyio.open_signal_receiver(*wanted) as signals:
+        async with anyio.create_task_group() as tg:
+            host, port = await tg.start(app.serve)
+            if app.announce:  # once, not once per worker
+                for line in app.describe():
+                    print(line, flush=True)
+            print(
+                f"sansio-gateway listening on http://{host}:{port}"
+                f" ({app.config.server.runtime}, {'fast' if app.fast else 'anyio'} transport)",
+                flush=True,
+            )
+            await app.reload(STARTUP_CHECK)
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    # Logged by the reload: what changed, or the keys at fault.
+                    await app.reload("SIGHUP")
+                    continue
                 print(f"{signal.Signals(signum).name}: shutting down", flush=True)
                 break
-        cut = await app.shutdown()
-        print(f"stopped ({cut} requests cut short after the grace period)", flush=True)
+            cut = await app.shutdown()
+            print(f"stopped ({cut} requests cut short after the grace period)", flush=True)
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -197,7 +214,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the gateway")
+    serve = sub.add_parser(
+        "serve",
+        help="run the gateway",
+        description="Run the gateway.  SIGHUP (or POST /admin/reload with an admin key)"
+        " reloads the config file without a restart: keys, models, backends and limits"
+        " apply to new requests; a config with an error, or one changing a setting that"
+        " needs a restart (listen address, runtime, transport, [store], [tracing]), is refused and the"
+        ' running config stays (docs/operations.md, "Reloading").',
+    )
     serve.add_argument("--config", help="TOML config file (default: one local Ollama)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
@@ -209,7 +234,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=["fast", "anyio"],
         help="on asyncio: fast (asyncio.Protocol, the default) or anyio (as on trio)",
     )
-    serve.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the port (SIGHUP to the parent reloads every one)",
+    )
     serve.add_argument(
         "--allow-anonymous",
         action="store_true",
@@ -218,6 +248,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--worker-count", type=int, default=1, help=argparse.SUPPRESS)
     serve.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    serve.add_argument("--supervisor-pid", type=int, default=None, help=argparse.SUPPRESS)
     serve.set_defaults(func=_cmd_serve)
 
     check = sub.add_parser("check-config", help="validate a config file")

@@ -46,6 +46,7 @@ from sansio_gateway.actions import (
     CollectMetrics,
     CollectOverview,
     CommitLimits,
+    ConfigReloaded,
     CountBackendAttempt,
     EndResponse,
     LimitsDecided,
@@ -56,6 +57,7 @@ from sansio_gateway.actions import (
     RecordBackendOutcome,
     RecordUsage,
     RefreshCatalogue,
+    ReloadConfig,
     Result,
     SendBody,
     SendUpstream,
@@ -78,6 +80,7 @@ from sansio_gateway.local.overview_data import (
     limit_probes,
     overview_users,
 )
+from sansio_gateway.reload import ConfigProblem, ReloadOutcome
 from sansio_gateway.rendering import error_response
 from sansio_gateway.routes import surface_of
 
@@ -172,6 +175,7 @@ class ActionExecutor:
         metrics: GatewayMetrics,
         limit_store: LimitStore,
         refresh_catalogue: Callable[[], Awaitable[None]] | None = None,
+        reload_config: Callable[[], Awaitable[ReloadOutcome]] | None = None,
         clock: Callable[[], float] = time.time,
         tracing: Tracing = NO_TRACING,
     ) -> None:
@@ -181,6 +185,7 @@ class ActionExecutor:
         self.metrics = metrics
         self.limit_store = limit_store
         self.refresh_catalogue = refresh_catalogue
+        self.reload_config = reload_config
         self.clock = clock
         self.tracing = tracing  # a no-op unless [tracing] is on (tracing.py)
         self.active = 0
@@ -191,8 +196,11 @@ class ActionExecutor:
     async def serve(self, request: IncomingRequest, channel: ResponseChannel) -> Served:
         """Answer ``request`` through ``channel``; returns once the Exchange
         is done (response written, or client gone) and its usage recorded."""
-        exchange = self.gateway.exchange(new_request_id())
-        job = _Request(self, exchange, channel, self.tracing.start(request))
+        # The request keeps this Gateway to the end, though a reload may
+        # replace self.gateway meanwhile (sansio_gateway/reload.py).
+        gateway = self.gateway
+        exchange = gateway.exchange(new_request_id())
+        job = _Request(self, exchange, channel, self.tracing.start(request), gateway)
         self.active += 1
         self.metrics.in_flight.inc()
         try:
@@ -280,6 +288,15 @@ class ActionExecutor:
         except Exception:  # the ledger must never take a response down with it
             log.exception("usage sink failed for request %s", record.request_id)
 
+    async def reload(self) -> ConfigReloaded:
+        if self.reload_config is None:
+            problem = ConfigProblem(key=None, message="this gateway cannot reload its config")
+            outcome = ReloadOutcome(
+                source=None, trigger="POST /admin/reload", problems=(problem,), unavailable=True
+            )
+            return ConfigReloaded(outcome=outcome)
+        return ConfigReloaded(outcome=await self.reload_config())
+
     async def refresh(self) -> CatalogueRefreshed:
         if self.refresh_catalogue is not None:
             await self.refresh_catalogue()
@@ -343,8 +360,10 @@ class _Request:
         exchange: Exchange,
         channel: ResponseChannel,
         trace: RequestTrace,
-    ):
+        gateway: Gateway,
+    ) -> None:
         self.executor = executor
+        self.gateway = gateway  # the one that made the Exchange
         self.exchange = exchange
         self.channel = channel
         self.trace = trace
@@ -387,7 +406,7 @@ class _Request:
         # other Exchange may run in between.
         for action in actions:
             if isinstance(action, SHARED_WRITES):
-                self.executor.gateway.apply_write(action, self.executor.clock())
+                self.gateway.apply_write(action, self.executor.clock())
         for index, action in enumerate(actions):
             try:
                 if not isinstance(action, _QUEUED):
@@ -447,6 +466,8 @@ class _Request:
                 await self.feed(AssetLoaded(body=_package_file(action.name)))
             case RefreshCatalogue():
                 await self.feed(await executor.refresh())
+            case ReloadConfig():
+                await self.feed(await executor.reload())
             case CountBackendAttempt() | RecordBackendOutcome():
                 pass  # applied when the list arrived (perform)
             case QueryUsage():
@@ -537,7 +558,7 @@ class _Request:
             with anyio.CancelScope() as self.upstream_scope:
                 if call.delay > 0:
                     await anyio.sleep(call.delay)
-                backend = executor.gateway.config.backend(call.backend)
+                backend = self.gateway.config.backend(call.backend)
                 # The attempt's span: its traceparent goes upstream with it.
                 sent, deliver = self.trace.attempt(call, self.deliver)
                 try:

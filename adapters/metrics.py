@@ -28,6 +28,7 @@ worker dead):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -150,6 +151,12 @@ class GatewayMetrics:
                 self.tokens.labels(model, backend, "completion").inc(summary.completion_tokens)
             if summary.retries:
                 self.retries.labels(backend).inc(summary.retries)
+
+    def forget_backend(self, name: str) -> None:
+        """A reload removed or replaced ``name``: its gauges no longer describe it."""
+        for gauge in (self.breaker_state, self.backend_up):
+            with contextlib.suppress(KeyError):
+                gauge.remove(name)
 
     def observe_decision(self, decision: Decision) -> None:
         if decision.allowed:

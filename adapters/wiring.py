@@ -18,7 +18,8 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -34,6 +35,7 @@ from sansio_gateway.config import (
 )
 from sansio_gateway.gateway import Gateway
 from sansio_gateway.limits.breaker import StoreHealth
+from sansio_gateway.reload import ConfigProblem, ReloadOutcome, ReloadPlan, plan_reload
 
 from .executor import ActionExecutor
 from .fast_upstream import FastUpstreamClient
@@ -45,12 +47,22 @@ from .plugins import load_registry
 from .tracing import open_tracing, tracing_problem
 from .upstream import TRANSPORT_ERRORS, UpstreamClient, map_upstream_exception
 
-__all__ = ["Wiring", "checked_config", "load_config"]
+__all__ = [
+    "STARTUP_CHECK",
+    "ConfigSource",
+    "Wiring",
+    "checked_config",
+    "load_config",
+    "with_overrides",
+]
 
 log = logging.getLogger("sansio_gateway")
 
 
 _BREAKER_GAUGE = {"closed": 0, "half_open": 1, "open": 2}
+# The reload `serve` runs once it listens, for a change to the file made
+# while it started (a SIGHUP then found no handler yet): quiet when nothing changed.
+STARTUP_CHECK = "startup check"
 
 
 def load_config(path: str | None) -> GatewayConfig:
@@ -63,6 +75,37 @@ def load_config(path: str | None) -> GatewayConfig:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     return parse_config(text, source=path, env=os.environ)
+
+
+class ConfigSource:
+    """Where the running config comes from, so a reload reads it the same way:
+    the file (None: the no-config defaults), the command line's ``[server]``
+    overrides (``serve --host/--port/--runtime/--transport``), where the
+    gateway listens (None under ASGI) and ``--allow-anonymous``."""
+
+    def __init__(
+        self,
+        path: str | None,
+        *,
+        overrides: Mapping[str, object] | None = None,
+        bind_host: str | None = None,
+        allow_anonymous: bool = False,
+    ) -> None:
+        self.path = path
+        self.overrides = dict(overrides or {})
+        self.bind_host = bind_host
+        self.allow_anonymous = allow_anonymous
+
+    def load(self) -> GatewayConfig:
+        """The config as the file and the environment say now, overrides applied."""
+        return with_overrides(load_config(self.path), self.overrides)
+
+
+def with_overrides(config: GatewayConfig, overrides: Mapping[str, object]) -> GatewayConfig:
+    if not overrides:
+        return config
+    server = config.server.model_copy(update=dict(overrides))
+    return config.model_copy(update={"server": server})
 
 
 def checked_config(path: str | None) -> GatewayConfig:
@@ -96,20 +139,33 @@ class Wiring:
         clock: Callable[[], float] = time.time,
         worker_index: int = 0,
         fast: bool = False,
+        source: ConfigSource | None = None,
     ) -> None:
         self.config = config
+        # Where a reload reads the config again (None: nowhere, the config
+        # was handed over as an object).
+        self.source = source
+        self.worker_index = worker_index
+        self.generation = 1  # the config in force: 1 at start, +1 per reload that changed it
+        self.loaded_at = clock()
+        # Made in the event loop that serves (anyio binds them to it).
+        self._probe_soon: anyio.Event | None = None
+        self._reloading: anyio.Lock | None = None
         # Under --workers, only worker 0 prints the startup listing and clashes.
         self.announce = worker_index == 0
         self._clashes: dict[str, tuple[str, ...]] = {}
         self.worker_count = worker_count
         memory_store = config.store.url.startswith("memory")
         # With the memory store every worker enforces 1/N of each limit.
+        self._limit_divisor = worker_count if memory_store else 1
         self.gateway = Gateway(
             config,
             random=random.random,
-            limit_divisor=worker_count if memory_store else 1,
+            limit_divisor=self._limit_divisor,
             registry=load_registry(),
         )
+        self.clock = clock
+        self._describe_process()
         if config.server.runtime == "trio" and config.store.url.startswith("redis"):
             # redis-py's asyncio client needs an asyncio loop.
             raise ConfigError(
@@ -128,7 +184,6 @@ class Wiring:
         self.upstream: UpstreamClient | FastUpstreamClient = (
             FastUpstreamClient() if fast else UpstreamClient()
         )
-        self.clock = clock
         self.ledger = ledger if ledger is not None else open_ledger(config.store.usage)
         self.metrics = GatewayMetrics()
         self.tracing = open_tracing(config.tracing)
@@ -139,6 +194,7 @@ class Wiring:
             metrics=self.metrics,
             limit_store=self.limit_store,
             refresh_catalogue=self.refresh_on_miss,
+            reload_config=self.reload_on_request,
             clock=clock,
             tracing=self.tracing,
         )
@@ -185,11 +241,13 @@ class Wiring:
             models = self.gateway.parse_discovery(name, body)
         except (ValueError, *TRANSPORT_ERRORS) as exc:
             error = exc if isinstance(exc, ValueError) else map_upstream_exception(exc, name)
-            self.gateway.record_discovery_failure(name, str(error), self.clock())
+            self.gateway.record_discovery_failure(name, str(error), self.clock(), probed=backend)
             log.warning("backend %s (%s): discovery failed: %s", name, backend.url, error)
             return
         latency = time.perf_counter() - started
-        self.gateway.record_discovery(name, models, self.clock(), latency=latency)
+        # A reload may have swapped the Gateway meanwhile: the current one
+        # drops a probe of a backend it no longer has as probed.
+        self.gateway.record_discovery(name, models, self.clock(), latency=latency, probed=backend)
 
     async def discover_all(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -224,7 +282,10 @@ class Wiring:
         """Discovery doubles as the active health probe: it feeds /ready,
         /status and the backends' circuit breakers."""
         while True:
-            await anyio.sleep(self.config.server.health_interval)
+            # A reload wakes it early: new backends are discovered at once.
+            self._probe_soon = anyio.Event()
+            with anyio.move_on_after(self.config.server.health_interval):
+                await self._probe_soon.wait()
             await self.discover_all()
             self._export_health()
 
@@ -236,6 +297,137 @@ class Wiring:
             self.metrics.breaker_state.labels(backend.name).set(_BREAKER_GAUGE[state.value])
             status = self.gateway.backend_status.get(backend.name)
             self.metrics.backend_up.labels(backend.name).set(1 if status and status.up else 0)
+
+    # ---- reloading -------------------------------------------------------
+
+    def _describe_process(self) -> None:
+        self.gateway.process = {
+            "pid": os.getpid(),
+            "worker": self.worker_index,
+            "workers": self.worker_count,
+            "config": {
+                "source": self.source.path if self.source else None,
+                "generation": self.generation,
+                "loaded_at": self.loaded_at,
+            },
+        }
+
+    async def reload(self, trigger: str, *, tell_workers: bool = False) -> ReloadOutcome:
+        """Read the config again and serve new requests with it, if the
+        core's plan accepts it (sansio_gateway/reload.py); requests in
+        flight finish on the Gateway they started with.  ``tell_workers``:
+        have the other ``--workers`` reload too.  Logs the outcome, and
+        returns it; never raises (a failed reload leaves the gateway as it was)."""
+        if self._reloading is None:
+            self._reloading = anyio.Lock()
+        try:
+            async with self._reloading:  # one at a time, each planned against the last
+                # Validating is the slow part (about 50 ms for 1000 keys): off the loop.
+                loaded = await anyio.to_thread.run_sync(self._load)
+                # From here to the swap, no await: every request sees one config or the other.
+                outcome = self._reload(trigger, loaded)
+        except Exception:  # a bug must cost the reload, never the process
+            log.exception("config reload (%s) failed", trigger)
+            problem = ConfigProblem(key=None, message="internal error; see the gateway's log")
+            outcome = ReloadOutcome(
+                source=self.source.path if self.source else None,
+                trigger=trigger,
+                problems=(problem,),
+                generation=self.generation,
+            )
+        if outcome.applied and tell_workers:
+            outcome = replace(outcome, workers_told=self.tell_workers())
+        if outcome.applied:
+            assert outcome.plan is not None
+            quiet = not outcome.plan.changed and trigger == STARTUP_CHECK
+            log.log(logging.DEBUG if quiet else logging.INFO, "%s", outcome.describe())
+        else:
+            log.error("%s", outcome.describe())
+        return outcome
+
+    async def reload_on_request(self) -> ReloadOutcome:
+        """``POST /admin/reload``: this process, then the other workers."""
+        return await self.reload("POST /admin/reload", tell_workers=True)
+
+    def tell_workers(self) -> bool:
+        """Ask the other ``--workers`` processes to reload; True if asked
+        (``GatewayApp`` can, under ``serve --workers``)."""
+        return False
+
+    def _load(self) -> GatewayConfig | ConfigError | None:
+        """The config as the source says now, its error, or None without a source."""
+        if self.source is None:
+            return None
+        try:
+            return self.source.load()
+        except ConfigError as exc:
+            return exc
+
+    def _reload(self, trigger: str, loaded: GatewayConfig | ConfigError | None) -> ReloadOutcome:
+        source = self.source
+        if source is None or loaded is None:
+            problem = ConfigProblem(
+                key=None,
+                message="this gateway was given its config as an object, not a file:"
+                " there is nothing to read again",
+            )
+            return ReloadOutcome(
+                source=None,
+                trigger=trigger,
+                problems=(problem,),
+                generation=self.generation,
+                unavailable=True,
+            )
+        where = source.path or "(defaults)"
+        try:
+            if isinstance(loaded, ConfigError):
+                raise loaded
+            config = loaded
+            gateway = Gateway(
+                config,
+                random=random.random,
+                limit_divisor=self._limit_divisor,
+                registry=self.gateway.registry,
+            )
+        except ConfigError as exc:
+            return ReloadOutcome.refused(
+                exc, source=where, trigger=trigger, generation=self.generation
+            )
+        plan = plan_reload(
+            self.config,
+            config,
+            bind_host=source.bind_host,
+            allow_anonymous=source.allow_anonymous,
+        )
+        if plan.problems:
+            return ReloadOutcome(
+                source=where,
+                trigger=trigger,
+                plan=plan,
+                problems=plan.problems,
+                generation=self.generation,
+            )
+        if plan.changed:
+            gateway.carry_over(self.gateway, plan)
+            self._swap(config, gateway, plan)
+        return ReloadOutcome(source=where, trigger=trigger, plan=plan, generation=self.generation)
+
+    def _swap(self, config: GatewayConfig, gateway: Gateway, plan: ReloadPlan) -> None:
+        """New requests get ``gateway`` from now on (no await in between:
+        every transport and the executor switch at once)."""
+        self.config = config
+        self.gateway = gateway
+        self.executor.gateway = gateway
+        self.front.gateway = gateway
+        self.front.limits = ServerLimits.from_config(config.server)
+        self.generation += 1
+        self.loaded_at = self.clock()
+        self._describe_process()
+        for name in (*plan.backends.removed, *plan.backends.replaced):
+            self.metrics.forget_backend(name)
+        self._export_health()
+        if self._probe_soon is not None:
+            self._probe_soon.set()
 
     # ---- running -------------------------------------------------------
 

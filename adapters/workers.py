@@ -25,7 +25,7 @@ from types import FrameType
 
 from prometheus_client import multiprocess as prom_multiprocess
 
-__all__ = ["run_workers"]
+__all__ = ["run_workers", "signal_supervisor"]
 
 
 def _reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
@@ -49,16 +49,25 @@ def run_workers(n: int, child_args: list[str], host: str, port: int) -> int:
         metrics_dir = tempfile.mkdtemp(prefix="sansio-gateway-metrics-")
         env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     cmd = [sys.executable, "-m", "sansio_gateway.adapters.cli", *child_args, "--port", str(port), "--reuse-port",
-           "--worker-count", str(n)]  # fmt: skip
+           "--worker-count", str(n), "--supervisor-pid", str(os.getpid())]  # fmt: skip
+    # Children start with SIGHUP ignored (inherited through exec), so one
+    # that arrives before a worker has its handler cannot kill it; a worker
+    # checks the file once it listens, so the change is not lost either.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     children = [subprocess.Popen([*cmd, "--worker-index", str(i)], env=env) for i in range(n)]
 
     def forward(signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            print("SIGHUP: every worker reloads its config", flush=True)
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    # A reload (docs/operations.md, "Reloading"): SIGHUP here, or a worker
+    # that answered POST /admin/reload and asks the others to follow.
+    signal.signal(signal.SIGHUP, forward)
     print(f"sansio-gateway: {n} workers on http://{host}:{port}", flush=True)
     codes = []
     for child in children:
@@ -67,3 +76,16 @@ def run_workers(n: int, child_args: list[str], host: str, port: int) -> int:
         prom_multiprocess.mark_process_dead(child.pid, metrics_dir)  # type: ignore[no-untyped-call]
     holder.close()
     return 0 if all(code == 0 for code in codes) else 1
+
+
+def signal_supervisor(pid: int) -> bool:
+    """Ask the ``--workers`` parent ``pid`` to have every worker reload.
+    Only if it is still this process's parent: once it is gone its pid may
+    belong to anything."""
+    if os.getppid() != pid:
+        return False
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError:
+        return False
+    return True

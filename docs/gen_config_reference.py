@@ -412,6 +412,13 @@ Unknown keys are errors, so a typo never goes unnoticed.  Secrets never sit
 in the file: keys are stored as their sha256, and `*_env` keys name
 environment variables that are read when the file is loaded.
 
+A running gateway reads the file again on SIGHUP or `POST /admin/reload`
+(an admin key), without a restart: keys, models, backends, limits and most
+`[server]` keys apply to new requests; `server.host`, `server.port`,
+`server.runtime`, `server.uvloop`, `server.transport`, every `[store]` and
+every `[tracing]` key need a restart, and a reload that changes one is refused (see
+[Operations](operations.md#reloading)).
+
 Types are strict: a value must have the TOML type the table names.
 `port = "8090"` and `tokens_per_minute = "6000"` are errors (write
 `8090`, `6000`), and so is `admin = "yes"` (write `true`).  An integer is

@@ -23,7 +23,9 @@ Actions (the core asks) and results (the adapter reports)
     ``SendUpstream``, ``CancelUpstream``, ``StartResponse``, ``SendBody``,
     ``EndResponse``, ``RecordUsage`` (a :class:`UsageRecord`),
     ``CheckLimits``, ``CommitLimits``, ``QueryUsage``, ``CollectMetrics``,
-    ``CollectOverview``, ``LoadAsset``, ``RefreshCatalogue``, and the writes to shared state
+    ``CollectOverview``, ``LoadAsset``, ``RefreshCatalogue``, ``ReloadConfig``
+    (answered by ``ConfigReloaded``, a :class:`ReloadOutcome`; :func:`plan_reload`
+    decides what a new config changes), and the writes to shared state
     ``CountBackendAttempt`` and ``RecordBackendOutcome`` (apply them with
     ``gateway.apply_write`` before awaiting anything); then
     ``UpstreamResponseStarted``, ``UpstreamChunkReceived``,
@@ -58,6 +60,7 @@ from .actions import (
     CollectMetrics,
     CollectOverview,
     CommitLimits,
+    ConfigReloaded,
     CountBackendAttempt,
     EndResponse,
     LimitsDecided,
@@ -68,6 +71,7 @@ from .actions import (
     RecordBackendOutcome,
     RecordUsage,
     RefreshCatalogue,
+    ReloadConfig,
     Result,
     SendBody,
     SendUpstream,
@@ -87,6 +91,7 @@ from .gateway import Gateway
 from .http import Headers, IncomingRequest
 from .limits import MemoryLimitStore
 from .local.overview_data import OverviewSnapshot
+from .reload import ReloadOutcome, ReloadPlan, plan_reload
 
 __version__ = "0.1.0"
 
@@ -102,6 +107,7 @@ __all__ = [
     "CollectOverview",
     "CommitLimits",
     "ConfigError",
+    "ConfigReloaded",
     "CountBackendAttempt",
     "EndResponse",
     "Exchange",
@@ -123,6 +129,9 @@ __all__ = [
     "RecordUsage",
     "RefreshCatalogue",
     "Registry",
+    "ReloadConfig",
+    "ReloadOutcome",
+    "ReloadPlan",
     "RequestSummary",
     "Result",
     "SendBody",
@@ -138,4 +147,5 @@ __all__ = [
     "__version__",
     "default_config",
     "parse_config",
+    "plan_reload",
 ]

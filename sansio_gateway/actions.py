@@ -16,6 +16,7 @@ from .errors import GatewayError
 from .http import Headers
 from .limits import Costs, Decision, LimitSpecs
 from .local.overview_data import OverviewSnapshot
+from .reload import ReloadOutcome
 
 __all__ = [
     "Action",
@@ -27,6 +28,7 @@ __all__ = [
     "CollectMetrics",
     "CollectOverview",
     "CommitLimits",
+    "ConfigReloaded",
     "CountBackendAttempt",
     "EndResponse",
     "LimitsDecided",
@@ -37,6 +39,7 @@ __all__ = [
     "RecordBackendOutcome",
     "RecordUsage",
     "RefreshCatalogue",
+    "ReloadConfig",
     "Result",
     "SendBody",
     "SendUpstream",
@@ -147,6 +150,13 @@ class LoadAsset:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ReloadConfig:
+    """Read the config file again and, if the core's plan accepts it, serve
+    new requests with it (and have the other ``--workers`` do the same);
+    answer with ``ConfigReloaded`` (sansio_gateway/reload.py)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CheckLimits:
     """Ask the limit store to admit a request; answer with ``LimitsDecided``.
 
@@ -217,6 +227,7 @@ Action = (
     | CollectMetrics
     | CollectOverview
     | LoadAsset
+    | ReloadConfig
     | RefreshCatalogue
     | CheckLimits
     | CommitLimits
@@ -282,6 +293,11 @@ class AssetLoaded:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigReloaded:
+    outcome: ReloadOutcome
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LimitsDecided:
     decision: Decision
 
@@ -301,6 +317,7 @@ Result = (
     | MetricsCollected
     | OverviewCollected
     | AssetLoaded
+    | ConfigReloaded
     | CatalogueRefreshed
     | LimitsDecided
 )

@@ -14,6 +14,7 @@ never rename them.
 from __future__ import annotations
 
 import hashlib
+import re
 import tomllib
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -53,7 +54,17 @@ DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
 
 
 class ConfigError(ValueError):
-    """A configuration problem, already phrased for the operator."""
+    """A configuration problem, already phrased for the operator.
+
+    ``problems`` holds each problem as (key, message), the key spelled as
+    in the message (``limits.users.alice.requests_per_minute``), or None
+    when no one key is at fault (TOML syntax): ``/admin/reload`` names them.
+    """
+
+    def __init__(self, message: str, *, problems: tuple[tuple[str | None, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.problems = problems or ((None, message),)
 
 
 class _Strict(BaseModel):
@@ -325,7 +336,7 @@ class GatewayConfig(_Strict):
         names = [b.name for b in self.backends]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"backend names must be unique; repeated: {', '.join(dupes)}")
+            raise ValueError(f"backends: names must be unique; repeated: {', '.join(dupes)}")
         if self.server.runtime == "trio" and self.store.url.startswith("redis"):
             # redis-py's asyncio client needs an asyncio loop.
             raise ValueError(
@@ -372,8 +383,13 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
+# How a cross-check's message names its own key: "models[0].backend: ...".
+_KEY_PREFIX = re.compile(r"^([A-Za-z_][\w.\[\]-]*): ")
+
+
 def _explain(error: ValidationError, source: str) -> ConfigError:
     lines = []
+    problems: list[tuple[str | None, str]] = []
     for item in error.errors():
         where = _location(tuple(item["loc"]))
         msg = item["msg"].removeprefix("Value error, ")
@@ -382,9 +398,17 @@ def _explain(error: ValidationError, source: str) -> ConfigError:
         if where == "(top level)":
             # Cross-checks name their own key ("models[0].backend: ...").
             lines.append(f"{source}: {msg}")
+            named = _KEY_PREFIX.match(msg)
+            key = named.group(1) if named else None
+            problems.append((key, msg[named.end() :] if named else msg))
         else:
             lines.append(f"{source}: {where}: {msg}")
-    return ConfigError("\n".join(lines))
+            problems.append((where, msg))
+    return ConfigError("\n".join(lines), problems=tuple(problems))
+
+
+def _keyed(source: str, key: str, message: str) -> ConfigError:
+    return ConfigError(f"{source}: {key}: {message}", problems=((key, message),))
 
 
 def _resolve_key_envs(data: dict[str, Any], env: Mapping[str, str], source: str) -> None:
@@ -394,14 +418,12 @@ def _resolve_key_envs(data: dict[str, Any], env: Mapping[str, str], source: str)
     for i, entry in enumerate(keys if isinstance(keys, list) else []):
         if isinstance(entry, dict) and isinstance(entry.get("key_env"), str):
             if "sha256" in entry:
-                raise ConfigError(
-                    f"{source}: auth.keys[{i}]: give exactly one of sha256 or key_env"
-                )
+                raise _keyed(source, f"auth.keys[{i}]", "give exactly one of sha256 or key_env")
             name = entry.pop("key_env")
             secret = env.get(name)
             if not secret:
-                raise ConfigError(
-                    f"{source}: auth.keys[{i}].key_env: environment variable {name} is not set"
+                raise _keyed(
+                    source, f"auth.keys[{i}].key_env", f"environment variable {name} is not set"
                 )
             entry["sha256"] = hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
@@ -412,8 +434,8 @@ def _resolve_secrets(data: dict[str, Any], env: Mapping[str, str], source: str) 
         if isinstance(backend, dict) and backend.get("api_key_env"):
             name = backend["api_key_env"]
             if name not in env:
-                raise ConfigError(
-                    f"{source}: backends[{i}].api_key_env: environment variable {name} is not set"
+                raise _keyed(
+                    source, f"backends[{i}].api_key_env", f"environment variable {name} is not set"
                 )
             backend["api_key"] = env[name]
 

@@ -53,7 +53,7 @@ from .gateway_view import GatewayView
 from .http import Headers, IncomingRequest, Surface, header_value
 from .identity import ANONYMOUS, Identity
 from .limits import Decision
-from .local.pending import AdapterData, Pending, local_step
+from .local.pending import LocalResult, Pending, local_step
 from .rendering import error_response, model_not_found, request_id_from, whole_response
 from .routes import ParsedRequest, RouteDecl, surface_of
 
@@ -202,7 +202,7 @@ class Exchange:
         self._pending = step
         return AWAITS[type(step.ask)], [step.ask]
 
-    def _on_local_data(self, result: AdapterData, now: float) -> Step:
+    def _on_local_data(self, result: LocalResult, now: float) -> Step:
         assert self._pending is not None
         return self._local(self._pending.answer(result))
 

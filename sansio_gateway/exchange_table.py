@@ -21,11 +21,13 @@ from .actions import (
     ClientDisconnected,
     CollectMetrics,
     CollectOverview,
+    ConfigReloaded,
     LimitsDecided,
     LoadAsset,
     MetricsCollected,
     OverviewCollected,
     QueryUsage,
+    ReloadConfig,
     Result,
     UpstreamChunkReceived,
     UpstreamClosed,
@@ -88,6 +90,7 @@ AWAITS: Mapping[type, ExchangeState] = {
     CollectMetrics: _S.AWAITING_METRICS,
     CollectOverview: _S.AWAITING_ADAPTER_DATA,
     LoadAsset: _S.AWAITING_ADAPTER_DATA,
+    ReloadConfig: _S.AWAITING_ADAPTER_DATA,
 }
 _GONE: Row = ("_on_client_gone", _DONE)  # a backend may have the request: cancel, record
 _GONE_EARLY: Row = ("_on_client_gone_early", _DONE)  # nothing was sent yet
@@ -117,7 +120,12 @@ def _rows(state: ExchangeState) -> Mapping[type, Row]:
         case _S.AWAITING_METRICS:
             return {MetricsCollected: _LOCAL, ClientDisconnected: _GONE_EARLY}
         case _S.AWAITING_ADAPTER_DATA:
-            return {OverviewCollected: _LOCAL, AssetLoaded: _LOCAL, ClientDisconnected: _GONE_EARLY}
+            return {
+                OverviewCollected: _LOCAL,
+                AssetLoaded: _LOCAL,
+                ConfigReloaded: _LOCAL,
+                ClientDisconnected: _GONE_EARLY,
+            }
         case _S.AWAITING_UPSTREAM:
             answered = _to({_S.BUFFERING, _S.BUFFERING_ERROR, _S.STREAMING})
             return {

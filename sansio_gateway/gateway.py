@@ -12,7 +12,7 @@ process share nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import assert_never
 
 from .accounting.admission import DEFAULT_OUTPUT_CAP
@@ -27,6 +27,7 @@ from .exchange import Exchange
 from .flows.context import FlowConstructor, FlowContext
 from .http import Headers
 from .limits import LimitSpecs, build_specs, lease_ttl_for
+from .reload import ReloadPlan
 from .routes import Access, RouteDecl, RouteTable, default_route_table
 
 __all__ = ["BackendStatus", "Gateway", "StoreStatus"]
@@ -45,9 +46,12 @@ class Gateway:
         self.registry = registry if registry is not None else builtin_registry()
         for i, backend in enumerate(config.backends):
             if backend.kind not in self.registry.names():
-                raise ConfigError(
-                    f"backends[{i}].kind = {backend.kind!r}: unknown backend kind"
+                problem = (
+                    f"{backend.kind!r}: unknown backend kind"
                     f" (known: {', '.join(self.registry.names())})"
+                )
+                raise ConfigError(
+                    f"backends[{i}].kind = {problem}", problems=((f"backends[{i}].kind", problem),)
                 )
         self.limits_on = _any_limit(config)
         if _any_token_limit(config) and config.server.default_max_tokens is None:
@@ -78,6 +82,13 @@ class Gateway:
             cooldown=config.server.breaker_cooldown,
         )
         self._upstream_headers = {b.name: self._static_headers(b) for b in config.backends}
+        # Which process this is and which config it runs, as the adapter
+        # says (pid, worker, config generation): /status shows it to admins.
+        self.process: Mapping[str, object] = {}
+        # After a reload (carry_over): the Gateway that replaced this one, and
+        # the backends this one took over from its predecessor.
+        self._successor: Gateway | None = None
+        self._carried: frozenset[str] = frozenset()
 
     def _static_headers(self, backend: BackendConfig) -> Headers:
         headers: Headers = (
@@ -199,6 +210,7 @@ class Gateway:
             backend_status=self.backend_status,
             circuit=self.health.state,
             store_status=self.store_status,
+            process=self.process,
         )
 
     def flow_for(self, kind: str, route: str) -> FlowConstructor | None:
@@ -208,6 +220,37 @@ class Gateway:
     def upstream_headers(self, backend: str, request_id: str) -> Headers:
         return self._upstream_headers[backend] + ((b"x-request-id", request_id.encode("ascii")),)
 
+    # ---- reloading -----------------------------------------------------------
+
+    def carry_over(self, old: Gateway, plan: ReloadPlan) -> None:
+        """Take over what ``old`` (the Gateway this one replaces) learnt and
+        ``plan`` says still holds: the carried backends' discovered models,
+        probe results and breakers, the limit store's status, the time of
+        the last refresh on an unknown model.  From now on ``old`` -- still
+        serving the requests that started on it -- forwards its writes about
+        carried backends here (``apply_write``), so their breakers count
+        every attempt, whichever config the request started on."""
+        carried = [b for b in plan.backends.carried if old.health.knows(b)]
+        discovered = {
+            name: old.catalogue.discovered[name]
+            for name in carried
+            if name in old.catalogue.discovered and self.config.backend(name).discover
+        }
+        self.catalogue = Catalogue(self.config, discovered)
+        self.backend_status = {n: old.backend_status[n] for n in carried if n in old.backend_status}
+        self.health.carry(old.health, carried)
+        self.store_status = old.store_status
+        self._last_miss_refresh = old._last_miss_refresh
+        self._carried = frozenset(carried)
+        old._successor = self
+
+    def _forward(self, backend: str | None) -> Gateway | None:
+        """The successor that must also hear of ``backend`` (None: every write)."""
+        successor = self._successor
+        if successor is not None and (backend is None or backend in successor._carried):
+            return successor
+        return None
+
     def record_discovery(
         self,
         backend: str,
@@ -215,15 +258,34 @@ class Gateway:
         now: float,
         *,
         latency: float | None = None,
+        probed: BackendConfig | None = None,
     ) -> None:
-        """A discovery (which doubles as a health probe) of ``backend`` succeeded."""
+        """A discovery (which doubles as a health probe) of ``backend`` succeeded.
+
+        ``probed``: the backend's config when the probe started; a probe of
+        a backend that a reload has since removed or replaced is dropped."""
+        if not self._probes(backend, probed):
+            return
         self.catalogue = self.catalogue.with_discovery(backend, models, now)
         self.backend_status[backend] = BackendStatus(
             name=backend, up=True, checked_at=now, models=len(models), latency=latency
         )
         self.health.record(backend, True, now)
 
-    def record_discovery_failure(self, backend: str, error: str, now: float) -> None:
+    def _probes(self, backend: str, probed: BackendConfig | None) -> bool:
+        """Is a probe of ``backend`` (as configured by ``probed``) still about this config's backend?"""
+        if not self.health.knows(backend):
+            return False
+        current = self.config.backend(backend)
+        return probed is None or all(
+            getattr(probed, f) == getattr(current, f) for f in ("kind", "url", "api_key")
+        )
+
+    def record_discovery_failure(
+        self, backend: str, error: str, now: float, *, probed: BackendConfig | None = None
+    ) -> None:
+        if not self._probes(backend, probed):
+            return
         previous = self.backend_status.get(backend)
         self.backend_status[backend] = BackendStatus(
             name=backend,
@@ -251,6 +313,7 @@ class Gateway:
         the adapter's clock).  Adapters call this for every ``SharedWrite``
         as soon as they receive the list holding it, before awaiting
         anything (actions.py)."""
+        backend: str | None
         match action:
             case CountBackendAttempt(backend=backend, at=at):
                 self.health.count_attempt(backend, at)
@@ -258,8 +321,12 @@ class Gateway:
                 self.health.record(backend, ok, at)
             case RefreshCatalogue():
                 self._last_miss_refresh = now
+                backend = None
             case _:
                 assert_never(action)
+        successor = self._forward(backend)
+        if successor is not None:
+            successor.apply_write(action, now)
 
     def discovery_path(self, backend: str) -> str:
         return self.registry.kind(self.config.backend(backend).kind).discovery_path

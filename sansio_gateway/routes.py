@@ -55,6 +55,7 @@ from .local.ollama import (
 )
 from .local.ollama_names import catalogue_name
 from .local.overview import AdminOverview
+from .local.reload import AdminReload
 from .local.ui import UiAsset
 from .over_chat.requests import (
     parse_count_tokens_route,
@@ -276,6 +277,15 @@ DEFAULT_ROUTES: tuple[RouteDecl, ...] = (
     # The status page (docs/status-page.md): the page holds no data and is
     # public; its JSON needs an admin key.
     _gateway("admin.overview", "/admin/overview", AdminOverview, access=Access.ADMIN),
+    # Reads the config file again (docs/operations.md, "Reloading").
+    RouteDecl(
+        name="admin.reload",
+        methods=("POST",),
+        path="/admin/reload",
+        surface=Surface.GATEWAY,
+        access=Access.ADMIN,
+        local=_local(AdminReload),
+    ),
     _gateway("ui", "/ui", UiAsset, access=Access.PUBLIC),
     _gateway("ui", "/ui/*", UiAsset, access=Access.PUBLIC),
     # -- Ollama (docs/wire-notes.md, "Native endpoints clients call").  ``/``

@@ -25,7 +25,7 @@ which the adapter applies with :meth:`BackendHealth.count_attempt` and
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..actions import CountBackendAttempt, RecordBackendOutcome
 from ..limits.breaker import Breaker, BreakerState, attempt, failed, succeeded
@@ -63,6 +63,20 @@ class BackendHealth:
     ) -> None:
         template = Breaker(failure_threshold=failure_threshold, cooldown_us=int(cooldown * US))
         self._breakers = {name: template for name in backends}
+
+    def carry(self, old: BackendHealth, backends: Iterable[str]) -> None:
+        """After a reload: ``backends`` keep their breakers from ``old``, under
+        this health's threshold and cooldown (which the reload may have changed)."""
+        for name in backends:
+            template = self._breakers[name]
+            self._breakers[name] = replace(
+                old._breakers[name],
+                failure_threshold=template.failure_threshold,
+                cooldown_us=template.cooldown_us,
+            )
+
+    def knows(self, backend: str) -> bool:
+        return backend in self._breakers
 
     def breaker(self, backend: str) -> Breaker:
         return self._breakers[backend]

@@ -23,7 +23,15 @@ import orjson
 
 from ..accounting.usage import TokenUsage
 from ..accounting.usage_query import UsageQuery
-from ..actions import AssetLoaded, CollectOverview, LoadAsset, OverviewCollected, SendUpstream
+from ..actions import (
+    AssetLoaded,
+    CollectOverview,
+    ConfigReloaded,
+    LoadAsset,
+    OverviewCollected,
+    ReloadConfig,
+    SendUpstream,
+)
 from ..backends.catalogue import Route
 from ..config import BackendConfig
 from ..errors import GatewayError, UpstreamError
@@ -34,6 +42,7 @@ __all__ = [
     "NDJSON_HEADERS",
     "SSE_HEADERS",
     "AdapterAnswer",
+    "AdapterData",
     "Flow",
     "LedgerQuery",
     "LocalAnswer",
@@ -161,13 +170,17 @@ class LocalAnswer:
     body: bytes
 
 
+# What the adapter may report to an AdapterAnswer.
+AdapterData = OverviewCollected | AssetLoaded | ConfigReloaded
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AdapterAnswer:
     """The answer is rendered in the core from what the adapter reports:
     the Exchange issues ``ask`` and hands its result to ``render``."""
 
-    ask: CollectOverview | LoadAsset
-    render: Callable[[OverviewCollected | AssetLoaded], LocalAnswer]
+    ask: CollectOverview | LoadAsset | ReloadConfig
+    render: Callable[[AdapterData], LocalAnswer]
 
 
 Plan = UpstreamCall | LocalAnswer | LedgerQuery | MetricsScrape | AdapterAnswer

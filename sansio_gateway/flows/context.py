@@ -15,7 +15,7 @@ that ``routes`` and ``registry`` import them instead of the other way round.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..backends.catalogue import Catalogue
@@ -43,6 +43,9 @@ class FlowContext:
     backend_status: Mapping[str, BackendStatus]
     circuit: Callable[[str], BreakerState]
     store_status: StoreStatus | None  # the shared limit store, when there is one
+    # Which process answers and which config it runs (pid, worker, config
+    # generation), as the adapter reports it: shown to admin keys on /status.
+    process: Mapping[str, object] = field(default_factory=dict)
 
 
 # (context, typed request, catalogue model name) -> the flow serving a

@@ -146,6 +146,8 @@ class Status(LocalFlow):
             if admin or self.visible(name)
         ]
         body: dict[str, object] = {"backends": backends, "models": models}
+        if admin and context.process:
+            body["process"] = dict(context.process)
         store = context.store_status
         if store is not None:
             body["limit_store"] = {

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import orjson
 
-from ..actions import AssetLoaded, CollectOverview, OverviewCollected
+from ..actions import CollectOverview, OverviewCollected
 from ..backends.catalogue import Route
 from ..config import BackendConfig
 from ..errors import InternalError
-from ..flows.base import AdapterAnswer, LocalAnswer, Plan
+from ..flows.base import AdapterAnswer, AdapterData, LocalAnswer, Plan
 from ..flows.context import FlowContext
 from ..http import Headers
 from ..limits import LimitName
@@ -40,7 +40,7 @@ class AdminOverview(LocalFlow):
     def plan(self, route: Route | None, backend: BackendConfig | None) -> Plan:
         return AdapterAnswer(ask=CollectOverview(), render=self._render)
 
-    def _render(self, result: OverviewCollected | AssetLoaded) -> LocalAnswer:
+    def _render(self, result: AdapterData) -> LocalAnswer:
         if not isinstance(result, OverviewCollected):
             raise InternalError("the overview got an answer meant for another request")
         body = orjson.dumps(render_overview(self.context, result.snapshot))

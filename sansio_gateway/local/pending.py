@@ -23,15 +23,18 @@ from ..actions import (
     AssetLoaded,
     CollectMetrics,
     CollectOverview,
+    ConfigReloaded,
     LoadAsset,
     MetricsCollected,
     OverviewCollected,
     QueryUsage,
+    ReloadConfig,
     UsageQueried,
 )
 from ..errors import InternalError, ServiceUnavailable
 from ..flows.base import (
     AdapterAnswer,
+    AdapterData,
     LedgerQuery,
     LocalAnswer,
     MetricsScrape,
@@ -39,18 +42,18 @@ from ..flows.base import (
     UpstreamCall,
 )
 
-__all__ = ["AdapterData", "Pending", "local_step"]
+__all__ = ["LocalResult", "Pending", "local_step"]
 
 # What the adapter reports back to a Pending's ask.
-AdapterData = UsageQueried | MetricsCollected | OverviewCollected | AssetLoaded
+LocalResult = UsageQueried | MetricsCollected | AdapterData
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Pending:
     """Issue ``ask``; the adapter's result, given to ``answer``, is the answer."""
 
-    ask: QueryUsage | CollectMetrics | CollectOverview | LoadAsset
-    answer: Callable[[AdapterData], LocalAnswer]
+    ask: QueryUsage | CollectMetrics | CollectOverview | LoadAsset | ReloadConfig
+    answer: Callable[[LocalResult], LocalAnswer]
 
 
 def local_step(plan: Plan, route: str) -> LocalAnswer | Pending:
@@ -70,7 +73,7 @@ def local_step(plan: Plan, route: str) -> LocalAnswer | Pending:
             assert_never(plan)
 
 
-def _ledger_rows(query: UsageQuery, result: AdapterData) -> LocalAnswer:
+def _ledger_rows(query: UsageQuery, result: LocalResult) -> LocalAnswer:
     assert isinstance(result, UsageQueried)
     if result.error is not None:
         raise ServiceUnavailable(result.error)
@@ -78,7 +81,7 @@ def _ledger_rows(query: UsageQuery, result: AdapterData) -> LocalAnswer:
     return LocalAnswer(status=200, headers=((b"content-type", content_type),), body=body)
 
 
-def _exposition(result: AdapterData) -> LocalAnswer:
+def _exposition(result: LocalResult) -> LocalAnswer:
     assert isinstance(result, MetricsCollected)
     return LocalAnswer(
         status=200, headers=((b"content-type", result.content_type),), body=result.body
@@ -86,7 +89,8 @@ def _exposition(result: AdapterData) -> LocalAnswer:
 
 
 def _adapter_data(
-    render: Callable[[OverviewCollected | AssetLoaded], LocalAnswer], result: AdapterData
+    render: Callable[[AdapterData], LocalAnswer],
+    result: LocalResult,
 ) -> LocalAnswer:
-    assert isinstance(result, OverviewCollected | AssetLoaded)
+    assert isinstance(result, OverviewCollected | AssetLoaded | ConfigReloaded)
     return render(result)

@@ -17,10 +17,10 @@ in a shared cache.
 
 from __future__ import annotations
 
-from ..actions import AssetLoaded, LoadAsset, OverviewCollected
+from ..actions import AssetLoaded, LoadAsset
 from ..backends.catalogue import Route
 from ..config import BackendConfig
-from ..flows.base import AdapterAnswer, LocalAnswer, Plan
+from ..flows.base import AdapterAnswer, AdapterData, LocalAnswer, Plan
 from ..http import Headers
 from .gateway import LocalFlow
 
@@ -67,7 +67,7 @@ class UiAsset(LocalFlow):
             return _answer(404, b"text/plain; charset=utf-8", b"Not found\n")
         return AdapterAnswer(ask=LoadAsset(name=asset[0]), render=self._render)
 
-    def _render(self, result: OverviewCollected | AssetLoaded) -> LocalAnswer:
+    def _render(self, result: AdapterData) -> LocalAnswer:
         if not isinstance(result, AssetLoaded) or result.body is None:
             # The installed package lacks its own file: a broken install.
             return _answer(500, b"text/plain; charset=utf-8", b"Status page files missing\n")

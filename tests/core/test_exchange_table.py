@@ -24,6 +24,7 @@ from sansio_gateway.actions import (
     CheckLimits,
     ClientDisconnected,
     CommitLimits,
+    ConfigReloaded,
     EndResponse,
     LimitsDecided,
     MetricsCollected,
@@ -46,6 +47,7 @@ from sansio_gateway.gateway import Gateway
 from sansio_gateway.http import IncomingRequest
 from sansio_gateway.limits import Costs, Decision, MemoryLimitStore
 from sansio_gateway.local.overview_data import OverviewSnapshot
+from sansio_gateway.reload import ReloadOutcome
 
 from ..helpers import NOW, make_config
 
@@ -103,6 +105,7 @@ SAMPLES: dict[type, Result] = {
     LimitsDecided: LimitsDecided(decision=ALLOWED),
     OverviewCollected: OverviewCollected(snapshot=OverviewSnapshot.empty(NOW)),
     AssetLoaded: AssetLoaded(body=b"<!doctype html>"),
+    ConfigReloaded: ConfigReloaded(outcome=ReloadOutcome(source="gw.toml", trigger="test")),
 }
 
 
