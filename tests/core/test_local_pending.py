@@ -12,6 +12,7 @@ from sansio_gateway.accounting.usage_query import UsageQuery, UsageRow
 from sansio_gateway.actions import (
     AssetLoaded,
     CollectMetrics,
+    ConfigReloaded,
     LoadAsset,
     MetricsCollected,
     OverviewCollected,
@@ -27,7 +28,7 @@ from sansio_gateway.flows.base import (
     MetricsScrape,
     UpstreamCall,
 )
-from sansio_gateway.local.pending import AdapterData, Pending, local_step
+from sansio_gateway.local.pending import LocalResult, Pending, local_step
 
 ROW = UsageRow(
     user="u", model="m", day="2026-12-03", requests=2, prompt_tokens=3, completion_tokens=4
@@ -94,15 +95,15 @@ def test_a_local_flow_asking_for_an_upstream_is_a_bug() -> None:
 
 def test_each_ask_has_a_wait_state_that_takes_exactly_its_answers() -> None:
     # QueryUsage -> UsageQueried, CollectMetrics -> MetricsCollected, the
-    # status page's asks -> their two results: the table and AWAITS agree.
+    # the status page's and the reload's asks -> their three results: the table and AWAITS agree.
     answers = {
         ExchangeState.AWAITING_LEDGER: {UsageQueried},
         ExchangeState.AWAITING_METRICS: {MetricsCollected},
-        ExchangeState.AWAITING_ADAPTER_DATA: {OverviewCollected, AssetLoaded},
+        ExchangeState.AWAITING_ADAPTER_DATA: {OverviewCollected, AssetLoaded, ConfigReloaded},
     }
     assert set(AWAITS.values()) == set(answers)
     for state, kinds in answers.items():
-        for kind in get_args(AdapterData):
+        for kind in get_args(LocalResult):
             found = row(state, kind)
             assert (found is not None) == (kind in kinds), (state, kind)
             assert found is None or found[0] == "_on_local_data"
