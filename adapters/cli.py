@@ -117,6 +117,9 @@ async def _serve(app: GatewayApp) -> None:
     # backends are discovered waits for the gateway to listen.
     wanted = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     with anyio.open_signal_receiver(*wanted) as signals:
+        # A --workers child starts with them blocked (workers.py): now that
+        # they are received, any that came early is delivered and handled.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, wanted)
         async with anyio.create_task_group() as tg:
             host, port = await tg.start(app.serve)
             if app.announce:  # once, not once per worker
