@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from benchmarks.many_streams import CONFIG, KEY, PY, _pct, _proc_stat, _process
 from sansio_gateway.auth import hash_key
@@ -68,8 +68,8 @@ class _Backend(asyncio.Protocol):
     tokens = 20
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
         self.buffer = b""
         self.loop = asyncio.get_running_loop()
 
