@@ -13,7 +13,8 @@ bytes move (docs/architecture.md, "The fast transport"):
   the request being served, so no watcher task per request reads the socket;
 - a flush only schedules one ``transport.write`` for the current turn of the
   event loop, so every SSE/NDJSON piece produced from one upstream read
-  leaves in one write;
+  leaves in one write; h11 writes each response's head and end, the pieces
+  of a chunked body are framed here;
 - a client that reads slowly pauses the gateway (``pause_writing``), which
   stops the upstream read, which pauses the backend's socket: memory stays
   bounded by the transports' high-water marks.

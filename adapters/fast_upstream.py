@@ -7,8 +7,10 @@ total) and the same error mapping (:func:`map_upstream_exception`).  What
 changes is the cost per chunk (docs/architecture.md, "The fast transport"):
 
 - bytes arrive by callback; the reader wakes once per read, not per chunk,
-  and hands every chunk parsed from that read to the Exchange before it
-  waits again (so the client side can send them in one write);
+  and hands what that read parsed to the Exchange as one chunk before it
+  waits again (one pass through the Exchange, one write to the client);
+- responses are parsed by httptools when it is installed (the ``fast``
+  extra, :mod:`sansio_gateway.adapters.fast_http`), by h11 otherwise;
 - the first-byte and idle timeouts are one timer per connection that is
   re-armed only when it fires early, not a cancel scope per chunk;
 - when the reader stops (a slow client), bytes pile up to a high-water mark

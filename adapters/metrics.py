@@ -238,7 +238,7 @@ class BatchedStreamHandler(logging.StreamHandler[IO[str]]):
     A write per access line cost a system call per request (stdout is
     unbuffered where ``PYTHONUNBUFFERED`` is set, as in the Dockerfile): about
     a tenth of the gateway's CPU per stream chunk (docs/benchmarks.md,
-    "Gateway CPU per stream chunk").  nginx's buffered ``access_log`` makes
+    "Gateway CPU per stream chunk (benchmarks/chunk_cost.py)").  nginx's buffered ``access_log`` makes
     the same trade.  A line waits ``interval`` at most, or less once
     ``max_pending`` lines wait; :meth:`close` (``logging.shutdown`` at exit,
     after a graceful stop) writes what is left.
