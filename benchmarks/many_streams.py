@@ -255,18 +255,26 @@ async def _drive(
 ) -> dict[str, Any]:  # fmt: skip
     loop = asyncio.get_running_loop()
     run = Run()
-    started = time.perf_counter()
-    for i in range(n):
-        # Open at the ramp rate, so the listen backlog never overflows.
-        delay = started + i / ramp - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
+
+    async def open_one() -> None:
         run.open += 1
         try:
             await loop.create_connection(lambda: StreamClient(run, request), host, port)
         except OSError:
             run.open -= 1
             run.errors += 1
+
+    started = time.perf_counter()
+    opening = []
+    for i in range(n):
+        # Open at the ramp rate, so the listen backlog never overflows, and
+        # without waiting for each connection in turn: a busy server's slow
+        # accepts must not stretch the ramp past the streams' length.
+        delay = started + i / ramp - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        opening.append(asyncio.ensure_future(open_one()))
+    await asyncio.gather(*opening)
     ramp_s = time.perf_counter() - started
     run.holding = True
     cpu0, _, _ = _proc_stat(pid)
