@@ -156,8 +156,8 @@ def anthropic_stream() -> Any:
     request = parse_messages_route(
         orjson.dumps({"model": "sonnet", "max_tokens": 9, "messages": HI, "stream": True})
     )
-    flow = AnthropicPassthroughFlow(None, request, "sonnet")  # type: ignore[arg-type]
     gw = gateway()
+    flow = AnthropicPassthroughFlow(gw.flow_context("r1", NOW, ANONYMOUS), request, "sonnet")
     route = gw.catalogue.resolve("sonnet")
     plan = flow.plan(route, gw.config.backend("claude"))
     assert isinstance(plan, UpstreamCall) and plan.stream is not None
