@@ -63,7 +63,7 @@ def retry_after_seconds(seconds: float) -> int:
     never told to wait longer than an hour (or 0 s, a busy loop)."""
     if not seconds < MAX_RETRY_AFTER:  # NaN included
         return MAX_RETRY_AFTER
-    return max(1, math.ceil(seconds))
+    return max(1, math.ceil(seconds)) if seconds > 0 else 1
 
 
 def model_not_found(surface: Surface, model: str) -> NotFound:
