@@ -423,7 +423,8 @@ class _Request:
         settle its limits (the rest no longer matters)."""
         for action in actions:
             if isinstance(action, RecordUsage):
-                self.executor.record(action.record)
+                if action.ledger:
+                    self.executor.record(action.record)
                 self.trace.usage(action.record)
             elif isinstance(action, CommitLimits):
                 await self.executor.commit(action)
@@ -442,7 +443,8 @@ class _Request:
             case StartResponse() | SendBody() | EndResponse():
                 self._respond(action)
             case RecordUsage():
-                executor.record(action.record)
+                if action.ledger:
+                    executor.record(action.record)
                 self.trace.usage(action.record)
             case CommitLimits():
                 await executor.commit(action)

@@ -120,7 +120,12 @@ class UsageRecord:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RecordUsage:
+    """The request's one report of what it used, for the trace; the usage
+    ledger keeps it when ``ledger`` says so (a token count uses nothing,
+    so it has no row: docs/rate-limiting.md, "Token counts")."""
+
     record: UsageRecord
+    ledger: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -49,6 +49,9 @@ class GatewayError(Exception):
     status_code: int = 500
     type: str = "api_error"
     code: str | None = None
+    # Seconds the client should wait before trying again, sent as
+    # Retry-After (bounded: rendering.py) when known.
+    retry_after: float | None = None
 
     def __init__(
         self,
@@ -209,8 +212,16 @@ def _message_from_body(body: bytes) -> str:
     return text[:1000] or "upstream error"
 
 
-def error_from_upstream(status: int, body: bytes, *, model: str | None = None) -> GatewayError:
-    """Turn a backend's error answer into the error we report."""
+# The backend statuses whose Retry-After the client is told (the gateway
+# gave up on them, but the client may try again later).
+_PASSES_RETRY_AFTER = frozenset({429, 503, 529})
+
+
+def error_from_upstream(
+    status: int, body: bytes, *, model: str | None = None, retry_after: float | None = None
+) -> GatewayError:
+    """Turn a backend's error answer into the error we report; a 429 or an
+    overloaded answer keeps the backend's ``retry_after`` (seconds)."""
     message = _message_from_body(body)
     if status in _UPSTREAM_STATUS_TABLE:
         out_status, type_, code = _UPSTREAM_STATUS_TABLE[status]
@@ -223,4 +234,7 @@ def error_from_upstream(status: int, body: bytes, *, model: str | None = None) -
         if model is not None:
             message = f"The model `{model}` does not exist or you do not have access to it."
     cls = UpstreamError if out_status >= 500 else GatewayError
-    return cls(message, status_code=out_status, type=type_, code=code)
+    err = cls(message, status_code=out_status, type=type_, code=code)
+    if status in _PASSES_RETRY_AFTER:
+        err.retry_after = retry_after
+    return err

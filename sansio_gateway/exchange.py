@@ -159,7 +159,9 @@ class Exchange:
         decl, self.identity = gateway.authorize(request.method, request.path, request.headers)
         if self.identity is not ANONYMOUS:
             request = replace(request, identity=self.identity)
-        context = self._context = gateway.flow_context(self.request_id, now, self.identity)
+        context = self._context = gateway.flow_context(
+            self.request_id, now, self.identity, decl.forwarded(request.headers)
+        )
         self.route = decl
         if decl.parse is None:
             assert decl.local is not None
@@ -230,7 +232,8 @@ class Exchange:
         """Plan the current target and ask for it to be sent."""
         decl, model = self.route, self.model
         assert decl is not None and self._context is not None and model is not None
-        self._attempts, delay, free = self._attempts.choose(self._breakers, now, delay)
+        here = self.gateway.answered_here(decl.name)  # no breaker stops an estimate
+        self._attempts, delay, free = self._attempts.choose(self._breakers, now, delay, here)
         route = self._attempts.current
         self.backend = route.backend
         if not free:
@@ -243,6 +246,7 @@ class Exchange:
         context, parsed = self._context, self._request
         self.flow, plan = plan_attempt(make, context, parsed, model, route, backend, decl.name)
         if isinstance(plan, LocalAnswer):
+            self._limits.settle(0)  # nothing reached a backend: refund an admission
             return self._local(plan)
         self._answer = AttemptAnswer.of(plan)
         self._attempts = self._attempts.sent(stream=plan.stream is not None)
@@ -294,7 +298,8 @@ class Exchange:
         again = self._try_again(now, status=self._answer.status, error=None)
         if again is not None:
             return again
-        return self._fail(self._answer.error(model=self.model), now, outcome="upstream_error")
+        err = self._answer.error(model=self.model, retry_after=self._attempts.retry_after)
+        return self._fail(err, now, outcome="upstream_error")
 
     def _on_stream_chunk(self, result: UpstreamChunkReceived, now: float) -> Step:
         stream = self._answer.stream

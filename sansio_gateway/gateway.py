@@ -82,6 +82,7 @@ class Gateway:
             cooldown=config.server.breaker_cooldown,
         )
         self._upstream_headers = {b.name: self._static_headers(b) for b in config.backends}
+        self._answered_here: dict[str, frozenset[str]] = {}  # per route name
         # Which process this is and which config it runs, as the adapter
         # says (pid, worker, config generation): /status shows it to admins.
         self.process: Mapping[str, object] = {}
@@ -196,8 +197,11 @@ class Gateway:
     def exchange(self, request_id: str) -> Exchange:
         return Exchange(self, request_id=request_id)
 
-    def flow_context(self, request_id: str, now: float, identity: Identity) -> FlowContext:
-        """All that the flows of one request see of the Gateway (flows/context.py)."""
+    def flow_context(
+        self, request_id: str, now: float, identity: Identity, forwarded: Headers = ()
+    ) -> FlowContext:
+        """All that the flows of one request see of the Gateway (flows/context.py),
+        with the client's headers its route ``forwarded`` (routes.py)."""
         server = self.config.server
         return FlowContext(
             request_id=request_id,
@@ -211,11 +215,23 @@ class Gateway:
             circuit=self.health.state,
             store_status=self.store_status,
             process=self.process,
+            forwarded=forwarded,
         )
 
     def flow_for(self, kind: str, route: str) -> FlowConstructor | None:
         """The registry's flow constructor for ``route`` on a backend of ``kind``."""
         return self.registry.flow(kind, route)
+
+    def answered_here(self, route: str) -> frozenset[str]:
+        """The backends for which the gateway answers ``route`` itself,
+        without calling them (``Registry.answers_itself``): their breakers
+        do not matter to it."""
+        found = self._answered_here.get(route)
+        if found is None:
+            found = self._answered_here[route] = frozenset(
+                b.name for b in self.config.backends if self.registry.answers_itself(b.kind, route)
+            )
+        return found
 
     def upstream_headers(self, backend: str, request_id: str) -> Headers:
         return self._upstream_headers[backend] + ((b"x-request-id", request_id.encode("ascii")),)

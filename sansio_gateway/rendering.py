@@ -16,7 +16,6 @@ from .errors import (
     GatewayError,
     MethodNotAllowed,
     NotFound,
-    ServiceUnavailable,
     render_ollama_error,
     render_openai_error,
 )
@@ -24,15 +23,19 @@ from .http import Headers, Surface, header_value
 from .wire.anthropic import anthropic_status_and_type, render_anthropic_error
 
 __all__ = [
+    "MAX_RETRY_AFTER",
     "error_response",
     "model_not_found",
     "render_error",
     "request_id_from",
+    "retry_after_seconds",
     "whole_response",
 ]
 
 _JSON: Headers = ((b"content-type", b"application/json"),)
 _MAX_REQUEST_ID = 128
+# The longest Retry-After passed on to a client (seconds).
+MAX_RETRY_AFTER = 3600
 
 
 def render_error(surface: Surface, err: GatewayError) -> tuple[int, bytes]:
@@ -49,10 +52,18 @@ def error_response(surface: Surface, err: GatewayError) -> tuple[int, Headers, b
     headers = _JSON
     if isinstance(err, MethodNotAllowed):
         headers = (*headers, (b"allow", err.allow.encode("ascii")))
-    if isinstance(err, ServiceUnavailable) and err.retry_after is not None:
-        seconds = max(1, math.ceil(err.retry_after))  # whole seconds, rounded up
-        headers = (*headers, (b"retry-after", str(seconds).encode("ascii")))
+    if err.retry_after is not None:
+        headers = (*headers, (b"retry-after", str(retry_after_seconds(err.retry_after)).encode()))
     return status, headers, body
+
+
+def retry_after_seconds(seconds: float) -> int:
+    """A Retry-After in whole seconds, rounded up, at least 1 and at most
+    ``MAX_RETRY_AFTER``: a backend's value is passed on, but a client is
+    never told to wait longer than an hour (or 0 s, a busy loop)."""
+    if not seconds < MAX_RETRY_AFTER:  # NaN included
+        return MAX_RETRY_AFTER
+    return max(1, math.ceil(seconds)) if seconds > 0 else 1
 
 
 def model_not_found(surface: Surface, model: str) -> NotFound:

@@ -15,8 +15,12 @@ either
   (backends/registry.py), or from the route's own ``flow``; or
 * a **local** flow factory: the gateway answers from its own state.
 
-and whether rate limits charge it and whether it generates output tokens
-(docs/rate-limiting.md, "What is charged").  :class:`RouteTable` matches a
+whether rate limits charge it, whether it generates output tokens and
+whether it uses tokens at all (docs/rate-limiting.md, "What is charged";
+a token count uses none: "Token counts"), and which of the client's
+request headers its flows see (``forwards``: Anthropic's ``anthropic-beta``
+and ``anthropic-version``, which a same-dialect backend needs; the
+Exchange passes them on without knowing their names).  :class:`RouteTable` matches a
 request's method and path to its declaration: an unknown path is a 404
 and a known path with the wrong method a 405, both rendered in the
 surface's error form by the Exchange (which learns the surface from
@@ -33,7 +37,7 @@ from typing import Any, Protocol
 from .backends.catalogue import Catalogue
 from .errors import MethodNotAllowed, NotFound
 from .flows.context import FlowConstructor, LocalFlowFactory
-from .http import Surface
+from .http import Headers, Surface
 from .local.gateway import (
     AdminUsage,
     Health,
@@ -68,6 +72,7 @@ from .wire.openai_completions import parse_completion_request
 from .wire.openai_embeddings import parse_embeddings_request
 
 __all__ = [
+    "ANTHROPIC_HEADERS",
     "DEFAULT_ROUTES",
     "LIMITED_ROUTES",
     "Access",
@@ -101,6 +106,16 @@ def _as_asked(catalogue: Catalogue, requested: str) -> str:
     return requested
 
 
+# A forwarded header value longer than this is dropped (a beta list is a
+# few hundred bytes; a backend would refuse a huge one anyway).
+MAX_FORWARDED_VALUE = 2048
+
+
+def _forwardable(value: bytes) -> bool:
+    # Visible ASCII and spaces only: the value goes into an upstream request.
+    return len(value) <= MAX_FORWARDED_VALUE and all(0x20 <= byte <= 0x7E for byte in value)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RouteDecl:
     """One route.  Exactly one of ``parse`` and ``local`` is set."""
@@ -121,10 +136,29 @@ class RouteDecl:
     local: LocalFlowFactory | None = None
     limited: bool = False  # rate limits charge it
     generates: bool = False  # it generates output tokens (charged up to a cap)
+    # False for a token count: it is charged as one request and no tokens,
+    # the usage ledger keeps no row of it and the metrics observe no time
+    # to first token (docs/rate-limiting.md, "Token counts").
+    uses_tokens: bool = True
+    # The client's request headers (lower-case names) its flows receive
+    # (FlowContext.forwarded); a same-dialect flow sends them on.
+    forwards: tuple[bytes, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.parse is None) == (self.local is None):
             raise ValueError(f"route {self.name}: exactly one of parse and local")
+        if self.generates and not self.uses_tokens:
+            raise ValueError(f"route {self.name}: a route that generates uses tokens")
+
+    def forwarded(self, headers: Headers) -> Headers:
+        """The client's ``headers`` this route forwards, in the order sent
+        (a value that is not visible ASCII, or too long, is dropped)."""
+        if not self.forwards:
+            return ()
+        picked = ((name.lower(), value) for name, value in headers)
+        return tuple(
+            (name, value) for name, value in picked if name in self.forwards and _forwardable(value)
+        )
 
 
 def surface_of(path: str) -> Surface:
@@ -247,6 +281,11 @@ def _manage(methods: tuple[str, ...], path: str) -> RouteDecl:
     )
 
 
+# The client's headers an Anthropic-compatible backend reads: the betas it
+# asked for and the API version it speaks (docs/anthropic-compatibility.md,
+# "Headers").
+ANTHROPIC_HEADERS = (b"anthropic-beta", b"anthropic-version")
+
 # Model lists, /api/show, pulls and the gateway's own endpoints are not
 # charged; embeddings are charged for their input only.
 DEFAULT_ROUTES: tuple[RouteDecl, ...] = (
@@ -259,14 +298,27 @@ DEFAULT_ROUTES: tuple[RouteDecl, ...] = (
     _gateway("models.retrieve", "/v1/models/*", OpenAIModelRetrieve),
     # -- Anthropic (docs/anthropic-compatibility.md); count_tokens is
     # model-addressed (an unknown model refreshes the catalogue, an
-    # Anthropic backend counts itself) and generates nothing, so it is not charged.
-    _openai("anthropic.messages", "/v1/messages", parse_messages_route, generates=True),
+    # Anthropic backend counts itself) and uses no tokens: one request to
+    # the limits, no ledger row (docs/rate-limiting.md, "Token counts").
+    RouteDecl(
+        name="anthropic.messages",
+        methods=("POST",),
+        path="/v1/messages",
+        surface=Surface.ANTHROPIC,
+        parse=parse_messages_route,
+        limited=True,
+        generates=True,
+        forwards=ANTHROPIC_HEADERS,
+    ),
     RouteDecl(
         name="anthropic.count_tokens",
         methods=("POST",),
         path="/v1/messages/count_tokens",
         surface=Surface.ANTHROPIC,
         parse=parse_count_tokens_route,
+        limited=True,
+        uses_tokens=False,
+        forwards=ANTHROPIC_HEADERS,
     ),
     # -- the gateway's own
     _gateway("health", "/health", Health, access=Access.PUBLIC),
@@ -326,8 +378,10 @@ DEFAULT_ROUTES: tuple[RouteDecl, ...] = (
     _manage(("POST", "HEAD"), "/api/blobs/*"),
 )
 
-# Route name -> whether it generates, for the routes rate limits charge.
-LIMITED_ROUTES: dict[str, bool] = {r.name: r.generates for r in DEFAULT_ROUTES if r.limited}
+# Route name -> whether it generates, for the routes rate limits charge tokens.
+LIMITED_ROUTES: dict[str, bool] = {
+    r.name: r.generates for r in DEFAULT_ROUTES if r.limited and r.uses_tokens
+}
 
 
 def default_route_table() -> RouteTable:

@@ -135,6 +135,7 @@ class ScriptedReply:
     error_status: int | None = None
     error_message: str = "The server had an error while processing your request."
     error_type: str = "server_error"
+    error_retry_after: int | None = None  # seconds, sent as retry-after with error_status
     error_after_chunks: int | None = None
     die_after_chunks: int | None = None
     delay_between_chunks: float = 0.0  # seconds between a stream's events
@@ -550,7 +551,11 @@ class OpenAIEmulator:
 
     def _scripted_error(self, reply: ScriptedReply) -> None:
         if reply.error_status is not None:
-            raise _Reject(_error(reply.error_status, reply.error_message, type_=reply.error_type))
+            plan = _error(reply.error_status, reply.error_message, type_=reply.error_type)
+            if reply.error_retry_after is not None:
+                wait = (b"retry-after", b"%d" % reply.error_retry_after)
+                plan = _Plan(plan.status, (*plan.headers, wait), plan.parts)
+            raise _Reject(plan)
 
     # ----------------------------------------------------------------- chat
 

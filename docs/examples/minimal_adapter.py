@@ -218,8 +218,10 @@ class MinimalAdapter:
                 return await drained(writer)
             case SendUpstream():
                 await self.proxy(exchange, action, writer)
-            case RecordUsage(record=record):
+            case RecordUsage(record=record, ledger=True):
                 print("usage", json.dumps(asdict(record)), flush=True)
+            case RecordUsage():
+                pass  # a token count: nothing used, no ledger row (docs/rate-limiting.md)
             case CheckLimits():
                 decision = self.limits.admit(
                     action.key, action.specs, int(now * 1e6), action.costs, action.request_id

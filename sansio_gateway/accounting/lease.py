@@ -117,9 +117,14 @@ def lease_for(
     key: str,
     request_id: str,
     default_output_cap: int,
+    uses_tokens: bool = True,
 ) -> LimitLease:
     """The lease to ask for: an upper-bound estimate of what the request
-    costs (accounting/admission.py), fitted under the token limits."""
+    costs (accounting/admission.py), fitted under the token limits.  A
+    route that uses no tokens (a token count) costs one request and no
+    tokens."""
+    if not uses_tokens:
+        return LimitLease(key=key, specs=specs, request_id=request_id, estimate=0, route=route)
     ceiling = token_ceiling(specs)
     estimate = fitted_cap(
         request_charge(

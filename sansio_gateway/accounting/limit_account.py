@@ -51,6 +51,8 @@ class LimitedRoute(Protocol):
     def limited(self) -> bool: ...
     @property
     def generates(self) -> bool: ...
+    @property
+    def uses_tokens(self) -> bool: ...
 
 
 class Used(Protocol):
@@ -93,12 +95,15 @@ class LimitAccount:
         if not gateway.limits_on or not route.limited:
             return None
         specs = gateway.limit_specs(key, target)
+        if not route.uses_tokens:
+            specs = specs.requests_only()  # docs/rate-limiting.md, "Token counts"
         if specs.empty:
             return None
         self.lease = lease_for(
             decoded=decoded,
             route=route.name,
             generates=route.generates,
+            uses_tokens=route.uses_tokens,
             specs=specs,
             key=key,
             request_id=self.request_id,

@@ -58,11 +58,15 @@ class RequestFacts:
     started_at: float
     first_byte_at: float | None
     attempts: int
+    # False on a token count (routes.py): no ledger row, no time to first token.
+    uses_tokens: bool = True
 
 
 class _Named(Protocol):
     @property
     def name(self) -> str: ...
+    @property
+    def uses_tokens(self) -> bool: ...
 
 
 class Reported(Protocol):
@@ -105,11 +109,15 @@ def facts_of(exchange: Reported, *, request_id: str, attempts: int) -> RequestFa
         started_at=exchange.started_at,
         first_byte_at=exchange.first_byte_at,
         attempts=attempts,
+        uses_tokens=route.uses_tokens if route is not None else True,
     )
 
 
 def _ttft(facts: RequestFacts) -> float | None:
-    return None if facts.first_byte_at is None else facts.first_byte_at - facts.started_at
+    # A token count's answer holds no token: its latency is all there is.
+    if facts.first_byte_at is None or not facts.uses_tokens:
+        return None
+    return facts.first_byte_at - facts.started_at
 
 
 def usage_record(
@@ -134,7 +142,8 @@ def usage_record(
             outcome=outcome,
             usage_reported=reported,
             attempts=facts.attempts,
-        )
+        ),
+        ledger=facts.uses_tokens,
     )
 
 

@@ -50,13 +50,21 @@ class Attempts:
         return self.targets[self.index]
 
     def choose(
-        self, breakers: BreakerPreview, now: float, delay: float
+        self,
+        breakers: BreakerPreview,
+        now: float,
+        delay: float,
+        answered_here: frozenset[str] = frozenset(),
     ) -> tuple[Attempts, float, bool]:
         """The attempts at the first target from here whose breaker lets a
         request through, the delay to use, and whether one does (when none
-        does, the attempts stand at the last target)."""
+        does, the attempts stand at the last target).  A target on a backend
+        in ``answered_here`` is answered by the gateway itself (an estimate):
+        it needs no breaker's leave, and asking would count an attempt."""
         attempts = self
-        while not breakers.may_send(attempts.current.backend, now + delay):
+        while attempts.current.backend not in answered_here and not breakers.may_send(
+            attempts.current.backend, now + delay
+        ):
             if attempts.index + 1 >= len(attempts.targets):
                 return attempts, delay, False
             attempts = replace(attempts, index=attempts.index + 1, retries_on_target=0)

@@ -113,6 +113,13 @@ class Registry:
             return None
         return found.flows.get(route) or self._any_kind.get(route)
 
+    def answers_itself(self, kind: str, route: str) -> bool:
+        """Does the gateway serve ``route`` for a backend of ``kind`` without
+        calling it (the kind has no flow of its own; an any-kind flow, such
+        as the ``count_tokens`` estimate, answers)?"""
+        found = self._kinds.get(kind)
+        return found is not None and route not in found.flows and route in self._any_kind
+
     def names(self) -> list[str]:
         return sorted(self._kinds)
 

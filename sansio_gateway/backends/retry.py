@@ -22,6 +22,7 @@ backend's ``Retry-After`` is honoured when it is longer, up to the cap.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..errors import GatewayError, UpstreamTimeout
@@ -102,4 +103,5 @@ def parse_retry_after(value: bytes | None) -> float | None:
         seconds = float(value.decode("ascii").strip())
     except (UnicodeDecodeError, ValueError):
         return None
-    return seconds if seconds >= 0 else None
+    # "inf" and "1e999" parse too: not a wait anyone can keep.
+    return seconds if 0 <= seconds < math.inf else None

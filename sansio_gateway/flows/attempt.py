@@ -95,9 +95,11 @@ class AttemptAnswer:
         assert self.whole is not None
         return self.whole.complete(bytes(self._body))
 
-    def error(self, *, model: str | None) -> GatewayError:
-        """The error to report for the error answer collected."""
-        return error_from_upstream(self.status, bytes(self._body), model=model)
+    def error(self, *, model: str | None, retry_after: float | None = None) -> GatewayError:
+        """The error to report for the error answer collected (with the
+        backend's Retry-After, in seconds, when it gave one)."""
+        body = bytes(self._body)
+        return error_from_upstream(self.status, body, model=model, retry_after=retry_after)
 
     @property
     def usage(self) -> TokenUsage | None:

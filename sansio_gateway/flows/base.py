@@ -130,6 +130,10 @@ class UpstreamCall:
     body: bytes
     whole: WholeAnswer | None = None
     stream: StreamAnswer | None = None
+    # The flow's own request headers (the client's forwarded ones): each
+    # name given here replaces the gateway's headers of that name (a
+    # client's ``anthropic-version`` the backend kind's default).
+    headers: Headers = ()
 
     def __post_init__(self) -> None:
         if (self.whole is None) == (self.stream is None):
@@ -141,6 +145,9 @@ class UpstreamCall:
         """The action that sends this call to ``backend``; ``body`` is this
         call's body as the request's limit lease capped it."""
         url = backend.url + self.path
+        if self.headers:
+            names = {name for name, _ in self.headers}
+            headers = (*(h for h in headers if h[0] not in names), *self.headers)
         return SendUpstream(
             backend=backend.name,
             method=self.method,

@@ -21,7 +21,7 @@ from typing import Any
 from ..backends.catalogue import Catalogue
 from ..backends.health import BackendStatus, StoreStatus
 from ..config import BackendConfig
-from ..http import IncomingRequest
+from ..http import Headers, IncomingRequest
 from ..identity import Identity
 from ..limits.breaker import BreakerState
 from .base import Flow
@@ -46,6 +46,9 @@ class FlowContext:
     # Which process answers and which config it runs (pid, worker, config
     # generation), as the adapter reports it: shown to admin keys on /status.
     process: Mapping[str, object] = field(default_factory=dict)
+    # The client's request headers the route forwards (routes.py,
+    # ``RouteDecl.forwards``), as sent: a same-dialect flow passes them on.
+    forwarded: Headers = ()
 
 
 # (context, typed request, catalogue model name) -> the flow serving a

@@ -190,6 +190,14 @@ class LimitSpecs:
     def empty(self) -> bool:
         return not self.rates and self.tokens_per_day is None and self.concurrent_requests is None
 
+    def requests_only(self) -> LimitSpecs:
+        """These limits without the token ones, for a request that uses no
+        tokens (a token count): a user over a token budget may still count."""
+        rates = tuple(r for r in self.rates if r.unit is Unit.REQUESTS)
+        if rates == self.rates and self.tokens_per_day is None:
+            return self
+        return replace(self, rates=rates, tokens_per_day=None)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Costs:

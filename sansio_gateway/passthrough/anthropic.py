@@ -6,8 +6,11 @@ forward the client's body (as decoded on arrival, after the strict parse
 every backend kind shares) with only ``model`` rewritten to the backend's
 name for it, and put the client's name back in the answer.  The backend's
 headers (``x-api-key``, ``anthropic-version``) come from the registry's
-kind (backends/registry.py); an error answer is mapped like any backend's
-and rendered in Anthropic's envelope by the Exchange.
+kind (backends/registry.py); the client's ``anthropic-beta`` and
+``anthropic-version``, which the route forwards (routes.py), go with them,
+the client's version replacing the kind's default.  An error answer is
+mapped like any backend's and rendered in Anthropic's envelope by the
+Exchange.
 
 Usage is read where Anthropic reports it: a whole message's ``usage``; in a
 stream, ``message_start``'s ``message.usage`` (the input side, cache reads
@@ -80,6 +83,7 @@ class AnthropicPassthroughFlow:
     ) -> None:
         self._model = model
         self._data = request.native
+        self._headers = context.forwarded
         if isinstance(request, CountTokensRequest):
             self._path, self._stream, self._size = "/messages/count_tokens", False, request.size
         else:
@@ -93,7 +97,9 @@ class AnthropicPassthroughFlow:
         body = {**self._data, "model": route.target}
         encoded = orjson.dumps(body)
         if not self._stream:
-            return UpstreamCall(method="POST", path=self._path, body=encoded, whole=self)
+            return UpstreamCall(
+                method="POST", path=self._path, body=encoded, whole=self, headers=self._headers
+            )
         stream = TranslatedStream(
             decoder=SSEDecoder(),
             records=MessageEvents(self._model),
@@ -101,7 +107,9 @@ class AnthropicPassthroughFlow:
             headers=SSE_HEADERS,
             prompt_bytes=self._size,
         )
-        return UpstreamCall(method="POST", path=self._path, body=encoded, stream=stream)
+        return UpstreamCall(
+            method="POST", path=self._path, body=encoded, stream=stream, headers=self._headers
+        )
 
     # ---- whole answers ---------------------------------------------------
 

@@ -43,6 +43,7 @@ class Decl:
     name: str = "chat.completions"
     limited: bool = True
     generates: bool = True
+    uses_tokens: bool = True
 
 
 @dataclass

@@ -177,3 +177,17 @@ def test_lease_ttl_outlives_the_longest_timeout() -> None:
 def test_costs_are_clamped() -> None:
     assert Costs(tokens=-5, requests=0).clamped() == Costs(tokens=0, requests=0)
     assert Costs(tokens=10**18).clamped().tokens == 150_000_000
+
+
+def test_requests_only_keeps_the_request_limits_of_a_token_count() -> None:
+    specs = build_specs(_limits(), "alice", "gpt-4o-mini")
+    counted = specs.requests_only()
+    assert counted.rates == tuple(r for r in specs.rates if r.unit is Unit.REQUESTS)
+    assert counted.rates and all(r.unit is Unit.REQUESTS for r in counted.rates)
+    assert counted.tokens_per_day is None
+    assert counted.concurrent_requests == specs.concurrent_requests
+    assert counted.lease_ttl_us == specs.lease_ttl_us
+    # Nothing to drop: the same specs; only token limits: none at all.
+    assert counted.requests_only() is counted
+    tokens = build_specs(LimitsConfig(tokens_per_minute=600, tokens_per_day=10), "u", "m")
+    assert tokens.requests_only().empty

@@ -14,6 +14,7 @@ from sansio_gateway.identity import ANONYMOUS, Identity
 @dataclass
 class Decl:
     name: str
+    uses_tokens: bool = True
 
 
 @dataclass

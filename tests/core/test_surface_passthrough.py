@@ -19,6 +19,9 @@ from sansio_gateway.accounting.admission import write_output_cap
 from sansio_gateway.accounting.usage import TokenUsage
 from sansio_gateway.actions import (
     CatalogueRefreshed,
+    CheckLimits,
+    CountBackendAttempt,
+    RecordUsage,
     RefreshCatalogue,
     SendUpstream,
     UpstreamChunkReceived,
@@ -32,6 +35,9 @@ from sansio_gateway.flows.base import LocalAnswer, UpstreamCall
 from sansio_gateway.gateway import Gateway
 from sansio_gateway.http import IncomingRequest
 from sansio_gateway.identity import ANONYMOUS
+from sansio_gateway.limits import MemoryLimitStore
+from sansio_gateway.limits.breaker import BreakerState
+from sansio_gateway.limits.specs import Unit
 from sansio_gateway.over_chat.flows import OpenAIResponsesFlow
 from sansio_gateway.over_chat.requests import (
     parse_count_tokens_route,
@@ -156,8 +162,8 @@ def anthropic_stream() -> Any:
     request = parse_messages_route(
         orjson.dumps({"model": "sonnet", "max_tokens": 9, "messages": HI, "stream": True})
     )
-    flow = AnthropicPassthroughFlow(None, request, "sonnet")  # type: ignore[arg-type]
     gw = gateway()
+    flow = AnthropicPassthroughFlow(gw.flow_context("r1", NOW, ANONYMOUS), request, "sonnet")
     route = gw.catalogue.resolve("sonnet")
     plan = flow.plan(route, gw.config.backend("claude"))
     assert isinstance(plan, UpstreamCall) and plan.stream is not None
@@ -459,3 +465,205 @@ def test_local_count_flow_answers_locally() -> None:
     request = parse_count_tokens_route(orjson.dumps({"model": "m", "messages": HI}))
     plan = CountTokensEstimate(None, request, "m").plan(None, None)  # type: ignore[arg-type]
     assert isinstance(plan, LocalAnswer) and orjson.loads(plan.body)["input_tokens"] > 0
+
+
+# -- the client's anthropic-beta and anthropic-version (routes.py, RouteDecl.forwards) ----
+
+BETA = b"interleaved-thinking-2025-05-14,fine-grained-tool-streaming-2025-05-14"
+CLIENT_HEADERS = (
+    (b"x-api-key", b"sk-client-gateway-key"),
+    (b"anthropic-version", b"2023-01-01"),
+    (b"anthropic-beta", BETA),
+    (b"Anthropic-Beta", b"token-counting-2024-11-01"),
+    (b"x-stainless-lang", b"python"),
+)
+
+
+def upstream_headers(d: ExchangeDriver) -> list[tuple[bytes, bytes]]:
+    [call] = d.seen.upstream
+    return list(call.headers)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (MESSAGES, {"model": "sonnet", "max_tokens": 50, "messages": HI}),
+        (MESSAGES, {"model": "sonnet", "max_tokens": 50, "messages": HI, "stream": True}),
+        (COUNT, {"model": "sonnet", "messages": HI}),
+    ],
+)
+def test_the_clients_betas_and_version_reach_an_anthropic_backend(
+    path: str, body: dict[str, Any]
+) -> None:
+    d = ExchangeDriver(gateway())
+    d.start("POST", path, body, headers=CLIENT_HEADERS)
+    headers = upstream_headers(d)
+    # Both beta headers, in the client's order; the client's version replaces
+    # the kind's default (one header, never two).
+    assert [v for n, v in headers if n == b"anthropic-beta"] == [BETA, b"token-counting-2024-11-01"]
+    assert [v for n, v in headers if n == b"anthropic-version"] == [b"2023-01-01"]
+    # Only what the route declares: the client's own key and other headers stay here.
+    assert [v for n, v in headers if n == b"x-api-key"] == [b"sk-ant-1"]
+    assert b"x-stainless-lang" not in dict(headers)
+
+
+def test_without_the_clients_version_the_backend_gets_the_kinds_default() -> None:
+    d = ExchangeDriver(gateway())
+    body = {"model": "sonnet", "max_tokens": 50, "messages": HI}
+    d.start("POST", MESSAGES, body, headers=((b"anthropic-beta", BETA),))
+    headers = upstream_headers(d)
+    assert [v for n, v in headers if n == b"anthropic-version"] == [b"2023-06-01"]
+    assert [v for n, v in headers if n == b"anthropic-beta"] == [BETA]
+
+
+@pytest.mark.parametrize("model", ["llama", "plain"])
+def test_a_chat_backend_ignores_the_betas(model: str) -> None:
+    # Claude Code sends betas on every request: a translated model serves it
+    # (what a beta unlocks in the body is refused by the strict parse anyway).
+    d = ExchangeDriver(gateway())
+    d.start(
+        "POST", MESSAGES, {"model": model, "max_tokens": 50, "messages": HI}, headers=CLIENT_HEADERS
+    )
+    names = {n for n, _ in upstream_headers(d)}
+    assert not names & {b"anthropic-beta", b"anthropic-version", b"x-api-key"}
+
+
+def test_a_forwarded_value_must_be_short_visible_ascii() -> None:
+    decl = gateway().routes.match("POST", MESSAGES)
+    assert decl.forwards == (b"anthropic-beta", b"anthropic-version")
+    sent_by_client = (
+        (b"anthropic-beta", b"ok-1"),
+        (b"anthropic-beta", "caf\u00e9".encode()),
+        (b"anthropic-beta", b"x" * 4096),
+        (b"anthropic-beta", b"a\tb"),
+        (b"ANTHROPIC-VERSION", b"2023-06-01"),
+    )
+    assert decl.forwarded(sent_by_client) == (
+        (b"anthropic-beta", b"ok-1"),
+        (b"anthropic-version", b"2023-06-01"),
+    )
+    chat = gateway().routes.match("POST", "/v1/chat/completions")
+    assert chat.forwarded(sent_by_client) == ()
+
+
+# -- a token count is not a generation (docs/rate-limiting.md, "Token counts") --------------
+
+
+def records(d: ExchangeDriver) -> list[RecordUsage]:
+    return [a for a in d.seen.actions if isinstance(a, RecordUsage)]
+
+
+def test_a_count_at_an_anthropic_backend_keeps_no_ledger_row_and_no_ttft() -> None:
+    d = ExchangeDriver(gateway())
+    d.start("POST", COUNT, {"model": "sonnet", "messages": HI})
+    finish_whole(d, b'{"input_tokens": 11}')
+    # Reported (for the trace and the access log), but not a ledger row.
+    [record] = records(d)
+    assert record.ledger is False and record.record.route == "anthropic.count_tokens"
+    summary = d.exchange.summary(d.now)
+    assert summary.route == "anthropic.count_tokens" and summary.backend == "claude"
+    assert summary.ttft is None and summary.latency > 0
+    assert (summary.prompt_tokens, summary.completion_tokens) == (0, 0)
+    # A generation keeps both.
+    g = ExchangeDriver(gateway())
+    g.start("POST", MESSAGES, {"model": "sonnet", "max_tokens": 50, "messages": HI})
+    finish_whole(g, orjson.dumps({**START["message"], "content": []}))  # type: ignore[dict]
+    assert [r.ledger for r in records(g)] == [True]
+    assert g.exchange.summary(g.now).ttft is not None
+
+
+LIMITS = """
+[limits]
+requests_per_minute = 6
+tokens_per_minute = 600
+tokens_per_day = 1000
+concurrent_requests = 2
+"""
+
+
+@pytest.mark.parametrize("model", ["sonnet", "llama"])
+def test_a_count_costs_one_request_and_no_tokens_and_settles(model: str) -> None:
+    store = MemoryLimitStore()
+    d = ExchangeDriver(gateway(LIMITS), limits=store)
+    d.start("POST", COUNT, {"model": model, "messages": HI * 50})
+    [check] = [a for a in d.seen.actions if isinstance(a, CheckLimits)]
+    assert (check.costs.tokens, check.costs.requests) == (0, 1)
+    # Only the request limits: a user over a token budget may still count.
+    assert {r.unit for r in check.specs.rates} == {Unit.REQUESTS}
+    assert check.specs.tokens_per_day is None and check.specs.concurrent_requests == 2
+    if model == "sonnet":
+        finish_whole(d, b'{"input_tokens": 11}')
+    # Answered by the backend or by the estimate, the lease is settled once, at 0.
+    assert d.seen.status == 200
+    [commit] = d.seen.commits
+    assert (commit.estimate, commit.actual) == (0, 0)
+
+
+def test_counts_share_requests_per_minute_with_generations() -> None:
+    gw = gateway("[limits]\nrequests_per_minute = 6\n")  # a burst of one request
+    store = MemoryLimitStore()
+    first = ExchangeDriver(gw, limits=store)
+    first.start("POST", COUNT, {"model": "llama", "messages": HI})
+    assert first.seen.status == 200
+    second = ExchangeDriver(gw, request_id="req2", limits=store)
+    second.start("POST", MESSAGES, {"model": "llama", "max_tokens": 5, "messages": HI})
+    assert second.seen.status == 429 and not second.seen.upstream
+    assert second.seen.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_a_user_past_its_token_budget_may_still_count() -> None:
+    gw = gateway("[limits]\ntokens_per_day = 100\n")
+    store = MemoryLimitStore()
+    big = ExchangeDriver(gw, limits=store)
+    big.start("POST", MESSAGES, {"model": "llama", "max_tokens": 5000, "messages": HI})
+    assert big.seen.status == 429  # too large for the day
+    d = ExchangeDriver(gw, request_id="req2", limits=store)
+    d.start("POST", COUNT, {"model": "llama", "messages": HI})
+    assert d.seen.status == 200 and not d.seen.decisions  # no request limit: no check at all
+
+
+# -- the estimate needs no backend (so no breaker) -------------------------------------------
+
+
+def open_breaker(gw: Gateway, backend: str) -> None:
+    for _ in range(gw.config.server.breaker_failures):
+        gw.health.record(backend, False, NOW)
+    assert gw.health.state(backend) is not BreakerState.CLOSED
+
+
+def test_the_estimate_answers_while_every_breaker_is_open() -> None:
+    gw = gateway()
+    open_breaker(gw, "ol")
+    d = ExchangeDriver(gw)
+    d.start("POST", COUNT, {"model": "llama", "messages": HI}, now=NOW + 1)
+    assert d.seen.status == 200 and d.seen.json()["input_tokens"] > 0
+    assert not [a for a in d.seen.actions if isinstance(a, CountBackendAttempt)]
+    # A generation on the same model still gets Anthropic's overloaded answer.
+    g = ExchangeDriver(gw)
+    g.start("POST", MESSAGES, {"model": "llama", "max_tokens": 5, "messages": HI}, now=NOW + 1)
+    assert g.seen.status == 529 and g.seen.json()["error"]["type"] == "overloaded_error"
+    # So does a count an Anthropic backend would make.
+    open_breaker(gw, "claude")
+    c = ExchangeDriver(gw)
+    c.start("POST", COUNT, {"model": "sonnet", "messages": HI}, now=NOW + 1)
+    assert c.seen.status == 529 and not c.seen.upstream
+
+
+def test_the_estimate_does_not_take_a_half_open_breakers_probe() -> None:
+    gw = gateway()
+    open_breaker(gw, "ol")
+    later = NOW + gw.config.server.breaker_cooldown + 1  # half-open: one probe may go
+    ExchangeDriver(gw).start("POST", COUNT, {"model": "llama", "messages": HI}, now=later)
+    g = ExchangeDriver(gw)
+    g.start("POST", MESSAGES, {"model": "llama", "max_tokens": 5, "messages": HI}, now=later)
+    assert len(g.seen.upstream) == 1  # the probe is still there for a real request
+
+
+def test_the_estimate_is_still_a_404_for_a_model_the_key_may_not_use() -> None:
+    keys = '[[auth.keys]]\nid = "k"\nuser = "u"\nkey_env = "K"\nmodels = ["sonnet"]\n'
+    gw = Gateway(make_config(TOML + keys, ANTHROPIC_KEY="sk-ant-1", K="sk-test-key-0123456789"))
+    open_breaker(gw, "ol")
+    d = ExchangeDriver(gw)
+    auth = ((b"x-api-key", b"sk-test-key-0123456789"),)
+    d.start("POST", COUNT, {"model": "llama", "messages": HI}, now=NOW + 1, headers=auth)
+    assert d.seen.status == 404 and d.seen.json()["error"]["type"] == "not_found_error"

@@ -172,6 +172,26 @@ def test_messages_create_with_system_blocks(
         assert sent["max_tokens"] == 200 and sent["model"] == model
 
 
+def test_claude_codes_betas_are_ignored_by_a_chat_backend(
+    claude: anthropic.Anthropic, model: str, kind: str, script: Script, backend: OpenAIEmulator
+) -> None:
+    # Claude Code sends betas on every request; a translated model serves it
+    # (docs/anthropic-compatibility.md, "Headers"), and nothing Anthropic's
+    # reaches a chat backend.
+    betas: Any = ["claude-code-20250219", "interleaved-thinking-2025-05-14"]
+    message = claude.beta.messages.create(
+        model=model, max_tokens=50, messages=[{"role": "user", "content": "Say hello"}], betas=betas
+    )
+    assert message.content[0].text == HELLO  # type: ignore[union-attr]
+    counted = claude.beta.messages.count_tokens(
+        model=model, messages=[{"role": "user", "content": "Say hello"}], betas=betas
+    )
+    assert counted.input_tokens > 0
+    if kind == "openai":
+        sent = backend.last_request("/v1/chat/completions").headers
+        assert not {"anthropic-beta", "anthropic-version", "x-api-key"} & set(sent)
+
+
 def test_messages_stream_text(claude: anthropic.Anthropic, model: str, script: Script) -> None:
     with claude.messages.stream(
         model=model, max_tokens=200, messages=[{"role": "user", "content": "Say hello"}]

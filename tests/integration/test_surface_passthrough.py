@@ -174,7 +174,8 @@ def test_messages_pass_through_with_the_model_rewritten(
     assert message.usage.input_tokens == 26 and message.stop_reason == "end_turn"
     sent = claude_backend.last_request("/v1/messages")
     assert sent.headers["x-api-key"] == UPSTREAM_KEY
-    assert sent.headers["anthropic-version"] == "2023-06-01"
+    # The version the SDK speaks, forwarded (the kind's default only when none).
+    assert sent.headers["anthropic-version"] == claude.default_headers["anthropic-version"]
     assert "authorization" not in sent.headers
     assert sent.json == {
         "model": CLAUDE_TARGET,
@@ -280,6 +281,58 @@ def test_count_tokens_is_the_backends_count(
     assert claude_backend.last_request("/v1/messages/count_tokens").json["model"] == CLAUDE_TARGET
 
 
+def test_the_clients_betas_and_version_reach_the_backend(
+    gateway: RunningGateway,
+    claude: anthropic.Anthropic,
+    claude_backend: AnthropicEmulator,
+    replies: dict[str, Any],
+) -> None:
+    # The SDK's beta namespace, as Claude Code uses it: ``?beta=true`` and
+    # an anthropic-beta header, on messages and on count_tokens.
+    betas: Any = ["interleaved-thinking-2025-05-14", "token-efficient-tools-2025-02-19"]
+    message = claude.beta.messages.create(model=CLAUDE, max_tokens=10, messages=HI, betas=betas)
+    assert message.model == CLAUDE
+    sent = claude_backend.last_request("/v1/messages")
+    assert sent.headers["anthropic-beta"] == ",".join(betas)
+    assert sent.headers["anthropic-version"] == claude.default_headers["anthropic-version"]
+    assert sent.headers["x-api-key"] == UPSTREAM_KEY  # never the client's key
+    claude.beta.messages.count_tokens(model=CLAUDE, messages=HI, betas=betas)
+    counted = claude_backend.last_request("/v1/messages/count_tokens")
+    assert set(betas) <= set(counted.headers["anthropic-beta"].split(","))  # the SDK adds its own
+    # A client naming no version: the backend gets the kind's default.
+    raw = httpx.post(
+        gateway.url + "/v1/messages",
+        headers={"x-api-key": KEY},
+        json={"model": CLAUDE, "max_tokens": 10, "messages": HI},
+    )
+    assert raw.status_code == 200
+    assert claude_backend.last_request("/v1/messages").headers["anthropic-version"] == "2023-06-01"
+
+
+def test_a_count_is_no_generation_in_the_ledger_or_the_metrics(
+    gateway: RunningGateway, claude: anthropic.Anthropic, replies: dict[str, Any]
+) -> None:
+    before = len(gateway.ledger.records)
+    claude.messages.count_tokens(model=CLAUDE, messages=HI)
+    claude.messages.create(model=CLAUDE, max_tokens=10, messages=HI)
+    # Records are written in order: the generation's is there, and the count left none.
+    record = _last_record(gateway, before)
+    assert record.route == "anthropic.messages"
+    assert [r.route for r in list(gateway.ledger.records)[before:]] == ["anthropic.messages"]
+    text = httpx.get(gateway.url + "/metrics").text
+    requests = [
+        _labels(line) for line in text.splitlines() if line.startswith("gateway_requests_total{")
+    ]
+    counts = {(c["route"], c["backend"], c["status"]) for c in requests}
+    assert ("anthropic.count_tokens", "claude", "200") in counts
+    ttft_routes = {
+        _labels(line)["route"]
+        for line in text.splitlines()
+        if line.startswith("gateway_time_to_first_token_seconds_count{")
+    }
+    assert "anthropic.messages" in ttft_routes and "anthropic.count_tokens" not in ttft_routes
+
+
 def test_backend_errors_arrive_typed_in_anthropics_envelope(
     claude: anthropic.Anthropic, replies: dict[str, Any]
 ) -> None:
@@ -292,6 +345,8 @@ def test_backend_errors_arrive_typed_in_anthropics_envelope(
     with pytest.raises(anthropic.RateLimitError) as limited:
         claude.messages.create(model=CLAUDE, max_tokens=10, messages=HI)
     assert "exceeded" in limited.value.message
+    # The backend's own wait, passed on (the emulator says 7 s).
+    assert limited.value.response.headers["retry-after"] == "7"
     replies["claude"]()
     orphan: Any = [
         {
@@ -475,6 +530,19 @@ def test_responses_limits_are_typed_through_the_openai_sdk(gateway: RunningGatew
 
 
 # -- both, in /metrics and /admin/usage --------------------------------------------------
+
+
+def test_a_backends_429_wait_reaches_the_openai_sdk(
+    client: openai.OpenAI, replies: dict[str, Any]
+) -> None:
+    replies["gpt"](error_status=429, error_message="Rate limit reached", error_retry_after=11)
+    with pytest.raises(openai.RateLimitError) as limited:
+        client.chat.completions.create(model=GPT, messages=HI)
+    assert limited.value.response.headers["retry-after"] == "11"
+    assert limited.value.code == "upstream_rate_limited"
+    with pytest.raises(openai.RateLimitError) as again:
+        client.responses.create(model=GPT, input="Say hello")
+    assert again.value.response.headers["retry-after"] == "11"
 
 
 def test_metrics_and_admin_usage_show_both_passthroughs(
