@@ -91,7 +91,7 @@ class Exchange:
         self._answer = AttemptAnswer()  # the current attempt's
         self._limits = LimitAccount(request_id)
         self._pending: Pending | None = None  # a local route's wait on the adapter
-        self._breakers = BreakerPreview(gateway.health)
+        self._preview: BreakerPreview | None = None  # the current step's, once it reads one
 
     # ---- public API ------------------------------------------------------
 
@@ -131,10 +131,19 @@ class Exchange:
     def response_headers_extra(self) -> Headers:
         return ((b"x-request-id", self.trace_id.encode("ascii")),)
 
+    @property
+    def _breakers(self) -> BreakerPreview:
+        # Built on first use in a step: most steps (every stream chunk)
+        # neither choose a target nor record an outcome.
+        preview = self._preview
+        if preview is None:
+            preview = self._preview = BreakerPreview(self.gateway.health)
+        return preview
+
     def _step(
         self, run: Callable[[], Step], leads_to: frozenset[ExchangeState], what: str, now: float
     ) -> list[Action]:
-        self._breakers = BreakerPreview(self.gateway.health)
+        self._preview = None
         try:
             state, actions = run()
         except GatewayError as err:
@@ -145,8 +154,11 @@ class Exchange:
         self.state = state
         # The shared writes first: the adapter applies them before anything
         # else.  The limits' one commit last, once the step has settled it.
-        owed = self._limits.take() if self._limits.owed is not None else ()
-        return [*self._breakers.events, *actions, *owed]
+        preview = self._preview
+        if preview is None and self._limits.owed is None:
+            return actions  # the per-chunk path: nothing to add
+        events = preview.events if preview is not None else ()
+        return [*events, *actions, *self._limits.take()]
 
     # ---- start -----------------------------------------------------------
 
