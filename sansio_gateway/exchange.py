@@ -260,7 +260,9 @@ class Exchange:
         self._attempts = self._attempts.sent(stream=plan.stream is not None)
         headers = self.gateway.upstream_headers(self.backend, self.trace_id)
         body = self._limits.capped(backend.kind, plan.body)
-        return _S.AWAITING_UPSTREAM, [plan.send(backend, headers=headers, body=body, delay=delay)]
+        why = self._attempts.reason
+        send = plan.send(backend, headers=headers, body=body, delay=delay, reason=why)
+        return _S.AWAITING_UPSTREAM, [send]
 
     def _try_again(
         self, now: float, *, status: int | None, error: GatewayError | None

@@ -251,8 +251,9 @@ class AttemptOutcome:
 
 
 def attempt_span(call: SendUpstream, outcome: AttemptOutcome) -> SpanFacts:
-    """The CLIENT span of one upstream attempt: backend, URL path, status or
-    error, whether another attempt followed, and the delay waited before it.
+    """The CLIENT span of one upstream attempt: backend, URL path, why it
+    was made (first, retry or fallback), status or error, whether another
+    attempt followed, and the delay waited before it.
 
     Named ``"<method> <path>"``; the URL's host and port go in attributes,
     its userinfo and query nowhere.  An error for a failure or a status of
@@ -265,6 +266,7 @@ def attempt_span(call: SendUpstream, outcome: AttemptOutcome) -> SpanFacts:
         ("server.address", url.hostname or ""),
         ("gateway.backend", call.backend),
         ("gateway.attempt", outcome.number),
+        ("gateway.attempt.reason", call.reason),
         ("gateway.attempt.delay", call.delay),
         ("gateway.attempt.retried", outcome.next_call is not None),
     ]

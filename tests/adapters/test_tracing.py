@@ -150,7 +150,9 @@ def test_unsampled_requests_still_propagate_a_traceparent() -> None:
     exporter = InMemorySpanExporter()
     tracing = open_tracing(TracingConfig(enabled=True, sample_ratio=0.0), exporter=exporter)
     trace = tracing.start(IncomingRequest(method="POST", path="/v1/chat/completions"))
-    call = SendUpstream(backend="b", method="POST", url="http://h/api/chat", headers=(), body=b"")
+    call = SendUpstream(
+        backend="b", method="POST", url="http://h/api/chat", headers=(), body=b"", reason="first"
+    )
 
     async def deliver(result: object) -> bool:
         return True
@@ -177,7 +179,9 @@ def test_otel_sdk_disabled_records_nothing_and_passes_the_client_context_on(
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     exporter = InMemorySpanExporter()
     tracing = open_tracing(TracingConfig(enabled=True), exporter=exporter)
-    call = SendUpstream(backend="b", method="POST", url="http://h/api/chat", headers=(), body=b"")
+    call = SendUpstream(
+        backend="b", method="POST", url="http://h/api/chat", headers=(), body=b"", reason="first"
+    )
 
     async def deliver(result: object) -> bool:
         return True

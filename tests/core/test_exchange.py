@@ -580,3 +580,18 @@ def test_a_reused_client_request_id_is_for_tracing_only() -> None:
     assert first.seen.usage[0].request_id == "internal-1"
     assert (b"x-request-id", b"trace-1") in first.seen.upstream[0].headers
     assert first.seen.headers[b"x-request-id"] == b"trace-1"
+
+
+def test_each_upstream_call_says_why_it_is_made() -> None:
+    d = ExchangeDriver(fallback_gateway())
+    d.start("POST", CHAT, chat(model="m"))
+    fail_with(d, 503)
+    fail_with(d, 503)
+    d.handle(UpstreamFailed(error=UpstreamError("refused", code="upstream_unreachable")))
+    calls = [(u.url.split("/")[2], u.reason) for u in d.seen.upstream]
+    assert calls == [
+        ("a.invalid:1", "first"),
+        ("a.invalid:1", "retry"),
+        ("a.invalid:1", "retry"),
+        ("b.invalid:2", "fallback"),
+    ]

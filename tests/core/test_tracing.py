@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sansio_gateway.accounting.report import RequestSummary
-from sansio_gateway.actions import SendUpstream
+from sansio_gateway.actions import AttemptReason, SendUpstream
 from sansio_gateway.http import Headers
 from sansio_gateway.limits import Decision, DenyReason, Fallback, LimitName, Scope
 from sansio_gateway.tracing import (
@@ -302,7 +302,9 @@ def test_limits_span_of_a_store_that_could_not_decide() -> None:
     assert "gateway.limits.retry_after" not in values
 
 
-def _call(backend: str = "local", delay: float = 0.0) -> SendUpstream:
+def _call(
+    backend: str = "local", delay: float = 0.0, reason: AttemptReason = "first"
+) -> SendUpstream:
     return SendUpstream(
         backend=backend,
         method="POST",
@@ -310,13 +312,14 @@ def _call(backend: str = "local", delay: float = 0.0) -> SendUpstream:
         headers=(),
         body=b"",
         delay=delay,
+        reason=reason,
     )
 
 
 def test_attempt_span_answered_and_retried() -> None:
     facts = attempt_span(
-        _call(delay=0.2),
-        AttemptOutcome(number=2, status=503, next_call=_call("other")),
+        _call(delay=0.2, reason="retry"),
+        AttemptOutcome(number=2, status=503, next_call=_call("other", reason="fallback")),
     )
     assert facts.name == "POST /api/chat"
     assert facts.error == "HTTP 503"
@@ -327,6 +330,7 @@ def test_attempt_span_answered_and_retried() -> None:
         "server.port": 11434,
         "gateway.backend": "local",
         "gateway.attempt": 2,
+        "gateway.attempt.reason": "retry",
         "gateway.attempt.delay": 0.2,
         "gateway.attempt.retried": True,
         "gateway.attempt.next_backend": "other",
@@ -338,6 +342,7 @@ def test_attempt_span_answered_and_retried() -> None:
 
 def test_attempt_span_ok() -> None:
     facts = attempt_span(_call(), AttemptOutcome(number=1, status=200))
+    assert dict(facts.attributes)["gateway.attempt.reason"] == "first"
     values = dict(facts.attributes)
     assert facts.error is None and "error.type" not in values
     assert values["gateway.attempt.retried"] is False

@@ -153,6 +153,8 @@ def test_span_tree_of_a_retry_then_a_fallback(
         ("primary", 503),
         ("secondary", 200),
     ]
+    # Why each attempt was made: the core says, the span shows it.
+    assert [f["gateway.attempt.reason"] for f in facts] == ["first", "retry", "fallback"]
     assert [f["gateway.attempt.retried"] for f in facts] == [True, True, False]
     assert [f.get("gateway.attempt.next_backend") for f in facts] == [
         "primary",
