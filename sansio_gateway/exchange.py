@@ -56,6 +56,7 @@ from .limits import Decision
 from .local.pending import LocalResult, Pending, local_step
 from .rendering import error_response, model_not_found, request_id_from, whole_response
 from .routes import ParsedRequest, RouteDecl, surface_of
+from .tracing import forwarded_trace_context
 
 __all__ = ["Exchange", "ExchangeState", "ExchangeStateError", "GatewayView", "RequestSummary"]
 
@@ -92,6 +93,7 @@ class Exchange:
         self._limits = LimitAccount(request_id)
         self._pending: Pending | None = None  # a local route's wait on the adapter
         self._preview: BreakerPreview | None = None  # the current step's, once it reads one
+        self._trace_context: Headers = ()  # the client's, passed on to every attempt
 
     # ---- public API ------------------------------------------------------
 
@@ -106,6 +108,9 @@ class Exchange:
         # gateway's own id, so reusing an id cannot replace another
         # request's lease or usage record.
         self.trace_id = request_id_from(request.headers, self.request_id)
+        # W3C trace context: passed on unchanged when valid; a traced adapter
+        # replaces it with its attempt span's (sansio_gateway/tracing.py).
+        self._trace_context = forwarded_trace_context(request.headers)
         return self._step(lambda: self._start(request, now), STARTS, "start()", now)
 
     def handle(self, result: Result, now: float) -> list[Action]:
@@ -258,7 +263,7 @@ class Exchange:
             return self._local(plan)
         self._answer = AttemptAnswer.of(plan)
         self._attempts = self._attempts.sent(stream=plan.stream is not None)
-        headers = self.gateway.upstream_headers(self.backend, self.trace_id)
+        headers = self.gateway.upstream_headers(self.backend, self.trace_id) + self._trace_context
         body = self._limits.capped(backend.kind, plan.body)
         why = self._attempts.reason
         send = plan.send(backend, headers=headers, body=body, delay=delay, reason=why)

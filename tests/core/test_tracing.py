@@ -16,6 +16,7 @@ from sansio_gateway.tracing import (
     attempt_span,
     format_traceparent,
     format_tracestate,
+    forwarded_trace_context,
     limits_span,
     otlp_traces_url,
     parse_trace_context,
@@ -149,6 +150,47 @@ def test_a_bad_tracestate_is_dropped_whole(value: bytes) -> None:
 def test_format_tracestate() -> None:
     assert format_tracestate([("a", "1"), ("b@c", "2")]) == b"a=1,b@c=2"
     assert format_tracestate([]) == b""
+
+
+# ---- passing the client's context on (tracing off) ------------------------------
+
+
+def test_a_valid_context_is_passed_on_unchanged() -> None:
+    state = b"congo=t61rcWkgMzE, rojo=00f067aa0ba902b7"
+    headers: Headers = ((b"x-other", b"1"), (b"traceparent", VALID), (b"tracestate", state))
+    assert forwarded_trace_context(headers) == ((b"traceparent", VALID), (b"tracestate", state))
+    # A later version's extra fields, and empty list-members, go on as they came.
+    later = f"01-{TRACE}-{SPAN}-01-what-comes-next".encode()
+    headers = ((b"traceparent", b" " + later + b"\t"), (b"tracestate", b"a=1,,b=2"))
+    assert forwarded_trace_context(headers) == (
+        (b"traceparent", later),
+        (b"tracestate", b"a=1,,b=2"),
+    )
+
+
+def test_several_tracestate_headers_go_on_as_one() -> None:
+    headers: Headers = ((b"traceparent", VALID), (b"tracestate", b"a=1"), (b"tracestate", b"b=2"))
+    assert forwarded_trace_context(headers)[1] == (b"tracestate", b"a=1,b=2")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        (),
+        ((b"tracestate", b"a=1"),),  # no traceparent
+        ((b"traceparent", b"garbage"), (b"tracestate", b"a=1")),
+        ((b"traceparent", f"00-{TRACE.upper()}-{SPAN}-01".encode()),),
+        ((b"traceparent", VALID), (b"traceparent", VALID)),
+    ],
+)
+def test_an_invalid_context_is_dropped(headers: Headers) -> None:
+    assert forwarded_trace_context(headers) == ()
+
+
+@pytest.mark.parametrize("state", [b"a=1,a=2", b"Upper=1", b",, ,"])
+def test_a_bad_or_empty_tracestate_is_dropped_and_the_traceparent_goes_on(state: bytes) -> None:
+    headers: Headers = ((b"traceparent", VALID), (b"tracestate", state))
+    assert forwarded_trace_context(headers) == ((b"traceparent", VALID),)
 
 
 # ---- the OTLP endpoint ----------------------------------------------------------
