@@ -101,12 +101,9 @@ class Exchange:
             raise ExchangeStateError(f"start() not valid in state {self.state.name}")
         self.started_at = now
         self.method = request.method
-        # The client's x-request-id is for tracing only: echoed, logged and
-        # sent upstream.  Limits, the ledger and completion ids key on the
-        # gateway's own id, so reusing an id cannot replace another
-        # request's lease or usage record.
+        # The client's ids, for tracing only: its x-request-id (echoed, sent
+        # upstream) and its W3C trace context (passed on unchanged).
         self.trace_id = request_id_from(request.headers, self.request_id)
-        # The client's W3C trace context, passed on unchanged (tracing.py).
         self._trace_context = forwarded_trace_context(request.headers)
         return self._step(lambda: self._start(request, now), STARTS, "start()", now)
 
