@@ -7,8 +7,10 @@ total) and the same error mapping (:func:`map_upstream_exception`).  What
 changes is the cost per chunk (docs/architecture.md, "The fast transport"):
 
 - bytes arrive by callback; the reader wakes once per read, not per chunk,
-  and hands every chunk parsed from that read to the Exchange before it
-  waits again (so the client side can send them in one write);
+  and hands what that read parsed to the Exchange as one chunk before it
+  waits again (one pass through the Exchange, one write to the client);
+- responses are parsed by httptools when it is installed (the ``fast``
+  extra, :mod:`sansio_gateway.adapters.fast_http`), by h11 otherwise;
 - the first-byte and idle timeouts are one timer per connection that is
   re-armed only when it fires early, not a cancel scope per chunk;
 - when the reader stops (a slow client), bytes pile up to a high-water mark
@@ -26,6 +28,7 @@ import contextlib
 import math
 import ssl
 from dataclasses import dataclass, field
+from typing import cast
 
 import anyio
 import h11
@@ -39,7 +42,9 @@ from sansio_gateway.actions import (
 )
 from sansio_gateway.config import BackendConfig
 from sansio_gateway.errors import GatewayError
+from sansio_gateway.http import Headers
 
+from .fast_http import HTTPTOOLS, ParsedResponse, request_bytes
 from .upstream import (
     DRAIN_BYTES,
     DRAIN_SECONDS,
@@ -69,6 +74,7 @@ class _BackendProtocol(asyncio.Protocol):
         self.owner = owner
         self.transport: asyncio.Transport | None = None
         self.h11 = h11.Connection(h11.CLIENT)
+        self.parsed: ParsedResponse | None = None  # the response httptools reads, if it does
         self.buffer: list[bytes] = []
         self.buffered = 0
         self.eof = False
@@ -79,8 +85,8 @@ class _BackendProtocol(asyncio.Protocol):
         self.idle_since = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.buffer.append(data)
@@ -158,6 +164,18 @@ class _BackendProtocol(asyncio.Protocol):
             self.transport.resume_reading()
         return data
 
+    async def parsed_head(self) -> tuple[int, Headers]:
+        """httptools' read of the response head (status, headers)."""
+        parsed = self.parsed
+        assert parsed is not None
+        while not parsed.head_done:
+            data = await self.read()
+            if data:
+                parsed.feed(data)
+            else:
+                parsed.feed_eof()
+        return parsed.status, tuple(parsed.headers)
+
     async def next_event(self) -> h11.Event:
         h = self.h11
         while True:
@@ -183,6 +201,9 @@ class FastUpstreamClient:
     _idle: dict[Origin, list[_BackendProtocol]] = field(default_factory=dict)
     _ssl: ssl.SSLContext | None = None
     closed: bool = False
+    # httptools reads responses when installed (adapters/fast_http.py); h11
+    # otherwise, and always for discovery GETs and HEAD requests.
+    use_httptools: bool = HTTPTOOLS
     pauses: int = 0  # how often a slow client paused a backend's socket
     # The connections reading a response now (for tests and diagnostics).
     busy: set[_BackendProtocol] = field(default_factory=set)
@@ -232,14 +253,15 @@ class FastUpstreamClient:
     def _release(self, origin: Origin, conn: _BackendProtocol, *, reusable: bool) -> None:
         conn.deadline = math.inf
         h = conn.h11
-        if (
-            reusable
-            and not self.closed
-            and conn.usable
-            and h.our_state is h11.DONE
-            and h.their_state is h11.DONE
-        ):
+        parsed, conn.parsed = conn.parsed, None
+        if parsed is not None:
+            # h11 never saw this exchange: it is still IDLE for the next one.
+            reusable = reusable and parsed.complete and parsed.keep_alive and not parsed.extra
+        elif reusable and h.our_state is h11.DONE and h.their_state is h11.DONE:
             h.start_next_cycle()
+        else:
+            reusable = False
+        if reusable and not self.closed and conn.usable:
             idle = self._idle.setdefault(origin, [])
             if len(idle) < self.max_idle_per_origin:
                 conn.idle_since = conn.loop.time()
@@ -256,9 +278,11 @@ class FastUpstreamClient:
         *,
         connect_timeout: float,
         first_byte_timeout: float,
-    ) -> tuple[Origin, _BackendProtocol, h11.Response]:
-        """Send a request and read the response head; the caller releases
-        the connection (``_release``)."""
+        parsed: bool = False,
+    ) -> tuple[Origin, _BackendProtocol, int, Headers]:
+        """Send a request and read the response head (status, headers); the
+        caller releases the connection (``_release``).  ``parsed``: httptools
+        reads the response (``conn.parsed``), else h11."""
         origin, target = origin_of(url)
         host = origin.host if origin.port in (80, 443) else f"{origin.host}:{origin.port}"
         all_headers = [(b"host", host.encode("ascii")), *headers]
@@ -266,19 +290,25 @@ class FastUpstreamClient:
             all_headers.append((b"content-length", str(len(body)).encode()))
         conn = await self._take(origin, connect_timeout)
         try:
-            h = conn.h11
-            request = h11.Request(method=method, target=target, headers=all_headers)
-            data = (h.send(request) or b"") + (h.send(h11.Data(data=body)) if body else b"")
-            data += h.send(h11.EndOfMessage()) or b""
+            if parsed:
+                data = request_bytes(method, target, all_headers, body)
+                conn.parsed = ParsedResponse()
+            else:
+                h = conn.h11
+                request = h11.Request(method=method, target=target, headers=all_headers)
+                data = (h.send(request) or b"") + (h.send(h11.Data(data=body)) if body else b"")
+                data += h.send(h11.EndOfMessage()) or b""
             if conn.eof or conn.transport is None or conn.transport.is_closing():
                 raise ConnectionLost("the backend closed the connection")
             conn.transport.write(data)
             # The first-byte clock starts once the connection is there.
             conn.deadline = conn.loop.time() + first_byte_timeout
+            if conn.parsed is not None:
+                return origin, conn, *await conn.parsed_head()
             while True:
                 event = await conn.next_event()
                 if isinstance(event, h11.Response):
-                    return origin, conn, event
+                    return origin, conn, event.status_code, tuple(event.headers)
                 if not isinstance(event, h11.InformationalResponse):
                     raise ConnectionLost(f"unexpected {type(event).__name__} before the response")
         except BaseException:
@@ -294,7 +324,7 @@ class FastUpstreamClient:
     ) -> tuple[int, bytes]:
         """A small whole GET (discovery, probes), done ``within`` seconds."""
         with anyio.fail_after(within):
-            origin, conn, response = await self._start(
+            origin, conn, status, _ = await self._start(
                 "GET", url, headers, b"", connect_timeout=within, first_byte_timeout=within
             )
             done = False
@@ -311,7 +341,7 @@ class FastUpstreamClient:
                         raise ConnectionLost(f"unexpected {type(event).__name__} in the body")
             finally:
                 self._release(origin, conn, reusable=done)
-        return response.status_code, b"".join(parts)
+        return status, b"".join(parts)
 
     async def request(self, action: SendUpstream, backend: BackendConfig, deliver: Deliver) -> None:
         """Run ``action``; report every fact through ``deliver`` (as
@@ -320,19 +350,20 @@ class FastUpstreamClient:
         try:
             # One scope per request for the total timeout; never one per chunk.
             with anyio.fail_after(backend.total_timeout) as total:
-                origin, conn, response = await self._start(
+                origin, conn, status, headers = await self._start(
                     action.method,
                     action.url,
                     list(action.headers),
                     action.body,
                     connect_timeout=backend.connect_timeout,
                     first_byte_timeout=backend.first_byte_timeout,
+                    parsed=self.use_httptools and action.method != "HEAD",
                 )
                 phase = "reading"
                 done = False
                 self.busy.add(conn)
                 try:
-                    done = await self._read(conn, response, backend, deliver)
+                    done = await self._read(conn, status, headers, backend, deliver)
                 finally:
                     self.busy.discard(conn)
                     self._release(origin, conn, reusable=done)
@@ -346,16 +377,16 @@ class FastUpstreamClient:
     async def _read(
         self,
         conn: _BackendProtocol,
-        response: h11.Response,
+        status: int,
+        headers: Headers,
         backend: BackendConfig,
         deliver: Deliver,
     ) -> bool:
         """Relay the body; True if it ended cleanly (the connection is reusable)."""
-        head = UpstreamResponseStarted(
-            status=response.status_code, headers=tuple((k, v) for k, v in response.headers)
-        )
-        if not await deliver(head):
+        if not await deliver(UpstreamResponseStarted(status=status, headers=headers)):
             return False
+        if conn.parsed is not None:
+            return await self._relay_parsed(conn, conn.parsed, backend, deliver)
         try:
             return await self._relay(conn, backend, deliver)
         except h11.RemoteProtocolError as exc:
@@ -367,8 +398,21 @@ class FastUpstreamClient:
         loop = conn.loop
         h = conn.h11
         idle_timeout = backend.idle_timeout
+        pending: list[bytes] = []  # the body pieces of one read, delivered as one chunk
         while True:
             event = h.next_event()
+            if isinstance(event, h11.Data):
+                if event.data:
+                    pending.append(bytes(event.data))
+                continue
+            if pending:
+                more = await deliver(UpstreamChunkReceived(data=b"".join(pending)))
+                pending.clear()
+                if not more:
+                    # Done early; the end may be parsed already (the same read).
+                    if isinstance(event, h11.EndOfMessage):
+                        return True
+                    return await self._drain(conn)
             if event is h11.NEED_DATA:
                 # A slow client is not an idle backend: the idle clock runs
                 # only while we wait on the backend.
@@ -377,10 +421,7 @@ class FastUpstreamClient:
                 conn.deadline = math.inf
                 h.receive_data(data)
                 continue
-            if isinstance(event, h11.Data):
-                if event.data and not await deliver(UpstreamChunkReceived(data=bytes(event.data))):
-                    return await self._drain(conn)
-            elif isinstance(event, h11.EndOfMessage):
+            if isinstance(event, h11.EndOfMessage):
                 break
             elif isinstance(event, h11.ConnectionClosed):
                 raise ConnectionLost("the backend closed the connection")
@@ -388,6 +429,48 @@ class FastUpstreamClient:
                 raise ConnectionLost(f"unexpected {type(event).__name__} in the response body")
         await deliver(UpstreamClosed())
         return True
+
+    async def _relay_parsed(
+        self,
+        conn: _BackendProtocol,
+        parsed: ParsedResponse,
+        backend: BackendConfig,
+        deliver: Deliver,
+    ) -> bool:
+        """:meth:`_relay` with httptools: what one read parsed goes out as one chunk."""
+        loop = conn.loop
+        idle_timeout = backend.idle_timeout
+        while True:
+            data = parsed.take_body()
+            if data and not await deliver(UpstreamChunkReceived(data=data)):
+                return await self._drain_parsed(conn, parsed)
+            if parsed.complete:
+                break
+            conn.deadline = loop.time() + idle_timeout  # as in _relay
+            data = await conn.read()
+            conn.deadline = math.inf
+            if data:
+                parsed.feed(data)
+            else:
+                parsed.feed_eof()
+        await deliver(UpstreamClosed())
+        return True
+
+    async def _drain_parsed(self, conn: _BackendProtocol, parsed: ParsedResponse) -> bool:
+        """:meth:`_drain` with httptools."""
+        seen = 0
+        conn.deadline = conn.loop.time() + DRAIN_SECONDS
+        with contextlib.suppress(*TRANSPORT_ERRORS):
+            while not parsed.complete:
+                data = await conn.read()
+                if not data:
+                    return False
+                parsed.feed(data)
+                seen += len(parsed.take_body())
+                if seen > DRAIN_BYTES:
+                    return False
+            return True
+        return False
 
     async def _drain(self, conn: _BackendProtocol) -> bool:
         """After the Exchange is done the rest is usually just the chunked

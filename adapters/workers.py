@@ -54,7 +54,19 @@ def run_workers(n: int, child_args: list[str], host: str, port: int) -> int:
     # that arrives before a worker has its handler cannot kill it; a worker
     # checks the file once it listens, so the change is not lost either.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    children = [subprocess.Popen([*cmd, "--worker-index", str(i)], env=env) for i in range(n)]
+    # Children also start with SIGTERM and SIGINT blocked (the mask survives
+    # exec): one sent while a worker is still importing would otherwise kill
+    # it outright and make the whole run exit 1.  A worker unblocks them once
+    # its handlers are in place (cli._serve), and a pending one is then
+    # handled like any other: a graceful stop.  The parent installs its own
+    # handlers before it unblocks, so a signal meanwhile is forwarded too.
+    stopping = (signal.SIGTERM, signal.SIGINT)
+    signal.pthread_sigmask(signal.SIG_BLOCK, stopping)
+    try:
+        children = [subprocess.Popen([*cmd, "--worker-index", str(i)], env=env) for i in range(n)]
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stopping)
+        raise
 
     def forward(signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
@@ -68,6 +80,7 @@ def run_workers(n: int, child_args: list[str], host: str, port: int) -> int:
     # A reload (docs/operations.md, "Reloading"): SIGHUP here, or a worker
     # that answered POST /admin/reload and asks the others to follow.
     signal.signal(signal.SIGHUP, forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stopping)
     print(f"sansio-gateway: {n} workers on http://{host}:{port}", flush=True)
     codes = []
     for child in children:

@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from benchmarks.many_streams import CONFIG, KEY, PY, _pct, _proc_stat, _process
 from sansio_gateway.auth import hash_key
@@ -68,8 +68,8 @@ class _Backend(asyncio.Protocol):
     tokens = 20
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
         self.buffer = b""
         self.loop = asyncio.get_running_loop()
 
@@ -183,18 +183,29 @@ async def _drive(url: str, concurrency: int, seconds: float) -> dict[str, Any]:
 
 
 def measure(
-    transport: str, levels: list[int], seconds: float, tokens: int, tmp: Path
+    transport: str,
+    levels: list[int],
+    seconds: float,
+    tokens: int,
+    tmp: Path,
+    profile: Path | None = None,
+    uvloop: bool = True,
 ) -> list[dict[str, Any]]:
     rows = []
     backend_cmd = [PY, "-m", "benchmarks.chunk_cost", "--backend", "--tokens", str(tokens)]
     with _process(backend_cmd, "chunk backend on ") as (_, backend):
         cfg = tmp / f"gateway-{transport}.toml"
-        cfg.write_text(
-            CONFIG.format(backend=backend, digest=hash_key(KEY), tmp=tmp, max_connections=500)
-        )
+        text = CONFIG.format(backend=backend, digest=hash_key(KEY), tmp=tmp, max_connections=500)
+        if not uvloop:
+            text = text.replace("[server]\n", "[server]\nuvloop = false\n", 1)
+        cfg.write_text(text)
         log_path = tmp / f"access-{transport}.log"
         cmd = [PY, "-m", "sansio_gateway.adapters.cli", "serve", "--config", str(cfg),
                "--port", "0", "--transport", transport]  # fmt: skip
+        if profile is not None:
+            # cProfile writes its stats when serve returns (SIGTERM drains and exits).
+            out = profile / f"gateway-{transport}.prof"
+            cmd[1:3] = ["-m", "cProfile", "-o", str(out), "-m", "sansio_gateway.adapters.cli"]
         with log_path.open("w") as log, _process(cmd, "listening on ", log) as (gateway, url):
             asyncio.run(_drive(url, 4, 1.0))  # warm up: pools, caches, the ledger's table
             for c in levels:
@@ -221,8 +232,16 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--tokens", type=int, default=20, help="NDJSON lines per stream")
+    parser.add_argument(
+        "--no-uvloop", action="store_true",
+        help="serve on asyncio's own loop even when uvloop is installed",
+    )  # fmt: skip
     parser.add_argument("--backend", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
+    parser.add_argument(
+        "--profile", type=Path, metavar="DIR",
+        help="run each gateway under cProfile; its stats go to DIR/gateway-TRANSPORT.prof",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.backend:
         asyncio.run(_serve_backend(args.tokens))
@@ -230,7 +249,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for transport in args.transports:
-            rows += measure(transport, args.concurrency, args.seconds, args.tokens, Path(tmp))
+            rows += measure(
+                transport, args.concurrency, args.seconds, args.tokens, Path(tmp), args.profile,
+                uvloop=not args.no_uvloop,
+            )  # fmt: skip
     print(f"{platform.node()} {platform.machine()} Python {sys.version.split()[0]}")
     print(f"{'transport':>9} {'c':>3} {'µs/chunk':>9} {'streams/s':>10} {'TTFT p50':>9}"
           f" {'total p50':>10} {'cores':>6} {'errors':>6}")  # fmt: skip

@@ -25,6 +25,7 @@ import itertools
 import json
 import signal
 import time
+from typing import cast
 
 MODEL = "bench:latest"
 TAGS = json.dumps(
@@ -105,8 +106,8 @@ class Backend(asyncio.Protocol):
     tokens: int
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
         self.buffer = b""
 
     def data_received(self, data: bytes) -> None:

@@ -1,23 +1,28 @@
 """A bounded soak: mixed load for a few minutes while the gateway's memory is watched.
 
     .venv/bin/python -m benchmarks.soak [--minutes 3] [--concurrency 16] [--sample-every 5]
+        [--only chat] [--pinned]
 
 What it does:
 
 * starts the emulated Ollama (``python -m tests.emulators.ollama --fast``,
   32-piece answers) and the gateway (``python -m sansio_gateway.adapters.cli serve``, a
   SQLite usage ledger in a temporary directory, access log on) as
-  subprocesses, the gateway pinned to CPU 0 and the rest to CPU 1 when
-  ``taskset`` exists;
+  subprocesses, as users run it: an API key, memory-store limits that
+  never deny (so every request goes through admission and leaves a
+  committed id behind, the state issue 13 bounds), nothing pinned unless
+  ``--pinned`` (the gateway on CPU 0, the rest on CPU 1);
 * drives a closed-loop mixed load over raw keep-alive sockets (as
   ``benchmarks/loadgen.py`` does): whole and streamed chat on ``/v1``,
   streamed chat on ``/api``, unknown models (404), and clients that hang
-  up right after the response head of a stream; every connection is
+  up right after the response head of a stream (``--only chat`` keeps
+  just the whole answers, the highest request rate); every connection is
   also recycled now and then;
 * samples the gateway's RSS (``/proc/PID/status`` VmRSS) and open file
   descriptors every few seconds and prints a row per sample;
 * at the end prints the totals per kind, the RSS growth rate after the
-  warm-up (least-squares slope, MiB per minute), checks ``/metrics``
+  warm-up (least-squares slope, MiB per minute), RSS at minutes 1, 5 and
+  10 (those the run reaches), the mean request rate, checks ``/metrics``
   against the requests sent, and stops the gateway with SIGTERM.
 
 A leak shows as a steady positive slope (and fds that keep growing); a
@@ -44,6 +49,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sansio_gateway.auth import hash_key
+
 from .loadgen import build_request
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +68,7 @@ MIX = {
 }
 EXPECTED_STATUS = {"chat": 200, "stream": 200, "ollama_stream": 200, "not_found": 404, "abort": 200}
 RECYCLE_EVERY = 200  # requests per connection before a fresh one
+KEY = "sk-soak"
 
 
 # ---- processes ------------------------------------------------------------------------------
@@ -78,8 +86,8 @@ class Proc:
         return self.popen.pid
 
 
-def _pin(cpu: int) -> list[str]:
-    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
+def _pin(cpu: int, pinned: bool) -> list[str]:
+    if pinned and shutil.which("taskset") and (os.cpu_count() or 1) > 1:
         return ["taskset", "-c", str(cpu)]
     return []
 
@@ -156,12 +164,13 @@ def _requests(host: str, port: int) -> dict[str, bytes]:
         return json.dumps({"model": model, "messages": MESSAGES, "stream": stream}).encode()
 
     chat = "/v1/chat/completions"
+    auth = {"authorization": f"Bearer {KEY}"}
     return {
-        "chat": build_request(host, port, chat, body(MODEL, False)),
-        "stream": build_request(host, port, chat, body(MODEL, True)),
-        "ollama_stream": build_request(host, port, "/api/chat", body(MODEL, True)),
-        "not_found": build_request(host, port, chat, body("no-such-model:1b", False)),
-        "abort": build_request(host, port, chat, body(MODEL, True)),
+        "chat": build_request(host, port, chat, body(MODEL, False), auth),
+        "stream": build_request(host, port, chat, body(MODEL, True), auth),
+        "ollama_stream": build_request(host, port, "/api/chat", body(MODEL, True), auth),
+        "not_found": build_request(host, port, chat, body("no-such-model:1b", False), auth),
+        "abort": build_request(host, port, chat, body(MODEL, True), auth),
     }
 
 
@@ -182,10 +191,11 @@ async def _read_response(reader: asyncio.StreamReader, *, head_only: bool) -> in
 
 
 async def _worker(
-    host: str, port: int, requests: dict[str, bytes], tally: Tally, deadline: float, seed: int
-) -> None:
+    host: str, port: int, requests: dict[str, bytes], tally: Tally, deadline: float, seed: int,
+    mix: dict[str, float],
+) -> None:  # fmt: skip
     rng = random.Random(seed)
-    kinds, weights = list(MIX), list(MIX.values())
+    kinds, weights = list(mix), list(mix.values())
     writer: asyncio.StreamWriter | None = None
     used = 0
     while time.monotonic() < deadline:
@@ -276,10 +286,15 @@ async def _soak(args: argparse.Namespace, gateway: Proc) -> int:
     started = time.monotonic()
     deadline = started + args.minutes * 60
     sampler = asyncio.create_task(_sample(gateway.pid, tally, started, deadline, args.sample_every))
+    mix = {args.only: 1.0} if args.only else MIX
     await asyncio.gather(
-        *[_worker(host, port, requests, tally, deadline, seed) for seed in range(args.concurrency)]
+        *[
+            _worker(host, port, requests, tally, deadline, seed, mix)
+            for seed in range(args.concurrency)
+        ]
     )
     samples = await sampler
+    elapsed = time.monotonic() - started
 
     warm = [(t, rss) for t, rss, _, _ in samples if t >= args.warmup]
     slope = slope_per_minute(warm)
@@ -302,6 +317,11 @@ async def _soak(args: argparse.Namespace, gateway: Proc) -> int:
     print(
         f"RSS growth rate after warm-up: {slope:+.3f} MiB/min (least squares, {len(warm)} samples)"
     )
+    for minute in (1, 5, 10):
+        at = [row for row in samples if row[0] >= minute * 60]
+        if at:
+            print(f"RSS at {minute:2d} min: {at[0][1]:.1f} MiB")
+    print(f"mean rate: {sent / elapsed:.0f} req/s over {elapsed:.0f} s")
     print(f"open fds: start {first[2]}, end {last[2]}")
 
     # Let the last hung-up streams settle, then compare with /metrics.
@@ -325,18 +345,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-every", type=float, default=5.0, help="seconds")
     parser.add_argument("--warmup", type=float, default=30.0, help="seconds left out of the slope")
     parser.add_argument("--tokens", type=int, default=32, help="pieces per emulated answer")
+    parser.add_argument("--only", choices=list(MIX), help="one kind of request instead of the mix")
+    parser.add_argument("--pinned", action="store_true", help="gateway on CPU 0, the rest on CPU 1")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
-        emulator_cmd = [*_pin(1), PY, "-m", "tests.emulators.ollama", "--fast", "--port", "0",
+        emulator_cmd = [*_pin(1, args.pinned), PY, "-m", "tests.emulators.ollama", "--fast", "--port", "0",
                         "--tokens", str(args.tokens)]  # fmt: skip
         with _process(emulator_cmd, "listening on ") as emulator:
             config = Path(tmp) / "gateway.toml"
             config.write_text(
                 f'[[backends]]\nname = "emu"\nkind = "ollama"\nurl = "{emulator.url}"\n'
-                f'[store]\nusage = "sqlite:///{tmp}/usage.db"\n'
+                f'[[auth.keys]]\nid = "soak"\nuser = "soak"\nsha256 = "{hash_key(KEY)}"\n'
+                "[limits]\nrequests_per_minute = 100000000\ntokens_per_minute = 1000000000\n"
+                "concurrent_requests = 100000\n"
+                f'[store]\nurl = "memory://"\nusage = "sqlite:///{tmp}/usage.db"\n'
             )
-            gateway_cmd = [*_pin(0), PY, "-m", "sansio_gateway.adapters.cli", "serve", "--config", str(config),
+            gateway_cmd = [*_pin(0, args.pinned), PY, "-m", "sansio_gateway.adapters.cli", "serve", "--config", str(config),
                            "--port", "0"]  # fmt: skip
             with _process(gateway_cmd, "listening on ") as gateway:
                 print(

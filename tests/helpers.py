@@ -20,6 +20,7 @@ from typing import Any
 import anyio.from_thread
 import orjson
 from sansio_gateway.adapters.app import GatewayApp
+from sansio_gateway.adapters.fast_upstream import FastUpstreamClient
 from sansio_gateway.adapters.ledger import MemoryLedger
 
 from sansio_gateway.actions import (
@@ -157,6 +158,9 @@ class ExchangeDriver:
 
 
 TEST_TRANSPORT = "SANSIO_GATEWAY_TEST_TRANSPORT"
+# "h11": the fast upstream client reads responses with h11 even when
+# httptools is installed (adapters/fast_http.py), for a whole suite.
+TEST_PARSER = "SANSIO_GATEWAY_TEST_PARSER"
 
 
 @dataclass
@@ -169,18 +173,32 @@ class RunningGateway:
 
 @contextlib.contextmanager
 def running_gateway(
-    config: GatewayConfig, *, runtime: str = "asyncio", transport: str | None = None
+    config: GatewayConfig,
+    *,
+    runtime: str = "asyncio",
+    transport: str | None = None,
+    parser: str | None = None,
+    uvloop: bool = False,
 ) -> Iterator[RunningGateway]:
     """``transport`` (fast or anyio) matters on asyncio only; by default the
     config's, or TEST_TRANSPORT from the environment, which runs a whole
-    suite on the other transport (docs/architecture.md, "The fast transport")."""
+    suite on the other transport (docs/architecture.md, "The fast transport").
+    ``parser`` ("h11", or TEST_PARSER) keeps httptools out of the fast
+    upstream client; ``uvloop`` runs the asyncio runtime on uvloop."""
     transport = transport or os.environ.get(TEST_TRANSPORT)
     if transport:
         server = config.server.model_copy(update={"transport": transport})
         config = config.model_copy(update={"server": server})
     ledger = MemoryLedger()
     app = GatewayApp(config, ledger=ledger)
-    with anyio.from_thread.start_blocking_portal(backend=runtime) as portal:
+    if (parser or os.environ.get(TEST_PARSER)) == "h11" and isinstance(
+        app.upstream, FastUpstreamClient
+    ):
+        app.upstream.use_httptools = False
+    options = {"use_uvloop": True} if uvloop else {}
+    with anyio.from_thread.start_blocking_portal(
+        backend=runtime, backend_options=options
+    ) as portal:
         future, (host, port) = portal.start_task(app.serve, "127.0.0.1", 0)
         try:
             yield RunningGateway(app=app, url=f"http://{host}:{port}", ledger=ledger, portal=portal)

@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import orjson
+import pytest
 from sansio_gateway.adapters.fast_server import FastGatewayServer
 from sansio_gateway.adapters.fast_upstream import HIGH_WATER, FastUpstreamClient
 from sansio_gateway.adapters.server import GatewayServer
 
+from tests.emulators.ollama import run_ollama_emulator
 from tests.helpers import make_config, running_gateway, wait_for
 
 LINE = (
@@ -99,11 +101,14 @@ def _config(port: int) -> str:
     )
 
 
-def test_a_client_that_does_not_read_pauses_the_backend_and_memory_stays_bounded() -> None:
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_a_client_that_does_not_read_pauses_the_backend_and_memory_stays_bounded(
+    parser: str,
+) -> None:
     with (
         contextlib.ExitStack() as stack,
         flooding_backend() as backend,
-        running_gateway(make_config(_config(backend.port))) as gw,
+        running_gateway(make_config(_config(backend.port)), parser=parser) as gw,
     ):
         server = gw.app.server
         upstream = gw.app.upstream
@@ -169,3 +174,74 @@ def test_the_transport_follows_the_config() -> None:
             assert isinstance(gw.app.server, GatewayServer)
         with running_gateway(make_config(text), runtime="trio") as gw:
             assert isinstance(gw.app.server, GatewayServer)
+
+
+def _read_response(sock: socket.socket) -> tuple[bytes, bytes]:
+    """One response off a kept-alive socket: (head, body), the chunked
+    framing checked strictly and decoded."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert b"\r\ntransfer-encoding: chunked" in head.lower(), head
+    body = b""
+    while True:
+        while b"\r\n" not in rest:
+            rest += sock.recv(65536)
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)  # no extensions, nothing but hex digits
+        assert size_line == b"%x" % size
+        while len(rest) < size + 2:
+            rest += sock.recv(65536)
+        assert rest[size : size + 2] == b"\r\n"
+        body, rest = body + rest[:size], rest[size + 2 :]
+        if size == 0:
+            assert rest == b""
+            return head, body
+
+
+@pytest.mark.parametrize(
+    ("parser", "uvloop"),
+    [("httptools", False), ("h11", False), ("httptools", True)],
+    ids=["httptools", "h11", "httptools-uvloop"],
+)
+def test_streams_relay_the_same_bytes_on_each_parser_and_loop(parser: str, uvloop: bool) -> None:
+    """The fast server frames stream chunks itself and its client reads
+    backends with httptools or h11, on asyncio's loop or uvloop's: the
+    client gets well-formed chunked SSE, the connections are kept."""
+    text = '[[models]]\nname = "m"\nbackend = "local"\ntarget = "llama3.2:1b"\n'
+    with run_ollama_emulator() as emu:
+        config = make_config(
+            f'[[backends]]\nname = "local"\nkind = "ollama"\nurl = "{emu.url}"\n' + text
+        )
+        with running_gateway(config, parser=parser, uvloop=uvloop) as gw:
+            upstream = gw.app.upstream
+            assert isinstance(upstream, FastUpstreamClient)
+            assert upstream.use_httptools is (parser == "httptools")
+            host, port = gw.url.removeprefix("http://").split(":")
+            body = orjson.dumps(
+                {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+            )
+            request = (
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                % (len(body), body)
+            )
+            with socket.create_connection((host, int(port)), timeout=30) as client:
+                answers = []
+                for _ in range(3):  # one connection each side, kept alive
+                    client.sendall(request)
+                    answers.append(_read_response(client))
+            for head, sse in answers:
+                assert head.startswith(b"HTTP/1.1 200 ")
+                events = [e for e in sse.split(b"\n\n") if e]
+                assert events[-1] == b"data: [DONE]"
+                chunks = [orjson.loads(e.removeprefix(b"data: ")) for e in events[:-1]]
+                content = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+                assert content == "Hello! How can I help you today?"
+                assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+            wait_for(lambda: len(gw.ledger.records) == 3)
+            assert all(r.completion_tokens > 0 for r in gw.ledger.records)
+            # The backend's connection went back to the pool each time.
+            wait_for(lambda: [len(idle) for idle in upstream._idle.values()] == [1])
+            assert not upstream.busy

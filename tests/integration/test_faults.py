@@ -29,7 +29,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sansio_gateway.actions import UsageRecord
 from tests.emulators.ollama import OllamaEmulator, ScriptedReply, run_ollama_emulator
-from tests.helpers import TEST_TRANSPORT, RunningGateway, make_config, running_gateway, wait_for
+from tests.helpers import (
+    TEST_PARSER,
+    TEST_TRANSPORT,
+    RunningGateway,
+    make_config,
+    running_gateway,
+    wait_for,
+)
 
 MODEL = "llama3.2:1b"
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
@@ -37,11 +44,15 @@ CHAT = {"model": MODEL, "messages": MESSAGES}
 SLACK = 1.5  # seconds a timeout may overrun on a loaded machine
 
 
-@pytest.fixture(autouse=True, params=["fast", "anyio"])
+@pytest.fixture(autouse=True, params=["fast", "fast-h11", "anyio"])
 def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every fault, on both transports of the asyncio runtime."""
-    monkeypatch.setenv(TEST_TRANSPORT, str(request.param))
-    return str(request.param)
+    """Every fault, on both transports of the asyncio runtime; the fast one
+    reading its backends with httptools (when installed) and with h11."""
+    name = str(request.param)
+    monkeypatch.setenv(TEST_TRANSPORT, name.removesuffix("-h11"))
+    if name.endswith("-h11"):
+        monkeypatch.setenv(TEST_PARSER, "h11")
+    return name
 
 
 @pytest.fixture
