@@ -72,6 +72,7 @@ if TYPE_CHECKING:
 __all__ = ["OtelTracing"]
 
 DEFAULT_SERVICE_NAME = "sansio-gateway"
+_TRACE_HEADERS = (b"traceparent", b"tracestate")
 
 log = logging.getLogger("sansio_gateway.tracing")
 
@@ -175,7 +176,10 @@ class _OtelRequestTrace(RequestTrace):
         sent = span.get_span_context()
         if not sent.is_valid:  # OTEL_SDK_DISABLED: nothing to propagate
             return call, deliver
-        headers = (*call.headers, (b"traceparent", format_traceparent(
+        # The attempt's own context replaces the client's, which the core
+        # passes on when it takes no part in the trace.
+        kept = tuple(h for h in call.headers if h[0] not in _TRACE_HEADERS)
+        headers = (*kept, (b"traceparent", format_traceparent(
             sent.trace_id, sent.span_id, sent.trace_flags
         )))  # fmt: skip
         state = format_tracestate(sent.trace_state.items())

@@ -10,6 +10,7 @@ time, so there is never a hidden queue to drain.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from .accounting.usage_query import UsageQuery, UsageRow
 from .errors import GatewayError
@@ -21,6 +22,7 @@ from .reload import ReloadOutcome
 __all__ = [
     "Action",
     "AssetLoaded",
+    "AttemptReason",
     "CancelUpstream",
     "CatalogueRefreshed",
     "CheckLimits",
@@ -56,6 +58,11 @@ __all__ = [
 
 # ---- actions -------------------------------------------------------------
 
+# Why an upstream attempt is made: the request's first, the same target
+# again after a failure, or the next target (after a failure, or because the
+# breaker of the one before is open).  Decided by ``backends/attempts.py``.
+AttemptReason = Literal["first", "retry", "fallback"]
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SendUpstream:
@@ -63,6 +70,7 @@ class SendUpstream:
 
     ``url`` is absolute.  The adapter applies the backend's timeouts and
     reports a failure as ``UpstreamFailed`` with an ``UpstreamError``.
+    ``reason`` says why this attempt is made (traces show it).
     """
 
     backend: str
@@ -70,6 +78,7 @@ class SendUpstream:
     url: str
     headers: Headers
     body: bytes
+    reason: AttemptReason
     delay: float = 0.0  # seconds to wait first (retry backoff)
 
 

@@ -41,8 +41,8 @@ from .actions import (
     UpstreamResponseStarted,
 )
 from .backends.attempts import Attempts
-from .backends.catalogue import Route
 from .backends.health import BreakerPreview, answered_alive
+from .backends.reach import UNKNOWN_MODEL_LABEL, reach, worth_a_refresh
 from .errors import GatewayError, UpstreamError
 from .exchange_table import AWAITS, STARTS, ExchangeState, ExchangeStateError, Step, row
 from .exchange_table import next_states as next_states
@@ -54,13 +54,12 @@ from .http import Headers, IncomingRequest, Surface, header_value
 from .identity import ANONYMOUS, Identity
 from .limits import Decision
 from .local.pending import LocalResult, Pending, local_step
-from .rendering import error_response, model_not_found, request_id_from, whole_response
+from .rendering import error_response, request_id_from, whole_response
 from .routes import ParsedRequest, RouteDecl, surface_of
+from .tracing import forwarded_trace_context
 
 __all__ = ["Exchange", "ExchangeState", "ExchangeStateError", "GatewayView", "RequestSummary"]
 
-# The metrics label of a model the catalogue does not name (see RequestSummary).
-UNKNOWN_MODEL_LABEL = "unknown"
 _S = ExchangeState
 
 
@@ -91,7 +90,8 @@ class Exchange:
         self._answer = AttemptAnswer()  # the current attempt's
         self._limits = LimitAccount(request_id)
         self._pending: Pending | None = None  # a local route's wait on the adapter
-        self._breakers = BreakerPreview(gateway.health)
+        self._preview: BreakerPreview | None = None  # the current step's, once it reads one
+        self._trace_context: Headers = ()  # the client's, passed on to every attempt
 
     # ---- public API ------------------------------------------------------
 
@@ -101,11 +101,10 @@ class Exchange:
             raise ExchangeStateError(f"start() not valid in state {self.state.name}")
         self.started_at = now
         self.method = request.method
-        # The client's x-request-id is for tracing only: echoed, logged and
-        # sent upstream.  Limits, the ledger and completion ids key on the
-        # gateway's own id, so reusing an id cannot replace another
-        # request's lease or usage record.
+        # The client's ids, for tracing only: its x-request-id (echoed, sent
+        # upstream) and its W3C trace context (passed on unchanged).
         self.trace_id = request_id_from(request.headers, self.request_id)
+        self._trace_context = forwarded_trace_context(request.headers)
         return self._step(lambda: self._start(request, now), STARTS, "start()", now)
 
     def handle(self, result: Result, now: float) -> list[Action]:
@@ -131,10 +130,19 @@ class Exchange:
     def response_headers_extra(self) -> Headers:
         return ((b"x-request-id", self.trace_id.encode("ascii")),)
 
+    @property
+    def _breakers(self) -> BreakerPreview:
+        # Built on first use in a step: most steps (every stream chunk)
+        # neither choose a target nor record an outcome.
+        preview = self._preview
+        if preview is None:
+            preview = self._preview = BreakerPreview(self.gateway.health)
+        return preview
+
     def _step(
         self, run: Callable[[], Step], leads_to: frozenset[ExchangeState], what: str, now: float
     ) -> list[Action]:
-        self._breakers = BreakerPreview(self.gateway.health)
+        self._preview = None
         try:
             state, actions = run()
         except GatewayError as err:
@@ -145,8 +153,11 @@ class Exchange:
         self.state = state
         # The shared writes first: the adapter applies them before anything
         # else.  The limits' one commit last, once the step has settled it.
-        owed = self._limits.take() if self._limits.owed is not None else ()
-        return [*self._breakers.events, *actions, *owed]
+        preview = self._preview
+        if preview is None and self._limits.owed is None:
+            return actions  # the per-chunk path: nothing to add
+        events = preview.events if preview is not None else ()
+        return [*events, *actions, *self._limits.take()]
 
     # ---- start -----------------------------------------------------------
 
@@ -172,30 +183,26 @@ class Exchange:
         parsed = self._request = decl.parse(request.body)
         self.model = model = decl.model_name(context.catalogue, parsed.model)
         self.model_label = UNKNOWN_MODEL_LABEL
-        route = gateway.catalogue.resolve(model)
-        if route is None and self.identity.may_use(model) and gateway.may_refresh_on_miss(now):
-            # Perhaps the model was pulled since the last discovery.
+        refresh = worth_a_refresh(gateway.catalogue, self.identity, model)
+        if refresh and gateway.may_refresh_on_miss(now):
             return _S.AWAITING_CATALOGUE, [RefreshCatalogue()]
-        return self._route_to(route, model, now)
+        return self._route_to(now)
 
-    def _route_to(self, route: Route | None, model: str, now: float) -> Step:
-        # The allow-list judges the model reached, not the spelling asked for.
-        if route is None or not self.gateway.may_use(self.identity, route):
-            raise model_not_found(self.surface, model)
-        self.model_label = self.gateway.catalogue.known_name(route) or UNKNOWN_MODEL_LABEL
+    def _route_to(self, now: float) -> Step:
+        decl, parsed, model, gateway = self.route, self._request, self.model, self.gateway
+        assert decl is not None and parsed is not None and model is not None
+        route, self.model_label = reach(
+            gateway.catalogue, self.identity, model, self.surface, may_use=gateway.may_use
+        )
         self._attempts = Attempts.for_route(route)
-        decl, parsed = self.route, self._request
-        assert decl is not None and parsed is not None
         user = self.identity.user
-        check = self._limits.ask(self.gateway, decl, parsed.decoded, key=user, target=route)
+        check = self._limits.ask(gateway, decl, parsed.decoded, key=user, target=route)
         if check is not None:
             return _S.AWAITING_LIMITS, [check]
         return self._attempt(0.0, now)
 
     def _on_catalogue_refreshed(self, result: CatalogueRefreshed, now: float) -> Step:
-        assert self.model is not None
-        model = self.model
-        return self._route_to(self.gateway.catalogue.resolve(model), model, now)
+        return self._route_to(now)
 
     def _local(self, step: LocalAnswer | Pending) -> Step:
         """Answer locally now, or ask the adapter for what the answer needs."""
@@ -250,9 +257,11 @@ class Exchange:
             return self._local(plan)
         self._answer = AttemptAnswer.of(plan)
         self._attempts = self._attempts.sent(stream=plan.stream is not None)
-        headers = self.gateway.upstream_headers(self.backend, self.trace_id)
+        headers = self.gateway.upstream_headers(self.backend, self.trace_id) + self._trace_context
         body = self._limits.capped(backend.kind, plan.body)
-        return _S.AWAITING_UPSTREAM, [plan.send(backend, headers=headers, body=body, delay=delay)]
+        why = self._attempts.reason
+        send = plan.send(backend, headers=headers, body=body, delay=delay, reason=why)
+        return _S.AWAITING_UPSTREAM, [send]
 
     def _try_again(
         self, now: float, *, status: int | None, error: GatewayError | None
@@ -364,13 +373,8 @@ class Exchange:
         if self.state is _S.DONE:
             return _S.DONE, []
         if self.state is _S.STREAMING:
-            stream = self._answer.stream
-            assert stream is not None
-            out = stream.fail(err)
             self.status = err.status_code
-            actions: list[Action] = [SendBody(data=out)] if out else []
-            end = EndResponse(keep_alive=False)
-            return _S.DONE, [*actions, end, self._record(now, "failed_mid_stream")]
+            return _S.DONE, [*self._answer.fail_stream(err), self._record(now, "failed_mid_stream")]
         state, actions = self._respond(*error_response(self.surface, err))
         self.status = err.status_code
         if not self._attempts.made:

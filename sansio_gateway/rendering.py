@@ -85,7 +85,12 @@ def _is_safe_id(value: bytes) -> bool:
 
 
 def request_id_from(headers: Headers, generated: str) -> str:
-    """The client's ``x-request-id`` when it is safe to echo, else ``generated``."""
+    """The client's ``x-request-id`` when it is safe to echo, else ``generated``.
+
+    For tracing only: echoed, logged and sent upstream.  Limits, the ledger
+    and completion ids key on the gateway's own id, so reusing an id cannot
+    replace another request's lease or usage record.
+    """
     value = header_value(headers, b"x-request-id")
     if value is not None and _is_safe_id(value):
         return value.decode("ascii")

@@ -9,9 +9,12 @@ and without a socket.
   reads a client's ``traceparent`` and ``tracestate`` headers into a
   :class:`TraceContext`, or None.  A malformed header is ignored, never an
   error: the request then starts a trace of its own.  A bad ``tracestate``
-  alone is dropped and the ``traceparent`` still holds.  The adapter sends
-  :func:`format_traceparent` / :func:`format_tracestate` upstream, with the
-  context of each attempt's own span.
+  alone is dropped and the ``traceparent`` still holds.  With tracing off
+  the gateway takes no part in the trace and passes the client's context on
+  as it came (:func:`forwarded_trace_context`: the Exchange adds it to every
+  attempt's headers); with tracing on the adapter replaces it with
+  :func:`format_traceparent` / :func:`format_tracestate` of each attempt's
+  own span.
 * **Span facts**: :func:`request_span` (the SERVER span, from the
   Exchange's ``RequestSummary`` and the usage record's outcome),
   :func:`limits_span` (from the ``Decision`` of ``LimitsDecided``) and
@@ -40,6 +43,7 @@ __all__ = [
     "attempt_span",
     "format_traceparent",
     "format_tracestate",
+    "forwarded_trace_context",
     "limits_span",
     "otlp_traces_url",
     "parse_trace_context",
@@ -136,6 +140,23 @@ def parse_trace_context(headers: Headers) -> TraceContext | None:
     trace_id, span_id, flags = parsed
     state = _parse_tracestate(_all(headers, b"tracestate"))
     return TraceContext(trace_id=trace_id, span_id=span_id, flags=flags, tracestate=state)
+
+
+def forwarded_trace_context(headers: Headers) -> Headers:
+    """The client's ``traceparent`` and ``tracestate`` headers to pass on
+    upstream unchanged, when :func:`parse_trace_context` accepts them; ()
+    when there is none or it is invalid, and no ``tracestate`` when that
+    alone is invalid or empty.  Several ``tracestate`` headers go on as one.
+    """
+    context = parse_trace_context(headers)
+    if context is None:
+        return ()
+    (traceparent,) = _all(headers, b"traceparent")
+    forwarded: Headers = ((b"traceparent", traceparent.strip(b" \t")),)
+    if context.tracestate:
+        tracestate = b",".join(_all(headers, b"tracestate")).strip(b" \t")
+        forwarded += ((b"tracestate", tracestate),)
+    return forwarded
 
 
 def format_traceparent(trace_id: int, span_id: int, flags: int) -> bytes:
@@ -251,8 +272,9 @@ class AttemptOutcome:
 
 
 def attempt_span(call: SendUpstream, outcome: AttemptOutcome) -> SpanFacts:
-    """The CLIENT span of one upstream attempt: backend, URL path, status or
-    error, whether another attempt followed, and the delay waited before it.
+    """The CLIENT span of one upstream attempt: backend, URL path, why it
+    was made (first, retry or fallback), status or error, whether another
+    attempt followed, and the delay waited before it.
 
     Named ``"<method> <path>"``; the URL's host and port go in attributes,
     its userinfo and query nowhere.  An error for a failure or a status of
@@ -265,6 +287,7 @@ def attempt_span(call: SendUpstream, outcome: AttemptOutcome) -> SpanFacts:
         ("server.address", url.hostname or ""),
         ("gateway.backend", call.backend),
         ("gateway.attempt", outcome.number),
+        ("gateway.attempt.reason", call.reason),
         ("gateway.attempt.delay", call.delay),
         ("gateway.attempt.retried", outcome.next_call is not None),
     ]

@@ -7,7 +7,10 @@ breaker is open while another target remains; :meth:`Attempts.sent` counts
 an attempt; after a failure before the client saw a byte,
 :meth:`Attempts.after_failure` applies the retry policy (``retry.next_step``)
 and says where the next attempt goes, if anywhere (:meth:`Attempts.retry`:
-with the knobs the config sets for the current target).
+with the knobs the config sets for the current target).  ``reason`` says why
+the current attempt is made, for its ``SendUpstream``: "first", "retry" (the
+same target again) or "fallback" (a later target than the attempt before,
+or than the route's own for a first attempt that skipped an open breaker).
 
 The value also keeps what the limits' charge rule needs to know about all
 attempts together: whether any may have reached a backend that could
@@ -20,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from ..actions import AttemptReason
 from ..config import GatewayConfig
 from ..errors import GatewayError, ServiceUnavailable
 from .catalogue import Route
@@ -35,6 +39,7 @@ class Attempts:
     index: int = 0
     retries_on_target: int = 0
     made: int = 0
+    reason: AttemptReason = "first"  # why the current attempt is made
     retry_after: float | None = None  # the last error answer's Retry-After
     stream: bool = False  # the attempt in flight asked for a stream
     # True once an attempt may have reached a backend that could generate:
@@ -67,7 +72,7 @@ class Attempts:
         ):
             if attempts.index + 1 >= len(attempts.targets):
                 return attempts, delay, False
-            attempts = replace(attempts, index=attempts.index + 1, retries_on_target=0)
+            attempts = attempts._next_target()
             delay = 0.0
         return attempts, delay, True
 
@@ -128,10 +133,14 @@ class Attempts:
             retry_after=self.retry_after,
         )
         if step.kind == "retry":
-            return replace(self, retries_on_target=self.retries_on_target + 1), step.delay
+            again = replace(self, retries_on_target=self.retries_on_target + 1, reason="retry")
+            return again, step.delay
         if step.kind == "fallback":
-            return replace(self, index=self.index + 1, retries_on_target=0), 0.0
+            return self._next_target(), 0.0
         return None
+
+    def _next_target(self) -> Attempts:
+        return replace(self, index=self.index + 1, retries_on_target=0, reason="fallback")
 
     def retry(
         self, *, status: int | None, error: GatewayError | None, config: GatewayConfig, rand: float

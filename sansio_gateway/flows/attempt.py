@@ -10,7 +10,8 @@ collected until the backend closes and bounded by ``MAX_UPSTREAM_BODY``
 (every buffer has a limit).  It says what the attempt used -- the backend's
 own counts when it reported them, an estimate otherwise -- for the usage
 record and the limits' charge.  A stream's chunks go straight to
-``stream``: the per-chunk path adds no call here.
+``stream``: the per-chunk path adds no call here; a stream that cannot go
+on ends with :meth:`AttemptAnswer.fail_stream`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..accounting.usage import TokenUsage
+from ..actions import Action, EndResponse, SendBody
 from ..backends.catalogue import Route
 from ..config import BackendConfig
 from ..errors import GatewayError, InternalError, InvalidRequest, error_from_upstream
@@ -94,6 +96,16 @@ class AttemptAnswer:
         """The client's body, from the whole answer collected."""
         assert self.whole is not None
         return self.whole.complete(bytes(self._body))
+
+    def fail_stream(self, error: GatewayError) -> list[Action]:
+        """The rest of a started stream that fails with ``error``: its
+        in-band error event, if the dialect has one, and the end of the
+        response, after which the connection is closed (the client cannot
+        tell a cut stream from a complete one otherwise)."""
+        assert self.stream is not None
+        out = self.stream.fail(error)
+        end = EndResponse(keep_alive=False)
+        return [SendBody(data=out), end] if out else [end]
 
     def error(self, *, model: str | None, retry_after: float | None = None) -> GatewayError:
         """The error to report for the error answer collected (with the

@@ -25,6 +25,7 @@ from ..accounting.usage import TokenUsage
 from ..accounting.usage_query import UsageQuery
 from ..actions import (
     AssetLoaded,
+    AttemptReason,
     CollectOverview,
     ConfigReloaded,
     LoadAsset,
@@ -140,10 +141,17 @@ class UpstreamCall:
             raise ValueError("an UpstreamCall has exactly one translator: whole or stream")
 
     def send(
-        self, backend: BackendConfig, *, headers: Headers, body: bytes, delay: float
+        self,
+        backend: BackendConfig,
+        *,
+        headers: Headers,
+        body: bytes,
+        delay: float,
+        reason: AttemptReason,
     ) -> SendUpstream:
         """The action that sends this call to ``backend``; ``body`` is this
-        call's body as the request's limit lease capped it."""
+        call's body as the request's limit lease capped it, ``reason`` why
+        the attempt is made."""
         url = backend.url + self.path
         if self.headers:
             names = {name for name, _ in self.headers}
@@ -155,6 +163,7 @@ class UpstreamCall:
             headers=headers,
             body=body,
             delay=delay,
+            reason=reason,
         )
 
 

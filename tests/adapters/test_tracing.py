@@ -150,7 +150,9 @@ def test_unsampled_requests_still_propagate_a_traceparent() -> None:
     exporter = InMemorySpanExporter()
     tracing = open_tracing(TracingConfig(enabled=True, sample_ratio=0.0), exporter=exporter)
     trace = tracing.start(IncomingRequest(method="POST", path="/v1/chat/completions"))
-    call = SendUpstream(backend="b", method="POST", url="http://h/api/chat", headers=(), body=b"")
+    call = SendUpstream(
+        backend="b", method="POST", url="http://h/api/chat", headers=(), body=b"", reason="first"
+    )
 
     async def deliver(result: object) -> bool:
         return True
@@ -177,7 +179,9 @@ def test_otel_sdk_disabled_records_nothing_and_passes_the_client_context_on(
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     exporter = InMemorySpanExporter()
     tracing = open_tracing(TracingConfig(enabled=True), exporter=exporter)
-    call = SendUpstream(backend="b", method="POST", url="http://h/api/chat", headers=(), body=b"")
+    call = SendUpstream(
+        backend="b", method="POST", url="http://h/api/chat", headers=(), body=b"", reason="first"
+    )
 
     async def deliver(result: object) -> bool:
         return True
@@ -189,3 +193,41 @@ def test_otel_sdk_disabled_records_nothing_and_passes_the_client_context_on(
         trace.attempt_done(None)
         assert sent.headers == sent_on  # the client's own context, unchanged, or none
     assert exporter.get_finished_spans() == ()
+
+
+def test_an_attempt_span_replaces_the_context_the_core_passed_on() -> None:
+    """The core passes the client's traceparent/tracestate on; traced, the
+    attempt's own context takes their place, once each."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from sansio_gateway.actions import SendUpstream
+    from sansio_gateway.http import IncomingRequest
+    from sansio_gateway.tracing import forwarded_trace_context, parse_trace_context
+
+    client = (
+        (b"traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        (b"tracestate", b"congo=t61rcWkgMzE"),
+    )
+    exporter = InMemorySpanExporter()
+    tracing = open_tracing(TracingConfig(enabled=True), exporter=exporter)
+    trace = tracing.start(IncomingRequest(method="POST", path="/v1/x", headers=client))
+    passed_on = ((b"x-request-id", b"r1"), *forwarded_trace_context(client))
+    call = SendUpstream(
+        backend="b", method="POST", url="http://h/api/chat", headers=passed_on, body=b"",
+        reason="first",
+    )  # fmt: skip
+
+    async def deliver(result: object) -> bool:
+        return True
+
+    sent, _ = trace.attempt(call, deliver)  # type: ignore[arg-type]
+    trace.attempt_done(None)
+    names = [name for name, _ in sent.headers]
+    assert names.count(b"traceparent") == 1 and names.count(b"tracestate") == 1
+    assert (b"x-request-id", b"r1") in sent.headers
+    context = parse_trace_context(sent.headers)
+    [span] = exporter.get_finished_spans()
+    assert context is not None and span.context is not None
+    assert (context.trace_id, context.span_id) == (span.context.trace_id, span.context.span_id)
+    assert context.trace_id == 0x4BF92F3577B34DA6A3CE929D0E0E4736
+    assert context.tracestate == (("congo", "t61rcWkgMzE"),)

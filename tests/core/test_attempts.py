@@ -119,3 +119,25 @@ def test_retry_reads_the_policy_of_the_current_targets_backend_from_the_config()
     assert step is not None and step[0].current.backend == "b"
     attempts = step[0].sent(stream=False)  # b allows no retry, and 3 attempts were made
     assert attempts.retry(status=503, error=None, config=config, rand=1.0) is None
+
+
+def test_each_attempt_says_why_it_is_made() -> None:
+    health = BackendHealth(["a", "b"], failure_threshold=1, cooldown=10.0)
+    attempts, _, _ = Attempts.for_route(ROUTE).choose(BreakerPreview(health), T0, 0.0)
+    assert attempts.reason == "first"
+    step = retry_policy(attempts.sent(stream=False).answered(503, None), 503)
+    assert step is not None and step[0].reason == "retry"
+    attempts, _, _ = step[0].choose(BreakerPreview(health), T0, step[1])
+    assert attempts.reason == "retry"  # the same target again
+    # A failure that opens the retried target's breaker makes the retry a fallback.
+    health.record("a", False, T0)
+    moved, delay, free = step[0].choose(BreakerPreview(health), T0 + 1, step[1])
+    assert free and (moved.current.backend, moved.reason, delay) == ("b", "fallback", 0.0)
+    # The policy's own fallback, once the target's retries are spent.
+    second = retry_policy(attempts.sent(stream=False), 503)
+    assert second is not None and second[0].reason == "retry"
+    spent = retry_policy(second[0].sent(stream=False), 503)
+    assert spent is not None and (spent[0].current.backend, spent[0].reason) == ("b", "fallback")
+    # A first attempt that skips an open breaker goes to the fallback target.
+    first, _, _ = Attempts.for_route(ROUTE).choose(BreakerPreview(health), T0 + 1, 0.0)
+    assert (first.current.backend, first.made, first.reason) == ("b", 0, "fallback")

@@ -580,3 +580,39 @@ def test_a_reused_client_request_id_is_for_tracing_only() -> None:
     assert first.seen.usage[0].request_id == "internal-1"
     assert (b"x-request-id", b"trace-1") in first.seen.upstream[0].headers
     assert first.seen.headers[b"x-request-id"] == b"trace-1"
+
+
+def test_each_upstream_call_says_why_it_is_made() -> None:
+    d = ExchangeDriver(fallback_gateway())
+    d.start("POST", CHAT, chat(model="m"))
+    fail_with(d, 503)
+    fail_with(d, 503)
+    d.handle(UpstreamFailed(error=UpstreamError("refused", code="upstream_unreachable")))
+    calls = [(u.url.split("/")[2], u.reason) for u in d.seen.upstream]
+    assert calls == [
+        ("a.invalid:1", "first"),
+        ("a.invalid:1", "retry"),
+        ("a.invalid:1", "retry"),
+        ("b.invalid:2", "fallback"),
+    ]
+
+
+CLIENT_TRACEPARENT = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_every_attempt_passes_the_clients_trace_context_on() -> None:
+    d = ExchangeDriver(fallback_gateway())
+    client = ((b"traceparent", CLIENT_TRACEPARENT), (b"tracestate", b"congo=t61rcWkgMzE"))
+    d.start("POST", CHAT, chat(model="m"), headers=client)
+    fail_with(d, 500)  # straight to the fallback
+    assert len(d.seen.upstream) == 2
+    for call in d.seen.upstream:
+        assert [h for h in call.headers if h[0] in (b"traceparent", b"tracestate")] == list(client)
+
+
+def test_an_invalid_trace_context_is_not_passed_on() -> None:
+    d = ExchangeDriver(gateway())
+    bad = ((b"traceparent", CLIENT_TRACEPARENT.upper()), (b"tracestate", b"congo=t61rcWkgMzE"))
+    d.start("POST", CHAT, chat(), headers=bad)
+    [call] = d.seen.upstream
+    assert not [h for h in call.headers if h[0] in (b"traceparent", b"tracestate")]

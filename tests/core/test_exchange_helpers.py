@@ -46,13 +46,14 @@ def test_a_lease_writes_its_output_cap_for_the_backend_kind() -> None:
 def test_an_upstream_call_becomes_one_send_to_its_backend() -> None:
     backend = BackendConfig(name="b1", kind="openai", url="http://127.0.0.1:9")
     plan = UpstreamCall(method="POST", path="/v1/embeddings", body=b"{}", whole=_Whole())
-    send = plan.send(backend, headers=((b"x", b"y"),), body=b"{1}", delay=0.5)
+    send = plan.send(backend, headers=((b"x", b"y"),), body=b"{1}", delay=0.5, reason="retry")
     assert (send.backend, send.method, send.url) == (
         "b1",
         "POST",
         "http://127.0.0.1:9/v1/embeddings",
     )
     assert (send.headers, send.body, send.delay) == (((b"x", b"y"),), b"{1}", 0.5)
+    assert send.reason == "retry"
 
 
 class _Whole:

@@ -163,3 +163,30 @@ def test_an_answer_past_the_bound_is_a_502_and_the_upstream_is_cancelled() -> No
     assert d.seen.cancelled and d.seen.status == 502
     [record] = d.seen.usage
     assert record.outcome == "upstream_error"
+
+
+class FailingStream:
+    """A stream translator whose dialect has (or lacks) an in-band error."""
+
+    def __init__(self, event: bytes) -> None:
+        self.event = event
+        self.failed_with: GatewayError | None = None
+
+    def fail(self, error: GatewayError) -> bytes:
+        self.failed_with = error
+        return self.event
+
+
+@pytest.mark.parametrize("event", [b"data: {error}\n\n", b""])
+def test_a_failed_stream_ends_with_its_in_band_error_and_a_closed_connection(
+    event: bytes,
+) -> None:
+    from sansio_gateway.actions import EndResponse, SendBody
+
+    stream = FailingStream(event)
+    answer = AttemptAnswer(stream=stream)  # type: ignore[arg-type]
+    error = UpstreamError("lost")
+    actions = answer.fail_stream(error)
+    end = EndResponse(keep_alive=False)
+    assert actions == ([SendBody(data=event), end] if event else [end])
+    assert stream.failed_with is error

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sansio_gateway.accounting.report import RequestSummary
-from sansio_gateway.actions import SendUpstream
+from sansio_gateway.actions import AttemptReason, SendUpstream
 from sansio_gateway.http import Headers
 from sansio_gateway.limits import Decision, DenyReason, Fallback, LimitName, Scope
 from sansio_gateway.tracing import (
@@ -16,6 +16,7 @@ from sansio_gateway.tracing import (
     attempt_span,
     format_traceparent,
     format_tracestate,
+    forwarded_trace_context,
     limits_span,
     otlp_traces_url,
     parse_trace_context,
@@ -149,6 +150,47 @@ def test_a_bad_tracestate_is_dropped_whole(value: bytes) -> None:
 def test_format_tracestate() -> None:
     assert format_tracestate([("a", "1"), ("b@c", "2")]) == b"a=1,b@c=2"
     assert format_tracestate([]) == b""
+
+
+# ---- passing the client's context on (tracing off) ------------------------------
+
+
+def test_a_valid_context_is_passed_on_unchanged() -> None:
+    state = b"congo=t61rcWkgMzE, rojo=00f067aa0ba902b7"
+    headers: Headers = ((b"x-other", b"1"), (b"traceparent", VALID), (b"tracestate", state))
+    assert forwarded_trace_context(headers) == ((b"traceparent", VALID), (b"tracestate", state))
+    # A later version's extra fields, and empty list-members, go on as they came.
+    later = f"01-{TRACE}-{SPAN}-01-what-comes-next".encode()
+    headers = ((b"traceparent", b" " + later + b"\t"), (b"tracestate", b"a=1,,b=2"))
+    assert forwarded_trace_context(headers) == (
+        (b"traceparent", later),
+        (b"tracestate", b"a=1,,b=2"),
+    )
+
+
+def test_several_tracestate_headers_go_on_as_one() -> None:
+    headers: Headers = ((b"traceparent", VALID), (b"tracestate", b"a=1"), (b"tracestate", b"b=2"))
+    assert forwarded_trace_context(headers)[1] == (b"tracestate", b"a=1,b=2")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        (),
+        ((b"tracestate", b"a=1"),),  # no traceparent
+        ((b"traceparent", b"garbage"), (b"tracestate", b"a=1")),
+        ((b"traceparent", f"00-{TRACE.upper()}-{SPAN}-01".encode()),),
+        ((b"traceparent", VALID), (b"traceparent", VALID)),
+    ],
+)
+def test_an_invalid_context_is_dropped(headers: Headers) -> None:
+    assert forwarded_trace_context(headers) == ()
+
+
+@pytest.mark.parametrize("state", [b"a=1,a=2", b"Upper=1", b",, ,"])
+def test_a_bad_or_empty_tracestate_is_dropped_and_the_traceparent_goes_on(state: bytes) -> None:
+    headers: Headers = ((b"traceparent", VALID), (b"tracestate", state))
+    assert forwarded_trace_context(headers) == ((b"traceparent", VALID),)
 
 
 # ---- the OTLP endpoint ----------------------------------------------------------
@@ -302,7 +344,9 @@ def test_limits_span_of_a_store_that_could_not_decide() -> None:
     assert "gateway.limits.retry_after" not in values
 
 
-def _call(backend: str = "local", delay: float = 0.0) -> SendUpstream:
+def _call(
+    backend: str = "local", delay: float = 0.0, reason: AttemptReason = "first"
+) -> SendUpstream:
     return SendUpstream(
         backend=backend,
         method="POST",
@@ -310,13 +354,14 @@ def _call(backend: str = "local", delay: float = 0.0) -> SendUpstream:
         headers=(),
         body=b"",
         delay=delay,
+        reason=reason,
     )
 
 
 def test_attempt_span_answered_and_retried() -> None:
     facts = attempt_span(
-        _call(delay=0.2),
-        AttemptOutcome(number=2, status=503, next_call=_call("other")),
+        _call(delay=0.2, reason="retry"),
+        AttemptOutcome(number=2, status=503, next_call=_call("other", reason="fallback")),
     )
     assert facts.name == "POST /api/chat"
     assert facts.error == "HTTP 503"
@@ -327,6 +372,7 @@ def test_attempt_span_answered_and_retried() -> None:
         "server.port": 11434,
         "gateway.backend": "local",
         "gateway.attempt": 2,
+        "gateway.attempt.reason": "retry",
         "gateway.attempt.delay": 0.2,
         "gateway.attempt.retried": True,
         "gateway.attempt.next_backend": "other",
@@ -338,6 +384,7 @@ def test_attempt_span_answered_and_retried() -> None:
 
 def test_attempt_span_ok() -> None:
     facts = attempt_span(_call(), AttemptOutcome(number=1, status=200))
+    assert dict(facts.attributes)["gateway.attempt.reason"] == "first"
     values = dict(facts.attributes)
     assert facts.error is None and "error.type" not in values
     assert values["gateway.attempt.retried"] is False

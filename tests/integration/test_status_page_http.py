@@ -17,7 +17,7 @@ from sansio_gateway.adapters.ledger import MemoryLedger
 from sansio_gateway.auth import hash_key
 from sansio_gateway.local.ui import ASSETS, SECURITY_HEADERS
 from tests.emulators.ollama import OllamaEmulator, run_ollama_emulator
-from tests.helpers import make_config, running_gateway
+from tests.helpers import make_config, running_gateway, wait_for
 from tests.integration.test_asgi import serve_uvicorn
 from tests.redis_servers import redis_server
 
@@ -93,6 +93,9 @@ def test_ui_files_and_overview_over_http(emulator: OllamaEmulator, server: str) 
         assert client.get("/admin/overview", headers=bob).status_code == 403
 
         assert client.post("/v1/chat/completions", json=BODY, headers=bob).status_code == 200
+        # The request is counted once its summary is recorded, which an ASGI
+        # server may run after the client already has the whole response.
+        wait_for(lambda: _overview(client)["backends"][0]["requests"] == 1)
         document = _overview(client)
         (backend,) = document["backends"]
         assert backend["name"] == "local" and backend["circuit"] == "closed"

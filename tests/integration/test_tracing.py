@@ -65,8 +65,11 @@ def _config(primary: OllamaEmulator, secondary: OllamaEmulator) -> GatewayConfig
 
 
 @contextmanager
-def _served(config: GatewayConfig, server: str) -> Iterator[tuple[str, InMemorySpanExporter]]:
-    """The gateway on ``server``, its spans going to an in-memory exporter."""
+def _served(
+    config: GatewayConfig, server: str, *, traced: bool = True
+) -> Iterator[tuple[str, InMemorySpanExporter]]:
+    """The gateway on ``server``, its spans going to an in-memory exporter
+    (``traced`` False: the gateway's own tracer, off, and no spans at all)."""
     exporter = InMemorySpanExporter()
     tracing = open_tracing(config.tracing, exporter=exporter)
     if server == "asgi":
@@ -75,13 +78,17 @@ def _served(config: GatewayConfig, server: str) -> Iterator[tuple[str, InMemoryS
         from tests.integration.test_asgi import serve_uvicorn
 
         asgi = create_app(config)
-        asgi.app.executor.tracing = tracing
+        if traced:
+            asgi.app.executor.tracing = tracing
+        assert asgi.app.executor.tracing.enabled is traced
         with serve_uvicorn(asgi) as url:
             yield url, exporter
         return
     runtime, _, transport = server.partition("-")
     with running_gateway(config, runtime=runtime, transport=transport or None) as gw:
-        gw.app.executor.tracing = tracing
+        if traced:
+            gw.app.executor.tracing = tracing
+        assert gw.app.executor.tracing.enabled is traced
         yield gw.url, exporter
 
 
@@ -153,6 +160,8 @@ def test_span_tree_of_a_retry_then_a_fallback(
         ("primary", 503),
         ("secondary", 200),
     ]
+    # Why each attempt was made: the core says, the span shows it.
+    assert [f["gateway.attempt.reason"] for f in facts] == ["first", "retry", "fallback"]
     assert [f["gateway.attempt.retried"] for f in facts] == [True, True, False]
     assert [f.get("gateway.attempt.next_backend") for f in facts] == [
         "primary",
@@ -216,22 +225,62 @@ def test_a_bad_traceparent_starts_a_trace_of_its_own(
     assert context is not None and context.trace_id == root.context.trace_id
 
 
-def test_tracing_off_sends_no_traceparent(
-    backends: tuple[OllamaEmulator, OllamaEmulator],
-) -> None:
-    """Off (the default), the gateway makes no spans and adds no trace header."""
-    primary, secondary = backends
-    secondary.clear_requests()
-    config = _config(primary, secondary)
-    config = config.model_copy(
+def _untraced(config: GatewayConfig) -> GatewayConfig:
+    return config.model_copy(
         update={"tracing": config.tracing.model_copy(update={"enabled": False})}
     )
+
+
+@pytest.mark.parametrize("server", ["asyncio-fast", "asgi"])
+def test_tracing_off_passes_the_clients_context_on_unchanged(
+    backends: tuple[OllamaEmulator, OllamaEmulator], server: str
+) -> None:
+    """Off (the default), the gateway makes no spans and takes no part in the
+    trace: every attempt carries the client's traceparent and tracestate as
+    they came, a retry and a fallback included."""
+    primary, secondary = backends
+    primary.clear_requests()
+    secondary.clear_requests()
+    later = f"01-{CLIENT_TRACE:032x}-{CLIENT_SPAN:016x}-01-future"  # a later version's fields
+    with _served(_untraced(_config(primary, secondary)), server, traced=False) as (url, spans):
+        response = _post(url, {"traceparent": later, "tracestate": "congo=t61rcWkgMzE,rojo=1"})
+        assert response.status_code == 200, response.text
+        assert spans.get_finished_spans() == ()
+    seen = _sent(primary) + _sent(secondary)
+    assert len(seen) == 3  # the first attempt, its retry, the fallback
+    for headers in seen:
+        assert headers["traceparent"] == later
+        assert headers["tracestate"] == "congo=t61rcWkgMzE,rojo=1"
+
+
+@pytest.mark.parametrize(
+    ("client", "expected"),
+    [
+        ({}, {}),  # no context: none invented
+        ({"traceparent": TRACEPARENT.upper(), "tracestate": "congo=1"}, {}),  # invalid: dropped
+        ({"traceparent": TRACEPARENT, "tracestate": "a=1,a=2"}, {"traceparent": TRACEPARENT}),
+    ],
+)
+def test_tracing_off_drops_what_the_parser_refuses(
+    backends: tuple[OllamaEmulator, OllamaEmulator],
+    client: dict[str, str],
+    expected: dict[str, str],
+) -> None:
+    primary, secondary = backends
+    secondary.clear_requests()
+    config = _untraced(_config(primary, secondary))
     with running_gateway(config) as gw:
         assert gw.app.executor.tracing.enabled is False
-        response = _post(gw.url, {"traceparent": TRACEPARENT, "tracestate": "congo=t61rcWkgMzE"})
+        response = httpx.post(
+            f"{gw.url}/v1/chat/completions",
+            json={**BODY, "model": "secondary-direct"},
+            headers={"authorization": f"Bearer {KEY}", **client},
+            timeout=30,
+        )
         assert response.status_code == 200, response.text
     (sent,) = _sent(secondary)
-    assert "traceparent" not in sent and "tracestate" not in sent
+    trace_headers = {k: v for k, v in sent.items() if k in ("traceparent", "tracestate")}
+    assert trace_headers == expected
 
 
 def test_a_denied_request_has_the_limit_span_and_no_attempt(
