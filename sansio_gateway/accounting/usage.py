@@ -2,8 +2,9 @@
 
 A small value type shared by translators (which read counts off backend
 responses) and accounting (which records and reconciles them).  Every
-translator reads counts through :func:`read_openai_usage` or
-:func:`read_ollama_usage`, so what counts as "the backend reported usage"
+translator reads counts through the reader of its backend's dialect
+(:func:`read_openai_usage`, :func:`read_ollama_usage`,
+:func:`read_anthropic_usage`, :func:`read_responses_usage`), so what counts as "the backend reported usage"
 -- which decides what the limits are charged (docs/rate-limiting.md,
 "What is charged") -- is decided in one place per dialect.
 """
@@ -13,7 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TokenUsage", "read_ollama_usage", "read_openai_usage"]
+__all__ = [
+    "TokenUsage",
+    "read_anthropic_usage",
+    "read_ollama_usage",
+    "read_openai_usage",
+    "read_responses_usage",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,4 +72,42 @@ def read_ollama_usage(value: dict[str, Any]) -> TokenUsage:
     return TokenUsage(
         prompt_tokens=_count(value.get("prompt_eval_count")) or 0,
         completion_tokens=_count(value.get("eval_count")) or 0,
+    )
+
+
+def read_responses_usage(value: Any) -> TokenUsage | None:
+    """A Responses ``usage`` object (``input_tokens``, cached ones included,
+    and ``output_tokens``, reasoning included) -> its counts, or None."""
+    if type(value) is not dict:
+        return None
+    prompt, output = _count(value.get("input_tokens")), _count(value.get("output_tokens"))
+    if prompt is None or output is None:
+        return None
+    return TokenUsage(prompt_tokens=prompt, completion_tokens=output)
+
+
+# An Anthropic usage object's input side: tokens read fresh, written to and
+# read from the prompt cache are all prompt the backend processed.
+_INPUT_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+
+def read_anthropic_usage(value: Any, *, prior: TokenUsage | None = None) -> TokenUsage | None:
+    """An Anthropic ``usage`` object -> its counts, or None when it reports none.
+
+    ``prior`` is what the stream reported so far: ``message_delta``'s usage
+    may carry only ``output_tokens``, the input side then stays as
+    ``message_start`` said."""
+    if type(value) is not dict:
+        return None
+    inputs = [_count(value.get(key)) for key in _INPUT_FIELDS if value.get(key) is not None]
+    output = _count(value.get("output_tokens")) if "output_tokens" in value else None
+    if None in inputs or (output is None and "output_tokens" in value):
+        return None  # a malformed count: no report, so the limits charge the reserve
+    prompt = sum(n for n in inputs if n is not None) if inputs else None
+    if prompt is None and output is None:
+        return None
+    base = prior or TokenUsage()
+    return TokenUsage(
+        prompt_tokens=base.prompt_tokens if prompt is None else prompt,
+        completion_tokens=base.completion_tokens if output is None else output,
     )

@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from ..accounting.usage import TokenUsage
+from ..accounting.usage import TokenUsage, read_anthropic_usage
 from ..anthropic_over_chat.stream import sse_event
 from ..backends.catalogue import Route
 from ..config import BackendConfig
@@ -41,37 +41,7 @@ from ..framing import SSEDecoder, SSEEvent
 from ..over_chat.requests import CountTokensRequest, OverChatRequest
 from ..wire.anthropic import anthropic_error_body
 
-__all__ = ["AnthropicPassthroughFlow", "MessageEvents", "read_anthropic_usage"]
-
-# An Anthropic usage object's input side: tokens read fresh, written to and
-# read from the prompt cache are all prompt the backend processed.
-_INPUT_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-
-
-def _count(value: Any) -> int | None:
-    return value if type(value) is int and value >= 0 else None
-
-
-def read_anthropic_usage(value: Any, *, prior: TokenUsage | None = None) -> TokenUsage | None:
-    """An Anthropic ``usage`` object -> its counts, or None when it reports none.
-
-    ``prior`` is what the stream reported so far: ``message_delta``'s usage
-    may carry only ``output_tokens``, the input side then stays as
-    ``message_start`` said."""
-    if type(value) is not dict:
-        return None
-    inputs = [_count(value.get(key)) for key in _INPUT_FIELDS if value.get(key) is not None]
-    output = _count(value.get("output_tokens")) if "output_tokens" in value else None
-    if None in inputs or (output is None and "output_tokens" in value):
-        return None  # a malformed count: no report, so the limits charge the reserve
-    prompt = sum(n for n in inputs if n is not None) if inputs else None
-    if prompt is None and output is None:
-        return None
-    base = prior or TokenUsage()
-    return TokenUsage(
-        prompt_tokens=base.prompt_tokens if prompt is None else prompt,
-        completion_tokens=base.completion_tokens if output is None else output,
-    )
+__all__ = ["AnthropicPassthroughFlow", "MessageEvents"]
 
 
 class AnthropicPassthroughFlow:

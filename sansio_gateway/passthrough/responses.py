@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from ..accounting.usage import TokenUsage
+from ..accounting.usage import TokenUsage, read_responses_usage
 from ..backends.catalogue import Route
 from ..config import BackendConfig
 from ..errors import GatewayError, UpstreamError
@@ -36,24 +36,9 @@ from ..flows.stream import TranslatedStream
 from ..framing import SSEDecoder, SSEEvent
 from ..over_chat.requests import OverChatRequest
 
-__all__ = ["ResponseEvents", "ResponsesPassthroughFlow", "read_responses_usage", "sse_named"]
+__all__ = ["ResponseEvents", "ResponsesPassthroughFlow", "sse_named"]
 
 _TERMINAL = frozenset(("response.completed", "response.incomplete"))
-
-
-def _count(value: Any) -> int | None:
-    return value if type(value) is int and value >= 0 else None
-
-
-def read_responses_usage(value: Any) -> TokenUsage | None:
-    """A Responses ``usage`` object (``input_tokens``, cached ones included,
-    and ``output_tokens``, reasoning included) -> its counts, or None."""
-    if type(value) is not dict:
-        return None
-    prompt, output = _count(value.get("input_tokens")), _count(value.get("output_tokens"))
-    if prompt is None or output is None:
-        return None
-    return TokenUsage(prompt_tokens=prompt, completion_tokens=output)
 
 
 def sse_named(payload: dict[str, Any]) -> bytes:

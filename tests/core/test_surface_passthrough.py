@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sansio_gateway.accounting.admission import write_output_cap
-from sansio_gateway.accounting.usage import TokenUsage
+from sansio_gateway.accounting.usage import TokenUsage, read_anthropic_usage, read_responses_usage
 from sansio_gateway.actions import (
     CatalogueRefreshed,
     CheckLimits,
@@ -44,8 +44,7 @@ from sansio_gateway.over_chat.requests import (
     parse_messages_route,
     parse_responses_route,
 )
-from sansio_gateway.passthrough.anthropic import AnthropicPassthroughFlow, read_anthropic_usage
-from sansio_gateway.passthrough.responses import read_responses_usage
+from sansio_gateway.passthrough.anthropic import AnthropicPassthroughFlow
 
 from ..helpers import NOW, ExchangeDriver, make_config
 
