@@ -199,6 +199,7 @@ class FastUpstreamClient:
     max_idle_per_origin: int = 256
     keepalive_expiry: float = 30.0
     _idle: dict[Origin, list[_BackendProtocol]] = field(default_factory=dict)
+    _retired: set[Origin] = field(default_factory=set)
     _ssl: ssl.SSLContext | None = None
     closed: bool = False
     # httptools reads responses when installed (adapters/fast_http.py); h11
@@ -239,7 +240,15 @@ class FastUpstreamClient:
             raise ConnectTimeout(f"no connection within {connect_timeout:g}s") from None
         return protocol
 
+    async def retire(self, origins: set[Origin]) -> None:
+        """As ``Pool.retire``: a reload removed every backend at ``origins``."""
+        self._retired |= origins
+        for origin in origins:
+            for conn in self._idle.pop(origin, []):
+                conn.close()
+
     async def _take(self, origin: Origin, connect_timeout: float) -> _BackendProtocol:
+        self._retired.discard(origin)
         idle = self._idle.get(origin)
         if idle:
             now = asyncio.get_running_loop().time()
@@ -261,7 +270,7 @@ class FastUpstreamClient:
             h.start_next_cycle()
         else:
             reusable = False
-        if reusable and not self.closed and conn.usable:
+        if reusable and not self.closed and conn.usable and origin not in self._retired:
             idle = self._idle.setdefault(origin, [])
             if len(idle) < self.max_idle_per_origin:
                 conn.idle_since = conn.loop.time()

@@ -29,7 +29,7 @@ from sansio_gateway.actions import (
 from sansio_gateway.config import BackendConfig
 from sansio_gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 
-from .upstream_pool import ConnectionLost, ConnectTimeout, Pool, PooledResponse
+from .upstream_pool import ConnectionLost, ConnectTimeout, Origin, Pool, PooledResponse
 
 __all__ = ["TRANSPORT_ERRORS", "UpstreamClient", "map_upstream_exception", "timeout_phase"]
 
@@ -101,6 +101,10 @@ class UpstreamClient:
 
     async def aclose(self) -> None:
         await self.pool.aclose()
+
+    async def retire(self, origins: set[Origin]) -> None:
+        """A reload removed every backend at ``origins`` (``Pool.retire``)."""
+        await self.pool.retire(origins)
 
     async def get(
         self, url: str, headers: list[tuple[bytes, bytes]], *, within: float

@@ -141,6 +141,7 @@ class Pool:
     max_idle_per_origin: int = 256
     keepalive_expiry: float = 30.0
     _idle: dict[Origin, list[_Connection]] = field(default_factory=dict)
+    _retired: set[Origin] = field(default_factory=set)
     _ssl: ssl.SSLContext | None = None
     closed: bool = False
 
@@ -162,7 +163,18 @@ class Pool:
                 stream = await anyio.connect_tcp(origin.host, origin.port)
         return _Connection(stream=stream, h11=h11.Connection(h11.CLIENT))
 
+    async def retire(self, origins: set[Origin]) -> None:
+        """A reload removed every backend at ``origins``: close their idle
+        connections now, and those in use when they come back, rather than
+        keep sockets to servers no request will reach again.  An origin a
+        later request uses (a reload may add it back) is no longer retired."""
+        self._retired |= origins
+        for origin in origins:
+            for conn in self._idle.pop(origin, []):
+                await conn.aclose()
+
     async def _take(self, origin: Origin, connect_timeout: float) -> _Connection:
+        self._retired.discard(origin)
         idle = self._idle.get(origin)
         now = anyio.current_time()
         while idle:
@@ -175,7 +187,13 @@ class Pool:
 
     async def _release(self, origin: Origin, conn: _Connection, *, reusable: bool) -> None:
         h = conn.h11
-        if reusable and not self.closed and h.our_state is h11.DONE and h.their_state is h11.DONE:
+        if (
+            reusable
+            and not self.closed
+            and origin not in self._retired
+            and h.our_state is h11.DONE
+            and h.their_state is h11.DONE
+        ):
             h.start_next_cycle()
             idle = self._idle.setdefault(origin, [])
             if len(idle) < self.max_idle_per_origin:

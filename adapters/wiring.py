@@ -46,6 +46,7 @@ from .metrics import GatewayMetrics
 from .plugins import load_registry
 from .tracing import open_tracing, tracing_problem
 from .upstream import TRANSPORT_ERRORS, UpstreamClient, map_upstream_exception
+from .upstream_pool import Origin, origin_of
 
 __all__ = [
     "STARTUP_CHECK",
@@ -324,8 +325,11 @@ class Wiring:
             async with self._reloading:  # one at a time, each planned against the last
                 # Validating is the slow part (about 50 ms for 1000 keys): off the loop.
                 loaded = await anyio.to_thread.run_sync(self._load)
+                before = self.config
                 # From here to the swap, no await: every request sees one config or the other.
                 outcome = self._reload(trigger, loaded)
+                if outcome.applied and outcome.plan is not None:
+                    await self.upstream.retire(_gone_origins(before, self.config))
         except Exception:  # a bug must cost the reload, never the process
             log.exception("config reload (%s) failed", trigger)
             problem = ConfigProblem(key=None, message="internal error; see the gateway's log")
@@ -483,3 +487,9 @@ class Wiring:
         lines.append(line)
         lines.append(f"usage ledger: store.usage = {redact_url(store.usage)}")
         return lines
+
+
+def _gone_origins(before: GatewayConfig, after: GatewayConfig) -> set[Origin]:
+    """The servers a reload left no backend at: their pooled connections go."""
+    still = {origin_of(b.url)[0] for b in after.backends}
+    return {origin_of(b.url)[0] for b in before.backends} - still
