@@ -140,11 +140,15 @@ class TransportFront:
 
     def refusal(self, refused: Refused, path: str = "") -> tuple[int, Headers, bytes]:
         """The answer to ``refused``; ``path`` is used when it carries none."""
-        return render_refusal(refused.error, refused.path if refused.path is not None else path)
+        where = refused.path if refused.path is not None else path
+        status, headers, body = render_refusal(refused.error, where)
+        self.executor.tracing.refused(refused.error, status)
+        return status, headers, body
 
     def raw_refusal(self, error: GatewayError) -> bytes:
         """The answer to ``error`` as HTTP/1.1 bytes, before any request head."""
         status, headers, body = render_refusal(error, "")
+        self.executor.tracing.refused(error, status)
         lines = [b"HTTP/1.1 %d %s" % (status, reason_phrase(status))]
         lines += [name + b": " + value for name, value in headers]
         return b"\r\n".join(lines) + b"\r\n\r\n" + body

@@ -48,6 +48,7 @@ from sansio_gateway.actions import (
     UsageRecord,
 )
 from sansio_gateway.config import TracingConfig
+from sansio_gateway.errors import GatewayError
 from sansio_gateway.http import IncomingRequest
 from sansio_gateway.tracing import (
     AttemptOutcome,
@@ -58,6 +59,7 @@ from sansio_gateway.tracing import (
     limits_span,
     otlp_traces_url,
     parse_trace_context,
+    refusal_span,
     request_span,
 )
 
@@ -134,6 +136,11 @@ class OtelTracing(Tracing):
             attributes={"http.request.method": request.method},
         )
         return _OtelRequestTrace(self.tracer, span)
+
+    def refused(self, error: GatewayError, status: int) -> None:
+        span = self.tracer.start_span("refused", kind=SpanKind.SERVER)
+        _apply(span, refusal_span(status, refusal=error.code or error.type))
+        span.end()
 
     def shutdown(self) -> None:
         self.provider.shutdown()

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from sansio_gateway.actions import LimitsDecided, Result, SendUpstream, UsageRecord
 from sansio_gateway.config import ConfigError, TracingConfig
+from sansio_gateway.errors import GatewayError
 from sansio_gateway.http import IncomingRequest
 
 if TYPE_CHECKING:
@@ -74,6 +75,10 @@ class Tracing:
     def start(self, request: IncomingRequest) -> RequestTrace:
         """The trace of one request, started as it reaches the executor."""
         return _NO_TRACE
+
+    def refused(self, error: GatewayError, status: int) -> None:
+        """A request the transport answered ``status`` for ``error`` before
+        it reached the executor (adapters/front.py)."""
 
     def shutdown(self) -> None:
         """Export what is still buffered and stop (blocking; call from a thread)."""

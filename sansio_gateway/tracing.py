@@ -47,6 +47,7 @@ __all__ = [
     "limits_span",
     "otlp_traces_url",
     "parse_trace_context",
+    "refusal_span",
     "request_outcome",
     "request_span",
 ]
@@ -237,6 +238,23 @@ def request_span(
         attributes.append(("error.type", str(summary.status)))
     name = method if route_path is None else f"{method} {route_path}"
     return SpanFacts(name=name, attributes=tuple(attributes), error=error)
+
+
+def refusal_span(status: int, *, refusal: str) -> SpanFacts:
+    """The SERVER span of a request the transport refused before the core
+    saw it (a head refused for its key or size, a body over the cap, a read
+    timeout, a malformed request, too many connections): its status and
+    why, as the error's code.  Unnamed by path, since no route was reached
+    (a client's free-form path never names a span); an error when 5xx."""
+    attributes: list[tuple[str, AttributeValue]] = [
+        ("http.response.status_code", status),
+        ("gateway.outcome", "refused"),
+        ("gateway.refusal", refusal),
+    ]
+    error = f"HTTP {status}" if status >= 500 else None
+    if error is not None:
+        attributes.append(("error.type", str(status)))
+    return SpanFacts(name="refused", attributes=tuple(attributes), error=error)
 
 
 def limits_span(decision: Decision) -> SpanFacts:

@@ -20,6 +20,7 @@ from sansio_gateway.tracing import (
     limits_span,
     otlp_traces_url,
     parse_trace_context,
+    refusal_span,
     request_outcome,
     request_span,
 )
@@ -402,3 +403,15 @@ def test_attempt_span_failed_before_or_after_the_head() -> None:
 def test_attempt_span_cut_short() -> None:
     facts = attempt_span(_call(), AttemptOutcome(number=1))
     assert facts.error == "cancelled"
+
+
+def test_a_refusal_span_says_the_status_and_why_and_errs_only_on_5xx() -> None:
+    facts = refusal_span(401, refusal="invalid_api_key")
+    assert facts.name == "refused" and facts.error is None
+    assert dict(facts.attributes) == {
+        "http.response.status_code": 401,
+        "gateway.outcome": "refused",
+        "gateway.refusal": "invalid_api_key",
+    }
+    busy = refusal_span(503, refusal="too_many_connections")
+    assert busy.error == "HTTP 503" and dict(busy.attributes)["error.type"] == "503"

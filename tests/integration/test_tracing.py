@@ -397,3 +397,36 @@ def _healthy(url: str) -> bool:
         return httpx.get(url + "/health", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_request_the_transport_refuses_has_a_span_of_its_own(
+    backends: tuple[OllamaEmulator, OllamaEmulator], server: str
+) -> None:
+    config = _config(*backends)
+    cap = config.server.model_copy(update={"max_body_bytes": 1024})
+    config = config.model_copy(update={"server": cap})
+    with _served(config, server) as (url, exporter):
+        wrong = httpx.post(
+            f"{url}/v1/chat/completions",
+            json=BODY,
+            headers={"authorization": "Bearer sk-not-a-key"},
+            timeout=30,
+        )
+        assert wrong.status_code == 401, wrong.text
+        big = {**BODY, "messages": [{"role": "user", "content": "x" * 4096}]}
+        too_big = httpx.post(
+            f"{url}/v1/chat/completions",
+            json=big,
+            headers={"authorization": f"Bearer {KEY}"},
+            timeout=30,
+        )
+        assert too_big.status_code == 413, too_big.text
+        wait_for(lambda: len(exporter.get_finished_spans()) >= 2)
+        spans = list(exporter.get_finished_spans())
+    assert [s.name for s in spans] == ["refused", "refused"]
+    facts = [dict(s.attributes or {}) for s in spans]
+    assert [f["http.response.status_code"] for f in facts] == [401, 413]
+    assert all(f["gateway.outcome"] == "refused" and f["gateway.refusal"] for f in facts)
+    assert all(s.kind is SpanKind.SERVER for s in spans)
+    assert all(s.status.status_code is StatusCode.UNSET for s in spans)  # 4xx: not errors
