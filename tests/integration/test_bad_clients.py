@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from sansio_gateway.adapters.fast_server import FastGatewayServer
 
 from tests.emulators.ollama import OllamaEmulator, ScriptedReply
 from tests.helpers import RunningGateway, make_config, running_gateway, wait_for
@@ -47,9 +48,20 @@ def _config(url: str, extra_backend: str = "") -> str:
     )
 
 
-@pytest.fixture(scope="module")
-def gw(emulator: OllamaEmulator, runtime: str) -> Iterator[RunningGateway]:
-    with running_gateway(make_config(_config(emulator.url)), runtime=runtime) as gateway:
+@pytest.fixture(scope="module", params=["fast", "fast-h11", "trio"])
+def gw(emulator: OllamaEmulator, request: pytest.FixtureRequest) -> Iterator[RunningGateway]:
+    """Every bad client against the fast server reading requests with
+    httptools and with h11 (adapters/fast_http.py), and the anyio server."""
+    flavour = str(request.param)
+    with running_gateway(
+        make_config(_config(emulator.url)),
+        runtime="trio" if flavour == "trio" else "asyncio",
+        parser="h11" if flavour == "fast-h11" else None,
+    ) as gateway:
+        if flavour.startswith("fast"):
+            server = gateway.app.server
+            assert isinstance(server, FastGatewayServer)
+            assert server.use_httptools is (flavour == "fast")
         yield gateway
 
 
