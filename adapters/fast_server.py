@@ -41,6 +41,7 @@ from sansio_gateway.transport import (
     has_header,
     header_fields_too_large,
     malformed_request,
+    read_timed_out,
     too_many_connections,
 )
 
@@ -158,6 +159,7 @@ class _ClientProtocol(asyncio.Protocol):
         self.path = ""
         self.method = ""  # of the request being served
         self.bound = limits.max_body_bytes + limits.max_header_bytes
+        self.read_deadline = math.inf  # of the request being read
 
     # ---- asyncio callbacks -------------------------------------------------
 
@@ -416,12 +418,20 @@ class _ClientProtocol(asyncio.Protocol):
         if server.draining:
             return None
         self.path = self.method = ""
-        with server.front.reading():
+        # The front's reading() deadline, as the timer of the waits for
+        # bytes: an anyio cancel scope per request costs more than the rest
+        # of reading it (docs/architecture.md, "The fast transport").
+        self.read_deadline = self.loop.time() + limits.read_timeout
+        try:
             if self.reader is not None:
                 request = await self._read_with_reader(self.reader)
                 if not isinstance(request, Marker):
                     return request
             return await self._read_head_and_body()
+        except _TimedOut:
+            raise Refused(read_timed_out(), None) from None
+        finally:
+            self.read_deadline = math.inf
 
     def _pending(self) -> bool:
         """Some bytes of a request are in."""
@@ -443,7 +453,7 @@ class _ClientProtocol(asyncio.Protocol):
                 if self.eof:
                     self.h11.receive_data(b"")
                 return USE_H11
-            await self._wait(math.inf)
+            await self._wait(self.read_deadline)
         front = self.server.front
         self.busy = True
         self.keep_alive = head.keep_alive
@@ -471,7 +481,7 @@ class _ClientProtocol(asyncio.Protocol):
             if self.eof:
                 # What h11 says of a body cut short by the client's EOF.
                 raise h11.RemoteProtocolError("peer unexpectedly closed", error_status_hint=400)
-            await self._wait(math.inf)
+            await self._wait(self.read_deadline)
 
     async def _next_event(self) -> h11.Event | type[h11.PAUSED]:
         while True:
@@ -480,7 +490,7 @@ class _ClientProtocol(asyncio.Protocol):
                 return event  # type: ignore[return-value]
             if self.eof:
                 raise _Gone()
-            await self._wait(math.inf)
+            await self._wait(self.read_deadline)
 
     async def _read_head_and_body(self) -> IncomingRequest | None:
         front = self.server.front
