@@ -537,8 +537,12 @@ class _ClientProtocol(asyncio.Protocol):
         if self.reader is not None:
             try:
                 self.out += _write_head(self, status, headers)
-                if self.method != "HEAD":
-                    self.out += body
+                if self.body_left is not None and len(body) > self.body_left:
+                    # A refusal's body after a HEAD: h11 refuses to send it
+                    # and the answer is dropped; the same here, as on the
+                    # h11 path and the anyio server.
+                    raise h11.LocalProtocolError("Too much data for declared Content-Length")
+                self.out += body
             except h11.LocalProtocolError:
                 self.out.clear()
             self.write_out()
