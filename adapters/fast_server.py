@@ -136,6 +136,7 @@ class _ClientProtocol(asyncio.Protocol):
         )
         self.busy = False  # a request read by ``reader`` is being served
         self.keep_alive = True  # of the request read by ``reader``
+        self.ended = False  # its response was ended (h11's DONE)
         self.body_left: int | None = None  # of the response; None: chunked
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
@@ -329,7 +330,7 @@ class _ClientProtocol(asyncio.Protocol):
                     self.closed = True
                 if self.reader is not None:
                     self.busy = False
-                    if self.closed or not self.keep_alive:
+                    if self.closed or not self.keep_alive or not self.ended:
                         break
                     continue
                 h = self.h11
@@ -456,6 +457,7 @@ class _ClientProtocol(asyncio.Protocol):
             await self._wait(self.read_deadline)
         front = self.server.front
         self.busy = True
+        self.ended = False
         self.keep_alive = head.keep_alive
         target = head.target.decode("ascii", "replace")
         path, _, query = target.partition("?")
@@ -616,6 +618,7 @@ class _Channel:
             elif conn.body_left:
                 raise h11.LocalProtocolError("Too little data for declared Content-Length")
             conn.chunked = False
+            conn.ended = True
             if not keep_alive:
                 conn.closed = True
             return
