@@ -19,12 +19,22 @@ response instead, at a fraction of a microsecond per chunk; without it
   (:meth:`ParsedResponse.feed_eof`); any other EOF before the end is the
   backend's fault.  Bytes after the end (a talker) make the connection
   unfit for reuse.
+- :class:`RequestReader` reads a client's requests for the fast server: the
+  heads h11 would read the same way (HTTP/1.1, a Content-Length body or
+  none, no Expect, no Transfer-Encoding, no Upgrade, one Host, the exact
+  grammar of h11's head) are split by httptools; for anything else it answers
+  :data:`USE_H11` and the server hands the same bytes to h11, so every
+  refusal and every rarer feature (HTTP/1.0, 100-continue, chunked request
+  bodies, folded lines) keeps h11's behaviour exactly.
+- :func:`response_head` writes a response head as h11 would for such a
+  request, with h11's checks and framing.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 import h11
 
@@ -35,7 +45,17 @@ try:
 except ImportError:  # the `fast` extra is optional: h11 parses instead
     httptools = None  # type: ignore[assignment]
 
-__all__ = ["HTTPTOOLS", "ParsedResponse", "request_bytes"]
+__all__ = [
+    "HTTPTOOLS",
+    "NEED_DATA",
+    "USE_H11",
+    "Marker",
+    "ParsedResponse",
+    "RequestHead",
+    "RequestReader",
+    "request_bytes",
+    "response_head",
+]
 
 HTTPTOOLS: bool = httptools is not None
 
@@ -155,3 +175,196 @@ class ParsedResponse:
             self._informational = False
         elif self.head_done:
             self.complete = True
+
+
+# ---- the server side: client requests -----------------------------------------
+
+# h11's own grammar (h11/_abnf.py), restricted to HTTP/1.1 and CRLF endings:
+# a head this matches is one h11 reads without complaint, up to the checks
+# on Host, Content-Length and Transfer-Encoding made in _split_head.
+_FIELD_CONTENT = rb"[^\x00\s]+(?:[ \t]+[^\x00\s]+)*"
+_TOKEN_RE = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
+_HEAD = re.compile(
+    rb"%s [\x21-\x7e]+ HTTP/1\.1\r\n(?:%s:[ \t]*(?:%s)?[ \t]*\r\n)*\r\n"
+    % (_TOKEN_RE, _TOKEN_RE, _FIELD_CONTENT)
+)
+_DIGITS = re.compile(rb"[0-9]+")
+
+
+class Marker:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+NEED_DATA: Final = Marker("NEED_DATA")
+USE_H11: Final = Marker("USE_H11")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """A request head as h11 reports it (names lower-cased, values stripped)."""
+
+    method: bytes
+    target: bytes
+    headers: list[tuple[bytes, bytes]]
+    length: int  # of the body that follows
+    keep_alive: bool  # h11's _keep_alive: no "close" in Connection
+
+
+class _HeadCollector:
+    __slots__ = ("done", "headers", "target")
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.target = b""
+        self.done = False
+
+    def on_url(self, url: bytes) -> None:
+        self.target += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value.strip(b" \t")))
+
+    def on_headers_complete(self) -> None:
+        self.done = True
+
+
+def _split_head(head: bytes) -> RequestHead | None:
+    """``head`` (through its blank line) parsed, or None to let h11 decide."""
+    if _HEAD.fullmatch(head) is None:
+        return None
+    collector = _HeadCollector()
+    parser: Any = httptools.HttpRequestParser(collector)
+    try:
+        parser.feed_data(head)
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        return None
+    if not collector.done:
+        return None
+    hosts = 0
+    length = 0
+    lengths = 0
+    keep_alive = True
+    for name, value in collector.headers:
+        if name == b"host":
+            hosts += 1
+        elif name == b"content-length":
+            # h11 merges equal repeated lengths and refuses others: h11 says which.
+            if lengths or _DIGITS.fullmatch(value) is None:
+                return None
+            lengths = 1
+            length = int(value)
+        elif name in (b"transfer-encoding", b"expect", b"upgrade"):
+            return None
+        elif name == b"connection" and b"close" in _comma_tokens(value):
+            keep_alive = False
+    if hosts != 1:
+        return None
+    method = parser.get_method()
+    return RequestHead(method, collector.target, collector.headers, length, keep_alive)
+
+
+class RequestReader:
+    """A client's byte stream, cut into request heads and body pieces.
+
+    :meth:`next_head` answers a :class:`RequestHead`, :data:`NEED_DATA`, or
+    :data:`USE_H11` (every byte not yet taken is then h11's to read);
+    :meth:`next_body` answers the next piece of the body, None at its end,
+    or :data:`NEED_DATA`.
+    """
+
+    __slots__ = ("body_left", "buf", "max_head_bytes")
+
+    def __init__(self, max_head_bytes: int) -> None:
+        self.buf = bytearray()
+        self.body_left = 0
+        self.max_head_bytes = max_head_bytes
+
+    def next_head(self) -> RequestHead | Marker:
+        buf = self.buf
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            # h11 ends a head at a bare LF too, and refuses one past the size limit.
+            if len(buf) > self.max_head_bytes or buf.count(b"\n") != buf.count(b"\r\n"):
+                return USE_H11
+            return NEED_DATA
+        end += 4
+        head = bytes(buf[:end])
+        if head.count(b"\n") != head.count(b"\r\n"):
+            return USE_H11
+        parsed = _split_head(head)
+        if parsed is None:
+            return USE_H11
+        del buf[:end]
+        self.body_left = parsed.length
+        return parsed
+
+    def next_body(self) -> bytes | Marker | None:
+        left = self.body_left
+        if not left:
+            return None
+        buf = self.buf
+        if not buf:
+            return NEED_DATA
+        if len(buf) <= left:
+            piece = bytes(buf)
+            buf.clear()
+        else:
+            piece = bytes(buf[:left])
+            del buf[:left]
+        self.body_left = left - len(piece)
+        return piece
+
+
+def response_head(
+    status: int,
+    reason: bytes,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    head_request: bool,
+    keep_alive: bool,
+) -> tuple[bytes, int | None, bool]:
+    """The head h11 writes for this response to an HTTP/1.1 request; with the
+    body's length (None: chunked) and whether the connection stays open.
+    Raises h11.LocalProtocolError where h11 would."""
+    # h11 validates and normalizes through its own event: the same checks.
+    response = h11.Response(status_code=status, headers=headers, reason=reason)
+    raw = response.headers.raw_items()
+    names = [name.lower() for name, _ in raw]
+    # h11 chooses the framing headers as for a GET, even for a HEAD: a body
+    # of unknown length becomes chunked (the client speaks HTTP/1.1).
+    if status not in (204, 304) and (
+        b"transfer-encoding" in names or b"content-length" not in names
+    ):
+        raw = [(n, v) for n, v in raw if n.lower() not in (b"content-length", b"transfer-encoding")]
+        raw.append((b"Transfer-Encoding", b"chunked"))
+        names = [name.lower() for name, _ in raw]
+    length: int | None
+    if status in (204, 304) or head_request:
+        length = 0
+    elif b"transfer-encoding" in names:
+        length = None
+    else:
+        length = int(raw[names.index(b"content-length")][1].split(b",")[0])
+    if not keep_alive:
+        tokens = {t for n, v in raw if n.lower() == b"connection" for t in _comma_tokens(v)}
+        tokens.discard(b"keep-alive")
+        tokens.add(b"close")
+        raw = [(n, v) for n, v in raw if n.lower() != b"connection"]
+        raw += [(b"Connection", t) for t in sorted(tokens)]
+    elif any(n.lower() == b"connection" and b"close" in _comma_tokens(v) for n, v in raw):
+        keep_alive = False
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, response.reason)]
+    lines += [b"%s: %s\r\n" % (n, v) for n, v in raw]
+    lines.append(b"\r\n")
+    return b"".join(lines), length, keep_alive
+
+
+def _comma_tokens(value: bytes) -> list[bytes]:
+    # h11's get_comma_header: lower-cased, split on commas, stripped, no empties.
+    return [t for t in (part.strip(b" \t").lower() for part in value.split(b",")) if t]

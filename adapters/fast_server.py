@@ -6,15 +6,18 @@ write timeouts, keep-alive, pipelined bytes kept for the next cycle, a
 lingering close, refusal past ``max_connections``.  What changes is how
 bytes move (docs/architecture.md, "The fast transport"):
 
-- bytes arrive by callback (``data_received``) straight into h11; one task
-  per connection reads requests and hands each to the shared
+- bytes arrive by callback (``data_received``) straight into the request
+  reader: httptools when installed (adapters/fast_http.py), which hands
+  every head it would not read exactly as h11 does to h11 for the rest of
+  the connection; one task per connection reads requests and hands each to
+  the shared
   :class:`~sansio_gateway.adapters.executor.ActionExecutor`;
 - a client hanging up is pushed by ``connection_lost``/``eof_received`` to
   the request being served, so no watcher task per request reads the socket;
 - a flush only schedules one ``transport.write`` for the current turn of the
   event loop, so every SSE/NDJSON piece produced from one upstream read
-  leaves in one write; h11 writes each response's head and end, the pieces
-  of a chunked body are framed here;
+  leaves in one write; the pieces of a chunked body are framed here, and
+  the heads too when httptools read the request (as h11 would write them);
 - a client that reads slowly pauses the gateway (``pause_writing``), which
   stops the upstream read, which pauses the backend's socket: memory stays
   bounded by the transports' high-water marks.
@@ -38,10 +41,19 @@ from sansio_gateway.transport import (
     has_header,
     header_fields_too_large,
     malformed_request,
+    read_timed_out,
     too_many_connections,
 )
 
 from .executor import ClientGone
+from .fast_http import (
+    HTTPTOOLS,
+    USE_H11,
+    Marker,
+    RequestHead,
+    RequestReader,
+    response_head,
+)
 from .front import Refused, ServerLimits, TransportFront, reason_phrase
 from .server import LINGER_BYTES, LINGER_SECONDS, REFUSING_LINGER_MAX
 
@@ -67,6 +79,7 @@ class FastGatewayServer:
 
     front: TransportFront
     draining: bool = False
+    use_httptools: bool = HTTPTOOLS  # False: h11 reads every request
     connections: int = 0  # open client connections being served
     _refusing: int = 0  # connections past max_connections, being answered 503
     _open: set[_ClientProtocol] = field(default_factory=set)
@@ -116,6 +129,15 @@ class _ClientProtocol(asyncio.Protocol):
         self.server = server
         limits = server.limits
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        # While ``reader`` is set, it reads the requests and h11 is unused;
+        # once it answers USE_H11, h11 gets its bytes and the connection.
+        self.reader: RequestReader | None = (
+            RequestReader(limits.max_header_bytes) if server.use_httptools else None
+        )
+        self.busy = False  # a request read by ``reader`` is being served
+        self.keep_alive = True  # of the request read by ``reader``
+        self.ended = False  # its response was ended (h11's DONE)
+        self.body_left: int | None = None  # of the response; None: chunked
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer: str | None = None
@@ -138,6 +160,7 @@ class _ClientProtocol(asyncio.Protocol):
         self.path = ""
         self.method = ""  # of the request being served
         self.bound = limits.max_body_bytes + limits.max_header_bytes
+        self.read_deadline = math.inf  # of the request being read
 
     # ---- asyncio callbacks -------------------------------------------------
 
@@ -162,6 +185,14 @@ class _ClientProtocol(asyncio.Protocol):
             return
         if self.refused:
             return
+        reader = self.reader
+        if reader is not None:
+            reader.buf += data
+            if self.busy and len(reader.buf) > self.bound:
+                self.closed = True  # a pipelined flood, as below
+                self._pause_reading()
+            self.wake()
+            return
         self.h11.receive_data(data)
         if len(self.h11.trailing_data[0]) > self.bound and self.h11.their_state is not h11.IDLE:
             # Bytes past one request's worth while a request is served (a
@@ -173,7 +204,7 @@ class _ClientProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.eof = True
-        if not self.lingering and not self.refused:
+        if not self.lingering and not self.refused and self.reader is None:
             self.h11.receive_data(b"")
         self._gone_while_served()
         self.wake()
@@ -297,6 +328,11 @@ class _ClientProtocol(asyncio.Protocol):
                 served = await self.server.front.serve(request, channel)
                 if served.client_gone or self.server.draining:
                     self.closed = True
+                if self.reader is not None:
+                    self.busy = False
+                    if self.closed or not self.keep_alive or not self.ended:
+                        break
+                    continue
                 h = self.h11
                 if self.closed or h.our_state is not h11.DONE or h.their_state is not h11.DONE:
                     break
@@ -323,7 +359,9 @@ class _ClientProtocol(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         self.lingering = True
-        self.linger_seen = len(self.h11.trailing_data[0])
+        self.linger_seen = len(
+            self.reader.buf if self.reader is not None else self.h11.trailing_data[0]
+        )
         self._resume_reading()
         with contextlib.suppress(OSError, RuntimeError, NotImplementedError):
             if transport.can_write_eof():
@@ -371,7 +409,7 @@ class _ClientProtocol(asyncio.Protocol):
         # first byte of a request is in, the whole request must arrive within
         # read_timeout (the front's reading deadline: slowloris protection).
         idle_deadline = self.loop.time() + limits.keepalive_timeout
-        while self.h11.their_state is h11.IDLE and not self.h11.trailing_data[0]:
+        while not self._pending():
             if self.eof or server.draining:
                 return None
             try:
@@ -380,9 +418,72 @@ class _ClientProtocol(asyncio.Protocol):
                 return None
         if server.draining:
             return None
-        self.path = ""
-        with server.front.reading():
+        self.path = self.method = ""
+        # The front's reading() deadline, as the timer of the waits for
+        # bytes: an anyio cancel scope per request costs more than the rest
+        # of reading it (docs/architecture.md, "The fast transport").
+        self.read_deadline = self.loop.time() + limits.read_timeout
+        try:
+            if self.reader is not None:
+                request = await self._read_with_reader(self.reader)
+                if not isinstance(request, Marker):
+                    return request
             return await self._read_head_and_body()
+        except _TimedOut:
+            raise Refused(read_timed_out(), None) from None
+        finally:
+            self.read_deadline = math.inf
+
+    def _pending(self) -> bool:
+        """Some bytes of a request are in."""
+        if self.reader is not None:
+            return bool(self.reader.buf)
+        return self.h11.their_state is not h11.IDLE or bool(self.h11.trailing_data[0])
+
+    async def _read_with_reader(self, reader: RequestReader) -> IncomingRequest | Marker:
+        """A request read by httptools, or USE_H11 once h11 has its bytes."""
+        while True:
+            head = reader.next_head()
+            if isinstance(head, RequestHead):
+                break
+            if head is USE_H11 or self.eof:
+                # h11 reads what httptools would not read as it does, and
+                # an EOF inside a head: its refusals and features, exactly.
+                self.reader = None
+                self.h11.receive_data(bytes(reader.buf))
+                if self.eof:
+                    self.h11.receive_data(b"")
+                return USE_H11
+            await self._wait(self.read_deadline)
+        front = self.server.front
+        self.busy = True
+        self.ended = False
+        self.keep_alive = head.keep_alive
+        target = head.target.decode("ascii", "replace")
+        path, _, query = target.partition("?")
+        head_size = len(head.target) + sum(len(k) + len(v) + 4 for k, v in head.headers)
+        if head_size > front.limits.max_header_bytes:
+            raise Refused(header_fields_too_large(), path)
+        self.path = path
+        headers: Headers = tuple(head.headers)
+        method = self.method = head.method.decode("ascii", "replace")
+        front.check_head(method, path, headers, body_follows=head.length != 0)
+        body = await front.read_body(self._reader_body_piece, path)
+        return IncomingRequest(
+            method=method, path=path, query=query, headers=headers, body=body, client=self.peer
+        )
+
+    async def _reader_body_piece(self) -> bytes | None:
+        reader = self.reader
+        assert reader is not None
+        while True:
+            piece = reader.next_body()
+            if not isinstance(piece, Marker):
+                return piece
+            if self.eof:
+                # What h11 says of a body cut short by the client's EOF.
+                raise h11.RemoteProtocolError("peer unexpectedly closed", error_status_hint=400)
+            await self._wait(self.read_deadline)
 
     async def _next_event(self) -> h11.Event | type[h11.PAUSED]:
         while True:
@@ -391,7 +492,7 @@ class _ClientProtocol(asyncio.Protocol):
                 return event  # type: ignore[return-value]
             if self.eof:
                 raise _Gone()
-            await self._wait(math.inf)
+            await self._wait(self.read_deadline)
 
     async def _read_head_and_body(self) -> IncomingRequest | None:
         front = self.server.front
@@ -435,6 +536,19 @@ class _ClientProtocol(asyncio.Protocol):
         """An answer of the transport itself; the connection closes after."""
         self.closed = True
         status, headers, body = self.server.front.refusal(refused, self.path)
+        if self.reader is not None:
+            try:
+                self.out += _write_head(self, status, headers)
+                if self.body_left is not None and len(body) > self.body_left:
+                    # A refusal's body after a HEAD: h11 refuses to send it
+                    # and the answer is dropped; the same here, as on the
+                    # h11 path and the anyio server.
+                    raise h11.LocalProtocolError("Too much data for declared Content-Length")
+                self.out += body
+            except h11.LocalProtocolError:
+                self.out.clear()
+            self.write_out()
+            return
         if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         response = h11.Response(
@@ -459,6 +573,10 @@ class _Channel:
 
     def start_response(self, status: int, headers: Headers) -> None:
         conn = self.conn
+        if conn.reader is not None:
+            conn.out += _write_head(conn, status, headers)
+            conn.chunked = conn.body_left is None
+            return
         head = conn.h11.send(
             h11.Response(status_code=status, headers=list(headers), reason=reason_phrase(status))
         )
@@ -482,10 +600,28 @@ class _Channel:
                 out += b"%x\r\n" % len(data)
                 out += data
                 out += b"\r\n"
+        elif conn.reader is not None:
+            left = conn.body_left
+            assert left is not None
+            if len(data) > left:
+                raise h11.LocalProtocolError("Too much data for declared Content-Length")
+            conn.body_left = left - len(data)
+            conn.out += data
         else:
             conn.queue(h11.Data(data=data))
 
     def end_response(self, *, keep_alive: bool) -> None:
+        conn = self.conn
+        if conn.reader is not None:
+            if conn.chunked:
+                conn.out += b"0\r\n\r\n"
+            elif conn.body_left:
+                raise h11.LocalProtocolError("Too little data for declared Content-Length")
+            conn.chunked = False
+            conn.ended = True
+            if not keep_alive:
+                conn.closed = True
+            return
         self.conn.chunked = False
         self.conn.queue(h11.EndOfMessage())
         if not keep_alive:
@@ -514,6 +650,22 @@ class _Channel:
 
 
 _CHUNKED = b"\r\ntransfer-encoding: chunked\r\n"
+
+
+def _write_head(conn: _ClientProtocol, status: int, headers: Headers) -> bytes:
+    """The response head h11 would write after a request read by httptools;
+    sets the body's framing and whether the connection stays open."""
+    head, length, keep_alive = response_head(
+        status,
+        reason_phrase(status),
+        list(headers),
+        head_request=conn.method == "HEAD",
+        keep_alive=conn.keep_alive,
+    )
+    conn.body_left = length
+    if not keep_alive:
+        conn.keep_alive = False
+    return head
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:

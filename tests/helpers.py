@@ -20,6 +20,7 @@ from typing import Any
 import anyio.from_thread
 import orjson
 from sansio_gateway.adapters.app import GatewayApp
+from sansio_gateway.adapters.fast_server import FastGatewayServer
 from sansio_gateway.adapters.fast_upstream import FastUpstreamClient
 from sansio_gateway.adapters.ledger import MemoryLedger
 
@@ -184,17 +185,18 @@ def running_gateway(
     config's, or TEST_TRANSPORT from the environment, which runs a whole
     suite on the other transport (docs/architecture.md, "The fast transport").
     ``parser`` ("h11", or TEST_PARSER) keeps httptools out of the fast
-    upstream client; ``uvloop`` runs the asyncio runtime on uvloop."""
+    upstream client and the fast server; ``uvloop`` runs the asyncio runtime on uvloop."""
     transport = transport or os.environ.get(TEST_TRANSPORT)
     if transport:
         server = config.server.model_copy(update={"transport": transport})
         config = config.model_copy(update={"server": server})
     ledger = MemoryLedger()
     app = GatewayApp(config, ledger=ledger)
-    if (parser or os.environ.get(TEST_PARSER)) == "h11" and isinstance(
-        app.upstream, FastUpstreamClient
-    ):
-        app.upstream.use_httptools = False
+    if (parser or os.environ.get(TEST_PARSER)) == "h11":
+        if isinstance(app.upstream, FastUpstreamClient):
+            app.upstream.use_httptools = False
+        if isinstance(app.server, FastGatewayServer):
+            app.server.use_httptools = False
     options = {"use_uvloop": True} if uvloop else {}
     with anyio.from_thread.start_blocking_portal(
         backend=runtime, backend_options=options

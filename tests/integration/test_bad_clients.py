@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from sansio_gateway.adapters.fast_server import FastGatewayServer
 
 from tests.emulators.ollama import OllamaEmulator, ScriptedReply
 from tests.helpers import RunningGateway, make_config, running_gateway, wait_for
@@ -47,9 +48,20 @@ def _config(url: str, extra_backend: str = "") -> str:
     )
 
 
-@pytest.fixture(scope="module")
-def gw(emulator: OllamaEmulator, runtime: str) -> Iterator[RunningGateway]:
-    with running_gateway(make_config(_config(emulator.url)), runtime=runtime) as gateway:
+@pytest.fixture(scope="module", params=["fast", "fast-h11", "trio"])
+def gw(emulator: OllamaEmulator, request: pytest.FixtureRequest) -> Iterator[RunningGateway]:
+    """Every bad client against the fast server reading requests with
+    httptools and with h11 (adapters/fast_http.py), and the anyio server."""
+    flavour = str(request.param)
+    with running_gateway(
+        make_config(_config(emulator.url)),
+        runtime="trio" if flavour == "trio" else "asyncio",
+        parser="h11" if flavour == "fast-h11" else None,
+    ) as gateway:
+        if flavour.startswith("fast"):
+            server = gateway.app.server
+            assert isinstance(server, FastGatewayServer)
+            assert server.use_httptools is (flavour == "fast")
         yield gateway
 
 
@@ -496,6 +508,33 @@ def test_pipelined_requests_through_the_backend_are_answered_in_order(gw: Runnin
     assert sse.status == 200 and sse_payloads(sse.body)[-1] == "[DONE]"
     assert health.status == 200 and health.json() == {"status": "ok"}
     still_serving(gw)
+
+
+def test_a_connection_handed_to_h11_midway_goes_on_being_served(gw: RunningGateway) -> None:
+    """On the fast server with httptools, the plain requests are httptools'
+    and the chunked one hands the connection to h11 (adapters/fast_http.py):
+    the answers are the same, in order, and the connection is kept."""
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (CHAT[:10], CHAT[10:])) + b"0\r\n\r\n"
+    with Wire(gw) as wire:
+        wire.send(
+            request("GET", "/health")
+            + request("HEAD", "/health")
+            + b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+            + b"transfer-encoding: chunked\r\n\r\n"
+            + chunked
+            + request("POST", "/v1/chat/completions", CHAT)
+        )
+        first = wire.reply()
+        head = wire.reply(head_only=True)
+        switched, after = wire.reply(), wire.reply()
+        wire.send(request("GET", "/health", headers=b"connection: close\r\n"))
+        last = wire.reply()
+        assert wire.closed()
+    assert first.status == 200 and first.json() == {"status": "ok"}
+    assert head.status == 200 and head.header(b"content-length") == first.header(b"content-length")
+    assert switched.status == 200 and switched.json()["object"] == "chat.completion"
+    assert after.status == 200 and after.json()["object"] == "chat.completion"
+    assert last.status == 200 and last.header(b"connection") == b"close"
 
 
 def test_pipelined_input_is_bounded_while_a_request_waits(

@@ -232,6 +232,12 @@ def test_streams_relay_the_same_bytes_on_each_parser_and_loop(parser: str, uvloo
                 for _ in range(3):  # one connection each side, kept alive
                     client.sendall(request)
                     answers.append(_read_response(client))
+                # The client's requests were read by the parser asked for:
+                # httptools kept the connection, h11 never took it over.
+                server = gw.app.server
+                assert isinstance(server, FastGatewayServer)
+                [conn] = list(server._open)
+                assert (conn.reader is not None) is (parser == "httptools")
             for head, sse in answers:
                 assert head.startswith(b"HTTP/1.1 200 ")
                 events = [e for e in sse.split(b"\n\n") if e]
