@@ -156,6 +156,22 @@ _INSERT = (
 SQLITE_MAX_PENDING = 100_000
 
 
+def _while_locked(run: Callable[[], object], within: float = 10.0) -> None:
+    """Run ``run``, again while SQLite says the database is locked (for up
+    to ``within`` seconds, as the busy timeout would)."""
+    deadline = time.monotonic() + within
+    pause = 0.005
+    while True:
+        try:
+            run()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)  # a worker's startup, off any event loop
+        pause = min(pause * 2, 0.2)
+
+
 class SQLiteLedger:
     """The usage ledger in one SQLite file (WAL), shared by ``--workers``.
 
@@ -184,11 +200,14 @@ class SQLiteLedger:
         self._wake = threading.Event()
         self._lock = threading.Lock()  # one connection, used from worker threads
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
         # Several workers may write at once; wait for the lock, don't fail.
         self._conn.execute("PRAGMA busy_timeout=10000")
-        self._conn.executescript(_SCHEMA)
+        # Switching a new file to WAL can fail at once with "database is
+        # locked" while another worker opens it too: SQLite does not wait on
+        # the busy timeout there.  So the opening steps are tried again.
+        _while_locked(lambda: self._conn.execute("PRAGMA journal_mode=WAL"))
+        self._conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+        _while_locked(lambda: self._conn.executescript(_SCHEMA))
 
     def record(self, record: UsageRecord) -> None:
         self._pending.append(record)

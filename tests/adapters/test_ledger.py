@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import anyio
@@ -125,3 +126,31 @@ def test_open_ledger_urls(tmp_path: Path) -> None:
     assert isinstance(open_ledger(f"sqlite:///{tmp_path}/x.db"), SQLiteLedger)
     with pytest.raises(ValueError, match="unsupported"):
         open_ledger("postgres://nope")
+
+
+def test_workers_opening_one_new_ledger_at_once_all_open_it(tmp_path: Path) -> None:
+    # serve --workers N: every worker opens the same new SQLite file as it
+    # starts; switching it to WAL failed at once with "database is locked"
+    # for one of them now and then (a worker then died at startup).
+    for trial in range(60):
+        path = tmp_path / f"usage-{trial}.db"
+        start = threading.Barrier(4)
+        errors: list[BaseException] = []
+
+        def open_it(
+            path: Path = path,
+            start: threading.Barrier = start,
+            errors: list[BaseException] = errors,
+        ) -> None:
+            start.wait()
+            try:
+                SQLiteLedger(path)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_it) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, (trial, errors)

@@ -73,10 +73,10 @@ def test_two_workers_gauges_counters_and_one_listing(
         if proc.stdout is not None:
             proc.stdout.close()
 
-    # Known issue, under investigation: in the full suite a worker has twice
-    # failed to come up within 60 s (never reproduced alone).  One relaunch,
-    # reported on stderr with what the processes printed, keeps the checks
-    # below meaningful while the cause is found.
+    # In the full suite a worker twice failed to come up.  The likely cause,
+    # since fixed: two workers switching the new SQLite ledger to WAL at once
+    # ("database is locked", tests/adapters/test_ledger.py).  The one
+    # relaunch stays, reported on stderr with what the processes printed.
     for attempt in (1, 2):
         proc, lines, reader = launch()
         try:
