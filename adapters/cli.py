@@ -33,7 +33,7 @@ from sansio_gateway.errors import GatewayError
 from .app import GatewayApp
 from .emulator.command import add_emulate_parser
 from .ledger import open_ledger
-from .metrics import BatchedStreamHandler
+from .metrics import BatchedStreamHandler, write_access_lines_to
 from .rlimits import raise_open_file_limit
 from .wiring import STARTUP_CHECK, ConfigSource, checked_config, load_config, with_overrides
 from .workers import run_workers
@@ -298,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     handler.setFormatter(logging.Formatter("%(message)s"))
     access.addHandler(handler)
     access.propagate = False
+    write_access_lines_to(handler)
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -7,8 +7,11 @@ from __future__ import annotations
 import io
 import logging
 
-from sansio_gateway.adapters.metrics import BatchedStreamHandler
+import orjson
+from sansio_gateway.adapters import metrics
+from sansio_gateway.adapters.metrics import BatchedStreamHandler, log_request
 
+from sansio_gateway.accounting.report import RequestSummary
 from tests.helpers import wait_for
 
 
@@ -71,3 +74,47 @@ def test_a_full_batch_leaves_without_waiting() -> None:
         logger.info("line %d", i)
     assert stream.flushes == 1 and stream.getvalue().count("\n") == 8
     handler.close()
+
+
+def _summary(request_id: str) -> RequestSummary:
+    return RequestSummary(
+        request_id=request_id, key_id="k1", user="ann", surface="openai", route="chat",
+        model="m", model_label="m", backend="ollama", resolved_model="m:latest", status=200,
+        prompt_tokens=3, completion_tokens=5, latency=0.0123456, ttft=None, retries=0,
+        client_disconnected=False,
+    )  # fmt: skip
+
+
+def test_the_direct_path_writes_the_line_logging_would() -> None:
+    """``write_access_lines_to``: the serve command's handler takes the line
+    without a LogRecord, byte for byte what the logger would have written;
+    once another handler joins the logger, lines go through logging again."""
+    direct, logged = _Stream(), _Stream()
+    handler = BatchedStreamHandler(direct, interval=3600)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access = metrics.access_log
+    saved = (access.handlers[:], access.propagate, access.level)
+    access.handlers[:] = [handler]
+    access.propagate = False
+    access.setLevel(logging.INFO)
+    try:
+        metrics.write_access_lines_to(None)
+        log_request(_summary("via-logging"))
+        metrics.write_access_lines_to(handler)
+        log_request(_summary("direct"))
+        handler.flush()
+        first, second = direct.getvalue().splitlines()
+        assert second == first.replace("via-logging", "direct")
+        assert orjson.loads(second)["latency_ms"] == 12.346
+
+        other = logging.StreamHandler(logged)
+        access.addHandler(other)
+        log_request(_summary("both"))
+        handler.flush()
+        other.flush()
+        assert direct.getvalue().splitlines()[-1] == logged.getvalue().splitlines()[-1]
+    finally:
+        metrics.write_access_lines_to(None)
+        access.handlers[:], access.propagate = saved[0], saved[1]
+        access.setLevel(saved[2])
+        handler.close()
