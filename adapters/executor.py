@@ -29,6 +29,7 @@ import importlib.resources
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, assert_never
@@ -254,29 +255,38 @@ class ActionExecutor:
     # ---- the actions that do not touch the client ----------------------
 
     async def admit(self, action: CheckLimits) -> LimitsDecided:
-        # Shielded (stores answer within their decision timeout): a lease the
-        # store grants must reach the Exchange, which then settles it.
-        with anyio.CancelScope(shield=True):
-            decision = await self.limit_store.admit(
-                action.key, action.specs, action.costs, action.request_id
-            )
+        store = self.limit_store
+        if getattr(store, "never_waits", False):
+            # No checkpoint inside, so nothing can cancel it midway: the
+            # shield's cost (a few microseconds a request) buys nothing.
+            decision = await store.admit(action.key, action.specs, action.costs, action.request_id)
+        else:
+            # Shielded (stores answer within their decision timeout): a lease
+            # the store grants must reach the Exchange, which then settles it.
+            with anyio.CancelScope(shield=True):
+                decision = await store.admit(
+                    action.key, action.specs, action.costs, action.request_id
+                )
         self.metrics.observe_decision(decision)
         self.metrics.observe_store(self.limit_store)
         return LimitsDecided(decision=decision)
 
     async def commit(self, action: CommitLimits) -> None:
-        # Shielded: a client going away must not leak its concurrency slot.
-        with anyio.CancelScope(shield=True):
-            try:
-                await self.limit_store.commit(
-                    action.key, action.specs, action.request_id, action.estimate, action.actual
-                )
-            except Exception:  # the store's policy already counted it; never fail a response
-                log.exception(
-                    "%s: commit failed for request %s",
-                    getattr(self.limit_store, "label", "rate-limit store"),
-                    action.request_id,
-                )
+        store = self.limit_store
+        args = (action.key, action.specs, action.request_id, action.estimate, action.actual)
+        try:
+            if getattr(store, "never_waits", False):  # as in admit
+                await store.commit(*args)
+            else:
+                # Shielded: a client going away must not leak its concurrency slot.
+                with anyio.CancelScope(shield=True):
+                    await store.commit(*args)
+        except Exception:  # the store's policy already counted it; never fail a response
+            log.exception(
+                "%s: commit failed for request %s",
+                getattr(store, "label", "rate-limit store"),
+                action.request_id,
+            )
 
     async def query_usage(self, action: QueryUsage) -> UsageQueried:
         try:
@@ -373,9 +383,8 @@ class _Request:
         self.channel = channel
         self.trace = trace
         self.client_gone = False
-        # fast_acquire: no checkpoint per chunk when the lock is free (it
-        # almost always is: the watcher takes it only when the client leaves).
-        self.lock = anyio.Lock(fast_acquire=True)
+        # Free almost always: the watcher takes it only when the client leaves.
+        self.lock = _Lock()
         self.pushed_gone = False
         self.in_run = False
         self.run_scope: anyio.CancelScope | None = None  # upstream task and watcher
@@ -613,6 +622,45 @@ class _Request:
         self.abort_error = error
         if self.upstream_scope is not None:
             self.upstream_scope.cancel()
+
+
+class _Lock:
+    """A lock for one request's results, as anyio.Lock without a checkpoint
+    when free, but without its task bookkeeping either: taken once per
+    upstream read, and almost never contended."""
+
+    __slots__ = ("_held", "_waiters")
+
+    def __init__(self) -> None:
+        self._held = False
+        self._waiters: deque[anyio.Event] = deque()
+
+    def locked(self) -> bool:
+        return self._held
+
+    async def __aenter__(self) -> None:
+        if not self._held:
+            self._held = True
+            return
+        turn = anyio.Event()
+        self._waiters.append(turn)
+        try:
+            await turn.wait()
+        except BaseException:
+            if turn.is_set():  # handed the lock as we were cancelled: pass it on
+                self._release()
+            else:
+                self._waiters.remove(turn)
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        if self._waiters:
+            self._waiters.popleft().set()  # handed over: it stays held
+        else:
+            self._held = False
 
 
 async def _send_internal_error(channel: ResponseChannel, path: str) -> None:

@@ -165,6 +165,10 @@ class LimitStore(Protocol):
 class MemoryStore:
     """The embedded store: :class:`MemoryLimitStore` plus a clock."""
 
+    # Its coroutines never suspend, so no cancellation can land midway: the
+    # executor calls them without a shielding scope.
+    never_waits = True
+
     def __init__(
         self, memory: MemoryLimitStore | None = None, *, clock: Callable[[], int] = wall_clock_us
     ) -> None:

@@ -117,6 +117,60 @@ async def _serve_backend(tokens: int) -> None:
         await server.serve_forever()
 
 
+# ---- the floor: a relay that only moves bytes (child process) ---------------------------
+
+
+class _RelayUpstream(asyncio.Protocol):
+    def __init__(self, client: asyncio.Transport) -> None:
+        self.client = client
+
+    def data_received(self, data: bytes) -> None:
+        self.client.write(data)
+
+
+class _Relay(asyncio.Protocol):
+    """Each client connection gets one backend connection; bytes pass both
+    ways untouched.  What it costs per chunk is the floor every relay pays
+    on this machine: the socket reads and writes, the loop, the wake-ups."""
+
+    backend: tuple[str, int] = ("127.0.0.1", 0)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.early: list[bytes] = []
+        self.upstream: asyncio.Transport | None = None
+        asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        upstream, _ = await loop.create_connection(
+            lambda: _RelayUpstream(self.transport), *self.backend
+        )
+        self.upstream = cast(asyncio.Transport, upstream)
+        for data in self.early:
+            self.upstream.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        if self.upstream is None:
+            self.early.append(data)
+        else:
+            self.upstream.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
+
+
+async def _serve_relay(backend: str) -> None:
+    host, port = backend.removeprefix("http://").rsplit(":", 1)
+    loop = asyncio.get_running_loop()
+    protocol = type("Relay", (_Relay,), {"backend": (host, int(port))})
+    server = await loop.create_server(protocol, "127.0.0.1", 0, backlog=4096)
+    print(f"listening on http://127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
 # ---- the client ------------------------------------------------------------------------------
 
 
@@ -202,6 +256,8 @@ def measure(
         log_path = tmp / f"access-{transport}.log"
         cmd = [PY, "-m", "sansio_gateway.adapters.cli", "serve", "--config", str(cfg),
                "--port", "0", "--transport", transport]  # fmt: skip
+        if transport == "relay":
+            cmd = [PY, "-m", "benchmarks.chunk_cost", "--relay", backend]
         if profile is not None:
             # cProfile writes its stats when serve returns (SIGTERM drains and exits).
             out = profile / f"gateway-{transport}.prof"
@@ -228,7 +284,10 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--transports", nargs="+", default=["fast", "anyio"])
+    parser.add_argument(
+        "--transports", nargs="+", default=["fast", "anyio"],
+        help="fast, anyio, or relay: a uvloop proxy that only moves bytes (the floor)",
+    )  # fmt: skip
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--tokens", type=int, default=20, help="NDJSON lines per stream")
@@ -237,6 +296,7 @@ def main() -> None:
         help="serve on asyncio's own loop even when uvloop is installed",
     )  # fmt: skip
     parser.add_argument("--backend", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--relay", metavar="BACKEND_URL", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     parser.add_argument(
         "--profile", type=Path, metavar="DIR",
@@ -245,6 +305,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.backend:
         asyncio.run(_serve_backend(args.tokens))
+        return
+    if args.relay:
+        import uvloop
+
+        uvloop.run(_serve_relay(args.relay))
         return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
