@@ -16,6 +16,7 @@ shared by every gateway process, see its docstring for the key layout).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import operator
@@ -151,10 +152,18 @@ _COLUMNS = (
 _DAY = _COLUMNS.index("day")
 _BEFORE_DAY = operator.attrgetter(*_COLUMNS[:_DAY])
 _AFTER_DAY = operator.attrgetter(*_COLUMNS[_DAY + 1 :])
-_INSERT = (
-    f"INSERT OR REPLACE INTO usage ({', '.join(_COLUMNS)})"
-    f" VALUES ({', '.join('?' for _ in _COLUMNS)})"
-)
+# Rows per INSERT statement: one statement for a whole batch, not one step
+# per row.  sqlite3 lets go of the GIL around every step, and each time the
+# writer thread wants it back it must wait for (or take it from) the event
+# loop: one step per row made the ledger thread the loop's most frequent
+# interruption.  999 is SQLite's oldest limit on variables per statement.
+_ROWS_PER_INSERT = 999 // len(_COLUMNS)
+_ROW = f"({', '.join('?' for _ in _COLUMNS)})"
+
+
+@functools.cache
+def _insert_rows(n: int) -> str:
+    return f"INSERT OR REPLACE INTO usage ({', '.join(_COLUMNS)}) VALUES {', '.join([_ROW] * n)}"
 
 
 SQLITE_MAX_PENDING = 100_000
@@ -237,10 +246,13 @@ class SQLiteLedger:
     def _write(self, batch: list[UsageRecord]) -> None:
         # attrgetter, not dataclasses.asdict: asdict deep-copies every field
         # and was most of this thread's CPU (it holds the GIL the loop needs).
-        rows = [(*_BEFORE_DAY(r), _day(r.time), *_AFTER_DAY(r)) for r in batch]
+        values = [v for r in batch for v in (*_BEFORE_DAY(r), _day(r.time), *_AFTER_DAY(r))]
+        width = len(_COLUMNS) * _ROWS_PER_INSERT
         with self._lock:
             self._conn.execute("BEGIN")
-            self._conn.executemany(_INSERT, rows)
+            for start in range(0, len(values), width):
+                part = values[start : start + width]
+                self._conn.execute(_insert_rows(len(part) // len(_COLUMNS)), part)
             self._conn.execute("COMMIT")
 
     async def flush(self) -> None:

@@ -66,6 +66,7 @@ def _chunk(data: bytes) -> bytes:
 
 class _Backend(asyncio.Protocol):
     tokens = 20
+    pace = 0.0  # seconds between lines; 0: one per turn of the loop
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -103,14 +104,17 @@ class _Backend(asyncio.Protocol):
             return
         if i < self.tokens:
             self.transport.write(_chunk(LINE % i))
-            self.loop.call_soon(self._line, i + 1)
+            if self.pace:
+                self.loop.call_later(self.pace, self._line, i + 1)
+            else:
+                self.loop.call_soon(self._line, i + 1)
         else:
             self.transport.write(_chunk(FINAL % self.tokens) + b"0\r\n\r\n")
 
 
-async def _serve_backend(tokens: int) -> None:
+async def _serve_backend(tokens: int, pace: float = 0.0) -> None:
     loop = asyncio.get_running_loop()
-    protocol = type("Backend", (_Backend,), {"tokens": tokens})
+    protocol = type("Backend", (_Backend,), {"tokens": tokens, "pace": pace})
     server = await loop.create_server(protocol, "127.0.0.1", 0, backlog=4096)
     print(f"chunk backend on http://127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
     async with server:
@@ -244,9 +248,11 @@ def measure(
     tmp: Path,
     profile: Path | None = None,
     uvloop: bool = True,
+    pace_ms: float = 0.0,
 ) -> list[dict[str, Any]]:
     rows = []
-    backend_cmd = [PY, "-m", "benchmarks.chunk_cost", "--backend", "--tokens", str(tokens)]
+    backend_cmd = [PY, "-m", "benchmarks.chunk_cost", "--backend", "--tokens", str(tokens),
+                   "--pace-ms", str(pace_ms)]  # fmt: skip
     with _process(backend_cmd, "chunk backend on ") as (_, backend):
         cfg = tmp / f"gateway-{transport}.toml"
         text = CONFIG.format(backend=backend, digest=hash_key(KEY), tmp=tmp, max_connections=500)
@@ -292,6 +298,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--tokens", type=int, default=20, help="NDJSON lines per stream")
     parser.add_argument(
+        "--pace-ms", type=float, default=0.0,
+        help="the backend waits this long between lines (each then reaches the gateway as"
+        " its own read, as a real model's tokens do); 0: as fast as it can",
+    )  # fmt: skip
+    parser.add_argument(
         "--no-uvloop", action="store_true",
         help="serve on asyncio's own loop even when uvloop is installed",
     )  # fmt: skip
@@ -304,7 +315,7 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
     if args.backend:
-        asyncio.run(_serve_backend(args.tokens))
+        asyncio.run(_serve_backend(args.tokens, args.pace_ms / 1000))
         return
     if args.relay:
         import uvloop
@@ -316,7 +327,7 @@ def main() -> None:
         for transport in args.transports:
             rows += measure(
                 transport, args.concurrency, args.seconds, args.tokens, Path(tmp), args.profile,
-                uvloop=not args.no_uvloop,
+                uvloop=not args.no_uvloop, pace_ms=args.pace_ms,
             )  # fmt: skip
     print(f"{platform.node()} {platform.machine()} Python {sys.version.split()[0]}")
     print(f"{'transport':>9} {'c':>3} {'µs/chunk':>9} {'streams/s':>10} {'TTFT p50':>9}"

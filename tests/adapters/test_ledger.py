@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -154,3 +156,30 @@ def test_workers_opening_one_new_ledger_at_once_all_open_it(tmp_path: Path) -> N
         for thread in threads:
             thread.join()
         assert not errors, (trial, errors)
+
+
+@pytest.mark.parametrize("size", [1, 57, 58, 59, 117, 300])
+def test_a_batch_of_any_size_lands_whole_with_every_field(tmp_path: Path, size: int) -> None:
+    """A batch goes in as INSERT statements of many rows each (the last one
+    shorter): every record lands once, each column where it belongs."""
+    ledger = SQLiteLedger(tmp_path / "u.db")
+    batch = [
+        rec(f"r{i}", user=f"u{i % 3}", prompt=i, completion=2 * i, time=DAY1 + i)
+        for i in range(size)
+    ]
+    batch[0] = dataclasses.replace(batch[0], ttft=None, key_id=None, usage_reported=False)
+    ledger._write(batch)
+    ledger._write(batch[: size // 2])  # written again: replaced, not doubled
+    rows = sqlite3.connect(tmp_path / "u.db").execute(
+        "SELECT request_id, time, day, key_id, user, prompt_tokens, completion_tokens, ttft,"
+        " usage_reported FROM usage ORDER BY time"
+    ).fetchall()
+    assert len(rows) == size
+    for i, row in enumerate(rows):
+        record = batch[i]
+        assert row == (
+            record.request_id, record.time, "2026-11-25", record.key_id, record.user,
+            record.prompt_tokens, record.completion_tokens, record.ttft,
+            int(record.usage_reported),
+        )  # fmt: skip
+    assert rows[0][3] is None and rows[0][7] is None and rows[0][8] == 0
