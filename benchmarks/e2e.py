@@ -18,6 +18,8 @@ What it does:
   the machine, as a user runs them (issue 13's conditions).  ``--pinned``
   is the second mode: the backend and this harness on CPU 1, the server
   under test alone on CPU 0, the other server stopped while one is measured;
+* adds a relay target (a uvloop process that only moves bytes: the floor
+  one more hop costs on this machine) unless ``--no-relay``;
 * measures non-stream and stream chat at concurrency 1, 16 and 64, the
   targets interleaved within each round, and reports the median round:
   req/s, p50/p95/p99 latency, time to first token, CPU% of the server under
@@ -278,6 +280,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
     parser.add_argument("--no-workers", action="store_true", help="skip the --workers 2 run")
     parser.add_argument(
+        "--no-relay", action="store_true",
+        help="skip the relay target (a byte-moving proxy: the floor of one more hop)",
+    )  # fmt: skip
+    parser.add_argument(
         "--pinned", action="store_true", help="pin the server under test alone to CPU 0"
     )
     args = parser.parse_args()
@@ -311,6 +317,12 @@ def main() -> None:
                 Target("direct", emu_url, emu.pid, "/api/chat", {}),
                 Target("gateway", gw_url, gw.pid, "/v1/chat/completions", AUTH),
             ]
+            if not args.no_relay:
+                # The floor of any proxy here: one more hop through a uvloop
+                # process that only moves bytes (benchmarks/chunk_cost.py).
+                relay_cmd = [*_pin(0), PY, "-m", "benchmarks.chunk_cost", "--relay", emu_url]
+                relay, relay_url = stack.enter_context(_process(relay_cmd, "listening on "))
+                targets.append(Target("relay", relay_url, relay.pid, "/api/chat", {}))
             if litellm_venv:
                 lcfg = tmp / "litellm.yaml"
                 lcfg.write_text(LITELLM_CONFIG.format(model=MODEL, emu=emu_url, key=KEY))
@@ -410,6 +422,13 @@ def _ratios(rows: list[dict[str, Any]]) -> list[str]:
             parts.append(f"added p50 {row['p50_ms'] - direct['p50_ms']:.3f} ms")
             if mode == "stream" and direct["ttft_p50_ms"] != "":
                 parts.append(f"added TTFT {row['ttft_p50_ms'] - direct['ttft_p50_ms']:.3f} ms")
+        relay = by.get(("relay", mode, c))
+        if direct and relay:
+            parts.append(f"(a byte relay adds p50 {relay['p50_ms'] - direct['p50_ms']:.3f} ms")
+            if mode == "stream" and direct["ttft_p50_ms"] != "":
+                parts.append(f"TTFT {relay['ttft_p50_ms'] - direct['ttft_p50_ms']:.3f} ms)")
+            else:
+                parts[-1] += ")"
         lines.append(" ".join(parts))
     return lines
 
@@ -446,7 +465,7 @@ def _write(report: dict[str, Any], out: Path) -> None:
     by = _by(report["rows"])
     levels = sorted({r["concurrency"] for r in report["rows"]})
     for col, mode in enumerate(("non-stream", "stream")):
-        for name in ("direct", "gateway", "litellm"):
+        for name in ("direct", "relay", "gateway", "litellm"):
             if (name, mode, levels[0]) not in by:
                 continue
             axes[0][col].plot(
