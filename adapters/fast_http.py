@@ -332,6 +332,9 @@ def response_head(
     """The head h11 writes for this response to an HTTP/1.1 request; with the
     body's length (None: chunked) and whether the connection stays open.
     Raises h11.LocalProtocolError where h11 would."""
+    lean = _lean_head(status, reason, headers, head_request) if keep_alive else None
+    if lean is not None:
+        return lean
     # h11 validates and normalizes through its own event: the same checks.
     response = h11.Response(status_code=status, headers=headers, reason=reason)
     raw = response.headers.raw_items()
@@ -363,6 +366,40 @@ def response_head(
     lines += [b"%s: %s\r\n" % (n, v) for n, v in raw]
     lines.append(b"\r\n")
     return b"".join(lines), length, keep_alive
+
+
+# h11's own grammar for field values (h11._abnf.field_value).
+_FIELD_VALUE = re.compile(rb"([^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
+# Headers whose handling the lean path leaves to h11.
+_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
+
+
+def _lean_head(
+    status: int, reason: bytes, headers: list[tuple[bytes, bytes]], head_request: bool
+) -> tuple[bytes, int | None, bool] | None:
+    """The common response head without building h11's event (a third of the
+    head's cost): the same bytes, or None for anything h11 must decide --
+    a header it would refuse or rewrite, framing headers but one plain
+    Content-Length, a status without a body, a connection that closes."""
+    if not 200 <= status <= 999 or status in (204, 304):
+        return None
+    length: int | None = None
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    for name, value in headers:
+        if _TOKEN.fullmatch(name) is None or _FIELD_VALUE.fullmatch(value) is None:
+            return None
+        lower = name.lower()
+        if lower in _FRAMING:
+            if lower != b"content-length" or length is not None:
+                return None
+            if _DIGITS.fullmatch(value) is None:
+                return None
+            length = int(value)
+        lines.append(b"%s: %s\r\n" % (name, value))
+    if length is None:
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines), 0 if head_request else length, True
 
 
 def _comma_tokens(value: bytes) -> list[bytes]:

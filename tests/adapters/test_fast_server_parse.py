@@ -232,3 +232,50 @@ def test_response_heads_refused_as_h11_refuses(headers: list[tuple[bytes, bytes]
     with pytest.raises(h11.LocalProtocolError) as theirs:
         _h11_head(b"GET", [], 200, headers)
     assert str(ours.value) == str(theirs.value)
+
+
+_NAMES = st.sampled_from(
+    [b"content-type", b"X-Request-Id", b"content-length", b"Content-Length",
+     b"transfer-encoding", b"connection", b"x-ratelimit-limit-requests", b"bad name",
+     b"caf\xc3\xa9", b""]
+)  # fmt: skip
+_VALUES = st.one_of(
+    st.sampled_from([b"12", b"0", b"1, 1", b" 3", b"chunked", b"close", b"keep-alive",
+                     b"text/event-stream", b"a  b", b"", b"x\r\ny", b"\x00", b"\xff\xfe"]),
+    st.binary(max_size=8),
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    status=st.sampled_from([200, 201, 204, 299, 304, 400, 429, 503, 999]),
+    headers=st.lists(st.tuples(_NAMES, _VALUES), max_size=5),
+    method=st.sampled_from([b"GET", b"HEAD", b"POST"]),
+    close=st.booleans(),
+)
+def test_any_response_head_is_h11s_or_refused_as_h11_refuses(
+    status: int, headers: list[tuple[bytes, bytes]], method: bytes, close: bool
+) -> None:
+    """Whichever path writes it (the lean one for common heads, h11's event
+    for the rest), the head is h11's bytes, or h11's refusal."""
+    request_headers = [(b"connection", b"close")] if close else []
+    try:
+        expected, keep = _h11_head(method, request_headers, status, headers)
+    except h11.LocalProtocolError as theirs:
+        with pytest.raises(h11.LocalProtocolError) as ours:
+            response_head(status, b"R", headers, head_request=method == b"HEAD",
+                          keep_alive=not close)  # fmt: skip
+        assert str(ours.value) == str(theirs)
+        return
+    head, length, keep_alive = response_head(
+        status, b"R", headers, head_request=method == b"HEAD", keep_alive=not close
+    )
+    assert head == expected
+    assert keep_alive is keep
+    fields = dict(line.lower().split(b": ", 1) for line in expected.split(b"\r\n")[1:-2])
+    if method == b"HEAD" or status in (204, 304):
+        assert length == 0
+    elif fields.get(b"transfer-encoding") == b"chunked":
+        assert length is None
+    else:
+        assert length == int(fields[b"content-length"])
