@@ -63,6 +63,7 @@ from sansio_gateway.actions import (
     SendBody,
     SendUpstream,
     StartResponse,
+    UpstreamChunkReceived,
     UpstreamFailed,
     UpstreamResponseStarted,
     UsageQueried,
@@ -422,6 +423,12 @@ class _Request:
             if isinstance(action, SHARED_WRITES):
                 self.gateway.apply_write(action, self.executor.clock())
         for index, action in enumerate(actions):
+            if type(action) in _RESPONSE_TYPES:
+                # The common case (a stream chunk is one SendBody): queued
+                # bytes, nothing to await, nothing a cancellation could cut.
+                if not self.client_gone:
+                    self._respond(action)  # type: ignore[arg-type]  # one of _RESPONSE_TYPES
+                continue
             try:
                 if not isinstance(action, _QUEUED):
                     await self._flush()  # the client must not wait behind a store or backend
@@ -500,10 +507,10 @@ class _Request:
         if self.client_gone:
             return
         channel = self.channel
-        if isinstance(action, StartResponse):
-            channel.start_response(action.status, action.headers)
-        elif isinstance(action, SendBody):
+        if isinstance(action, SendBody):  # first: the one a stream chunk is
             channel.send_body(action.data)
+        elif isinstance(action, StartResponse):
+            channel.start_response(action.status, action.headers)
         else:
             channel.end_response(keep_alive=action.keep_alive)
 
@@ -596,7 +603,8 @@ class _Request:
     async def deliver(self, result: Result) -> bool:
         """The upstream client's callback: True while more results are wanted."""
         async with self.lock:
-            self.executor.count_upstream_error(self.exchange, result)
+            if type(result) is not UpstreamChunkReceived:  # a chunk is never an error
+                self.executor.count_upstream_error(self.exchange, result)
             try:
                 actions = self.exchange.handle(result, self.executor.clock())
             except Exception:
@@ -681,6 +689,8 @@ def _package_file(name: str) -> bytes | None:
     except OSError:
         return None
 
+
+_RESPONSE_TYPES = frozenset((StartResponse, SendBody, EndResponse))
 
 # Actions that at most queue response bytes; anything else may wait on I/O,
 # so what is queued is flushed first.

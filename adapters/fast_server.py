@@ -628,8 +628,12 @@ class _Channel:
             self.conn.closed = True
 
     async def flush(self) -> None:
+        conn = self.conn
+        if not conn.write_paused and not conn.lost:
+            conn.schedule_write()  # the common case, without a second coroutine
+            return
         try:
-            await self.conn.flush()
+            await conn.flush()
         except _Gone:
             raise ClientGone() from None
 

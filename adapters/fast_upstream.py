@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import ssl
 from dataclasses import dataclass, field
@@ -194,6 +195,15 @@ class _BackendProtocol(asyncio.Protocol):
             return event
 
 
+@functools.lru_cache(maxsize=1024)
+def _split_url(url: str) -> tuple[Origin, str, bytes]:
+    """The origin, the request target and the Host header of ``url``: the
+    same few URLs (a backend's base and its routes) come back every request."""
+    origin, target = origin_of(url)
+    host = origin.host if origin.port in (80, 443) else f"{origin.host}:{origin.port}"
+    return origin, target, host.encode("ascii")
+
+
 @dataclass(eq=False)
 class FastUpstreamClient:
     max_idle_per_origin: int = 256
@@ -292,9 +302,8 @@ class FastUpstreamClient:
         """Send a request and read the response head (status, headers); the
         caller releases the connection (``_release``).  ``parsed``: httptools
         reads the response (``conn.parsed``), else h11."""
-        origin, target = origin_of(url)
-        host = origin.host if origin.port in (80, 443) else f"{origin.host}:{origin.port}"
-        all_headers = [(b"host", host.encode("ascii")), *headers]
+        origin, target, host = _split_url(url)
+        all_headers = [(b"host", host), *headers]
         if body or method not in ("GET", "HEAD"):
             all_headers.append((b"content-length", str(len(body)).encode()))
         conn = await self._take(origin, connect_timeout)
