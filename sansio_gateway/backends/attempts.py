@@ -86,17 +86,41 @@ class Attempts:
             retry_after=wait,
         )
 
+    def _with(
+        self, *, made: int, stream: bool, retry_after: float | None, maybe_generated: bool
+    ) -> Attempts:
+        # What every request does (sent, answered) without dataclasses.replace,
+        # which looks the fields up again each call: a few microseconds.
+        return Attempts(
+            targets=self.targets,
+            index=self.index,
+            retries_on_target=self.retries_on_target,
+            made=made,
+            reason=self.reason,
+            retry_after=retry_after,
+            stream=stream,
+            maybe_generated=maybe_generated,
+        )
+
     def sent(self, *, stream: bool) -> Attempts:
-        return replace(self, made=self.made + 1, stream=stream)
+        return self._with(
+            made=self.made + 1,
+            stream=stream,
+            retry_after=self.retry_after,
+            maybe_generated=self.maybe_generated,
+        )
 
     def answered(self, status: int, retry_after: bytes | None) -> Attempts:
         """The backend answered with ``status`` (and this Retry-After)."""
         # A 4xx is the backend refusing the request, before generating;
         # a 5xx may come after minutes of generation (an OOM, a crash).
         generated = self.maybe_generated or not 400 <= status < 500
-        if status < 400:
-            return replace(self, maybe_generated=generated)
-        return replace(self, maybe_generated=generated, retry_after=parse_retry_after(retry_after))
+        return self._with(
+            made=self.made,
+            stream=self.stream,
+            retry_after=self.retry_after if status < 400 else parse_retry_after(retry_after),
+            maybe_generated=generated,
+        )
 
     def failed(self, error: GatewayError) -> Attempts:
         """The attempt failed in transport (no answer, or a broken one)."""

@@ -125,7 +125,7 @@ class BreakerPreview:
         after: Breaker,
         event: CountBackendAttempt | RecordBackendOutcome,
     ) -> None:
-        if after != before:
+        if after is not before and after != before:
             self._mine[backend] = after
             self.events.append(event)
 

@@ -141,3 +141,24 @@ def test_each_attempt_says_why_it_is_made() -> None:
     # A first attempt that skips an open breaker goes to the fallback target.
     first, _, _ = Attempts.for_route(ROUTE).choose(BreakerPreview(health), T0 + 1, 0.0)
     assert (first.current.backend, first.made, first.reason) == ("b", 0, "fallback")
+
+
+def test_sent_and_answered_carry_every_other_field() -> None:
+    """They build the next value by hand (not dataclasses.replace): a field
+    they do not name must still be carried over, whatever its value."""
+    import dataclasses
+
+    busy = Attempts(
+        targets=Attempts.for_route(ROUTE).targets, index=1, retries_on_target=2, made=3,
+        reason="fallback", retry_after=7.0, stream=True, maybe_generated=True,
+    )  # fmt: skip
+    assert busy.sent(stream=False) == dataclasses.replace(busy, made=4, stream=False)
+    assert busy.answered(200, None) == busy
+    assert busy.answered(429, b"12") == dataclasses.replace(busy, retry_after=12.0)
+    fresh = Attempts.for_route(ROUTE)
+    assert fresh.answered(404, None) == dataclasses.replace(fresh, retry_after=None)
+    assert fresh.answered(500, None).maybe_generated
+    assert {f.name for f in dataclasses.fields(Attempts)} == {
+        "targets", "index", "retries_on_target", "made", "reason", "retry_after", "stream",
+        "maybe_generated",
+    }, "a new field: carry it in Attempts._with"  # fmt: skip
