@@ -621,11 +621,16 @@ class _Channel:
             conn.ended = True
             if not keep_alive:
                 conn.closed = True
-            return
-        self.conn.chunked = False
-        self.conn.queue(h11.EndOfMessage())
-        if not keep_alive:
-            self.conn.closed = True
+        else:
+            conn.chunked = False
+            conn.queue(h11.EndOfMessage())
+            if not keep_alive:
+                conn.closed = True
+        # The response is whole: it leaves now, not after the bookkeeping
+        # that follows it in this turn of the loop (the limits' commit, the
+        # usage record, metrics, the access line), which the client need
+        # not wait for.
+        conn.write_out()
 
     async def flush(self) -> None:
         conn = self.conn
