@@ -460,8 +460,25 @@ class FastUpstreamClient:
         """:meth:`_relay` with httptools: what one read parsed goes out as one chunk."""
         loop = conn.loop
         idle_timeout = backend.idle_timeout
+        # Only an event stream is worth cutting: a whole answer waits for its end.
+        first = any(
+            n == b"content-type" and (b"event-stream" in v.lower() or b"ndjson" in v.lower())
+            for n, v in parsed.headers
+        )
         while True:
             data = parsed.take_body()
+            if first and data:
+                first = False
+                # A fast backend's first read may hold many lines: the first
+                # goes out alone, before the rest is translated (the client's
+                # first token waits for one line's work, not the read's).
+                # The core's decoders read any cut of a stream the same way.
+                cut = data.find(b"\n") + 1
+                if 0 < cut < len(data):
+                    if not await deliver(UpstreamChunkReceived(data=data[:cut])):
+                        return await self._drain_parsed(conn, parsed)
+                    await asyncio.sleep(0)  # lets the queued write leave
+                    data = data[cut:]
             if data and not await deliver(UpstreamChunkReceived(data=data)):
                 return await self._drain_parsed(conn, parsed)
             if parsed.complete:
