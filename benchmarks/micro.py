@@ -30,6 +30,7 @@ from sansio_gateway.http import IncomingRequest
 from sansio_gateway.limits import Costs, MemoryLimitStore, build_specs
 from sansio_gateway.openai_over_ollama.chat_request import chat_request_to_ollama
 from sansio_gateway.openai_over_ollama.chat_stream import OllamaChatStream
+from sansio_gateway.openai_over_ollama.sse_stream import ndjson_to_sse
 from sansio_gateway.wire.openai_chat import parse_chat_request
 from tests.helpers import make_config
 
@@ -75,6 +76,17 @@ def rate(fn: Callable[[], int], seconds: float) -> float:
 
 
 def stream_chunks() -> int:
+    """The stream as the /v1 chat flow builds it (openai_over_ollama/chat.py):
+    the stream base with the translator's hot path for plain content lines."""
+    machine = OllamaChatStream(completion_id="chatcmpl-x", created=1, model="m", include_usage=True)
+    stream = ndjson_to_sse(machine, prompt_bytes=0, frame=machine.sse_event)
+    stream.feed(STREAM)
+    return 22  # 20 content chunks, the finish and usage chunks (as below)
+
+
+def stream_chunks_general() -> int:
+    """The same translation through the translator's general path only:
+    decoder -> ``OllamaChatStream.feed`` -> ``encode_sse_json``."""
     decoder = NDJSONDecoder()
     machine = OllamaChatStream(completion_id="chatcmpl-x", created=1, model="m", include_usage=True)
     out = 0
@@ -155,6 +167,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.0)
     s = parser.parse_args().seconds
     print(f"Ollama NDJSON -> OpenAI SSE: {rate(stream_chunks, s):,.0f} chunks/s")
+    general = rate(stream_chunks_general, s)
+    print(f"Ollama NDJSON -> OpenAI SSE, general path only: {general:,.0f} chunks/s")
     print(f"SSE decoding: {rate(sse_bytes, s) / 1e6:,.1f} MB/s")
     print(f"NDJSON decoding: {rate(ndjson_bytes, s) / 1e6:,.1f} MB/s")
     print(f"chat request validation + translation: {rate(translate, s):,.0f} requests/s")

@@ -143,6 +143,11 @@ class _LineSplitter:
                 yield line
         self._check(len(self._buf))
 
+    @property
+    def buffered(self) -> bool:
+        """Bytes of an unfinished line wait for the next chunk."""
+        return bool(self._buf)
+
     def close(self) -> bytes:
         """End of stream: return (and forget) the unterminated last line."""
         tail = bytes(self._buf)
@@ -383,13 +388,31 @@ class NDJSONDecoder(_Decoder[Any]):
     without ``\\n`` is parsed like any other.
     """
 
-    __slots__ = ("_lines",)
+    __slots__ = ("_lines", "_max")
 
     def __init__(self, *, max_line_bytes: int = 1 << 20) -> None:
         super().__init__()
-        self._lines = _LineSplitter(
-            _check_limit("max_line_bytes", max_line_bytes), cr_ends_line=False
-        )
+        self._max = _check_limit("max_line_bytes", max_line_bytes)
+        self._lines = _LineSplitter(self._max, cr_ends_line=False)
+
+    def feed(self, data: bytes) -> list[Any]:
+        # Hot path: Ollama writes each line as its own chunk, so a chunk is
+        # usually whole lines, nothing is buffered, and every line is JSON.
+        # Then the records are just the parsed lines, with no splitter or
+        # failure latch to go through.  Anything else (a partial line, a
+        # blank or bad line, an over-long one) takes the general path from
+        # the start: nothing here has changed the decoder's state.
+        if data[-1:] == b"\n" and self._stopped is None and not self._lines.buffered:
+            lines = data.split(b"\n")
+            lines.pop()  # the chunk ends with a line end: the last piece is b""
+            limit = self._max
+            if len(data) <= limit or max(map(len, lines)) <= limit:
+                loads = orjson.loads
+                try:
+                    return [loads(line) for line in lines]
+                except orjson.JSONDecodeError:
+                    pass
+        return super().feed(data)
 
     def _consume(self, data: bytes, out: list[Any]) -> None:
         for line in self._lines.feed(data):
