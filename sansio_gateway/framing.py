@@ -402,16 +402,19 @@ class NDJSONDecoder(_Decoder[Any]):
         # failure latch to go through.  Anything else (a partial line, a
         # blank or bad line, an over-long one) takes the general path from
         # the start: nothing here has changed the decoder's state.
-        if data[-1:] == b"\n" and self._stopped is None and not self._lines.buffered:
-            lines = data.split(b"\n")
-            lines.pop()  # the chunk ends with a line end: the last piece is b""
-            limit = self._max
-            if len(data) <= limit or max(map(len, lines)) <= limit:
-                loads = orjson.loads
-                try:
-                    return [loads(line) for line in lines]
-                except orjson.JSONDecodeError:
-                    pass
+        if data.endswith(b"\n") and self._stopped is None and not self._lines.buffered:
+            loads, limit = orjson.loads, self._max
+            try:
+                if data.find(b"\n") == len(data) - 1:  # one line ("\n" is JSON whitespace)
+                    if len(data) <= limit:
+                        return [loads(data)]
+                else:
+                    lines = data.split(b"\n")
+                    lines.pop()  # the chunk ends with a line end: the last piece is b""
+                    if len(data) <= limit or max(map(len, lines)) <= limit:
+                        return [loads(line) for line in lines]
+            except orjson.JSONDecodeError:
+                pass
         return super().feed(data)
 
     def _consume(self, data: bytes, out: list[Any]) -> None:

@@ -131,6 +131,16 @@ class TranslatedStream(Generic[R]):
         except FramingError as exc:
             return self.fail(UpstreamError(f"malformed stream from backend: {exc.reason}"))
         out: list[bytes] = []
+        if len(records) == 1 and self._frame is not None:
+            # Hot path: one record per chunk, framed by the translator's
+            # hot path, which leaves it streaming: no end to check for.
+            record = records[0]
+            event = self._frame(record)
+            if event is not None:
+                self._payloads_out += 1
+                return event
+            # The translator is streaming (or this stream would not be).
+            return self._send(out, self._encode_all(self._records.feed(record), out))
         return self._send(out, self._translate(records, out))
 
     def finish(self) -> bytes:
