@@ -70,6 +70,8 @@ from .tracing import forwarded_trace_context
 __all__ = ["Exchange", "ExchangeState", "ExchangeStateError", "GatewayView", "RequestSummary"]
 
 _S = ExchangeState
+# Before any attempt (immutable, so one value serves every Exchange).
+_NO_ATTEMPTS = Attempts(targets=())
 
 
 class Exchange:
@@ -95,7 +97,7 @@ class Exchange:
         self.limit_decision: Decision | None = None
         self._request: ParsedRequest | None = None  # what the route's parser made of the body
         self._context: FlowContext | None = None
-        self._attempts = Attempts(targets=())
+        self._attempts = _NO_ATTEMPTS
         self._answer = AttemptAnswer()  # the current attempt's
         self._limits = LimitAccount(request_id)
         self._pending: Pending | None = None  # a local route's wait on the adapter

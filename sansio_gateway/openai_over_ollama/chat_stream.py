@@ -99,15 +99,18 @@ class OllamaChatStream:
         self._held_chars = 0
         self._held_logprobs: list[dict[str, Any]] = []
         self.usage: TokenUsage | None = None
-        self._content_event = self._content_frame()
+        # The SSE event of a content chunk, cut around its content: every
+        # other byte is the same for the whole stream.  The first chunk
+        # also carries the role (see _chunk).
+        self._first_event = self._content_frame({"role": "assistant", "content": ""})
+        self._content_event = self._content_frame({"content": ""})
 
-    def _content_frame(self) -> tuple[bytes, bytes]:
-        """The SSE event of a later content chunk, cut around its content:
-        every byte but the content's JSON string is the same for the whole
-        stream.  Cut from the very chunk :meth:`_chunk` builds, so the two
-        cannot drift apart.  ``"content":""`` occurs once in it: inside a
-        JSON string its quotes would be escaped."""
-        event = encode_sse_json(self._envelope([self._choice({"content": ""}, None)]))
+    def _content_frame(self, delta: dict[str, Any]) -> tuple[bytes, bytes]:
+        """The bytes before and after the content of the chunk :meth:`_chunk`
+        builds for ``delta`` (whose content is ``""``): cut from that very
+        chunk, so the two cannot drift apart.  ``"content":""`` occurs once
+        in it: inside a JSON string its quotes would be escaped."""
+        event = encode_sse_json(self._envelope([self._choice(delta, None)]))
         head, found, tail = event.partition(b'"content":""')
         assert found
         return head + b'"content":', tail
@@ -144,15 +147,16 @@ class OllamaChatStream:
         """Hot path: the SSE event of a plain content line, or None when
         ``line`` needs :meth:`feed`.
 
-        Plain means what most lines of a stream are: after the first chunk
-        (which carries the role), no forced tool call, and a line that is
-        not done and holds non-empty text content and nothing else that
-        :meth:`feed` would read (no thinking, tool calls, logprobs, error
-        or done reason).  Then :meth:`feed` would return exactly one chunk,
-        ``{"content": text}`` in the stream's constant envelope, and this
-        returns its bytes as ``encode_sse_json`` would, without building it.
+        Plain means what most lines of a stream are: no forced tool call,
+        and a line that is not done and holds non-empty text content and
+        nothing else that :meth:`feed` would read (no thinking, tool calls,
+        logprobs, error or done reason).  Then :meth:`feed` would return
+        exactly one chunk, ``{"content": text}`` (with the role first in
+        the stream's first chunk) in the stream's constant envelope, and
+        this returns its bytes as ``encode_sse_json`` would, without
+        building it.
         """
-        if not self._started or self._forced is not None or self._state is not _State.STREAMING:
+        if self._forced is not None or self._state is not _State.STREAMING:
             return None
         if type(line) is not dict or line.get("done") is not False:
             return None
@@ -167,7 +171,11 @@ class OllamaChatStream:
             return None
         if line.get("logprobs") is not None or line.get("done_reason") is not None:
             return None
-        head, tail = self._content_event
+        if self._started:
+            head, tail = self._content_event
+        else:
+            self._started = True
+            head, tail = self._first_event
         return b"".join((head, orjson.dumps(content), tail))
 
     def finish(self) -> list[dict[str, Any]]:
