@@ -28,6 +28,8 @@ from sansio_gateway.framing import NDJSONDecoder, SSEDecoder, encode_sse_json
 from sansio_gateway.gateway import Gateway
 from sansio_gateway.http import IncomingRequest
 from sansio_gateway.limits import Costs, MemoryLimitStore, build_specs
+from sansio_gateway.ollama_over_openai.responses import Shape
+from sansio_gateway.ollama_over_openai.stream import OpenAIChatToOllamaStream, sse_to_ndjson
 from sansio_gateway.openai_over_ollama.chat_request import chat_request_to_ollama
 from sansio_gateway.openai_over_ollama.chat_stream import OllamaChatStream
 from sansio_gateway.openai_over_ollama.sse_stream import ndjson_to_sse
@@ -95,6 +97,39 @@ def stream_chunks_general() -> int:
             encode_sse_json(payload)
             out += 1
     return out
+
+
+def _event(delta: dict[str, object], finish: str | None = None) -> bytes:
+    chunk = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+    return encode_sse_json(chunk)
+
+
+# What an OpenAI-compatible backend sends, one event per read.
+OPENAI_EVENTS = [
+    _event({"role": "assistant", "content": ""}),
+    *(_event({"content": f"word{i} "}) for i in range(20)),
+    _event({}, "stop"),
+    encode_sse_json({"id": "chatcmpl-1", "choices": [], "usage": {"prompt_tokens": 5}}),
+    b"data: [DONE]\n\n",
+]
+
+
+def reverse_chunks() -> int:
+    """OpenAI SSE -> Ollama NDJSON as the /api/chat flow over an OpenAI
+    backend builds it, one event per upstream read."""
+    lines = OpenAIChatToOllamaStream(
+        shape=Shape.CHAT, model="m", created_at="2026-01-01T00:00:00Z", id_prefix="x"
+    )
+    stream = sse_to_ndjson(lines, prompt_bytes=0)
+    for event in OPENAI_EVENTS:
+        stream.feed(event)
+    return len(OPENAI_EVENTS)
 
 
 SSE_DATA = b"".join(
@@ -169,6 +204,7 @@ def main() -> None:
     print(f"Ollama NDJSON -> OpenAI SSE: {rate(stream_chunks, s):,.0f} chunks/s")
     general = rate(stream_chunks_general, s)
     print(f"Ollama NDJSON -> OpenAI SSE, general path only: {general:,.0f} chunks/s")
+    print(f"OpenAI SSE -> Ollama NDJSON: {rate(reverse_chunks, s):,.0f} chunks/s")
     print(f"SSE decoding: {rate(sse_bytes, s) / 1e6:,.1f} MB/s")
     print(f"NDJSON decoding: {rate(ndjson_bytes, s) / 1e6:,.1f} MB/s")
     print(f"chat request validation + translation: {rate(translate, s):,.0f} requests/s")
