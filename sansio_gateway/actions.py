@@ -9,6 +9,7 @@ time, so there is never a hidden queue to drain.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -53,6 +54,7 @@ __all__ = [
     "UpstreamResponseStarted",
     "UsageQueried",
     "UsageRecord",
+    "send_body",
 ]
 
 
@@ -91,6 +93,20 @@ class StartResponse:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SendBody:
     data: bytes
+
+
+def send_body(data: bytes) -> SendBody:
+    """``SendBody(data=data)``, for the Exchange's per-chunk path: the frozen
+    dataclass's generated ``__init__`` is a Python frame that calls
+    ``object.__setattr__``; setting the one slot directly skips both.  The
+    value is the same (same type, same field, still frozen)."""
+    body = _NEW(SendBody)
+    _SET_DATA(body, data)
+    return body
+
+
+_NEW = object.__new__
+_SET_DATA: Callable[[SendBody, bytes], None] = SendBody.__dict__["data"].__set__
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

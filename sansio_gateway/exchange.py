@@ -40,6 +40,7 @@ from .actions import (
     UpstreamClosed,
     UpstreamFailed,
     UpstreamResponseStarted,
+    send_body,
 )
 from .backends.attempts import Attempts
 from .backends.health import BreakerPreview, answered_alive
@@ -340,7 +341,7 @@ class Exchange:
         if out:
             if self.first_byte_at is None:
                 self.first_byte_at = now
-            actions.append(SendBody(data=out))
+            actions.append(send_body(out))
         if stream.done:
             return self._end_stream(stream, now, actions)
         return _S.STREAMING, actions
