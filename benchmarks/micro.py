@@ -2,8 +2,12 @@
 
     .venv/bin/python -m benchmarks.micro [--seconds 1.0]
 
-* Ollama NDJSON -> OpenAI SSE chunks per second (decoder + stream
-  translator + SSE encoder, the per-chunk hot path of a /v1 stream);
+* Ollama NDJSON -> OpenAI SSE chunks per second: the stream as the /v1
+  chat flow builds it (decoder, stream translator with its hot path for
+  plain content lines, SSE encoder), and the translator's general path
+  alone (decoder + ``OllamaChatStream.feed`` + ``encode_sse_json``);
+* OpenAI SSE -> Ollama NDJSON events per second, as the /api/chat flow
+  over an OpenAI backend builds it, one event per upstream read;
 * framing throughput in MB/s for the SSE and NDJSON decoders;
 * OpenAI chat request validation + translation to /api/chat per second;
 * whole Exchanges per second (start + scripted upstream results);
