@@ -2,8 +2,12 @@
 
     .venv/bin/python -m benchmarks.micro [--seconds 1.0]
 
-* Ollama NDJSON -> OpenAI SSE chunks per second (decoder + stream
-  translator + SSE encoder, the per-chunk hot path of a /v1 stream);
+* Ollama NDJSON -> OpenAI SSE chunks per second: the stream as the /v1
+  chat flow builds it (decoder, stream translator with its hot path for
+  plain content lines, SSE encoder), and the translator's general path
+  alone (decoder + ``OllamaChatStream.feed`` + ``encode_sse_json``);
+* OpenAI SSE -> Ollama NDJSON events per second, as the /api/chat flow
+  over an OpenAI backend builds it, one event per upstream read;
 * framing throughput in MB/s for the SSE and NDJSON decoders;
 * OpenAI chat request validation + translation to /api/chat per second;
 * whole Exchanges per second (start + scripted upstream results);
@@ -28,8 +32,11 @@ from sansio_gateway.framing import NDJSONDecoder, SSEDecoder, encode_sse_json
 from sansio_gateway.gateway import Gateway
 from sansio_gateway.http import IncomingRequest
 from sansio_gateway.limits import Costs, MemoryLimitStore, build_specs
+from sansio_gateway.ollama_over_openai.responses import Shape
+from sansio_gateway.ollama_over_openai.stream import OpenAIChatToOllamaStream, sse_to_ndjson
 from sansio_gateway.openai_over_ollama.chat_request import chat_request_to_ollama
 from sansio_gateway.openai_over_ollama.chat_stream import OllamaChatStream
+from sansio_gateway.openai_over_ollama.sse_stream import ndjson_to_sse
 from sansio_gateway.wire.openai_chat import parse_chat_request
 from tests.helpers import make_config
 
@@ -75,6 +82,17 @@ def rate(fn: Callable[[], int], seconds: float) -> float:
 
 
 def stream_chunks() -> int:
+    """The stream as the /v1 chat flow builds it (openai_over_ollama/chat.py):
+    the stream base with the translator's hot path for plain content lines."""
+    machine = OllamaChatStream(completion_id="chatcmpl-x", created=1, model="m", include_usage=True)
+    stream = ndjson_to_sse(machine, prompt_bytes=0, frame=machine.sse_event)
+    stream.feed(STREAM)
+    return 22  # 20 content chunks, the finish and usage chunks (as below)
+
+
+def stream_chunks_general() -> int:
+    """The same translation through the translator's general path only:
+    decoder -> ``OllamaChatStream.feed`` -> ``encode_sse_json``."""
     decoder = NDJSONDecoder()
     machine = OllamaChatStream(completion_id="chatcmpl-x", created=1, model="m", include_usage=True)
     out = 0
@@ -83,6 +101,39 @@ def stream_chunks() -> int:
             encode_sse_json(payload)
             out += 1
     return out
+
+
+def _event(delta: dict[str, object], finish: str | None = None) -> bytes:
+    chunk = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+    return encode_sse_json(chunk)
+
+
+# What an OpenAI-compatible backend sends, one event per read.
+OPENAI_EVENTS = [
+    _event({"role": "assistant", "content": ""}),
+    *(_event({"content": f"word{i} "}) for i in range(20)),
+    _event({}, "stop"),
+    encode_sse_json({"id": "chatcmpl-1", "choices": [], "usage": {"prompt_tokens": 5}}),
+    b"data: [DONE]\n\n",
+]
+
+
+def reverse_chunks() -> int:
+    """OpenAI SSE -> Ollama NDJSON as the /api/chat flow over an OpenAI
+    backend builds it, one event per upstream read."""
+    lines = OpenAIChatToOllamaStream(
+        shape=Shape.CHAT, model="m", created_at="2026-01-01T00:00:00Z", id_prefix="x"
+    )
+    stream = sse_to_ndjson(lines, prompt_bytes=0)
+    for event in OPENAI_EVENTS:
+        stream.feed(event)
+    return len(OPENAI_EVENTS)
 
 
 SSE_DATA = b"".join(
@@ -155,6 +206,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.0)
     s = parser.parse_args().seconds
     print(f"Ollama NDJSON -> OpenAI SSE: {rate(stream_chunks, s):,.0f} chunks/s")
+    general = rate(stream_chunks_general, s)
+    print(f"Ollama NDJSON -> OpenAI SSE, general path only: {general:,.0f} chunks/s")
+    print(f"OpenAI SSE -> Ollama NDJSON: {rate(reverse_chunks, s):,.0f} chunks/s")
     print(f"SSE decoding: {rate(sse_bytes, s) / 1e6:,.1f} MB/s")
     print(f"NDJSON decoding: {rate(ndjson_bytes, s) / 1e6:,.1f} MB/s")
     print(f"chat request validation + translation: {rate(translate, s):,.0f} requests/s")

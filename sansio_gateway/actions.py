@@ -9,6 +9,7 @@ time, so there is never a hidden queue to drain.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -53,6 +54,8 @@ __all__ = [
     "UpstreamResponseStarted",
     "UsageQueried",
     "UsageRecord",
+    "chunk_received",
+    "send_body",
 ]
 
 
@@ -91,6 +94,20 @@ class StartResponse:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SendBody:
     data: bytes
+
+
+def send_body(data: bytes) -> SendBody:
+    """``SendBody(data=data)``, for the Exchange's per-chunk path: the frozen
+    dataclass's generated ``__init__`` is a Python frame that calls
+    ``object.__setattr__``; setting the one slot directly skips both.  The
+    value is the same (same type, same field, still frozen)."""
+    body = _NEW(SendBody)
+    _SET_BODY_DATA(body, data)
+    return body
+
+
+_NEW = object.__new__
+_SET_BODY_DATA: Callable[[SendBody, bytes], None] = SendBody.__dict__["data"].__set__
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -265,6 +282,20 @@ class UpstreamResponseStarted:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UpstreamChunkReceived:
     data: bytes
+
+
+def chunk_received(data: bytes) -> UpstreamChunkReceived:
+    """``UpstreamChunkReceived(data=data)`` for an adapter's per-chunk path,
+    built as :func:`send_body` builds its value (same type, same field,
+    still frozen)."""
+    chunk = _NEW(UpstreamChunkReceived)
+    _SET_CHUNK_DATA(chunk, data)
+    return chunk
+
+
+_SET_CHUNK_DATA: Callable[[UpstreamChunkReceived, bytes], None] = UpstreamChunkReceived.__dict__[
+    "data"
+].__set__
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from .accounting.limit_account import LimitAccount
 from .accounting.report import RequestSummary, facts_of, summary, usage_record
@@ -39,12 +40,21 @@ from .actions import (
     UpstreamClosed,
     UpstreamFailed,
     UpstreamResponseStarted,
+    send_body,
 )
 from .backends.attempts import Attempts
 from .backends.health import BreakerPreview, answered_alive
 from .backends.reach import UNKNOWN_MODEL_LABEL, reach, worth_a_refresh
 from .errors import GatewayError, UpstreamError
-from .exchange_table import AWAITS, STARTS, ExchangeState, ExchangeStateError, Step, row
+from .exchange_table import (
+    AWAITS,
+    STARTS,
+    STREAMED,
+    ExchangeState,
+    ExchangeStateError,
+    Step,
+    row,
+)
 from .exchange_table import next_states as next_states
 from .flows.attempt import AttemptAnswer, plan_attempt
 from .flows.base import JSON_HEADERS, Flow, LocalAnswer, StreamAnswer
@@ -61,6 +71,8 @@ from .tracing import forwarded_trace_context
 __all__ = ["Exchange", "ExchangeState", "ExchangeStateError", "GatewayView", "RequestSummary"]
 
 _S = ExchangeState
+# Before any attempt (immutable, so one value serves every Exchange).
+_NO_ATTEMPTS = Attempts(targets=())
 
 
 class Exchange:
@@ -86,7 +98,7 @@ class Exchange:
         self.limit_decision: Decision | None = None
         self._request: ParsedRequest | None = None  # what the route's parser made of the body
         self._context: FlowContext | None = None
-        self._attempts = Attempts(targets=())
+        self._attempts = _NO_ATTEMPTS
         self._answer = AttemptAnswer()  # the current attempt's
         self._limits = LimitAccount(request_id)
         self._pending: Pending | None = None  # a local route's wait on the adapter
@@ -105,17 +117,20 @@ class Exchange:
         # upstream) and its W3C trace context (passed on unchanged).
         self.trace_id = request_id_from(request.headers, self.request_id)
         self._trace_context = forwarded_trace_context(request.headers)
-        return self._step(lambda: self._start(request, now), STARTS, "start()", now)
+        return self._step(self._start, request, STARTS, "start()", now)
 
     def handle(self, result: Result, now: float) -> list[Action]:
         """Feed one result; returns the actions it calls for."""
-        what = type(result).__name__
-        found = row(self.state, type(result))
+        kind = type(result)
+        if kind is UpstreamChunkReceived and self.state is _S.STREAMING:
+            # Hot path, every stream chunk: the table's row, known.
+            return self._step(self._on_stream_chunk, result, STREAMED, kind, now)
+        found = row(self.state, kind)
         if found is None:
-            raise ExchangeStateError(f"{what} not valid in state {self.state.name}")
+            raise ExchangeStateError(f"{kind.__name__} not valid in state {self.state.name}")
         name, leads_to = found
-        handler: Callable[[Result, float], Step] = getattr(self, name)
-        return self._step(lambda: handler(result, now), leads_to, what, now)
+        handler: Callable[[Any, float], Step] = getattr(self, name)
+        return self._step(handler, result, leads_to, kind, now)
 
     def summary(self, now: float) -> RequestSummary:
         """What happened, for the one log line and the metrics of a request.
@@ -140,16 +155,24 @@ class Exchange:
         return preview
 
     def _step(
-        self, run: Callable[[], Step], leads_to: frozenset[ExchangeState], what: str, now: float
+        self,
+        handler: Callable[[Any, float], Step],
+        given: object,
+        leads_to: frozenset[ExchangeState],
+        what: type | str,
+        now: float,
     ) -> list[Action]:
+        """Run ``handler(given, now)`` as one step (``what``: the result's
+        type, or the call, for errors)."""
         self._preview = None
         try:
-            state, actions = run()
+            state, actions = handler(given, now)
         except GatewayError as err:
             state, actions = self._fail(err, now)
         else:
             if state not in leads_to:  # a bug in this module, caught by the table test
-                raise ExchangeStateError(f"{what} in {self.state.name} led to {state.name}")
+                name = what if isinstance(what, str) else what.__name__
+                raise ExchangeStateError(f"{name} in {self.state.name} led to {state.name}")
         self.state = state
         # The shared writes first: the adapter applies them before anything
         # else.  The limits' one commit last, once the step has settled it.
@@ -318,7 +341,7 @@ class Exchange:
         if out:
             if self.first_byte_at is None:
                 self.first_byte_at = now
-            actions.append(SendBody(data=out))
+            actions.append(send_body(out))
         if stream.done:
             return self._end_stream(stream, now, actions)
         return _S.STREAMING, actions

@@ -39,6 +39,7 @@ from .actions import (
 __all__ = [
     "AWAITS",
     "STARTS",
+    "STREAMED",
     "ExchangeState",
     "ExchangeStateError",
     "Row",
@@ -66,6 +67,11 @@ class ExchangeState(enum.Enum):
     BUFFERING_ERROR = "buffering_error"  # upstream error body being collected
     STREAMING = "streaming"  # client response started, translating chunks
     DONE = "done"
+
+    # Hot path: every step checks its state against a frozenset.  Enum's
+    # own __hash__ hashes the name in Python; members are singletons, so
+    # identity is equality and the C-level identity hash is as good.
+    __hash__ = object.__hash__
 
 
 _S = ExchangeState
@@ -159,6 +165,9 @@ def _rows(state: ExchangeState) -> Mapping[type, Row]:
 
 
 _TABLE = {(state, kind): row for state in ExchangeState for kind, row in _rows(state).items()}
+
+# Where a stream chunk may lead: the row the Exchange's hot path knows.
+STREAMED = _TABLE[(_S.STREAMING, UpstreamChunkReceived)][1]
 
 
 def row(state: ExchangeState, result: type) -> Row | None:

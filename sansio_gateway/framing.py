@@ -143,6 +143,16 @@ class _LineSplitter:
                 yield line
         self._check(len(self._buf))
 
+    @property
+    def buffered(self) -> bool:
+        """Bytes of an unfinished line wait for the next chunk."""
+        return bool(self._buf)
+
+    @property
+    def pending(self) -> bool:
+        """An unfinished line waits, or a "\r" whose "\n" may follow."""
+        return bool(self._buf) or self._skip_lf
+
     def close(self) -> bytes:
         """End of stream: return (and forget) the unterminated last line."""
         tail = bytes(self._buf)
@@ -263,6 +273,7 @@ class SSEDecoder(_Decoder[SSEEvent]):
         "_lines",
         "_max_event",
         "_retry",
+        "_small_limit",
     )
 
     def __init__(self, *, max_line_bytes: int = 1 << 20, max_event_bytes: int = 8 << 20) -> None:
@@ -271,6 +282,9 @@ class SSEDecoder(_Decoder[SSEEvent]):
             _check_limit("max_line_bytes", max_line_bytes), cr_ends_line=True
         )
         self._max_event = _check_limit("max_event_bytes", max_event_bytes)
+        # An event block no longer than this is within both limits (its
+        # line holds "data:" before the value).
+        self._small_limit = min(max_line_bytes, max_event_bytes + 5)
         self._at_start = True  # still deciding whether the stream opens with a BOM
         self._head = b""  # up to two bytes that may be the start of a BOM
         self._data: list[str] = []
@@ -278,6 +292,52 @@ class SSEDecoder(_Decoder[SSEEvent]):
         self._event: str | None = None
         self._id: str | None = None  # the "last event ID buffer": never reset
         self._retry: int | None = None
+
+    def feed(self, data: bytes) -> list[SSEEvent]:
+        # Hot path: an OpenAI-compatible backend writes whole events of one
+        # ``data`` line each, ``data: <JSON>\n\n``, usually one per chunk.
+        # When a chunk is only such events, with "\n" line ends, nothing
+        # pending (no partial line or event, no unreported retry) and the
+        # BOM question settled, the events are the data values: no line
+        # loop.  Anything else takes the general path from the start:
+        # nothing here has changed the decoder's state (but a first byte
+        # that cannot start a BOM settles the BOM question, as it would).
+        if self._at_start and not self._head and data[:1] not in (b"", _BOM[:1]):
+            self._at_start = False
+        if (
+            data.endswith(b"\n\n")
+            and self._stopped is None
+            and not self._at_start
+            and not self._data
+            and self._event is None
+            and self._retry is None
+            and not self._lines.pending
+            and b"\r" not in data
+        ):
+            events = self._whole_events(data)
+            if events is not None:
+                return events
+        return super().feed(data)
+
+    def _whole_events(self, data: bytes) -> list[SSEEvent] | None:
+        """The events of ``data`` if each is one ``data`` line within the
+        limits and valid UTF-8, else None."""
+        blocks = data.split(b"\n\n")
+        if blocks.pop():  # three or more line ends in a row at the end
+            return None
+        limit, last_id = self._small_limit, self._id
+        out: list[SSEEvent] = []
+        for block in blocks:
+            if block[:5] != b"data:" or len(block) > limit or b"\n" in block:
+                return None
+            # WHATWG 9.2.6: one space after the colon is dropped.
+            value = block[6:] if block[5:6] == b" " else block[5:]
+            try:
+                text = str(value, "utf-8")
+            except UnicodeDecodeError:
+                return None
+            out.append(SSEEvent(data=text, event=None, id=last_id, retry=None))
+        return out
 
     def _consume(self, data: bytes, out: list[SSEEvent]) -> None:
         if self._at_start:
@@ -383,13 +443,34 @@ class NDJSONDecoder(_Decoder[Any]):
     without ``\\n`` is parsed like any other.
     """
 
-    __slots__ = ("_lines",)
+    __slots__ = ("_lines", "_max")
 
     def __init__(self, *, max_line_bytes: int = 1 << 20) -> None:
         super().__init__()
-        self._lines = _LineSplitter(
-            _check_limit("max_line_bytes", max_line_bytes), cr_ends_line=False
-        )
+        self._max = _check_limit("max_line_bytes", max_line_bytes)
+        self._lines = _LineSplitter(self._max, cr_ends_line=False)
+
+    def feed(self, data: bytes) -> list[Any]:
+        # Hot path: Ollama writes each line as its own chunk, so a chunk is
+        # usually whole lines, nothing is buffered, and every line is JSON.
+        # Then the records are just the parsed lines, with no splitter or
+        # failure latch to go through.  Anything else (a partial line, a
+        # blank or bad line, an over-long one) takes the general path from
+        # the start: nothing here has changed the decoder's state.
+        if data.endswith(b"\n") and self._stopped is None and not self._lines.buffered:
+            loads, limit = orjson.loads, self._max
+            try:
+                if data.find(b"\n") == len(data) - 1:  # one line ("\n" is JSON whitespace)
+                    if len(data) <= limit:
+                        return [loads(data)]
+                else:
+                    lines = data.split(b"\n")
+                    lines.pop()  # the chunk ends with a line end: the last piece is b""
+                    if len(data) <= limit or max(map(len, lines)) <= limit:
+                        return [loads(line) for line in lines]
+            except orjson.JSONDecodeError:
+                pass
+        return super().feed(data)
 
     def _consume(self, data: bytes, out: list[Any]) -> None:
         for line in self._lines.feed(data):

@@ -80,10 +80,16 @@ class TranslatedStream(Generic[R]):
         prompt_bytes: int,
         trailer: bytes = b"",
         count_error: bool = True,
+        frame: Callable[[R], bytes | None] | None = None,
     ) -> None:
         self._decoder = decoder
         self._records = records
         self._encode = encode
+        # The hot path of the common record, when the translator has one:
+        # the client bytes of a record that makes exactly one payload,
+        # already encoded (as ``encode(records.feed(record)[0])`` would be,
+        # byte for byte), or None when the record needs ``records.feed``.
+        self._frame = frame
         self._headers = headers
         self._prompt_bytes = prompt_bytes
         self._trailer = trailer  # sent after the last payload of a stream that is done
@@ -118,46 +124,74 @@ class TranslatedStream(Generic[R]):
         )
 
     def feed(self, data: bytes) -> bytes:
-        if self.done:
+        if self._state is not _State.STREAMING:
             return b""
         try:
             records = self._decoder.feed(data)
         except FramingError as exc:
             return self.fail(UpstreamError(f"malformed stream from backend: {exc.reason}"))
-        return self._send(self._translate(records))
+        out: list[bytes] = []
+        if len(records) == 1 and self._frame is not None:
+            # Hot path: one record per chunk, framed by the translator's
+            # hot path, which leaves it streaming: no end to check for.
+            record = records[0]
+            event = self._frame(record)
+            if event is not None:
+                self._payloads_out += 1
+                return event
+            # The translator is streaming (or this stream would not be).
+            return self._send(out, self._encode_all(self._records.feed(record), out))
+        return self._send(out, self._translate(records, out))
 
     def finish(self) -> bytes:
-        if self.done:
+        if self._state is not _State.STREAMING:
             return b""
+        out: list[bytes] = []
         try:
-            payloads = self._translate(self._decoder.feed_eof())
+            count = self._translate(self._decoder.feed_eof(), out)
         except FramingError as exc:
             return self.fail(UpstreamError(f"malformed stream from backend: {exc.reason}"))
         if not (self._records.done or self._records.failed):
-            payloads += self._records.finish()
-        return self._send(payloads)
+            count += self._encode_all(self._records.finish(), out)
+        return self._send(out, count)
 
     def fail(self, error: GatewayError) -> bytes:
-        if self.done:
+        if self._state is not _State.STREAMING:
             return b""
-        return self._send(self._records.fail(error))
+        out: list[bytes] = []
+        return self._send(out, self._encode_all(self._records.fail(error), out))
 
-    def _translate(self, records: list[R]) -> list[Any]:
-        payloads: list[Any] = []
+    def _translate(self, records: list[R], out: list[bytes]) -> int:
+        """Append the client bytes of ``records`` to ``out``; the number of
+        payloads they make."""
+        count = 0
+        frame, translator = self._frame, self._records
         for record in records:
-            if self._records.done or self._records.failed:
+            if frame is not None:
+                event = frame(record)
+                if event is not None:  # hot path: one payload, encoded already
+                    out.append(event)
+                    count += 1
+                    continue
+            if translator.done or translator.failed:
                 break  # nothing may follow the last record or an error
-            payloads += self._records.feed(record)
-        return payloads
+            count += self._encode_all(translator.feed(record), out)
+        return count
 
-    def _send(self, payloads: list[Any]) -> bytes:
-        out = b"".join([self._encode(p) for p in payloads])
-        self._payloads_out += len(payloads)
-        if self._records.failed and payloads and not self._count_error:
-            self._payloads_out -= 1  # the error payload is the last one
-        if self._records.failed:
+    def _encode_all(self, payloads: list[Any], out: list[bytes]) -> int:
+        encode = self._encode
+        out += [encode(p) for p in payloads]
+        return len(payloads)
+
+    def _send(self, out: list[bytes], count: int) -> bytes:
+        """The bytes of ``count`` payloads in ``out``, with the stream's end."""
+        self._payloads_out += count
+        records = self._records
+        if records.failed:
+            if count and not self._count_error:
+                self._payloads_out -= 1  # the error payload is the last one
             self._state = _State.FAILED
-        elif self._records.done:
+        elif records.done:
             self._state = _State.DONE
-            out += self._trailer
-        return out
+            out.append(self._trailer)
+        return b"".join(out)

@@ -111,6 +111,17 @@ class OpenAIChatToOllamaStream:
         self._last_usage: TokenUsage | None = None
         self.usage: TokenUsage | None = None  # set when the final line is emitted
         self.lines_out = 0
+        # The native line of a text delta, cut around its text: every other
+        # byte is the same for the whole stream.  Cut from the line
+        # _deltas builds, so the two cannot drift apart; the empty text's
+        # ``"key":""`` occurs once in it (inside a JSON string its quotes
+        # would be escaped).
+        line = body_line(shape, model, created_at, "", "")
+        line["done"] = False
+        key = b'"content":' if shape is Shape.CHAT else b'"response":'
+        head, found, tail = encode_ndjson(line).partition(key + b'""')
+        assert found
+        self._text_line = (head + key, tail)
 
     @property
     def done(self) -> bool:
@@ -139,6 +150,43 @@ class OpenAIChatToOllamaStream:
         if event == "error" or "error" in payload:
             return self.fail(UpstreamError(error_message(payload.get("error"))))
         return self._payload(payload)
+
+    def ndjson_line(self, data: str, event: str | None = None) -> bytes | None:
+        """Hot path: the native line of a plain text delta, encoded, or None
+        when the event needs :meth:`feed`.
+
+        Plain means what most events of a stream are: while streaming, a
+        ``chat.completion.chunk`` whose first choice has a ``delta`` with
+        non-empty text ``content`` and nothing else :meth:`feed` would act
+        on (no reasoning, tool calls, logprobs, finish reason, usage or
+        error).  Then :meth:`feed` would return exactly one line, and this
+        returns its bytes as ``encode_ndjson`` would, without building it.
+        """
+        if event is not None or self._state is not _State.STREAMING:
+            return None
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None
+        if type(payload) is not dict or "error" in payload or payload.get("usage") is not None:
+            return None
+        choices = payload.get("choices")
+        if type(choices) is not list or not choices:
+            return None
+        choice = choices[0]
+        if type(choice) is not dict or choice.get("index", 0) not in (0, None):
+            return None
+        delta = choice.get("delta")
+        if type(delta) is not dict or choice.get("finish_reason") or choice.get("logprobs"):
+            return None
+        content = delta.get("content")
+        if type(content) is not str or not content or delta.get("tool_calls") is not None:
+            return None
+        if delta.get("reasoning_content") or delta.get("reasoning"):
+            return None
+        self.lines_out += 1
+        head, tail = self._text_line
+        return b"".join((head, orjson.dumps(content), tail))
 
     def finish(self) -> list[dict[str, Any]]:
         """Upstream EOF: the final line if a finish chunk was seen (some
@@ -298,6 +346,9 @@ class _Events:
     def feed(self, record: SSEEvent) -> list[dict[str, Any]]:
         return self._lines.feed(record.data, record.event)
 
+    def frame(self, record: SSEEvent) -> bytes | None:
+        return self._lines.ndjson_line(record.data, record.event)
+
     def finish(self) -> list[dict[str, Any]]:
         return self._lines.finish()
 
@@ -310,10 +361,12 @@ def sse_to_ndjson(
 ) -> TranslatedStream[SSEEvent]:
     """OpenAI SSE in, native NDJSON out (flows/stream.py).  An unterminated
     SSE event at EOF is discarded, as WHATWG says: the decoder yields none."""
+    records = _Events(lines)
     return TranslatedStream(
         decoder=SSEDecoder(),
-        records=_Events(lines),
+        records=records,
         encode=encode_ndjson,
         headers=NDJSON_HEADERS,
         prompt_bytes=prompt_bytes,
+        frame=records.frame,
     )

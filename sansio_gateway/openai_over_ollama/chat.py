@@ -55,7 +55,7 @@ class OpenAIChatFlow:
             reasoning_field=context.reasoning_field,
             forced_tool=self.request.forced_tool,
         )
-        stream = ndjson_to_sse(lines, prompt_bytes=self.request.size)
+        stream = ndjson_to_sse(lines, prompt_bytes=self.request.size, frame=lines.sse_event)
         return UpstreamCall(method="POST", path="/api/chat", body=body, stream=stream)
 
     # ---- whole answers ---------------------------------------------------

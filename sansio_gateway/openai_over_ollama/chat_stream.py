@@ -40,8 +40,11 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
+import orjson
+
 from ..accounting.usage import TokenUsage
 from ..errors import GatewayError, UpstreamError, openai_error_body
+from ..framing import encode_sse_json
 from ..wire.openai_chat import ForcedTool
 from .chat_response import (
     SYSTEM_FINGERPRINT,
@@ -96,6 +99,21 @@ class OllamaChatStream:
         self._held_chars = 0
         self._held_logprobs: list[dict[str, Any]] = []
         self.usage: TokenUsage | None = None
+        # The SSE event of a content chunk, cut around its content: every
+        # other byte is the same for the whole stream.  The first chunk
+        # also carries the role (see _chunk).
+        self._first_event = self._content_frame({"role": "assistant", "content": ""})
+        self._content_event = self._content_frame({"content": ""})
+
+    def _content_frame(self, delta: dict[str, Any]) -> tuple[bytes, bytes]:
+        """The bytes before and after the content of the chunk :meth:`_chunk`
+        builds for ``delta`` (whose content is ``""``): cut from that very
+        chunk, so the two cannot drift apart.  ``"content":""`` occurs once
+        in it: inside a JSON string its quotes would be escaped."""
+        event = encode_sse_json(self._envelope([self._choice(delta, None)]))
+        head, found, tail = event.partition(b'"content":""')
+        assert found
+        return head + b'"content":', tail
 
     @property
     def done(self) -> bool:
@@ -124,6 +142,41 @@ class OllamaChatStream:
         if native.done:
             self._finish(native, line, out)
         return out
+
+    def sse_event(self, line: Any) -> bytes | None:
+        """Hot path: the SSE event of a plain content line, or None when
+        ``line`` needs :meth:`feed`.
+
+        Plain means what most lines of a stream are: no forced tool call,
+        and a line that is not done and holds non-empty text content and
+        nothing else that :meth:`feed` would read (no thinking, tool calls,
+        logprobs, error or done reason).  Then :meth:`feed` would return
+        exactly one chunk, ``{"content": text}`` (with the role first in
+        the stream's first chunk) in the stream's constant envelope, and
+        this returns its bytes as ``encode_sse_json`` would, without
+        building it.
+        """
+        if self._forced is not None or self._state is not _State.STREAMING:
+            return None
+        if type(line) is not dict or line.get("done") is not False:
+            return None
+        msg = line.get("message")
+        if type(msg) is not dict or "error" in line:
+            return None
+        content = msg.get("content")
+        if type(content) is not str or not content:
+            return None
+        thinking = msg.get("thinking")
+        if (thinking is not None and thinking != "") or msg.get("tool_calls") is not None:
+            return None
+        if line.get("logprobs") is not None or line.get("done_reason") is not None:
+            return None
+        if self._started:
+            head, tail = self._content_event
+        else:
+            self._started = True
+            head, tail = self._first_event
+        return b"".join((head, orjson.dumps(content), tail))
 
     def finish(self) -> list[dict[str, Any]]:
         """The upstream ended: an error payload unless the done line was seen."""
@@ -171,13 +224,16 @@ class OllamaChatStream:
         if not self._started:
             self._started = True
             delta = {"role": "assistant", **delta}
-        choice = {
+        return self._envelope([self._choice(delta, logprobs)])
+
+    @staticmethod
+    def _choice(delta: dict[str, Any], logprobs: list[dict[str, Any]] | None) -> dict[str, Any]:
+        return {
             "index": 0,
             "delta": delta,
             "logprobs": {"content": logprobs} if logprobs else None,
             "finish_reason": None,
         }
-        return self._envelope([choice])
 
     def _envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         chunk = {

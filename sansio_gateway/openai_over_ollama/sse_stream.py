@@ -9,6 +9,7 @@ and not failed: the one stream base (flows/stream.py) with these parts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..flows.base import SSE_HEADERS
@@ -18,7 +19,14 @@ from ..framing import SSE_DONE, NDJSONDecoder, encode_sse_json
 __all__ = ["ndjson_to_sse"]
 
 
-def ndjson_to_sse(records: Records[Any], *, prompt_bytes: int) -> TranslatedStream[Any]:
+def ndjson_to_sse(
+    records: Records[Any],
+    *,
+    prompt_bytes: int,
+    frame: Callable[[Any], bytes | None] | None = None,
+) -> TranslatedStream[Any]:
+    """``frame``: the translator's hot path, the SSE event of a common line
+    (see ``TranslatedStream``)."""
     return TranslatedStream(
         decoder=NDJSONDecoder(),
         records=records,
@@ -26,4 +34,5 @@ def ndjson_to_sse(records: Records[Any], *, prompt_bytes: int) -> TranslatedStre
         headers=SSE_HEADERS,
         prompt_bytes=prompt_bytes,
         trailer=SSE_DONE,
+        frame=frame,
     )

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from sansio_gateway.accounting.usage import TokenUsage
 from sansio_gateway.errors import UpstreamError, UpstreamTimeout
+from sansio_gateway.framing import encode_sse_json
 from sansio_gateway.openai_over_ollama.chat_response import ollama_chat_to_completion
 from sansio_gateway.openai_over_ollama.chat_stream import OllamaChatStream
 from sansio_gateway.wire.openai_chat import ForcedTool
@@ -524,6 +525,52 @@ def test_garbage_never_raises_and_nothing_follows_the_end(
     else:
         assert errors == []
     check_chunk_invariants(chunks, include_usage, finished=stream.done)
+
+
+# Plain content lines, the ones the hot path takes, and near misses.
+_plain = st.builds(
+    lambda text, extra: (
+        {"model": "m", "message": {"role": "assistant", "content": text, **extra}} | {"done": False}
+    ),
+    st.text(min_size=1, max_size=8),
+    st.sampled_from([{}, {"thinking": ""}, {"thinking": None}, {"tool_calls": None}]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    # Plain lines often, and first, so that the stream has started.
+    st.lists(_plain | _plain | _json | _near_native | _event() | _final(), max_size=10).map(
+        lambda values: [{"message": {"content": "a"}, "done": False}, *values]
+    ),
+    st.sampled_from([None, None, None, NAMED, REQUIRED]),
+    st.booleans(),
+    st.sampled_from(["client-model", 'm"content":""', "m\u2028\\"]),
+)
+def test_the_hot_path_gives_the_bytes_feed_gives(
+    values: list[Any], forced: ForcedTool | None, include_usage: bool, model: str
+) -> None:
+    # ``sse_event`` first, as the stream base calls it, against ``feed`` alone.
+    def make() -> OllamaChatStream:
+        return OllamaChatStream(
+            completion_id=CID,
+            created=1700000000,
+            model=model,
+            include_usage=include_usage,
+            forced_tool=forced,
+        )
+
+    fast, slow = make(), make()
+    for value in values:
+        expected = slow.feed(value)
+        event = fast.sse_event(value)
+        if event is None:
+            got = b"".join(encode_sse_json(p) for p in fast.feed(value))
+        else:
+            assert len(expected) == 1
+            got = event
+        assert got == b"".join(encode_sse_json(p) for p in expected)
+        assert (fast.done, fast.failed, fast.usage) == (slow.done, slow.failed, slow.usage)
 
 
 def check_chunk_invariants(

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from sansio_gateway.accounting.usage import TokenUsage
 from sansio_gateway.errors import UpstreamError
+from sansio_gateway.framing import encode_ndjson
 from sansio_gateway.ollama_over_openai.responses import (
     Shape,
     chat_completion_to_ollama,
@@ -641,3 +642,37 @@ def test_arbitrary_payloads_never_raise(events: list[str], shape: Shape, eof: bo
     assert m.done or m.failed
     assert ("error" in out[-1]) is m.failed
     orjson.dumps(out)  # every line is serialisable
+
+
+# Plain text deltas, the events the hot path takes, and near misses.
+_PLAIN = st.builds(
+    lambda text, extra, choice: chunk({"content": text, **extra}, **choice),
+    st.text(min_size=1, max_size=8),
+    st.sampled_from([{}, {"role": "assistant"}, {"reasoning": ""}, {"tool_calls": None}]),
+    st.sampled_from([{}, {"usage": None}, {"id": "c", "model": 'm"content":""'}]),
+)
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(_PLAIN | _PLAIN | _PAYLOADS, max_size=10),
+    st.sampled_from([Shape.CHAT, Shape.GENERATE]),
+    st.sampled_from([None, "error", "message"]),
+)
+def test_the_hot_path_gives_the_bytes_feed_gives(
+    events: list[str], shape: Shape, kind: str | None
+) -> None:
+    # ``ndjson_line`` first, as the stream base calls it, against ``feed`` alone.
+    fast, slow = machine(shape), machine(shape)
+    for i, data in enumerate(events):
+        event = kind if i == len(events) // 2 else None
+        expected = slow.feed(data, event)
+        line = fast.ndjson_line(data, event)
+        if line is None:
+            got = b"".join(encode_ndjson(p) for p in fast.feed(data, event))
+        else:
+            assert len(expected) == 1
+            got = line
+        assert got == b"".join(encode_ndjson(p) for p in expected)
+        assert (fast.done, fast.failed, fast.usage) == (slow.done, slow.failed, slow.usage)
+        assert fast.lines_out == slow.lines_out
