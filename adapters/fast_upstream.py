@@ -36,10 +36,10 @@ import h11
 
 from sansio_gateway.actions import (
     SendUpstream,
-    UpstreamChunkReceived,
     UpstreamClosed,
     UpstreamFailed,
     UpstreamResponseStarted,
+    chunk_received,
 )
 from sansio_gateway.config import BackendConfig
 from sansio_gateway.errors import GatewayError
@@ -426,7 +426,7 @@ class FastUpstreamClient:
                     pending.append(bytes(event.data))
                 continue
             if pending:
-                more = await deliver(UpstreamChunkReceived(data=b"".join(pending)))
+                more = await deliver(chunk_received(b"".join(pending)))
                 pending.clear()
                 if not more:
                     # Done early; the end may be parsed already (the same read).
@@ -475,11 +475,11 @@ class FastUpstreamClient:
                 # The core's decoders read any cut of a stream the same way.
                 cut = data.find(b"\n") + 1
                 if 0 < cut < len(data):
-                    if not await deliver(UpstreamChunkReceived(data=data[:cut])):
+                    if not await deliver(chunk_received(data[:cut])):
                         return await self._drain_parsed(conn, parsed)
                     await asyncio.sleep(0)  # lets the queued write leave
                     data = data[cut:]
-            if data and not await deliver(UpstreamChunkReceived(data=data)):
+            if data and not await deliver(chunk_received(data)):
                 return await self._drain_parsed(conn, parsed)
             if parsed.complete:
                 break

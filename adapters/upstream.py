@@ -21,10 +21,10 @@ import anyio
 from sansio_gateway.actions import (
     Result,
     SendUpstream,
-    UpstreamChunkReceived,
     UpstreamClosed,
     UpstreamFailed,
     UpstreamResponseStarted,
+    chunk_received,
 )
 from sansio_gateway.config import BackendConfig
 from sansio_gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
@@ -170,7 +170,7 @@ class UpstreamClient:
                     except StopAsyncIteration:
                         break
                     idle.deadline = math.inf  # a slow client is not an idle backend
-                    if chunk and not await deliver(UpstreamChunkReceived(data=chunk)):
+                    if chunk and not await deliver(chunk_received(chunk)):
                         await _drain(chunks)
                         return
             if idle.cancelled_caught:
