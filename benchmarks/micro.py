@@ -27,7 +27,7 @@ import orjson
 
 from sansio_gateway.actions import UpstreamChunkReceived, UpstreamClosed, UpstreamResponseStarted
 from sansio_gateway.backends.catalogue import DiscoveredModel
-from sansio_gateway.config import LimitsConfig
+from sansio_gateway.config import LimitsConfig, LimitValues
 from sansio_gateway.framing import NDJSONDecoder, SSEDecoder, encode_sse_json
 from sansio_gateway.gateway import Gateway
 from sansio_gateway.http import IncomingRequest
@@ -201,6 +201,31 @@ def decisions() -> int:
     return 1
 
 
+# Every limit a deployment sets: per user and per model, requests and tokens
+# per minute, tokens per day, concurrency (the shape of many_streams' config
+# plus the per-model and daily limits).
+FULL_SPECS = build_specs(
+    LimitsConfig(
+        requests_per_minute=10**8,
+        tokens_per_minute=10**8,
+        tokens_per_day=10**12,
+        concurrent_requests=10**5,
+        models={"m": LimitValues(requests_per_minute=10**8, tokens_per_minute=10**8)},
+    ),
+    "u",
+    "m",
+)
+FULL_STORE = MemoryLimitStore()
+
+
+def full_decisions() -> int:
+    _now[0] += 1000
+    rid = str(_now[0])
+    FULL_STORE.admit("u", FULL_SPECS, _now[0], Costs(tokens=100, requests=1), rid)
+    FULL_STORE.commit("u", FULL_SPECS, _now[0], rid, 100, 90)
+    return 1
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=1.0)
@@ -215,6 +240,10 @@ def main() -> None:
     print(f"whole Exchanges (20-chunk stream, no limits): {rate(exchange, s):,.0f} /s")
     print(f"stream chunks through an Exchange: {rate(exchange_chunks, s):,.0f} chunks/s")
     print(f"rate-limit admit + commit (memory): {rate(decisions, s):,.0f} /s")
+    print(
+        f"rate-limit admit + commit (memory, user+model RPM/TPM, TPD, concurrency): "
+        f"{rate(full_decisions, s):,.0f} /s"
+    )
 
 
 if __name__ == "__main__":

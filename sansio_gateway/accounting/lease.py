@@ -12,7 +12,7 @@ returns a new value.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from ..actions import CheckLimits, CommitLimits
@@ -51,7 +51,21 @@ class LimitLease:
         return write_output_cap(kind, body, self.output_cap, route=self.route)
 
     def admit(self) -> LimitLease:
-        return replace(self, admitted=True)
+        return self._marked(admitted=True, settled=self.settled)
+
+    def _marked(self, *, admitted: bool, settled: bool) -> LimitLease:
+        """This lease with new flags: built directly, not with
+        ``dataclasses.replace`` (three times the cost; twice per request)."""
+        return LimitLease(
+            key=self.key,
+            specs=self.specs,
+            request_id=self.request_id,
+            estimate=self.estimate,
+            output_cap=self.output_cap,
+            route=self.route,
+            admitted=admitted,
+            settled=settled,
+        )
 
     @property
     def open(self) -> bool:
@@ -70,7 +84,7 @@ class LimitLease:
             estimate=self.estimate,
             actual=max(0, actual),
         )
-        return replace(self, settled=True), commit
+        return self._marked(admitted=True, settled=True), commit
 
 
 def charge(

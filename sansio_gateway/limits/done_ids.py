@@ -45,6 +45,7 @@ __all__ = [
     "FRESH",
     "MAX_IDS",
     "DoneIds",
+    "add_digest",
     "add_done",
     "id_digest",
     "newest_expiry",
@@ -107,15 +108,16 @@ class DoneIds:
 
     def expiry(self, request_id: str) -> int:
         """Until when ``request_id`` counts as committed (0: it does not)."""
-        return self._lookup(id_digest(request_id))
+        return self.lookup(id_digest(request_id))
 
     def get(self, request_id: str, default: int = 0) -> int:
-        return self._lookup(id_digest(request_id)) or default
+        return self.lookup(id_digest(request_id)) or default
 
     def __contains__(self, request_id: object) -> bool:
-        return isinstance(request_id, str) and self._lookup(id_digest(request_id)) != 0
+        return isinstance(request_id, str) and self.lookup(id_digest(request_id)) != 0
 
-    def _lookup(self, digest: int) -> int:
+    def lookup(self, digest: int) -> int:
+        """:meth:`expiry` of the id whose :func:`id_digest` is ``digest``."""
         found = self._fresh.get(digest)
         if found is not None:
             return found
@@ -158,13 +160,18 @@ def _live(frozen: tuple[Segment, ...], small: int, now: int) -> tuple[tuple[Segm
 def add_done(done: DoneIds, request_id: str, now: int, expiry: int) -> DoneIds:
     """``done`` plus one id; what has expired by ``now`` or lies past the
     bound is dropped.  Amortised O(1)."""
+    return add_digest(done, id_digest(request_id), now, expiry)
+
+
+def add_digest(done: DoneIds, digest: int, now: int, expiry: int) -> DoneIds:
+    """:func:`add_done` of the id whose :func:`id_digest` is ``digest`` (for
+    a caller that has hashed it already)."""
     frozen, small = done._frozen, done._small
     recount = False
     if frozen and frozen[0][0] <= now:
         before = len(frozen)
         frozen, small = _live(frozen, small, now)
         recount = len(frozen) != before
-    digest = id_digest(request_id)
     count = done.count + (digest not in done._fresh)
     fresh = {**done._fresh, digest: expiry}
     if len(fresh) >= FRESH:

@@ -85,8 +85,22 @@ def go_duration(ns: int) -> str:
 
 
 def reset_duration(us: int) -> str:
-    """A reset or wait for humans and headers: rounded up to the ms."""
-    return go_duration(ceil_div(max(us, 0), 1_000) * 1_000_000)
+    """A reset or wait for humans and headers: rounded up to the ms.
+
+    ``go_duration`` of whole milliseconds, without its digit loop (hot
+    path: two per admitted request): "0s", "12ms", "1.5s", "6m0s", "1h0m0.25s".
+    """
+    ms = ceil_div(max(us, 0), 1_000)
+    if ms < 1_000:
+        return f"{ms}ms" if ms else "0s"
+    secs, rest = divmod(ms, 1_000)
+    out = f"{secs % 60}.{rest:03d}".rstrip("0") + "s" if rest else f"{secs % 60}s"
+    minutes = secs // 60
+    if minutes > 0:
+        out = f"{minutes % 60}m{out}"
+        if minutes >= 60:
+            out = f"{minutes // 60}h{out}"
+    return out
 
 
 def _unit(name: bytes, unit: UnitHeaders | None) -> list[tuple[bytes, bytes]]:

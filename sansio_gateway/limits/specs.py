@@ -208,6 +208,9 @@ class Costs:
     requests: int = field(default=1)
 
     def clamped(self) -> Costs:
+        """These costs within [0, MAX_COST] (``self`` when they are already)."""
+        if 0 <= self.tokens <= MAX_COST and 0 <= self.requests <= MAX_COST:
+            return self
         return Costs(tokens=clamp_cost(self.tokens), requests=clamp_cost(self.requests))
 
 
