@@ -426,8 +426,7 @@ class _Request:
             if type(action) in _RESPONSE_TYPES:
                 # The common case (a stream chunk is one SendBody): queued
                 # bytes, nothing to await, nothing a cancellation could cut.
-                if not self.client_gone:
-                    self._respond(action)  # type: ignore[arg-type]  # one of _RESPONSE_TYPES
+                self._respond(action)  # type: ignore[arg-type]  # one of _RESPONSE_TYPES
                 continue
             try:
                 if not isinstance(action, _QUEUED):

@@ -31,7 +31,7 @@ from sansio_gateway.config import LimitsConfig, LimitValues
 from sansio_gateway.framing import NDJSONDecoder, SSEDecoder, encode_sse_json
 from sansio_gateway.gateway import Gateway
 from sansio_gateway.http import IncomingRequest
-from sansio_gateway.limits import Costs, MemoryLimitStore, build_specs
+from sansio_gateway.limits import Costs, LimitSpecs, MemoryLimitStore, build_specs
 from sansio_gateway.ollama_over_openai.responses import Shape
 from sansio_gateway.ollama_over_openai.stream import OpenAIChatToOllamaStream, sse_to_ndjson
 from sansio_gateway.openai_over_ollama.chat_request import chat_request_to_ollama
@@ -193,12 +193,16 @@ STORE = MemoryLimitStore()
 _now = [1_795_600_000_000_000]
 
 
-def decisions() -> int:
+def _admit_commit(store: MemoryLimitStore, specs: LimitSpecs) -> int:
     _now[0] += 1000
     rid = str(_now[0])
-    STORE.admit("u", SPECS, _now[0], Costs(tokens=100, requests=1), rid)
-    STORE.commit("u", SPECS, _now[0], rid, 100, 90)
+    store.admit("u", specs, _now[0], Costs(tokens=100, requests=1), rid)
+    store.commit("u", specs, _now[0], rid, 100, 90)
     return 1
+
+
+def decisions() -> int:
+    return _admit_commit(STORE, SPECS)
 
 
 # Every limit a deployment sets: per user and per model, requests and tokens
@@ -219,11 +223,7 @@ FULL_STORE = MemoryLimitStore()
 
 
 def full_decisions() -> int:
-    _now[0] += 1000
-    rid = str(_now[0])
-    FULL_STORE.admit("u", FULL_SPECS, _now[0], Costs(tokens=100, requests=1), rid)
-    FULL_STORE.commit("u", FULL_SPECS, _now[0], rid, 100, 90)
-    return 1
+    return _admit_commit(FULL_STORE, FULL_SPECS)
 
 
 def main() -> None:
