@@ -276,6 +276,7 @@ class FastUpstreamClient:
         if parsed is not None:
             # h11 never saw this exchange: it is still IDLE for the next one.
             reusable = reusable and parsed.complete and parsed.keep_alive and not parsed.extra
+            parsed.close()
         elif reusable and h.our_state is h11.DONE and h.their_state is h11.DONE:
             h.start_next_cycle()
         else:
