@@ -32,6 +32,7 @@ from sansio_gateway.errors import GatewayError
 
 from .app import GatewayApp
 from .emulator.command import add_emulate_parser
+from .heap import settle_heap
 from .ledger import open_ledger
 from .metrics import BatchedStreamHandler, write_access_lines_to
 from .rlimits import raise_open_file_limit
@@ -92,6 +93,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         source=source,
         supervisor_pid=args.supervisor_pid,
     )
+    settle_heap()  # the app is built: what exists now lives as long as the process
     with contextlib.suppress(KeyboardInterrupt):
         anyio.run(
             partial(_serve, app),
