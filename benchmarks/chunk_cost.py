@@ -50,6 +50,12 @@ FINAL = (
     b'"total_duration":1,"load_duration":1,"prompt_eval_count":8,'
     b'"prompt_eval_duration":1,"eval_count":%d,"eval_duration":1}\n'
 )
+WHOLE = (
+    b'{"model":"bench:latest","created_at":"2026-01-01T00:00:00Z",'
+    b'"message":{"role":"assistant","content":"a whole answer"},"done":true,'
+    b'"done_reason":"stop","total_duration":1,"load_duration":1,"prompt_eval_count":8,'
+    b'"prompt_eval_duration":1,"eval_count":%d,"eval_duration":1}'
+)
 TAGS = json.dumps(
     {"models": [{"name": "bench:latest", "model": "bench:latest",
                  "modified_at": "2026-01-01T00:00:00Z", "size": 1, "digest": "0" * 64,
@@ -85,11 +91,19 @@ class _Backend(asyncio.Protocol):
                 length = int(head[start : stop if stop > 0 else None])
             if len(self.buffer) < end + 4 + length:
                 return
+            body = self.buffer[end + 4 : end + 4 + length]
             self.buffer = self.buffer[end + 4 + length :]
             if head.split(b" ", 2)[1] == b"/api/tags":
                 self.transport.write(
                     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                     b"content-length: %d\r\n\r\n%s" % (len(TAGS), TAGS)
+                )
+                continue
+            if b'"stream":false' in body:  # one JSON answer (benchmarks/critical_path.py)
+                answer = WHOLE % self.tokens
+                self.transport.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    b"content-length: %d\r\n\r\n%s" % (len(answer), answer)
                 )
                 continue
             self.transport.write(
